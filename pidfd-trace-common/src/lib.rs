@@ -1,0 +1,222 @@
+//! Records, map keys and constants shared by the kernel programs and the agent.
+//!
+//! Everything here is `#[repr(C)]` and plain old data: the kernel writes these bytes and the
+//! agent reads them back, so a layout change on one side must happen on both at once. Kernel
+//! programs only gather facts (raw flags, return values, which hook saw what); naming,
+//! classification and formatting live in the agent.
+#![no_std]
+
+/// clone(2) flags the programs look at (include/uapi/linux/sched.h).
+pub mod clone_flags {
+    pub const CSIGNAL: u64 = 0x0000_00ff;
+    pub const CLONE_VM: u64 = 0x0000_0100;
+    pub const CLONE_FS: u64 = 0x0000_0200;
+    pub const CLONE_FILES: u64 = 0x0000_0400;
+    pub const CLONE_SIGHAND: u64 = 0x0000_0800;
+    pub const CLONE_PIDFD: u64 = 0x0000_1000;
+    pub const CLONE_PTRACE: u64 = 0x0000_2000;
+    pub const CLONE_VFORK: u64 = 0x0000_4000;
+    pub const CLONE_PARENT: u64 = 0x0000_8000;
+    pub const CLONE_THREAD: u64 = 0x0001_0000;
+    pub const CLONE_NEWNS: u64 = 0x0002_0000;
+    pub const CLONE_SYSVSEM: u64 = 0x0004_0000;
+    pub const CLONE_SETTLS: u64 = 0x0008_0000;
+    pub const CLONE_PARENT_SETTID: u64 = 0x0010_0000;
+    pub const CLONE_CHILD_CLEARTID: u64 = 0x0020_0000;
+    pub const CLONE_DETACHED: u64 = 0x0040_0000;
+    pub const CLONE_UNTRACED: u64 = 0x0080_0000;
+    pub const CLONE_CHILD_SETTID: u64 = 0x0100_0000;
+    pub const CLONE_NEWCGROUP: u64 = 0x0200_0000;
+    pub const CLONE_NEWUTS: u64 = 0x0400_0000;
+    pub const CLONE_NEWIPC: u64 = 0x0800_0000;
+    pub const CLONE_NEWUSER: u64 = 0x1000_0000;
+    pub const CLONE_NEWPID: u64 = 0x2000_0000;
+    pub const CLONE_NEWNET: u64 = 0x4000_0000;
+    pub const CLONE_IO: u64 = 0x8000_0000;
+    pub const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+    pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+    /// The flags whose combination with CLONE_PIDFD the kernel may refuse with EINVAL.
+    /// Counter keys keep only these bits so their cardinality stays bounded.
+    pub const PIDFD_CONFLICTS: u64 = CLONE_DETACHED | CLONE_THREAD | CLONE_PARENT_SETTID;
+}
+
+/// What a record or counter describes. Values are stable: they appear in map keys.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    Clone = 1,
+    Clone3 = 2,
+    PidfdOpen = 3,
+    PidfdGetfd = 4,
+    PidfdSendSignal = 5,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Clone,
+        EventKind::Clone3,
+        EventKind::PidfdOpen,
+        EventKind::PidfdGetfd,
+        EventKind::PidfdSendSignal,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Clone),
+            2 => Some(Self::Clone3),
+            3 => Some(Self::PidfdOpen),
+            4 => Some(Self::PidfdGetfd),
+            5 => Some(Self::PidfdSendSignal),
+            _ => None,
+        }
+    }
+}
+
+/// How an event was observed.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Tracepoint = 1,
+    Kprobe = 2,
+    Fexit = 3,
+}
+
+impl Mode {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Tracepoint),
+            2 => Some(Self::Kprobe),
+            3 => Some(Self::Fexit),
+            _ => None,
+        }
+    }
+}
+
+/// Facts a program saw besides the return value; bits of `EventRecord::hints` and
+/// `CounterKey::hints`. The agent turns them into a failure stage.
+pub mod hints {
+    /// clone3: `struct clone_args` could not be read from user memory at syscall entry.
+    pub const UARGS_FAULT: u8 = 1 << 0;
+    /// The new pidfd number could not be read back from user memory at exit.
+    pub const PIDFD_READBACK_FAULT: u8 = 1 << 1;
+    /// The caller's pids cgroup was at its limit when the call failed with EAGAIN.
+    pub const PIDS_AT_LIMIT: u8 = 1 << 2;
+}
+
+/// One record in the `EVENTS` ring buffer, written at syscall exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventRecord {
+    /// CLOCK_BOOTTIME at exit, nanoseconds.
+    pub ts_ns: u64,
+    /// Exit minus entry, nanoseconds.
+    pub duration_ns: u64,
+    /// Per-CPU record sequence (the `STATS[RECORDS]` slot of `cpu` after this record counted
+    /// itself); a gap on one CPU means a record was lost.
+    pub cpu_seq: u64,
+    pub pid_tgid: u64,
+    pub cgroup_id: u64,
+    /// clone/clone3 flags, or the syscall's own `flags` argument.
+    pub flags: u64,
+    /// The syscall's raw return value.
+    pub ret: i64,
+    /// pidfd_open: pid; pidfd_getfd / pidfd_send_signal: the pidfd used.
+    pub arg0: u64,
+    /// pidfd_getfd: the target fd; pidfd_send_signal: the signal.
+    pub arg1: u64,
+    /// clone/clone3: the user pointer the pidfd number is written to.
+    pub uptr: u64,
+    /// The new pidfd read back from user memory, or -1.
+    pub pidfd: i32,
+    pub cpu: u32,
+    pub kind: u8,
+    pub mode: u8,
+    pub hints: u8,
+    pub _pad: [u8; 5],
+    pub comm: [u8; 16],
+}
+
+/// Per-thread state kept between syscall entry and exit (`ENTER_STATE` map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EnterState {
+    pub ts_ns: u64,
+    pub flags: u64,
+    pub arg0: u64,
+    pub arg1: u64,
+    pub uptr: u64,
+    pub kind: u8,
+    pub hints: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Key of the `OUTCOMES` per-CPU counter map: one slot per distinct outcome. Every field has
+/// a small, bounded range so the map cannot grow without limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    pub kind: u8,
+    pub hints: u8,
+    /// pidfd_send_signal's signal (0..=64, anything larger is clamped to 255).
+    pub signal: u8,
+    pub _pad: u8,
+    /// Positive errno of a failure; 0 on success.
+    pub errno: u32,
+    /// `flags & clone_flags::PIDFD_CONFLICTS` for clone/clone3; 0 otherwise.
+    pub flag_bits: u32,
+}
+
+/// Size of the outcome map; the agent reports a full map through `STAT_OUTCOMES_FULL`.
+pub const OUTCOMES_MAX_ENTRIES: u32 = 4096;
+/// Size of the per-thread entry map. LRU: a thread that never reaches exit cannot pin a slot.
+pub const ENTER_STATE_MAX_ENTRIES: u32 = 16384;
+/// Default ring-buffer size in bytes (a power of two, multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 1 << 22;
+
+/// Slots of the `STATS` per-CPU array.
+pub mod stats {
+    /// Records attempted (reserved or lost); also the per-CPU sequence number.
+    pub const RECORDS: u32 = 0;
+    /// Ring-buffer reserve failures: records lost.
+    pub const LOST: u32 = 1;
+    /// Outcome counter could not be created because `OUTCOMES` was full.
+    pub const OUTCOMES_FULL: u32 = 2;
+    /// Entry state could not be stored (map update failed).
+    pub const ENTER_FAILED: u32 = 3;
+    /// clone3 whose `struct clone_args` could not be read at entry: flags unknown.
+    pub const CLONE3_ARGS_UNREADABLE: u32 = 4;
+    pub const COUNT: u32 = 8;
+}
+
+/// Names of the globals the agent overrides at load time with offsets read from the running
+/// kernel's tracepoint format files.
+pub mod globals {
+    pub const TP_ARG0: &str = "TP_ARG0_OFF";
+    pub const TP_RET: &str = "TP_RET_OFF";
+    pub const PIDS_LIMIT: &str = "PIDS_LIMIT_OFFSETS";
+}
+
+/// Offsets (from the kernel's BTF) needed to read the caller's pids cgroup counter and limit:
+/// task_struct.cgroups → css_set.subsys[pids_cgrp_id] → pids_cgroup.{counter,limit}.
+/// `valid == 0` disables the read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidsLimitOffsets {
+    pub task_cgroups: u32,
+    pub css_set_subsys: u32,
+    pub pids_cgrp_id: u32,
+    pub pids_counter: u32,
+    pub pids_limit: u32,
+    pub valid: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are #[repr(C)] plain data with no padding the kernel leaves
+    // uninitialised that we depend on, and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::EventRecord {}
+    unsafe impl aya::Pod for super::EnterState {}
+    unsafe impl aya::Pod for super::CounterKey {}
+    unsafe impl aya::Pod for super::PidsLimitOffsets {}
+}

@@ -1,0 +1,38 @@
+//! Values the agent fills in at load time from the running kernel (tracepoint format files,
+//! BTF). Rust eBPF has no CO-RE relocations, so nothing here may be trusted at its default.
+use pidfd_trace_common::PidsLimitOffsets;
+
+/// Byte offsets of the syscall tracepoint fields, from
+/// `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`: every sys_enter record places its
+/// n-th argument at `TP_ARG0_OFF + 8 * n` and sys_exit its `ret` at `TP_RET_OFF` (checked by the
+/// agent against each format file before it loads us).
+#[unsafe(no_mangle)]
+static TP_ARG0_OFF: u32 = 16;
+#[unsafe(no_mangle)]
+static TP_RET_OFF: u32 = 16;
+
+/// task_struct → css_set → pids_cgroup offsets, from BTF; `valid == 0` when unknown.
+#[unsafe(no_mangle)]
+static PIDS_LIMIT_OFFSETS: PidsLimitOffsets = PidsLimitOffsets {
+    task_cgroups: 0,
+    css_set_subsys: 0,
+    pids_cgrp_id: 0,
+    pids_counter: 0,
+    pids_limit: 0,
+    valid: 0,
+};
+
+#[inline(always)]
+pub fn tp_arg_off(n: usize) -> usize {
+    unsafe { core::ptr::read_volatile(&TP_ARG0_OFF) as usize + 8 * n }
+}
+
+#[inline(always)]
+pub fn tp_ret_off() -> usize {
+    unsafe { core::ptr::read_volatile(&TP_RET_OFF) as usize }
+}
+
+#[inline(always)]
+pub fn pids_limit_offsets() -> PidsLimitOffsets {
+    unsafe { core::ptr::read_volatile(&PIDS_LIMIT_OFFSETS) }
+}

@@ -1,0 +1,21 @@
+//! Kernel programs of pidfd-trace. They only gather: raw flags, return values and what each
+//! hook saw go into exact per-CPU counters and ring-buffer records; the agent names,
+//! classifies and formats them.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod globals;
+mod maps;
+mod tracepoint;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

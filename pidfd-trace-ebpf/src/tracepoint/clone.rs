@@ -1,0 +1,121 @@
+//! clone(2) and clone3(2) with CLONE_PIDFD, seen from the syscall tracepoints.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use pidfd_trace_common::{EnterState, EventKind, Mode, clone_flags::CLONE_PIDFD, hints, stats};
+
+use super::{arg, now, ret, save, take};
+use crate::{emit, globals::pids_limit_offsets, maps::bump_stat};
+
+const EAGAIN: i64 = 11;
+/// Offset of `pidfd` in `struct clone_args` (uapi, fixed since clone3 appeared in 5.3).
+const CLONE_ARGS_PIDFD_OFF: u64 = 8;
+
+// x86_64: SYSCALL_DEFINE5(clone, unsigned long clone_flags, unsigned long newsp,
+//                         int __user *parent_tidptr, int __user *child_tidptr, unsigned long tls)
+// With CLONE_PIDFD the pidfd number is written to parent_tidptr.
+#[tracepoint(category = "syscalls", name = "sys_enter_clone")]
+pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
+    let flags = arg(&ctx, 0);
+    // Hot path: every fork on the host lands here; bail before touching any map.
+    if flags & CLONE_PIDFD == 0 {
+        return 0;
+    }
+    save(&EnterState {
+        ts_ns: now(),
+        flags,
+        arg0: 0,
+        arg1: 0,
+        uptr: arg(&ctx, 2),
+        kind: EventKind::Clone as u8,
+        hints: 0,
+        _pad: [0; 6],
+    });
+    0
+}
+
+// SYSCALL_DEFINE2(clone3, struct clone_args __user *, uargs, size_t, size)
+#[tracepoint(category = "syscalls", name = "sys_enter_clone3")]
+pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
+    let uargs = arg(&ctx, 0);
+    let Ok(flags) = (unsafe { bpf_probe_read_user(uargs as *const u64) }) else {
+        // Unreadable args: either the call fails with EFAULT before any pidfd work, or the
+        // page was not resident and we cannot know the flags. Counted, never guessed.
+        bump_stat(stats::CLONE3_ARGS_UNREADABLE);
+        return 0;
+    };
+    if flags & CLONE_PIDFD == 0 {
+        return 0;
+    }
+    let uptr = unsafe { bpf_probe_read_user((uargs + CLONE_ARGS_PIDFD_OFF) as *const u64) }.unwrap_or(0);
+    save(&EnterState {
+        ts_ns: now(),
+        flags,
+        arg0: 0,
+        arg1: 0,
+        uptr,
+        kind: EventKind::Clone3 as u8,
+        hints: 0,
+        _pad: [0; 6],
+    });
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_clone")]
+pub fn sys_exit_clone(ctx: TracePointContext) -> u32 {
+    clone_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_clone3")]
+pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
+    clone_exit(&ctx);
+    0
+}
+
+/// Parent side of a CLONE_PIDFD clone: the child also returns through this tracepoint, but
+/// with its own pid_tgid, which has no entry state.
+#[inline(always)]
+fn clone_exit(ctx: &TracePointContext) {
+    let id = bpf_get_current_pid_tgid();
+    let Some(st) = take(id) else {
+        return;
+    };
+    let ret = ret(ctx);
+    let mut extra = 0u8;
+    let mut pidfd = -1i32;
+    if ret > 0 {
+        match unsafe { bpf_probe_read_user(st.uptr as *const i32) } {
+            Ok(fd) => pidfd = fd,
+            Err(_) => extra |= hints::PIDFD_READBACK_FAULT,
+        }
+    } else if ret == -EAGAIN && pids_cgroup_at_limit() {
+        extra |= hints::PIDS_AT_LIMIT;
+    }
+    emit::finish(ctx, &st, id, ret, pidfd, extra, Mode::Tracepoint);
+}
+
+/// Whether the current task's pids cgroup has reached pids.max. Only read on an EAGAIN
+/// failure, through offsets the agent took from this kernel's BTF.
+#[inline(always)]
+fn pids_cgroup_at_limit() -> bool {
+    let off = pids_limit_offsets();
+    if off.valid == 0 {
+        return false;
+    }
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(cset) = bpf_probe_read_kernel(task.add(off.task_cgroups as usize) as *const *const u8) else {
+            return false;
+        };
+        let slot = off.css_set_subsys as usize + 8 * off.pids_cgrp_id as usize;
+        let Ok(css) = bpf_probe_read_kernel(cset.add(slot) as *const *const u8) else {
+            return false;
+        };
+        let counter = bpf_probe_read_kernel(css.add(off.pids_counter as usize) as *const i64).unwrap_or(0);
+        let limit = bpf_probe_read_kernel(css.add(off.pids_limit as usize) as *const i64).unwrap_or(i64::MAX);
+        counter >= limit
+    }
+}

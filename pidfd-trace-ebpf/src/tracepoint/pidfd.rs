@@ -1,0 +1,50 @@
+//! pidfd_open(2), pidfd_getfd(2) and pidfd_send_signal(2), seen from the syscall tracepoints.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use pidfd_trace_common::{EnterState, EventKind};
+
+use super::{arg, exit_simple, now, save};
+
+#[inline(always)]
+fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
+    save(&EnterState { ts_ns: now(), flags, arg0, arg1, uptr: 0, kind: kind as u8, hints: 0, _pad: [0; 6] });
+}
+
+// SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags)
+#[tracepoint(category = "syscalls", name = "sys_enter_pidfd_open")]
+pub fn sys_enter_pidfd_open(ctx: TracePointContext) -> u32 {
+    enter(EventKind::PidfdOpen, arg(&ctx, 1), arg(&ctx, 0), 0);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_pidfd_open")]
+pub fn sys_exit_pidfd_open(ctx: TracePointContext) -> u32 {
+    exit_simple(&ctx);
+    0
+}
+
+// SYSCALL_DEFINE3(pidfd_getfd, int, pidfd, int, fd, unsigned int, flags)
+#[tracepoint(category = "syscalls", name = "sys_enter_pidfd_getfd")]
+pub fn sys_enter_pidfd_getfd(ctx: TracePointContext) -> u32 {
+    enter(EventKind::PidfdGetfd, arg(&ctx, 2), arg(&ctx, 0), arg(&ctx, 1));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_pidfd_getfd")]
+pub fn sys_exit_pidfd_getfd(ctx: TracePointContext) -> u32 {
+    exit_simple(&ctx);
+    0
+}
+
+// SYSCALL_DEFINE4(pidfd_send_signal, int, pidfd, int, sig, siginfo_t __user *, info,
+//                 unsigned int, flags)
+#[tracepoint(category = "syscalls", name = "sys_enter_pidfd_send_signal")]
+pub fn sys_enter_pidfd_send_signal(ctx: TracePointContext) -> u32 {
+    enter(EventKind::PidfdSendSignal, arg(&ctx, 3), arg(&ctx, 0), arg(&ctx, 1));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_pidfd_send_signal")]
+pub fn sys_exit_pidfd_send_signal(ctx: TracePointContext) -> u32 {
+    exit_simple(&ctx);
+    0
+}

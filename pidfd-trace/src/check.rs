@@ -1,0 +1,71 @@
+//! `pidfd-trace check`: what this kernel supports and the attach plan, without attaching.
+use anyhow::Result;
+use serde_json::json;
+
+use crate::{
+    cli::{CheckArgs, Output},
+    plan::{self, HookPlan},
+    preflight,
+    session::KernelFacts,
+};
+
+pub fn run(args: CheckArgs) -> Result<()> {
+    preflight::check_privileges(preflight::effective_caps())?;
+    let facts = KernelFacts::gather(&args.kernel);
+    let btf = preflight::check_btf(&facts.btf_path);
+    let tracefs = crate::tracefs::ensure_mounted();
+    let plan = plan::build(args.kernel.mode, &facts.support)?;
+    let verdict = |r: &Result<(), String>| match r {
+        Ok(()) => "yes".to_string(),
+        Err(e) => format!("no: {e}"),
+    };
+    match args.output {
+        Output::Json => {
+            let doc = json!({
+                "kernel": facts.release,
+                "btf": { "path": facts.btf_path, "present": btf.is_ok() },
+                "lockdown": facts.lockdown,
+                "tracefs": tracefs.as_ref().map(|(p, _)| p.display().to_string()).map_err(|e| e.to_string()),
+                "program_types": {
+                    "fentry": verdict(&facts.support.fentry),
+                    "kprobe": verdict(&facts.support.kprobe),
+                    "tracepoint": verdict(&facts.support.tracepoint),
+                },
+                "thread_pidfd": facts.sem.thread_pidfd,
+                "plan": plan,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Output::Text => {
+            println!("kernel         {}", facts.release);
+            println!("btf            {} ({})", facts.btf_path.display(), if btf.is_ok() { "present" } else { "MISSING" });
+            println!("lockdown       {}", facts.lockdown.as_deref().unwrap_or("unknown (securityfs not mounted)"));
+            match &tracefs {
+                Ok((p, _)) => println!("tracefs        {}", p.display()),
+                Err(e) => println!("tracefs        MISSING: {e}"),
+            }
+            println!("thread pidfds  {}", if facts.sem.thread_pidfd { "yes (6.9+)" } else { "no: CLONE_PIDFD|CLONE_THREAD is EINVAL" });
+            println!("program types");
+            println!("  fentry/fexit {}", verdict(&facts.support.fentry));
+            println!("  kprobe       {}", verdict(&facts.support.kprobe));
+            println!("  tracepoint   {}", verdict(&facts.support.tracepoint));
+            println!("attach plan");
+            print_plan(&plan);
+        }
+    }
+    btf?;
+    Ok(())
+}
+
+fn print_plan(plan: &[HookPlan]) {
+    println!("  {:<18} {:<11} {}", "HOOK", "MODE", "WHERE / WHY NOT BETTER");
+    for h in plan {
+        let mode = h.chosen.map_or("NONE", |m| m.as_str());
+        println!("  {:<18} {:<11} {}", h.hook, mode, h.target);
+        for c in &h.candidates {
+            if let Some(why) = &c.refused {
+                println!("  {:<18} {:<11} {} refused: {why}", "", "", c.mode.as_str());
+            }
+        }
+    }
+}

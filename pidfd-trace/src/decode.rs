@@ -1,0 +1,217 @@
+//! Ring-buffer bytes → `Event`: layout, clock conversion, names, stage and sequence numbers.
+//! Pure apart from the clock offset it is given; enrichment from /proc happens later.
+use std::collections::HashMap;
+
+use pidfd_trace_common::{EventKind, EventRecord, Mode};
+
+use crate::{
+    classify::{self, KernelSemantics},
+    event::Event,
+    names,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes, expected {1}: agent and kernel programs are from different builds")]
+    Size(usize, usize),
+    #[error("record with unknown event kind {0}")]
+    Kind(u8),
+}
+
+/// Turns per-CPU record sequence numbers into the run-wide `seq`, so that a lost record shows
+/// as a gap, and counts those gaps.
+#[derive(Default, Debug)]
+pub struct SeqTracker {
+    last: HashMap<u32, u64>,
+    next: u64,
+    /// Records known lost from per-CPU gaps so far.
+    pub gaps: u64,
+}
+
+impl SeqTracker {
+    pub fn assign(&mut self, cpu: u32, cpu_seq: u64) -> u64 {
+        let last = self.last.entry(cpu).or_insert(0);
+        if cpu_seq > *last {
+            let gap = cpu_seq - *last - 1;
+            self.gaps += gap;
+            self.next += gap;
+            *last = cpu_seq;
+        } else if self.gaps > 0 {
+            // A program preempted on this CPU between counting and reserving: this record
+            // fills a gap we had already charged as lost.
+            self.gaps -= 1;
+        }
+        self.next += 1;
+        self.next
+    }
+}
+
+pub struct Decoder {
+    /// CLOCK_REALTIME - CLOCK_BOOTTIME at start-up, in ns.
+    boot_to_unix_ns: i128,
+    sem: KernelSemantics,
+    pub seq: SeqTracker,
+}
+
+impl Decoder {
+    pub fn new(boot_to_unix_ns: i128, sem: KernelSemantics) -> Self {
+        Self { boot_to_unix_ns, sem, seq: SeqTracker::default() }
+    }
+
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        let want = size_of::<EventRecord>();
+        if bytes.len() < want {
+            return Err(DecodeError::Size(bytes.len(), want));
+        }
+        // SAFETY: length checked; EventRecord is plain data valid for any bit pattern.
+        let r: EventRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let kind = EventKind::from_u8(r.kind).ok_or(DecodeError::Kind(r.kind))?;
+        let seq = self.seq.assign(r.cpu, r.cpu_seq);
+        Ok(self.build(&r, kind, seq))
+    }
+
+    fn build(&self, r: &EventRecord, kind: EventKind, seq: u64) -> Event {
+        let errno = if r.ret < 0 { (-r.ret) as u32 } else { 0 };
+        let ok = r.ret >= 0;
+        let is_clone = matches!(kind, EventKind::Clone | EventKind::Clone3);
+        let comm_len = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+        Event {
+            ts: r.ts_ns as i128 + self.boot_to_unix_ns,
+            seq,
+            event: kind,
+            pid: (r.pid_tgid >> 32) as u32,
+            tid: r.pid_tgid as u32,
+            comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
+            cgroup_id: r.cgroup_id,
+            cgroup: None,
+            container_id: None,
+            flags: r.flags,
+            flag_names: names::flag_names(kind, r.flags),
+            ret: r.ret,
+            errno: (!ok).then(|| names::errno_name(errno)),
+            stage: classify::stage(kind, errno, r.hints, r.flags, self.sem),
+            pidfd: match kind {
+                _ if !ok => None,
+                EventKind::Clone | EventKind::Clone3 => (r.pidfd >= 0).then_some(r.pidfd),
+                EventKind::PidfdOpen => Some(r.ret as i32),
+                _ => None,
+            },
+            child_pid: (is_clone && ok).then_some(r.ret),
+            target_pid: (kind == EventKind::PidfdOpen).then_some(r.arg0 as i32 as i64),
+            signal: (kind == EventKind::PidfdSendSignal).then(|| names::signal_name(r.arg1)),
+            signal_nr: (kind == EventKind::PidfdSendSignal).then_some(r.arg1),
+            target_fd: (kind == EventKind::PidfdGetfd).then_some(r.arg1 as i32 as i64),
+            mode: mode_name(r.mode),
+            duration_ns: r.duration_ns,
+            pidfd_allocated: None,
+            used_pidfd: matches!(kind, EventKind::PidfdGetfd | EventKind::PidfdSendSignal)
+                .then_some(r.arg0 as i32),
+        }
+    }
+}
+
+pub fn mode_name(mode: u8) -> &'static str {
+    match Mode::from_u8(mode) {
+        Some(Mode::Tracepoint) => "tracepoint",
+        Some(Mode::Kprobe) => "kprobe",
+        Some(Mode::Fexit) => "fexit",
+        None => "unknown",
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use pidfd_trace_common::{clone_flags as cf, hints};
+
+    use super::*;
+    use crate::classify::Stage;
+
+    fn record(kind: EventKind, ret: i64, flags: u64) -> EventRecord {
+        let mut comm = [0u8; 16];
+        comm[..7].copy_from_slice(b"workerx");
+        EventRecord {
+            ts_ns: 5_000_000_000,
+            duration_ns: 1234,
+            cpu_seq: 1,
+            pid_tgid: (4242u64 << 32) | 4243,
+            cgroup_id: 77,
+            flags,
+            ret,
+            arg0: 99,
+            arg1: 15,
+            uptr: 0x7fff_0000,
+            pidfd: 5,
+            cpu: 0,
+            kind: kind as u8,
+            mode: Mode::Tracepoint as u8,
+            hints: 0,
+            _pad: [0; 5],
+            comm,
+        }
+    }
+
+    fn bytes(r: &EventRecord) -> Vec<u8> {
+        unsafe { std::slice::from_raw_parts((r as *const EventRecord).cast::<u8>(), size_of::<EventRecord>()) }.to_vec()
+    }
+
+    fn decoder() -> Decoder {
+        Decoder::new(1_000_000_000_000_000_000, KernelSemantics { thread_pidfd: true })
+    }
+
+    #[test]
+    fn clone_success() {
+        let e = decoder().decode(&bytes(&record(EventKind::Clone, 5000, cf::CLONE_PIDFD | 17))).unwrap();
+        assert_eq!((e.pid, e.tid, e.comm.as_str()), (4242, 4243, "workerx"));
+        assert_eq!((e.ret, e.pidfd, e.child_pid, e.errno, e.stage), (5000, Some(5), Some(5000), None, None));
+        assert_eq!(e.flag_names, vec!["CLONE_PIDFD"]);
+        assert_eq!(e.ts, 1_000_000_005_000_000_000);
+        assert_eq!(e.mode, "tracepoint");
+    }
+
+    #[test]
+    fn clone_failures() {
+        let mut d = decoder();
+        let e = d.decode(&bytes(&record(EventKind::Clone, -22, cf::CLONE_PIDFD | cf::CLONE_PARENT_SETTID))).unwrap();
+        assert_eq!((e.errno.as_deref(), e.stage, e.pidfd, e.child_pid), (Some("EINVAL"), Some(Stage::Flags), None, None));
+        let mut r = record(EventKind::Clone3, -11, cf::CLONE_PIDFD);
+        r.hints = hints::PIDS_AT_LIMIT;
+        r.cpu_seq = 2;
+        let e = d.decode(&bytes(&r)).unwrap();
+        assert_eq!((e.errno.as_deref(), e.stage), (Some("EAGAIN"), Some(Stage::PidsCgroup)));
+    }
+
+    #[test]
+    fn pidfd_syscalls() {
+        let mut d = decoder();
+        let e = d.decode(&bytes(&record(EventKind::PidfdOpen, 7, 0))).unwrap();
+        assert_eq!((e.pidfd, e.target_pid, e.signal.as_deref()), (Some(7), Some(99), None));
+        let mut r = record(EventKind::PidfdSendSignal, 0, 0);
+        r.cpu_seq = 2;
+        let e = d.decode(&bytes(&r)).unwrap();
+        assert_eq!((e.signal.as_deref(), e.signal_nr, e.pidfd, e.stage), (Some("SIGTERM"), Some(15), None, None));
+        let mut r = record(EventKind::PidfdGetfd, -1, 0);
+        r.cpu_seq = 3;
+        let e = d.decode(&bytes(&r)).unwrap();
+        assert_eq!((e.target_fd, e.errno.as_deref(), e.stage), (Some(15), Some("EPERM"), None));
+    }
+
+    #[test]
+    fn bad_records() {
+        assert_eq!(decoder().decode(&[0u8; 10]).unwrap_err(), DecodeError::Size(10, size_of::<EventRecord>()));
+        let mut r = record(EventKind::Clone, 1, 0);
+        r.kind = 42;
+        assert_eq!(decoder().decode(&bytes(&r)).unwrap_err(), DecodeError::Kind(42));
+    }
+
+    #[test]
+    fn seq_gaps() {
+        let mut s = SeqTracker::default();
+        assert_eq!(s.assign(0, 1), 1);
+        assert_eq!(s.assign(1, 1), 2);
+        assert_eq!(s.assign(0, 4), 5); // cpu 0 lost 2 and 3
+        assert_eq!(s.gaps, 2);
+        assert_eq!(s.assign(0, 3), 6); // late arrival fills one gap
+        assert_eq!(s.gaps, 1);
+    }
+}

@@ -1,0 +1,35 @@
+//! Adds what the kernel record does not carry, from /proc and cgroupfs, best effort: the
+//! process a pidfd refers to. A value that cannot be found stays null.
+use crate::event::Event;
+
+/// Resolves `target_pid` of pidfd_getfd / pidfd_send_signal from the caller's
+/// `/proc/<pid>/fdinfo/<pidfd>` ("Pid:" line, 5.3+). Racy by nature: if the caller already
+/// closed the pidfd the field stays null rather than guessed.
+pub fn enrich(ev: &mut Event) {
+    if let Some(fd) = ev.used_pidfd {
+        ev.target_pid = pidfd_target(ev.pid, fd);
+    }
+}
+
+fn pidfd_target(pid: u32, fd: i32) -> Option<i64> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    parse_fdinfo_pid(&info)
+}
+
+/// `Pid:\t1234` (-1 once the process has been reaped, 0 if outside our pid namespace).
+pub fn parse_fdinfo_pid(info: &str) -> Option<i64> {
+    let v = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse::<i64>().ok()?;
+    (v > 0).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo() {
+        assert_eq!(parse_fdinfo_pid("pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nPid:\t4242\nNSpid:\t4242\n"), Some(4242));
+        assert_eq!(parse_fdinfo_pid("pos:\t0\nPid:\t-1\n"), None);
+        assert_eq!(parse_fdinfo_pid("pos:\t0\n"), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! The decoded event every sink receives, and its JSON-lines schema (DESIGN.md contract).
+//!
+//! One object per line; a field that does not apply is `null`, never invented:
+//! `ts` RFC 3339 UTC with nanoseconds; `seq` per-run sequence, a gap means records were lost;
+//! `event` clone|clone3|pidfd_open|pidfd_getfd|pidfd_send_signal; `pid`/`tid`/`comm` the
+//! caller; `cgroup_id`, `cgroup`, `container_id`; `flags` raw and `flag_names`; `ret` raw and
+//! `errno` name or null; `stage` for failed pidfd creations; `pidfd` the new pidfd on success;
+//! `child_pid` (clone) / `target_pid` (the process a pidfd refers to); `signal` (name) and
+//! `signal_nr`, `target_fd`; `mode` fexit|kprobe|tracepoint; `duration_ns` entry to exit;
+//! `pidfd_allocated` whether the failure came after the pidfd existed (function probes only).
+use pidfd_trace_common::EventKind;
+use serde::{Serialize, Serializer};
+
+use crate::classify::Stage;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: i128,
+    pub seq: u64,
+    #[serde(serialize_with = "event_name")]
+    pub event: EventKind,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+    pub flags: u64,
+    pub flag_names: Vec<String>,
+    pub ret: i64,
+    pub errno: Option<String>,
+    pub stage: Option<Stage>,
+    pub pidfd: Option<i32>,
+    pub child_pid: Option<i64>,
+    pub target_pid: Option<i64>,
+    pub signal: Option<String>,
+    pub signal_nr: Option<u64>,
+    pub target_fd: Option<i64>,
+    pub mode: &'static str,
+    pub duration_ns: u64,
+    pub pidfd_allocated: Option<bool>,
+    /// The pidfd a getfd/send_signal call passed; the enricher resolves it to `target_pid`.
+    #[serde(skip)]
+    pub used_pidfd: Option<i32>,
+}
+
+impl Event {
+    pub fn failed(&self) -> bool {
+        self.ret < 0
+    }
+}
+
+fn event_name<S: Serializer>(kind: &EventKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(crate::names::event_name(*kind))
+}
+
+fn rfc3339<S: Serializer>(ns: &i128, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_rfc3339(*ns))
+}
+
+/// `2026-11-27T10:31:02.123456789Z` from nanoseconds since the Unix epoch.
+pub fn format_rfc3339(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+    let nanos = unix_ns.rem_euclid(1_000_000_000);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian, UTC).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formatting() {
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(format_rfc3339(1_795_782_662_123_456_789), "2026-11-27T12:31:02.123456789Z");
+        assert_eq!(format_rfc3339(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
+        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+}

@@ -1,0 +1,163 @@
+//! The only module that talks to aya: loads the kernel programs with this kernel's offsets,
+//! attaches them as the plan says, and hands out the maps the agent reads.
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::TracePoint,
+};
+use log::{debug, warn};
+use pidfd_trace_common::{CounterKey, PidsLimitOffsets, globals, stats};
+
+use crate::{
+    btf::Btf,
+    plan::{AttachMode, HookPlan},
+    tracefs::SyscallLayout,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pidfd-trace"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("program {0} missing from the eBPF object: agent and kernel programs are from different builds")]
+    MissingProgram(String),
+    #[error("loading program {name} failed: {err}")]
+    Load { name: String, err: aya::programs::ProgramError },
+    #[error("attaching {name} to {target} failed: {err}")]
+    Attach { name: String, target: String, err: aya::programs::ProgramError },
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {err}")]
+    Map { name: &'static str, err: aya::maps::MapError },
+}
+
+pub struct LoadOptions<'a> {
+    pub layout: SyscallLayout,
+    pub btf: &'a Btf,
+    /// Ring-buffer size in bytes (power of two); `None` keeps the built-in default.
+    pub ring_bytes: Option<u32>,
+}
+
+/// A hook that is attached, as reported on the `attached` line and in metrics.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    pub hook: &'static str,
+    pub mode: AttachMode,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    pub attached: Vec<Attached>,
+}
+
+impl Probes {
+    pub fn load(opts: &LoadOptions<'_>, plan: &[HookPlan]) -> Result<Self, LoadError> {
+        let pids = pids_limit_offsets(opts.btf);
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(globals::TP_ARG0, &opts.layout.arg0, true)
+            .override_global(globals::TP_RET, &opts.layout.ret, true)
+            .override_global(globals::PIDS_LIMIT, &pids, true);
+        if let Some(bytes) = opts.ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let ebpf = loader.load(OBJECT)?;
+        let mut probes = Probes { ebpf, attached: Vec::new() };
+        for hook in plan {
+            if hook.chosen == Some(AttachMode::Tracepoint) {
+                for dir in ["enter", "exit"] {
+                    probes.attach_tracepoint(&format!("sys_{dir}_{}", hook.hook))?;
+                }
+                probes.attached.push(Attached { hook: hook.hook, mode: AttachMode::Tracepoint });
+            }
+        }
+        Ok(probes)
+    }
+
+    fn attach_tracepoint(&mut self, name: &str) -> Result<(), LoadError> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::MissingProgram(name.into()))?
+            .try_into()
+            .map_err(|err| LoadError::Load { name: name.into(), err })?;
+        prog.load().map_err(|err| LoadError::Load { name: name.into(), err })?;
+        prog.attach("syscalls", name).map_err(|err| LoadError::Attach {
+            name: name.into(),
+            target: format!("syscalls:{name}"),
+            err,
+        })?;
+        Ok(())
+    }
+
+    /// The event ring buffer; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|err| LoadError::Map { name: "EVENTS", err })
+    }
+
+    /// The kernel-side log channel (aya-log), if the object has one.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!("kernel-side logging unavailable: {e}");
+                None
+            }
+        }
+    }
+
+    /// Every outcome counter, summed over CPUs.
+    pub fn outcomes(&self) -> Result<Vec<(CounterKey, u64)>, LoadError> {
+        let map = self.ebpf.map("OUTCOMES").ok_or(LoadError::MissingMap("OUTCOMES"))?;
+        let map = PerCpuHashMap::<_, CounterKey, u64>::try_from(map).map_err(|err| LoadError::Map { name: "OUTCOMES", err })?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (k, per_cpu) = item.map_err(|err| LoadError::Map { name: "OUTCOMES", err })?;
+            out.push((k, per_cpu.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// The `STATS` slots, summed over CPUs.
+    pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
+        let map = self.ebpf.map("STATS").ok_or(LoadError::MissingMap("STATS"))?;
+        let map = PerCpuArray::<_, u64>::try_from(map).map_err(|err| LoadError::Map { name: "STATS", err })?;
+        let mut out = [0u64; stats::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0).map_err(|err| LoadError::Map { name: "STATS", err })?.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// task_struct → css_set → pids_cgroup offsets for the EAGAIN disambiguation. A kernel
+/// without the pids controller (or with a different shape) just loses that hint.
+fn pids_limit_offsets(btf: &Btf) -> PidsLimitOffsets {
+    let read = || -> Result<PidsLimitOffsets, crate::btf::BtfError> {
+        // The programs cast the css pointer straight to pids_cgroup.
+        if btf.member_offset("pids_cgroup", "css")? != 0 || btf.member_size("pids_cgroup", "limit")? != 8 {
+            return Ok(PidsLimitOffsets::default());
+        }
+        Ok(PidsLimitOffsets {
+            task_cgroups: btf.member_offset("task_struct", "cgroups")?,
+            css_set_subsys: btf.member_offset("css_set", "subsys")?,
+            pids_cgrp_id: btf.enum_value("cgroup_subsys_id", "pids_cgrp_id")? as u32,
+            pids_counter: btf.member_offset("pids_cgroup", "counter")?,
+            pids_limit: btf.member_offset("pids_cgroup", "limit")?,
+            valid: 1,
+        })
+    };
+    match read() {
+        Ok(o) => {
+            debug!("pids cgroup offsets from BTF: {o:?}");
+            o
+        }
+        Err(e) => {
+            warn!("pids cgroup limit cannot be read on this kernel ({e}); EAGAIN failures will be reported as task_limit");
+            PidsLimitOffsets::default()
+        }
+    }
+}
+

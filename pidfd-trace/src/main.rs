@@ -1,0 +1,69 @@
+//! pidfd-trace: the agent binary. Parses the command line and runs one command; every error
+//! becomes one line on stderr and a non-zero exit.
+mod btf;
+mod check;
+mod classify;
+mod cli;
+mod decode;
+mod enrich;
+mod event;
+mod filter;
+mod loader;
+mod names;
+mod pipeline;
+mod plan;
+mod preflight;
+mod session;
+mod sink;
+mod trace;
+mod tracefs;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pidfd-trace: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Trace(args) => runtime()?.block_on(trace::run(args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// clap's errors span several lines; users get one: what is wrong and where to look.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { ExitCode::from(2) } else { ExitCode::SUCCESS };
+    }
+    let rendered = e.render().to_string();
+    let mut parts = rendered.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"));
+    let first = parts.next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    let extra: Vec<&str> = parts.filter(|l| l.starts_with('[') || l.starts_with("tip:")).collect();
+    let extra = if extra.is_empty() { String::new() } else { format!(" {}", extra.join(" ")) };
+    eprintln!("pidfd-trace: error: {first}{extra}; see pidfd-trace --help");
+    ExitCode::from(2)
+}

@@ -1,0 +1,111 @@
+//! The event path inside the agent: ring buffer → decode → enrich → filter → sink, plus the
+//! kernel-side log channel and loss reporting, until a signal asks us to stop.
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use log::warn;
+use pidfd_trace_common::stats;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{decode::Decoder, enrich, filter::Filter, session::Session, sink::Sink};
+
+/// Counts of one run, for the closing summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub delivered: u64,
+    pub shown: u64,
+    pub decode_errors: u64,
+}
+
+pub struct Pipeline<'a> {
+    pub decoder: Decoder,
+    pub filter: Filter,
+    pub sink: &'a mut dyn Sink,
+    pub totals: Totals,
+}
+
+impl Pipeline<'_> {
+    /// Drains every record that is ready. Returns Err only when the sink cannot write.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> std::io::Result<()> {
+        let mut any = false;
+        while let Some(item) = ring.next() {
+            self.totals.delivered += 1;
+            let mut ev = match self.decoder.decode(&item) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    self.totals.decode_errors += 1;
+                    warn!("dropping undecodable record: {e}");
+                    continue;
+                }
+            };
+            drop(item);
+            if !self.filter.matches(&ev) {
+                continue;
+            }
+            enrich::enrich(&mut ev);
+            self.sink.event(&ev)?;
+            self.totals.shown += 1;
+            any = true;
+        }
+        if any { self.sink.flush() } else { Ok(()) }
+    }
+}
+
+/// Runs until SIGINT/SIGTERM or the sink's reader goes away (e.g. `| head`).
+pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<()> {
+    let ring = session.probes.take_events()?;
+    // SAFETY (both registrations): the AsyncFd owns the value that owns the fd, so the fd
+    // cannot be closed while it is registered.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.context("polling the event ring buffer")?;
+    let logger = session.probes.take_logger();
+    let mut logger = match logger {
+        Some(l) => Some(unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.context("polling the kernel log channel")?),
+        None => None,
+    };
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut lost_seen = 0u64;
+    eprintln!("{}", session.attached_line());
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                if let Err(e) = pipe.drain(guard.get_inner_mut()) {
+                    return sink_closed(e);
+                }
+                guard.clear_ready();
+            }
+            guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let lost = session.probes.stats()?[stats::LOST as usize];
+                if lost > lost_seen {
+                    warn!("{} event records lost (ring buffer full), {lost} in total; counters stay exact", lost - lost_seen);
+                    lost_seen = lost;
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    // Records already in the ring when the signal came are still delivered.
+    if let Err(e) = pipe.drain(ring.get_mut()) {
+        return sink_closed(e);
+    }
+    if let Some(l) = logger.as_mut() {
+        l.get_mut().flush();
+    }
+    Ok(())
+}
+
+fn sink_closed(e: std::io::Error) -> Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e).context("writing events") }
+}

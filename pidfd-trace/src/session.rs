@@ -1,0 +1,85 @@
+//! Start-up shared by every command that attaches: preflight, kernel facts, the plan, and
+//! the loaded programs.
+use anyhow::{Context, Result};
+use log::debug;
+
+use crate::{
+    btf::Btf,
+    classify::KernelSemantics,
+    cli::KernelArgs,
+    loader::{LoadOptions, Probes},
+    plan::{self, HookPlan, ProgramSupport},
+    preflight, tracefs,
+};
+
+/// Facts about the running kernel that `check` reports and the attach path uses.
+pub struct KernelFacts {
+    pub release: String,
+    pub btf_path: std::path::PathBuf,
+    pub lockdown: Option<String>,
+    pub support: ProgramSupport,
+    pub sem: KernelSemantics,
+}
+
+impl KernelFacts {
+    pub fn gather(args: &KernelArgs) -> Self {
+        let release = uname_release();
+        Self {
+            sem: KernelSemantics::from_release(&release),
+            release,
+            btf_path: args.btf.clone(),
+            lockdown: std::fs::read_to_string("/sys/kernel/security/lockdown").ok().map(|s| {
+                // "none [integrity] confidentiality": the bracketed one is active.
+                s.split_whitespace().find(|w| w.starts_with('[')).map(|w| w.trim_matches(['[', ']']).to_string()).unwrap_or(s.trim().to_string())
+            }),
+            support: ProgramSupport::probe(),
+        }
+    }
+}
+
+pub fn uname_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+pub struct Session {
+    pub facts: KernelFacts,
+    pub plan: Vec<HookPlan>,
+    pub probes: Probes,
+}
+
+impl Session {
+    pub fn start(args: &KernelArgs) -> Result<Self> {
+        preflight::check_privileges(preflight::effective_caps())?;
+        preflight::check_btf(&args.btf)?;
+        let (root, mounted) = tracefs::ensure_mounted()?;
+        if mounted {
+            log::info!("mounted tracefs at {}", root.display());
+        }
+        raise_memlock();
+        let facts = KernelFacts::gather(args);
+        let plan = plan::build(args.mode, &facts.support)?;
+        let layout = tracefs::syscall_layout(&root)?;
+        debug!("syscall tracepoint layout: {layout:?}");
+        let raw = std::fs::read(&args.btf).with_context(|| format!("reading kernel BTF {}", args.btf.display()))?;
+        let btf = Btf::parse(&raw).with_context(|| format!("parsing kernel BTF {}", args.btf.display()))?;
+        let ring_bytes = args.ring_kib.map(|k| k * 1024);
+        let probes = Probes::load(&LoadOptions { layout, btf: &btf, ring_bytes }, &plan)?;
+        Ok(Self { facts, plan, probes })
+    }
+
+    /// The one line on stderr that says we are ready (DESIGN.md contract).
+    pub fn attached_line(&self) -> String {
+        let hooks: Vec<String> = self.probes.attached.iter().map(|a| format!("{}={}", a.hook, a.mode.as_str())).collect();
+        format!("pidfd-trace: attached {} hooks: {}", hooks.len(), hooks.join(" "))
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it, and without
+/// CAP_SYS_RESOURCE raising it fails harmlessly.
+fn raise_memlock() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to a local struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        debug!("setrlimit(RLIMIT_MEMLOCK) failed: {}", std::io::Error::last_os_error());
+    }
+}

@@ -1,0 +1,51 @@
+//! `pidfd-trace trace`: live events on stdout, status on stderr.
+use std::io::{BufWriter, Write};
+
+use anyhow::Result;
+
+use crate::{
+    cli::{Output, TraceArgs},
+    decode::Decoder,
+    filter::Filter,
+    pipeline::{self, Pipeline},
+    session::Session,
+    sink::{Sink, json::JsonLines, text::Text},
+};
+
+pub async fn run(args: TraceArgs) -> Result<()> {
+    let mut session = Session::start(&args.kernel)?;
+    let stdout = BufWriter::new(std::io::stdout().lock());
+    let mut sink: Box<dyn Sink> = match args.output {
+        Output::Text => Box::new(Text::new(stdout)),
+        Output::Json => Box::new(JsonLines::new(stdout)),
+    };
+    let mut pipe = Pipeline {
+        decoder: Decoder::new(boot_to_unix_ns(), session.facts.sem),
+        filter: Filter { pids: args.pids, comms: args.comms, failures_only: args.failures_only },
+        sink: sink.as_mut(),
+        totals: Default::default(),
+    };
+    pipeline::run(&mut session, &mut pipe).await?;
+    let stats = session.probes.stats()?;
+    let t = pipe.totals;
+    eprintln!(
+        "pidfd-trace: {} events received, {} shown, {} lost, {} undecodable",
+        t.delivered,
+        t.shown,
+        stats[pidfd_trace_common::stats::LOST as usize],
+        t.decode_errors
+    );
+    let _ = std::io::stderr().flush();
+    Ok(())
+}
+
+/// CLOCK_REALTIME − CLOCK_BOOTTIME now, to put kernel boot-time stamps on the wall clock.
+pub fn boot_to_unix_ns() -> i128 {
+    let read = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid pointer to a local timespec.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME)
+}

@@ -1,0 +1,123 @@
+//! tracefs: finding or mounting it, and reading tracepoint format files, whose field offsets
+//! the kernel programs are given instead of compiled-in numbers.
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsError {
+    #[error(
+        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed ({0}); mount it with `mount -t tracefs tracefs /sys/kernel/tracing` or run as root"
+    )]
+    Mount(std::io::Error),
+    #[error("tracepoint {0} not found in tracefs: this kernel lacks it (CONFIG_FTRACE_SYSCALLS off?)")]
+    MissingTracepoint(String),
+    #[error("cannot read {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("tracepoint {tp}: field `{field}` is at offset {found}, expected {expected}; this kernel's syscall record layout is not supported")]
+    Layout { tp: String, field: String, found: u32, expected: u32 },
+}
+
+const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// The tracefs root, mounting it at /sys/kernel/tracing when no copy is mounted (some hosts
+/// boot without it). Returns the root and whether we mounted it.
+pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
+    if let Some(p) = CANDIDATES.iter().map(Path::new).find(|p| p.join("events").is_dir()) {
+        return Ok((p.to_path_buf(), false));
+    }
+    let target = CString::new(CANDIDATES[0]).expect("no NUL");
+    let fstype = CString::new("tracefs").expect("no NUL");
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(TracefsError::Mount(std::io::Error::last_os_error()));
+    }
+    Ok((PathBuf::from(CANDIDATES[0]), true))
+}
+
+/// Field name → byte offset of one tracepoint's record.
+pub fn field_offsets(root: &Path, category: &str, name: &str) -> Result<HashMap<String, u32>, TracefsError> {
+    let dir = root.join("events").join(category).join(name);
+    if !dir.is_dir() {
+        return Err(TracefsError::MissingTracepoint(format!("{category}:{name}")));
+    }
+    let path = dir.join("format");
+    let text = std::fs::read_to_string(&path).map_err(|err| TracefsError::Read { path, err })?;
+    Ok(parse_format(&text))
+}
+
+/// Parses lines like `field:unsigned long clone_flags;	offset:16;	size:8;	signed:0;`.
+pub fn parse_format(text: &str) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("field:") else { continue };
+        let mut parts = rest.split(';');
+        let decl = parts.next().unwrap_or("");
+        let name = decl.rsplit(|c: char| c.is_whitespace() || c == '*').next().unwrap_or("");
+        let name = name.split('[').next().unwrap_or(name);
+        let offset = parts.find_map(|p| p.trim().strip_prefix("offset:")).and_then(|v| v.parse().ok());
+        if let (false, Some(off)) = (name.is_empty(), offset) {
+            out.insert(name.to_string(), off);
+        }
+    }
+    out
+}
+
+/// The syscall tracepoints we attach, with the argument names (in order) we read.
+pub const SYSCALLS: &[(&str, &[&str])] = &[
+    ("clone", &["clone_flags", "newsp", "parent_tidptr"]),
+    ("clone3", &["uargs", "size"]),
+    ("pidfd_open", &["pid", "flags"]),
+    ("pidfd_getfd", &["pidfd", "fd", "flags"]),
+    ("pidfd_send_signal", &["pidfd", "sig", "info", "flags"]),
+];
+
+/// Offsets the programs use: the first syscall argument and `ret`. Every argument we read
+/// must sit at `arg0 + 8 * index`, as the programs assume; anything else is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallLayout {
+    pub arg0: u32,
+    pub ret: u32,
+}
+
+pub fn syscall_layout(root: &Path) -> Result<SyscallLayout, TracefsError> {
+    let mut layout: Option<SyscallLayout> = None;
+    for (sys, args) in SYSCALLS {
+        let enter = field_offsets(root, "syscalls", &format!("sys_enter_{sys}"))?;
+        let exit_tp = format!("sys_exit_{sys}");
+        let exit = field_offsets(root, "syscalls", &exit_tp)?;
+        let arg0 = *enter.get(args[0]).ok_or_else(|| TracefsError::MissingTracepoint(format!("syscalls:sys_enter_{sys} field {}", args[0])))?;
+        let ret = *exit.get("ret").ok_or_else(|| TracefsError::MissingTracepoint(format!("syscalls:{exit_tp} field ret")))?;
+        let want = *layout.get_or_insert(SyscallLayout { arg0, ret });
+        for (i, a) in args.iter().enumerate() {
+            let found = enter.get(*a).copied().unwrap_or(u32::MAX);
+            let expected = want.arg0 + 8 * i as u32;
+            if found != expected {
+                return Err(TracefsError::Layout { tp: format!("syscalls:sys_enter_{sys}"), field: (*a).into(), found, expected });
+            }
+        }
+        if ret != want.ret {
+            return Err(TracefsError::Layout { tp: format!("syscalls:{exit_tp}"), field: "ret".into(), found: ret, expected: want.ret });
+        }
+    }
+    layout.ok_or_else(|| TracefsError::MissingTracepoint("syscalls".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLONE: &str = "name: sys_enter_clone\nID: 196\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:unsigned long clone_flags;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:int * parent_tidptr;\toffset:32;\tsize:8;\tsigned:0;\n\tfield:char comm[16];\toffset:40;\tsize:16;\tsigned:0;\n\nprint fmt: \"...\"\n";
+
+    #[test]
+    fn parses_format() {
+        let f = parse_format(CLONE);
+        assert_eq!(f.get("clone_flags"), Some(&16));
+        assert_eq!(f.get("parent_tidptr"), Some(&32));
+        assert_eq!(f.get("__syscall_nr"), Some(&8));
+        assert_eq!(f.get("comm"), Some(&40));
+    }
+}

@@ -1,0 +1,97 @@
+//! Boot one guest under TCG, stream its serial console to a log file, enforce a timeout.
+
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::initramfs::{M_INIT, M_SUITE_END, M_CHECK_END, M_DONE};
+
+pub struct Boot {
+    /// Console lines (trailing CR/LF removed) with the seconds since qemu started.
+    pub lines: Vec<(f64, String)>,
+    pub timed_out: bool,
+    pub status: Option<ExitStatus>,
+    pub elapsed: Duration,
+    pub qemu_stderr: String,
+}
+
+pub fn boot(kernel_label: &str, vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> Result<Boot> {
+    let mut log_file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start qemu-system-x86_64 (install qemu-system-x86)")?;
+
+    let lines: Arc<Mutex<Vec<(f64, String)>>> = Arc::default();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = {
+        let lines = Arc::clone(&lines);
+        let label = kernel_label.to_string();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let _ = log_file.write_all(&buf);
+                let t = start.elapsed().as_secs_f64();
+                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+                progress(&label, t, &line);
+                lines.lock().unwrap().push((t, line));
+            }
+            let _ = log_file.flush();
+        })
+    };
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if start.elapsed() >= timeout {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let elapsed = start.elapsed();
+    let _ = reader.join();
+    let qemu_stderr = err_reader.join().unwrap_or_default();
+    let lines = std::mem::take(&mut *lines.lock().unwrap());
+    Ok(Boot { lines, timed_out, status, elapsed, qemu_stderr })
+}
+
+/// One short line on the terminal for the milestones, so a long run shows it is alive.
+fn progress(label: &str, t: f64, line: &str) {
+    let Some(pos) = line.find("=====PIDFD-") else { return };
+    let m = &line[pos..];
+    if m.starts_with(M_INIT) {
+        println!("vm [{label}] {t:6.1}s init started ({})", m.trim_matches('=').trim_start_matches("PIDFD-VM-INIT "));
+    } else if m.starts_with(M_SUITE_END) || m.starts_with(M_CHECK_END) || m.starts_with(M_DONE) {
+        println!("vm [{label}] {t:6.1}s {}", m.trim_matches('=').trim_start_matches("PIDFD-"));
+    }
+}

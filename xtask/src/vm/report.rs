@@ -1,0 +1,325 @@
+//! Reading a guest's console: markers, the suite's JSON lines, `check` output; the matrix.
+
+use super::initramfs::{
+    M_CHECK_BEGIN, M_CHECK_END, M_DONE, M_INIT, M_MOUNTS, M_STDERR_BEGIN, M_STDERR_END, M_SUITE_BEGIN,
+    M_SUITE_END,
+};
+use super::json::{self, Value};
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub result: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Default)]
+pub struct ModeRun {
+    pub mode: String,
+    pub rc: Option<i32>,
+    pub end_seen: bool,
+    pub results: Vec<Scenario>,
+    /// Non-JSON stdout lines and JSON lines that are not scenario results.
+    pub other: Vec<String>,
+    pub stderr: Vec<String>,
+    pub started: f64,
+    pub ended: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct CheckRun {
+    pub rc: Option<i32>,
+    pub end_seen: bool,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Guest {
+    pub uname: Option<String>,
+    pub init_at: Option<f64>,
+    pub mounts: Vec<(String, String)>,
+    pub modes: Vec<ModeRun>,
+    pub check: Option<CheckRun>,
+    pub done_at: Option<f64>,
+    pub panic: Option<String>,
+    pub oops: Vec<String>,
+}
+
+fn marker(line: &str) -> Option<&str> {
+    line.find("=====PIDFD-").map(|p| &line[p..])
+}
+
+/// `key=value` words of a marker line.
+fn marker_fields(m: &str) -> Vec<(String, String)> {
+    m.trim_matches('=')
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+fn field(fields: &[(String, String)], k: &str) -> Option<String> {
+    fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+}
+
+enum State {
+    Outside,
+    Suite(usize),
+    Check,
+    Stderr(Target),
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Suite(usize),
+    Check,
+    Nowhere,
+}
+
+pub fn parse(lines: &[(f64, String)]) -> Guest {
+    let mut g = Guest::default();
+    let mut state = State::Outside;
+    for (t, line) in lines {
+        if line.contains("Kernel panic - not syncing") && g.panic.is_none() {
+            g.panic = Some(line.trim().to_string());
+        }
+        let l = line.trim_start();
+        if (l.starts_with('[') && (l.contains("] BUG: ") || l.contains("] Oops: ")))
+            || l.starts_with("BUG: ")
+            || l.starts_with("Oops: ")
+        {
+            g.oops.push(l.to_string());
+        }
+        if let Some(m) = marker(line) {
+            let f = marker_fields(m);
+            if m.starts_with(M_INIT) {
+                g.init_at = Some(*t);
+                g.uname = field(&f, "kernel");
+            } else if m.starts_with(M_MOUNTS) {
+                g.mounts = f;
+            } else if m.starts_with(M_SUITE_BEGIN) {
+                g.modes.push(ModeRun { mode: field(&f, "mode").unwrap_or_default(), started: *t, ..Default::default() });
+                state = State::Suite(g.modes.len() - 1);
+            } else if m.starts_with(M_SUITE_END) {
+                if let State::Suite(i) = state {
+                    let run = &mut g.modes[i];
+                    run.end_seen = true;
+                    run.rc = field(&f, "rc").and_then(|r| r.parse().ok());
+                    run.ended = Some(*t);
+                }
+                state = State::Outside;
+            } else if m.starts_with(M_CHECK_BEGIN) {
+                g.check = Some(CheckRun::default());
+                state = State::Check;
+            } else if m.starts_with(M_CHECK_END) {
+                if let Some(c) = g.check.as_mut() {
+                    c.end_seen = true;
+                    c.rc = field(&f, "rc").and_then(|r| r.parse().ok());
+                }
+                state = State::Outside;
+            } else if m.starts_with(M_STDERR_BEGIN) {
+                let what = field(&f, "what").unwrap_or_default();
+                let target = if what == "check" {
+                    Target::Check
+                } else if let Some(mode) = what.strip_prefix("suite-") {
+                    g.modes.iter().rposition(|r| r.mode == mode).map(Target::Suite).unwrap_or(Target::Nowhere)
+                } else {
+                    Target::Nowhere
+                };
+                state = State::Stderr(target);
+            } else if m.starts_with(M_STDERR_END) {
+                state = State::Outside;
+            } else if m.starts_with(M_DONE) {
+                g.done_at = Some(*t);
+                state = State::Outside;
+            }
+            continue;
+        }
+        match state {
+            State::Outside => {}
+            State::Suite(i) => {
+                let text = line.trim();
+                if text.is_empty() {
+                    continue;
+                }
+                match scenario(text) {
+                    Some(s) => g.modes[i].results.push(s),
+                    None => g.modes[i].other.push(text.to_string()),
+                }
+            }
+            State::Check => {
+                if let Some(c) = g.check.as_mut() {
+                    c.stdout.push(line.clone());
+                }
+            }
+            State::Stderr(Target::Suite(i)) => g.modes[i].stderr.push(line.clone()),
+            State::Stderr(Target::Check) => {
+                if let Some(c) = g.check.as_mut() {
+                    c.stderr.push(line.clone());
+                }
+            }
+            State::Stderr(Target::Nowhere) => {}
+        }
+    }
+    g
+}
+
+/// One suite line: `{"scenario":..,"mode":..,"result":..,"detail":..}`.
+fn scenario(text: &str) -> Option<Scenario> {
+    if !text.starts_with('{') {
+        return None;
+    }
+    let v = json::parse(text).ok()?;
+    let name = v.get("scenario")?.as_str()?.to_string();
+    let result = v.get("result").map(Value::to_plain).unwrap_or_default();
+    let detail = v.get("detail").map(Value::to_plain).unwrap_or_default();
+    Some(Scenario { name, result, detail })
+}
+
+/// The attach plan (or the whole document) from `check --output json`, as `key = value` lines.
+pub fn attach_plan(check: &CheckRun) -> Vec<String> {
+    let text = check.stdout.join("\n");
+    let doc = json::parse(&text).ok().or_else(|| {
+        check.stdout.iter().rev().find_map(|l| {
+            let l = l.trim();
+            if l.starts_with('{') { json::parse(l).ok() } else { None }
+        })
+    });
+    let Some(doc) = doc else {
+        return check.stdout.iter().filter(|l| !l.trim().is_empty()).take(30).cloned().collect();
+    };
+    let plan = ["plan", "attach_plan", "attach", "hooks"].iter().find_map(|k| doc.get(k).map(|v| (*k, v)));
+    let mut flat = Vec::new();
+    match plan {
+        Some((k, v)) => v.flatten(k, &mut flat),
+        None => doc.flatten("", &mut flat),
+    }
+    let width = flat.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0).min(48);
+    let mut out: Vec<String> = flat.iter().take(40).map(|(k, v)| format!("{k:<width$} = {v}")).collect();
+    if flat.len() > 40 {
+        out.push(format!("... ({} more)", flat.len() - 40));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The matrix
+
+pub struct Column {
+    pub label: String,
+    pub results: Vec<Scenario>,
+}
+
+fn rank(result: &str) -> u8 {
+    match result {
+        "pass" => 1,
+        "skip" => 0,
+        _ => 2, // fail and anything unknown
+    }
+}
+
+pub fn cell(result: &str) -> String {
+    match result {
+        "pass" => "pass".into(),
+        "fail" => "FAIL".into(),
+        "skip" => "skip".into(),
+        other => format!("?{other}"),
+    }
+}
+
+/// Rows = scenarios in order of first appearance, columns = kernel×mode.
+pub fn matrix(columns: &[Column]) -> String {
+    let mut rows: Vec<String> = Vec::new();
+    for c in columns {
+        for s in &c.results {
+            if !rows.contains(&s.name) {
+                rows.push(s.name.clone());
+            }
+        }
+    }
+    let lookup = |c: &Column, row: &str| -> String {
+        c.results
+            .iter()
+            .filter(|s| s.name == row)
+            .max_by_key(|s| rank(&s.result))
+            .map(|s| cell(&s.result))
+            .unwrap_or_else(|| "\u{2014}".into())
+    };
+    let first = rows.iter().map(|r| r.chars().count()).max().unwrap_or(0).max("scenario".len());
+    let widths: Vec<usize> = columns.iter().map(|c| c.label.chars().count().max(4)).collect();
+    let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w.saturating_sub(s.chars().count())));
+    let mut out = String::new();
+    out.push_str(&pad("scenario", first));
+    for (c, w) in columns.iter().zip(&widths) {
+        out.push_str("  ");
+        out.push_str(&pad(&c.label, *w));
+    }
+    out.push('\n');
+    out.push_str(&"-".repeat(first + widths.iter().map(|w| w + 2).sum::<usize>()));
+    out.push('\n');
+    if rows.is_empty() {
+        out.push_str("(no scenario results)\n");
+    }
+    for r in &rows {
+        out.push_str(&pad(r, first));
+        for (c, w) in columns.iter().zip(&widths) {
+            out.push_str("  ");
+            out.push_str(&pad(&lookup(c, r), *w));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<(f64, String)> {
+        text.lines().enumerate().map(|(i, l)| (i as f64, l.to_string())).collect()
+    }
+
+    #[test]
+    fn parses_console() {
+        let console = "\
+[    0.000000] Linux version 6.1.0\r
+=====PIDFD-VM-INIT kernel=6.1.0-37-cloud-amd64=====\r
+=====PIDFD-VM-MOUNTS sysfs=ok tracefs=ok bpffs=ok cgroup2=ok pids=cgroup2 btf=yes=====\r
+=====PIDFD-SUITE-BEGIN mode=fexit=====\r
+{\"scenario\":\"clone_pidfd_ok\",\"mode\":\"fexit\",\"result\":\"pass\",\"detail\":\"\"}\r
+{\"scenario\":\"clone_pidfd_emfile\",\"mode\":\"fexit\",\"result\":\"fail\",\"detail\":\"no event\"}\r
+starting agent\r
+=====PIDFD-SUITE-END mode=fexit rc=1=====\r
+=====PIDFD-STDERR-BEGIN what=suite-fexit=====\r
+error: boom\r
+=====PIDFD-STDERR-END=====\r
+=====PIDFD-CHECK-BEGIN=====\r
+{\"plan\":{\"clone\":\"fexit:copy_process\"}}\r
+=====PIDFD-CHECK-END rc=0=====\r
+=====PIDFD-VM-DONE=====\r
+[    9.1] reboot: Power down\r
+";
+        let g = parse(&lines(console));
+        assert_eq!(g.uname.as_deref(), Some("6.1.0-37-cloud-amd64"));
+        assert_eq!(g.modes.len(), 1);
+        let m = &g.modes[0];
+        assert_eq!((m.mode.as_str(), m.rc, m.end_seen), ("fexit", Some(1), true));
+        assert_eq!(m.results.len(), 2);
+        assert_eq!(m.results[1].result, "fail");
+        assert_eq!(m.other, vec!["starting agent"]);
+        assert_eq!(m.stderr, vec!["error: boom"]);
+        let c = g.check.as_ref().unwrap();
+        assert_eq!(c.rc, Some(0));
+        assert_eq!(attach_plan(c), vec!["plan.clone = fexit:copy_process"]);
+        assert!(g.done_at.is_some() && g.panic.is_none());
+        let tbl = matrix(&[Column { label: "6.1/fexit".into(), results: m.results.clone() }]);
+        assert!(tbl.contains("clone_pidfd_emfile  FAIL"));
+    }
+
+    #[test]
+    fn detects_panic() {
+        let g = parse(&lines("[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n"));
+        assert!(g.panic.is_some());
+    }
+}
