@@ -4,14 +4,15 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let cargo_metadata::Metadata { packages, .. } =
+        cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = packages
         .into_iter()
         .find(|p| p.name.as_str() == "pidfd-trace-ebpf")
         .ok_or_else(|| anyhow!("pidfd-trace-ebpf package not found"))?;
     let root_dir = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("no parent"))?.as_str().to_owned();
-    aya_build::build_ebpf([Package { name: ebpf.name.as_str(), root_dir: &root_dir, ..Default::default() }], Toolchain::default())
+    aya_build::build_ebpf(
+        [Package { name: ebpf.name.as_str(), root_dir: &root_dir, ..Default::default() }],
+        Toolchain::default(),
+    )
 }

@@ -133,7 +133,10 @@ pub struct EventRecord {
     pub kind: u8,
     pub mode: u8,
     pub hints: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// pidfd_getfd / pidfd_send_signal: the pid (initial namespace) the pidfd refers to,
+    /// read from the caller's fd table at entry; 0 when unknown.
+    pub target_pid: i32,
     pub comm: [u8; 16],
 }
 
@@ -148,7 +151,8 @@ pub struct EnterState {
     pub uptr: u64,
     pub kind: u8,
     pub hints: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    pub target_pid: i32,
 }
 
 /// Key of the `OUTCOMES` per-CPU counter map: one slot per distinct outcome. Every field has
@@ -195,6 +199,7 @@ pub mod globals {
     pub const TP_ARG0: &str = "TP_ARG0_OFF";
     pub const TP_RET: &str = "TP_RET_OFF";
     pub const PIDS_LIMIT: &str = "PIDS_LIMIT_OFFSETS";
+    pub const FD_PID: &str = "FD_PID_OFFSETS";
 }
 
 /// Offsets (from the kernel's BTF) needed to read the caller's pids cgroup counter and limit:
@@ -211,6 +216,26 @@ pub struct PidsLimitOffsets {
     pub valid: u32,
 }
 
+/// Offsets (from BTF) to find the pid behind a pidfd in the caller's fd table:
+/// task_struct.files → files_struct.fdt → fdtable.{fd,max_fds} → file, then the struct pid
+/// in `file.private_data` (anon-inode pidfds, before 6.9) or `file.f_inode->i_private`
+/// (pidfs, 6.9+), and `pid.numbers[0].nr`. `valid == 0` disables the walk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdPidOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub file_private_data: u32,
+    pub file_f_inode: u32,
+    pub inode_i_private: u32,
+    /// 1: the struct pid hangs off the inode (pidfs); 0: off `file.private_data`.
+    pub via_inode: u32,
+    pub pid_numbers_nr: u32,
+    pub valid: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are #[repr(C)] plain data with no padding the kernel leaves
@@ -219,4 +244,5 @@ mod user {
     unsafe impl aya::Pod for super::EnterState {}
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::PidsLimitOffsets {}
+    unsafe impl aya::Pod for super::FdPidOffsets {}
 }

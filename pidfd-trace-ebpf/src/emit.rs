@@ -3,7 +3,9 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
+    },
 };
 use aya_log_ebpf::warn;
 use pidfd_trace_common::{CounterKey, EnterState, EventRecord, Mode, clone_flags, stats};
@@ -12,7 +14,15 @@ use crate::maps::{EVENTS, OUTCOMES, bump_stat};
 
 /// Counts the outcome and sends the record. `ret` is the syscall's raw return value.
 #[inline(always)]
-pub fn finish<C: EbpfContext>(ctx: &C, st: &EnterState, pid_tgid: u64, ret: i64, pidfd: i32, hints: u8, mode: Mode) {
+pub fn finish<C: EbpfContext>(
+    ctx: &C,
+    st: &EnterState,
+    pid_tgid: u64,
+    ret: i64,
+    pidfd: i32,
+    hints: u8,
+    mode: Mode,
+) {
     let kind = st.kind;
     let hints = st.hints | hints;
     count_outcome(ctx, kind, hints, st, ret);
@@ -39,7 +49,8 @@ pub fn finish<C: EbpfContext>(ctx: &C, st: &EnterState, pid_tgid: u64, ret: i64,
         kind,
         mode: mode as u8,
         hints,
-        _pad: [0; 5],
+        _pad: 0,
+        target_pid: st.target_pid,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     entry.write(rec);

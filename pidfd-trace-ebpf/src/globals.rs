@@ -1,6 +1,6 @@
 //! Values the agent fills in at load time from the running kernel (tracepoint format files,
 //! BTF). Rust eBPF has no CO-RE relocations, so nothing here may be trusted at its default.
-use pidfd_trace_common::PidsLimitOffsets;
+use pidfd_trace_common::{FdPidOffsets, PidsLimitOffsets};
 
 /// Byte offsets of the syscall tracepoint fields, from
 /// `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`: every sys_enter record places its
@@ -35,4 +35,24 @@ pub fn tp_ret_off() -> usize {
 #[inline(always)]
 pub fn pids_limit_offsets() -> PidsLimitOffsets {
     unsafe { core::ptr::read_volatile(&PIDS_LIMIT_OFFSETS) }
+}
+
+/// Caller fd table → struct pid offsets, from BTF; `valid == 0` when unknown.
+#[unsafe(no_mangle)]
+static FD_PID_OFFSETS: FdPidOffsets = FdPidOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_fd: 0,
+    fdt_max_fds: 0,
+    file_private_data: 0,
+    file_f_inode: 0,
+    inode_i_private: 0,
+    via_inode: 0,
+    pid_numbers_nr: 0,
+    valid: 0,
+};
+
+#[inline(always)]
+pub fn fd_pid_offsets() -> FdPidOffsets {
+    unsafe { core::ptr::read_volatile(&FD_PID_OFFSETS) }
 }

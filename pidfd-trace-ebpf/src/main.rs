@@ -7,6 +7,7 @@
 mod emit;
 mod globals;
 mod maps;
+mod task;
 mod tracepoint;
 
 #[cfg(not(test))]

@@ -38,13 +38,23 @@ pub fn run(args: CheckArgs) -> Result<()> {
         }
         Output::Text => {
             println!("kernel         {}", facts.release);
-            println!("btf            {} ({})", facts.btf_path.display(), if btf.is_ok() { "present" } else { "MISSING" });
-            println!("lockdown       {}", facts.lockdown.as_deref().unwrap_or("unknown (securityfs not mounted)"));
+            println!(
+                "btf            {} ({})",
+                facts.btf_path.display(),
+                if btf.is_ok() { "present" } else { "MISSING" }
+            );
+            println!(
+                "lockdown       {}",
+                facts.lockdown.as_deref().unwrap_or("unknown (securityfs not mounted)")
+            );
             match &tracefs {
                 Ok((p, _)) => println!("tracefs        {}", p.display()),
                 Err(e) => println!("tracefs        MISSING: {e}"),
             }
-            println!("thread pidfds  {}", if facts.sem.thread_pidfd { "yes (6.9+)" } else { "no: CLONE_PIDFD|CLONE_THREAD is EINVAL" });
+            println!(
+                "thread pidfds  {}",
+                if facts.sem.thread_pidfd { "yes (6.9+)" } else { "no: CLONE_PIDFD|CLONE_THREAD is EINVAL" }
+            );
             println!("program types");
             println!("  fentry/fexit {}", verdict(&facts.support.fentry));
             println!("  kprobe       {}", verdict(&facts.support.kprobe));

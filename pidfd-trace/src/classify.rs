@@ -125,13 +125,24 @@ mod tests {
             (PidfdSendSignal, 3, 0, 0, NEW, None),
         ];
         for (kind, errno, h, flags, sem, want) in cases {
-            assert_eq!(stage(*kind, *errno, *h, *flags, *sem), *want, "{kind:?} errno {errno} flags {flags:#x} {sem:?}");
+            assert_eq!(
+                stage(*kind, *errno, *h, *flags, *sem),
+                *want,
+                "{kind:?} errno {errno} flags {flags:#x} {sem:?}"
+            );
         }
     }
 
     #[test]
     fn release_parsing() {
-        for (rel, thread) in [("6.18.44-fc-v595", true), ("6.9.0", true), ("6.8.12-1-amd64", false), ("5.10.0-33-cloud-amd64", false), ("7.1", true), ("garbage", false)] {
+        for (rel, thread) in [
+            ("6.18.44-fc-v595", true),
+            ("6.9.0", true),
+            ("6.8.12-1-amd64", false),
+            ("5.10.0-33-cloud-amd64", false),
+            ("7.1", true),
+            ("garbage", false),
+        ] {
             assert_eq!(KernelSemantics::from_release(rel).thread_pidfd, thread, "{rel}");
         }
     }

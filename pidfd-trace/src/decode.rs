@@ -97,14 +97,19 @@ impl Decoder {
                 _ => None,
             },
             child_pid: (is_clone && ok).then_some(r.ret),
-            target_pid: (kind == EventKind::PidfdOpen).then_some(r.arg0 as i32 as i64),
+            target_pid: match kind {
+                EventKind::PidfdOpen => Some(r.arg0 as i32 as i64),
+                _ => (r.target_pid > 0).then_some(r.target_pid as i64),
+            },
             signal: (kind == EventKind::PidfdSendSignal).then(|| names::signal_name(r.arg1)),
             signal_nr: (kind == EventKind::PidfdSendSignal).then_some(r.arg1),
             target_fd: (kind == EventKind::PidfdGetfd).then_some(r.arg1 as i32 as i64),
             mode: mode_name(r.mode),
             duration_ns: r.duration_ns,
             pidfd_allocated: None,
-            used_pidfd: matches!(kind, EventKind::PidfdGetfd | EventKind::PidfdSendSignal)
+            // Only when the kernel could not resolve it: the enricher tries /proc.
+            used_pidfd: (matches!(kind, EventKind::PidfdGetfd | EventKind::PidfdSendSignal)
+                && r.target_pid <= 0)
                 .then_some(r.arg0 as i32),
         }
     }
@@ -118,7 +123,6 @@ pub fn mode_name(mode: u8) -> &'static str {
         None => "unknown",
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -146,13 +150,17 @@ mod tests {
             kind: kind as u8,
             mode: Mode::Tracepoint as u8,
             hints: 0,
-            _pad: [0; 5],
+            _pad: 0,
+            target_pid: 0,
             comm,
         }
     }
 
     fn bytes(r: &EventRecord) -> Vec<u8> {
-        unsafe { std::slice::from_raw_parts((r as *const EventRecord).cast::<u8>(), size_of::<EventRecord>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts((r as *const EventRecord).cast::<u8>(), size_of::<EventRecord>())
+        }
+        .to_vec()
     }
 
     fn decoder() -> Decoder {
@@ -172,8 +180,13 @@ mod tests {
     #[test]
     fn clone_failures() {
         let mut d = decoder();
-        let e = d.decode(&bytes(&record(EventKind::Clone, -22, cf::CLONE_PIDFD | cf::CLONE_PARENT_SETTID))).unwrap();
-        assert_eq!((e.errno.as_deref(), e.stage, e.pidfd, e.child_pid), (Some("EINVAL"), Some(Stage::Flags), None, None));
+        let e = d
+            .decode(&bytes(&record(EventKind::Clone, -22, cf::CLONE_PIDFD | cf::CLONE_PARENT_SETTID)))
+            .unwrap();
+        assert_eq!(
+            (e.errno.as_deref(), e.stage, e.pidfd, e.child_pid),
+            (Some("EINVAL"), Some(Stage::Flags), None, None)
+        );
         let mut r = record(EventKind::Clone3, -11, cf::CLONE_PIDFD);
         r.hints = hints::PIDS_AT_LIMIT;
         r.cpu_seq = 2;
@@ -189,7 +202,10 @@ mod tests {
         let mut r = record(EventKind::PidfdSendSignal, 0, 0);
         r.cpu_seq = 2;
         let e = d.decode(&bytes(&r)).unwrap();
-        assert_eq!((e.signal.as_deref(), e.signal_nr, e.pidfd, e.stage), (Some("SIGTERM"), Some(15), None, None));
+        assert_eq!(
+            (e.signal.as_deref(), e.signal_nr, e.pidfd, e.stage),
+            (Some("SIGTERM"), Some(15), None, None)
+        );
         let mut r = record(EventKind::PidfdGetfd, -1, 0);
         r.cpu_seq = 3;
         let e = d.decode(&bytes(&r)).unwrap();
@@ -198,7 +214,10 @@ mod tests {
 
     #[test]
     fn bad_records() {
-        assert_eq!(decoder().decode(&[0u8; 10]).unwrap_err(), DecodeError::Size(10, size_of::<EventRecord>()));
+        assert_eq!(
+            decoder().decode(&[0u8; 10]).unwrap_err(),
+            DecodeError::Size(10, size_of::<EventRecord>())
+        );
         let mut r = record(EventKind::Clone, 1, 0);
         r.kind = 42;
         assert_eq!(decoder().decode(&bytes(&r)).unwrap_err(), DecodeError::Kind(42));

@@ -28,7 +28,12 @@ mod tests {
 
     #[test]
     fn fdinfo() {
-        assert_eq!(parse_fdinfo_pid("pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nPid:\t4242\nNSpid:\t4242\n"), Some(4242));
+        assert_eq!(
+            parse_fdinfo_pid(
+                "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nPid:\t4242\nNSpid:\t4242\n"
+            ),
+            Some(4242)
+        );
         assert_eq!(parse_fdinfo_pid("pos:\t0\nPid:\t-1\n"), None);
         assert_eq!(parse_fdinfo_pid("pos:\t0\n"), None);
     }

@@ -6,7 +6,7 @@ use aya::{
     programs::TracePoint,
 };
 use log::{debug, warn};
-use pidfd_trace_common::{CounterKey, PidsLimitOffsets, globals, stats};
+use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, globals, stats};
 
 use crate::{
     btf::Btf,
@@ -54,11 +54,13 @@ pub struct Probes {
 impl Probes {
     pub fn load(opts: &LoadOptions<'_>, plan: &[HookPlan]) -> Result<Self, LoadError> {
         let pids = pids_limit_offsets(opts.btf);
+        let fd_pid = fd_pid_offsets(opts.btf);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::TP_ARG0, &opts.layout.arg0, true)
             .override_global(globals::TP_RET, &opts.layout.ret, true)
-            .override_global(globals::PIDS_LIMIT, &pids, true);
+            .override_global(globals::PIDS_LIMIT, &pids, true)
+            .override_global(globals::FD_PID, &fd_pid, true);
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -111,7 +113,8 @@ impl Probes {
     /// Every outcome counter, summed over CPUs.
     pub fn outcomes(&self) -> Result<Vec<(CounterKey, u64)>, LoadError> {
         let map = self.ebpf.map("OUTCOMES").ok_or(LoadError::MissingMap("OUTCOMES"))?;
-        let map = PerCpuHashMap::<_, CounterKey, u64>::try_from(map).map_err(|err| LoadError::Map { name: "OUTCOMES", err })?;
+        let map = PerCpuHashMap::<_, CounterKey, u64>::try_from(map)
+            .map_err(|err| LoadError::Map { name: "OUTCOMES", err })?;
         let mut out = Vec::new();
         for item in map.iter() {
             let (k, per_cpu) = item.map_err(|err| LoadError::Map { name: "OUTCOMES", err })?;
@@ -123,10 +126,12 @@ impl Probes {
     /// The `STATS` slots, summed over CPUs.
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
         let map = self.ebpf.map("STATS").ok_or(LoadError::MissingMap("STATS"))?;
-        let map = PerCpuArray::<_, u64>::try_from(map).map_err(|err| LoadError::Map { name: "STATS", err })?;
+        let map =
+            PerCpuArray::<_, u64>::try_from(map).map_err(|err| LoadError::Map { name: "STATS", err })?;
         let mut out = [0u64; stats::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            *slot = map.get(&(i as u32), 0).map_err(|err| LoadError::Map { name: "STATS", err })?.iter().sum();
+            *slot =
+                map.get(&(i as u32), 0).map_err(|err| LoadError::Map { name: "STATS", err })?.iter().sum();
         }
         Ok(out)
     }
@@ -155,9 +160,42 @@ fn pids_limit_offsets(btf: &Btf) -> PidsLimitOffsets {
             o
         }
         Err(e) => {
-            warn!("pids cgroup limit cannot be read on this kernel ({e}); EAGAIN failures will be reported as task_limit");
+            warn!(
+                "pids cgroup limit cannot be read on this kernel ({e}); EAGAIN failures will be reported as task_limit"
+            );
             PidsLimitOffsets::default()
         }
     }
 }
 
+/// Offsets for resolving a pidfd to its pid inside the kernel (pidfd_getfd,
+/// pidfd_send_signal). Without them `target_pid` falls back to /proc fdinfo.
+fn fd_pid_offsets(btf: &Btf) -> FdPidOffsets {
+    let read = || -> Result<FdPidOffsets, crate::btf::BtfError> {
+        Ok(FdPidOffsets {
+            task_files: btf.member_offset("task_struct", "files")?,
+            files_fdt: btf.member_offset("files_struct", "fdt")?,
+            fdt_fd: btf.member_offset("fdtable", "fd")?,
+            fdt_max_fds: btf.member_offset("fdtable", "max_fds")?,
+            file_private_data: btf.member_offset("file", "private_data")?,
+            file_f_inode: btf.member_offset("file", "f_inode")?,
+            inode_i_private: btf.member_offset("inode", "i_private")?,
+            // 6.9+ keeps the struct pid in the pidfs inode, earlier kernels in the file.
+            via_inode: u32::from(btf.has_func("pidfs_alloc_file")),
+            pid_numbers_nr: btf.member_offset("pid", "numbers")? + btf.member_offset("upid", "nr")?,
+            valid: 1,
+        })
+    };
+    match read() {
+        Ok(o) => {
+            debug!("pidfd → pid offsets from BTF: {o:?}");
+            o
+        }
+        Err(e) => {
+            warn!(
+                "cannot resolve pidfds in the kernel on this kernel ({e}); target_pid comes from /proc and may be missing"
+            );
+            FdPidOffsets::default()
+        }
+    }
+}

@@ -3,16 +3,54 @@ use pidfd_trace_common::{EventKind, clone_flags as cf};
 
 /// Linux errno names (asm-generic/errno-base.h and errno.h, x86_64).
 const ERRNOS: &[(u32, &str)] = &[
-    (1, "EPERM"), (2, "ENOENT"), (3, "ESRCH"), (4, "EINTR"), (5, "EIO"), (6, "ENXIO"),
-    (7, "E2BIG"), (8, "ENOEXEC"), (9, "EBADF"), (10, "ECHILD"), (11, "EAGAIN"),
-    (12, "ENOMEM"), (13, "EACCES"), (14, "EFAULT"), (15, "ENOTBLK"), (16, "EBUSY"),
-    (17, "EEXIST"), (18, "EXDEV"), (19, "ENODEV"), (20, "ENOTDIR"), (21, "EISDIR"),
-    (22, "EINVAL"), (23, "ENFILE"), (24, "EMFILE"), (25, "ENOTTY"), (26, "ETXTBSY"),
-    (27, "EFBIG"), (28, "ENOSPC"), (29, "ESPIPE"), (30, "EROFS"), (31, "EMLINK"),
-    (32, "EPIPE"), (33, "EDOM"), (34, "ERANGE"), (35, "EDEADLK"), (36, "ENAMETOOLONG"),
-    (37, "ENOLCK"), (38, "ENOSYS"), (39, "ENOTEMPTY"), (40, "ELOOP"), (75, "EOVERFLOW"),
-    (95, "EOPNOTSUPP"), (110, "ETIMEDOUT"), (125, "ECANCELED"), (512, "ERESTARTSYS"),
-    (513, "ERESTARTNOINTR"), (514, "ERESTARTNOHAND"), (516, "ERESTART_RESTARTBLOCK"),
+    (1, "EPERM"),
+    (2, "ENOENT"),
+    (3, "ESRCH"),
+    (4, "EINTR"),
+    (5, "EIO"),
+    (6, "ENXIO"),
+    (7, "E2BIG"),
+    (8, "ENOEXEC"),
+    (9, "EBADF"),
+    (10, "ECHILD"),
+    (11, "EAGAIN"),
+    (12, "ENOMEM"),
+    (13, "EACCES"),
+    (14, "EFAULT"),
+    (15, "ENOTBLK"),
+    (16, "EBUSY"),
+    (17, "EEXIST"),
+    (18, "EXDEV"),
+    (19, "ENODEV"),
+    (20, "ENOTDIR"),
+    (21, "EISDIR"),
+    (22, "EINVAL"),
+    (23, "ENFILE"),
+    (24, "EMFILE"),
+    (25, "ENOTTY"),
+    (26, "ETXTBSY"),
+    (27, "EFBIG"),
+    (28, "ENOSPC"),
+    (29, "ESPIPE"),
+    (30, "EROFS"),
+    (31, "EMLINK"),
+    (32, "EPIPE"),
+    (33, "EDOM"),
+    (34, "ERANGE"),
+    (35, "EDEADLK"),
+    (36, "ENAMETOOLONG"),
+    (37, "ENOLCK"),
+    (38, "ENOSYS"),
+    (39, "ENOTEMPTY"),
+    (40, "ELOOP"),
+    (75, "EOVERFLOW"),
+    (95, "EOPNOTSUPP"),
+    (110, "ETIMEDOUT"),
+    (125, "ECANCELED"),
+    (512, "ERESTARTSYS"),
+    (513, "ERESTARTNOINTR"),
+    (514, "ERESTARTNOHAND"),
+    (516, "ERESTART_RESTARTBLOCK"),
     (524, "ENOTSUPP"),
 ];
 
@@ -25,10 +63,38 @@ pub fn errno_name(errno: u32) -> String {
 }
 
 const SIGNALS: [&str; 32] = [
-    "0", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
-    "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
-    "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
-    "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    "0",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
 ];
 
 /// `SIGTERM`, `SIGRTMIN+3`, or the number for anything out of range. Signal 0 (a liveness
@@ -42,18 +108,31 @@ pub fn signal_name(sig: u64) -> String {
 }
 
 const CLONE_FLAG_NAMES: &[(u64, &str)] = &[
-    (cf::CLONE_VM, "CLONE_VM"), (cf::CLONE_FS, "CLONE_FS"), (cf::CLONE_FILES, "CLONE_FILES"),
-    (cf::CLONE_SIGHAND, "CLONE_SIGHAND"), (cf::CLONE_PIDFD, "CLONE_PIDFD"),
-    (cf::CLONE_PTRACE, "CLONE_PTRACE"), (cf::CLONE_VFORK, "CLONE_VFORK"),
-    (cf::CLONE_PARENT, "CLONE_PARENT"), (cf::CLONE_THREAD, "CLONE_THREAD"),
-    (cf::CLONE_NEWNS, "CLONE_NEWNS"), (cf::CLONE_SYSVSEM, "CLONE_SYSVSEM"),
-    (cf::CLONE_SETTLS, "CLONE_SETTLS"), (cf::CLONE_PARENT_SETTID, "CLONE_PARENT_SETTID"),
-    (cf::CLONE_CHILD_CLEARTID, "CLONE_CHILD_CLEARTID"), (cf::CLONE_DETACHED, "CLONE_DETACHED"),
-    (cf::CLONE_UNTRACED, "CLONE_UNTRACED"), (cf::CLONE_CHILD_SETTID, "CLONE_CHILD_SETTID"),
-    (cf::CLONE_NEWCGROUP, "CLONE_NEWCGROUP"), (cf::CLONE_NEWUTS, "CLONE_NEWUTS"),
-    (cf::CLONE_NEWIPC, "CLONE_NEWIPC"), (cf::CLONE_NEWUSER, "CLONE_NEWUSER"),
-    (cf::CLONE_NEWPID, "CLONE_NEWPID"), (cf::CLONE_NEWNET, "CLONE_NEWNET"),
-    (cf::CLONE_IO, "CLONE_IO"), (cf::CLONE_CLEAR_SIGHAND, "CLONE_CLEAR_SIGHAND"),
+    (cf::CLONE_VM, "CLONE_VM"),
+    (cf::CLONE_FS, "CLONE_FS"),
+    (cf::CLONE_FILES, "CLONE_FILES"),
+    (cf::CLONE_SIGHAND, "CLONE_SIGHAND"),
+    (cf::CLONE_PIDFD, "CLONE_PIDFD"),
+    (cf::CLONE_PTRACE, "CLONE_PTRACE"),
+    (cf::CLONE_VFORK, "CLONE_VFORK"),
+    (cf::CLONE_PARENT, "CLONE_PARENT"),
+    (cf::CLONE_THREAD, "CLONE_THREAD"),
+    (cf::CLONE_NEWNS, "CLONE_NEWNS"),
+    (cf::CLONE_SYSVSEM, "CLONE_SYSVSEM"),
+    (cf::CLONE_SETTLS, "CLONE_SETTLS"),
+    (cf::CLONE_PARENT_SETTID, "CLONE_PARENT_SETTID"),
+    (cf::CLONE_CHILD_CLEARTID, "CLONE_CHILD_CLEARTID"),
+    (cf::CLONE_DETACHED, "CLONE_DETACHED"),
+    (cf::CLONE_UNTRACED, "CLONE_UNTRACED"),
+    (cf::CLONE_CHILD_SETTID, "CLONE_CHILD_SETTID"),
+    (cf::CLONE_NEWCGROUP, "CLONE_NEWCGROUP"),
+    (cf::CLONE_NEWUTS, "CLONE_NEWUTS"),
+    (cf::CLONE_NEWIPC, "CLONE_NEWIPC"),
+    (cf::CLONE_NEWUSER, "CLONE_NEWUSER"),
+    (cf::CLONE_NEWPID, "CLONE_NEWPID"),
+    (cf::CLONE_NEWNET, "CLONE_NEWNET"),
+    (cf::CLONE_IO, "CLONE_IO"),
+    (cf::CLONE_CLEAR_SIGHAND, "CLONE_CLEAR_SIGHAND"),
     (cf::CLONE_INTO_CGROUP, "CLONE_INTO_CGROUP"),
 ];
 
@@ -61,11 +140,8 @@ const CLONE_FLAG_NAMES: &[(u64, &str)] = &[
 const PIDFD_OPEN_FLAG_NAMES: &[(u64, &str)] = &[(0o4000, "PIDFD_NONBLOCK"), (0o200, "PIDFD_THREAD")];
 
 /// pidfd_send_signal(2), 6.9+.
-const SIGNAL_FLAG_NAMES: &[(u64, &str)] = &[
-    (1, "PIDFD_SIGNAL_THREAD"),
-    (2, "PIDFD_SIGNAL_THREAD_GROUP"),
-    (4, "PIDFD_SIGNAL_PROCESS_GROUP"),
-];
+const SIGNAL_FLAG_NAMES: &[(u64, &str)] =
+    &[(1, "PIDFD_SIGNAL_THREAD"), (2, "PIDFD_SIGNAL_THREAD_GROUP"), (4, "PIDFD_SIGNAL_PROCESS_GROUP")];
 
 /// Names of the set bits of `flags` as the syscall of `kind` defines them. clone's low byte is
 /// the exit signal, not a flag, and is left out; unknown bits come out as hex.
@@ -105,14 +181,18 @@ mod tests {
 
     #[test]
     fn errnos() {
-        for (n, name) in [(22, "EINVAL"), (14, "EFAULT"), (24, "EMFILE"), (11, "EAGAIN"), (3, "ESRCH"), (9999, "E9999")] {
+        for (n, name) in
+            [(22, "EINVAL"), (14, "EFAULT"), (24, "EMFILE"), (11, "EAGAIN"), (3, "ESRCH"), (9999, "E9999")]
+        {
             assert_eq!(errno_name(n), name);
         }
     }
 
     #[test]
     fn signals() {
-        for (n, name) in [(0, "0"), (9, "SIGKILL"), (15, "SIGTERM"), (31, "SIGSYS"), (34, "SIGRTMIN+2"), (200, "200")] {
+        for (n, name) in
+            [(0, "0"), (9, "SIGKILL"), (15, "SIGTERM"), (31, "SIGSYS"), (34, "SIGRTMIN+2"), (200, "200")]
+        {
             assert_eq!(signal_name(n), name);
         }
     }
@@ -122,7 +202,11 @@ mod tests {
         let cases: &[(EventKind, u64, &[&str])] = &[
             (EventKind::Clone, cf::CLONE_PIDFD | 17, &["CLONE_PIDFD"]),
             (EventKind::Clone3, cf::CLONE_PIDFD | cf::CLONE_THREAD, &["CLONE_PIDFD", "CLONE_THREAD"]),
-            (EventKind::Clone, cf::CLONE_PIDFD | cf::CLONE_PARENT_SETTID, &["CLONE_PIDFD", "CLONE_PARENT_SETTID"]),
+            (
+                EventKind::Clone,
+                cf::CLONE_PIDFD | cf::CLONE_PARENT_SETTID,
+                &["CLONE_PIDFD", "CLONE_PARENT_SETTID"],
+            ),
             (EventKind::Clone3, cf::CLONE_PIDFD | 1 << 40, &["CLONE_PIDFD", "0x10000000000"]),
             (EventKind::PidfdOpen, 0o4000, &["PIDFD_NONBLOCK"]),
             (EventKind::PidfdOpen, 0, &[]),

@@ -60,10 +60,14 @@ pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<()> {
     let ring = session.probes.take_events()?;
     // SAFETY (both registrations): the AsyncFd owns the value that owns the fd, so the fd
     // cannot be closed while it is registered.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.context("polling the event ring buffer")?;
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .context("polling the event ring buffer")?;
     let logger = session.probes.take_logger();
     let mut logger = match logger {
-        Some(l) => Some(unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.context("polling the kernel log channel")?),
+        Some(l) => Some(
+            unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
+                .context("polling the kernel log channel")?,
+        ),
         None => None,
     };
     let mut sigint = signal(SignalKind::interrupt())?;

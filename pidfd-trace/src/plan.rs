@@ -111,7 +111,8 @@ pub fn build(choice: ModeChoice, support: &ProgramSupport) -> Result<Vec<HookPla
         if m != AttachMode::Tracepoint {
             return Err(PlanError::ForcedModeUnavailable {
                 mode: m.as_str(),
-                reason: "the syscall hooks (clone, clone3, pidfd_*) exist only as tracepoints in this build".into(),
+                reason: "the syscall hooks (clone, clone3, pidfd_*) exist only as tracepoints in this build"
+                    .into(),
             });
         }
     }
@@ -122,7 +123,10 @@ pub fn build(choice: ModeChoice, support: &ProgramSupport) -> Result<Vec<HookPla
             HookPlan {
                 hook,
                 target: format!("syscalls:sys_enter_{hook} + sys_exit_{hook}"),
-                candidates: vec![Candidate { mode: AttachMode::Tracepoint, refused: support.tracepoint.clone().err() }],
+                candidates: vec![Candidate {
+                    mode: AttachMode::Tracepoint,
+                    refused: support.tracepoint.clone().err(),
+                }],
                 chosen: ok.then_some(AttachMode::Tracepoint),
             }
         })

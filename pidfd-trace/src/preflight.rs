@@ -11,7 +11,9 @@ const CAP_BPF: u32 = 39;
 pub enum PreflightError {
     #[error("missing capabilities {0}: run pidfd-trace as root (sudo) or grant CAP_BPF and CAP_PERFMON")]
     Privileges(String),
-    #[error("kernel BTF not found at {0}: this kernel was built without CONFIG_DEBUG_INFO_BTF; use a kernel with BTF (most distribution kernels since 5.4 have it)")]
+    #[error(
+        "kernel BTF not found at {0}: this kernel was built without CONFIG_DEBUG_INFO_BTF; use a kernel with BTF (most distribution kernels since 5.4 have it)"
+    )]
     NoBtf(PathBuf),
 }
 
@@ -19,7 +21,11 @@ pub enum PreflightError {
 pub fn effective_caps() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
         .unwrap_or(0)
 }
 

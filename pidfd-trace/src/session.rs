@@ -30,7 +30,10 @@ impl KernelFacts {
             btf_path: args.btf.clone(),
             lockdown: std::fs::read_to_string("/sys/kernel/security/lockdown").ok().map(|s| {
                 // "none [integrity] confidentiality": the bracketed one is active.
-                s.split_whitespace().find(|w| w.starts_with('[')).map(|w| w.trim_matches(['[', ']']).to_string()).unwrap_or(s.trim().to_string())
+                s.split_whitespace()
+                    .find(|w| w.starts_with('['))
+                    .map(|w| w.trim_matches(['[', ']']).to_string())
+                    .unwrap_or(s.trim().to_string())
             }),
             support: ProgramSupport::probe(),
         }
@@ -38,7 +41,9 @@ impl KernelFacts {
 }
 
 pub fn uname_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 pub struct Session {
@@ -60,7 +65,8 @@ impl Session {
         let plan = plan::build(args.mode, &facts.support)?;
         let layout = tracefs::syscall_layout(&root)?;
         debug!("syscall tracepoint layout: {layout:?}");
-        let raw = std::fs::read(&args.btf).with_context(|| format!("reading kernel BTF {}", args.btf.display()))?;
+        let raw =
+            std::fs::read(&args.btf).with_context(|| format!("reading kernel BTF {}", args.btf.display()))?;
         let btf = Btf::parse(&raw).with_context(|| format!("parsing kernel BTF {}", args.btf.display()))?;
         let ring_bytes = args.ring_kib.map(|k| k * 1024);
         let probes = Probes::load(&LoadOptions { layout, btf: &btf, ring_bytes }, &plan)?;
@@ -69,7 +75,8 @@ impl Session {
 
     /// The one line on stderr that says we are ready (DESIGN.md contract).
     pub fn attached_line(&self) -> String {
-        let hooks: Vec<String> = self.probes.attached.iter().map(|a| format!("{}={}", a.hook, a.mode.as_str())).collect();
+        let hooks: Vec<String> =
+            self.probes.attached.iter().map(|a| format!("{}={}", a.hook, a.mode.as_str())).collect();
         format!("pidfd-trace: attached {} hooks: {}", hooks.len(), hooks.join(" "))
     }
 }

@@ -16,7 +16,9 @@ pub enum TracefsError {
     MissingTracepoint(String),
     #[error("cannot read {path}: {err}")]
     Read { path: PathBuf, err: std::io::Error },
-    #[error("tracepoint {tp}: field `{field}` is at offset {found}, expected {expected}; this kernel's syscall record layout is not supported")]
+    #[error(
+        "tracepoint {tp}: field `{field}` is at offset {found}, expected {expected}; this kernel's syscall record layout is not supported"
+    )]
     Layout { tp: String, field: String, found: u32, expected: u32 },
 }
 
@@ -89,18 +91,32 @@ pub fn syscall_layout(root: &Path) -> Result<SyscallLayout, TracefsError> {
         let enter = field_offsets(root, "syscalls", &format!("sys_enter_{sys}"))?;
         let exit_tp = format!("sys_exit_{sys}");
         let exit = field_offsets(root, "syscalls", &exit_tp)?;
-        let arg0 = *enter.get(args[0]).ok_or_else(|| TracefsError::MissingTracepoint(format!("syscalls:sys_enter_{sys} field {}", args[0])))?;
-        let ret = *exit.get("ret").ok_or_else(|| TracefsError::MissingTracepoint(format!("syscalls:{exit_tp} field ret")))?;
+        let arg0 = *enter.get(args[0]).ok_or_else(|| {
+            TracefsError::MissingTracepoint(format!("syscalls:sys_enter_{sys} field {}", args[0]))
+        })?;
+        let ret = *exit
+            .get("ret")
+            .ok_or_else(|| TracefsError::MissingTracepoint(format!("syscalls:{exit_tp} field ret")))?;
         let want = *layout.get_or_insert(SyscallLayout { arg0, ret });
         for (i, a) in args.iter().enumerate() {
             let found = enter.get(*a).copied().unwrap_or(u32::MAX);
             let expected = want.arg0 + 8 * i as u32;
             if found != expected {
-                return Err(TracefsError::Layout { tp: format!("syscalls:sys_enter_{sys}"), field: (*a).into(), found, expected });
+                return Err(TracefsError::Layout {
+                    tp: format!("syscalls:sys_enter_{sys}"),
+                    field: (*a).into(),
+                    found,
+                    expected,
+                });
             }
         }
         if ret != want.ret {
-            return Err(TracefsError::Layout { tp: format!("syscalls:{exit_tp}"), field: "ret".into(), found: ret, expected: want.ret });
+            return Err(TracefsError::Layout {
+                tp: format!("syscalls:{exit_tp}"),
+                field: "ret".into(),
+                found: ret,
+                expected: want.ret,
+            });
         }
     }
     layout.ok_or_else(|| TracefsError::MissingTracepoint("syscalls".into()))

@@ -1,1 +1,91 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | run | test | vm`.
+mod setup;
+mod test;
+mod util;
+mod vm;
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "pidfd-trace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: nightly rust-src, bpf-linker (against the nightly's LLVM),
+    /// tracefs; with --all also the test and VM dependencies.
+    Setup(setup::Options),
+    /// Build the agent (with its kernel programs) and the workload, release mode.
+    Build,
+    /// Set up, build and run the agent; arguments after `--` go to pidfd-trace
+    /// (default: `trace`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit, host integration (root), CLI errors, kernel matrix.
+    Test(test::Options),
+    /// Boot Debian kernels in qemu and run the scenario suite in each mode.
+    Vm(vm::Options),
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().cmd {
+        Cmd::Setup(opts) => setup::run(&opts),
+        Cmd::Build => build(&root).map(|_| ()),
+        Cmd::Run { args } => {
+            setup::run(&Default::default())?;
+            let bins = build(&root)?;
+            let args = if args.is_empty() { vec!["trace".to_string()] } else { args };
+            let err = Command::new(&bins.agent).args(&args).exec();
+            Err(err).with_context(|| format!("cannot start {}", bins.agent.display()))
+        }
+        Cmd::Test(opts) => test::run(&opts, &root),
+        Cmd::Vm(mut opts) => {
+            setup::run(&Default::default())?;
+            let bins = build(&root)?;
+            opts.agent.get_or_insert(bins.agent);
+            opts.workload.get_or_insert(bins.workload);
+            vm::run(&opts, &root)
+        }
+    }
+}
+
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub workload: PathBuf,
+}
+
+/// `cargo build --release -p pidfd-trace`: the agent and the workload.
+pub fn build(root: &Path) -> Result<Binaries> {
+    util::exec(Command::new(env!("CARGO")).current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "pidfd-trace",
+    ]))?;
+    let dir = root.join("target/release");
+    Ok(Binaries { agent: dir.join("pidfd-trace"), workload: dir.join("pidfd-workload") })
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}

@@ -1,13 +1,13 @@
 //! clone(2) and clone3(2) with CLONE_PIDFD, seen from the syscall tracepoints.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use pidfd_trace_common::{EnterState, EventKind, Mode, clone_flags::CLONE_PIDFD, hints, stats};
 
 use super::{arg, now, ret, save, take};
-use crate::{emit, globals::pids_limit_offsets, maps::bump_stat};
+use crate::{emit, maps::bump_stat, task::pids_cgroup_at_limit};
 
 const EAGAIN: i64 = 11;
 /// Offset of `pidfd` in `struct clone_args` (uapi, fixed since clone3 appeared in 5.3).
@@ -31,7 +31,8 @@ pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
         uptr: arg(&ctx, 2),
         kind: EventKind::Clone as u8,
         hints: 0,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        target_pid: 0,
     });
     0
 }
@@ -58,7 +59,8 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
         uptr,
         kind: EventKind::Clone3 as u8,
         hints: 0,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        target_pid: 0,
     });
     0
 }
@@ -95,27 +97,4 @@ fn clone_exit(ctx: &TracePointContext) {
         extra |= hints::PIDS_AT_LIMIT;
     }
     emit::finish(ctx, &st, id, ret, pidfd, extra, Mode::Tracepoint);
-}
-
-/// Whether the current task's pids cgroup has reached pids.max. Only read on an EAGAIN
-/// failure, through offsets the agent took from this kernel's BTF.
-#[inline(always)]
-fn pids_cgroup_at_limit() -> bool {
-    let off = pids_limit_offsets();
-    if off.valid == 0 {
-        return false;
-    }
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let Ok(cset) = bpf_probe_read_kernel(task.add(off.task_cgroups as usize) as *const *const u8) else {
-            return false;
-        };
-        let slot = off.css_set_subsys as usize + 8 * off.pids_cgrp_id as usize;
-        let Ok(css) = bpf_probe_read_kernel(cset.add(slot) as *const *const u8) else {
-            return false;
-        };
-        let counter = bpf_probe_read_kernel(css.add(off.pids_counter as usize) as *const i64).unwrap_or(0);
-        let limit = bpf_probe_read_kernel(css.add(off.pids_limit as usize) as *const i64).unwrap_or(i64::MAX);
-        counter >= limit
-    }
 }

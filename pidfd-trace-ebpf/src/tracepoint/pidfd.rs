@@ -3,10 +3,23 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use pidfd_trace_common::{EnterState, EventKind};
 
 use super::{arg, exit_simple, now, save};
+use crate::task::pidfd_target;
 
 #[inline(always)]
 fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
-    save(&EnterState { ts_ns: now(), flags, arg0, arg1, uptr: 0, kind: kind as u8, hints: 0, _pad: [0; 6] });
+    // pidfd_getfd / pidfd_send_signal: resolve the pidfd now, while the caller still holds it.
+    let target_pid = if kind == EventKind::PidfdOpen { 0 } else { pidfd_target(arg0) };
+    save(&EnterState {
+        ts_ns: now(),
+        flags,
+        arg0,
+        arg1,
+        uptr: 0,
+        kind: kind as u8,
+        hints: 0,
+        _pad: [0; 2],
+        target_pid,
+    });
 }
 
 // SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags)

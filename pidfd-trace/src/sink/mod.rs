@@ -12,3 +12,101 @@ pub trait Sink {
     /// Called after each batch of events, so output is timely without a flush per line.
     fn flush(&mut self) -> io::Result<()>;
 }
+
+#[cfg(test)]
+mod tests {
+    use pidfd_trace_common::EventKind;
+
+    use super::{Sink, json::JsonLines, text::Text};
+    use crate::{classify::Stage, event::Event};
+
+    fn failed_clone() -> Event {
+        Event {
+            ts: 1_795_782_662_123_456_789,
+            seq: 7,
+            event: EventKind::Clone3,
+            pid: 4242,
+            tid: 4243,
+            comm: "worker".into(),
+            cgroup_id: 1,
+            cgroup: None,
+            container_id: None,
+            flags: 0x1000,
+            flag_names: vec!["CLONE_PIDFD".into()],
+            ret: -24,
+            errno: Some("EMFILE".into()),
+            stage: Some(Stage::FdAlloc),
+            pidfd: None,
+            child_pid: None,
+            target_pid: None,
+            signal: None,
+            signal_nr: None,
+            target_fd: None,
+            mode: "tracepoint",
+            duration_ns: 900,
+            pidfd_allocated: None,
+            used_pidfd: None,
+        }
+    }
+
+    #[test]
+    fn json_line_has_the_contract_fields() {
+        let mut buf = Vec::new();
+        JsonLines::new(&mut buf).event(&failed_clone()).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.ends_with('\n') && text.lines().count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for (k, want) in [
+            ("ts", serde_json::json!("2026-11-27T12:31:02.123456789Z")),
+            ("seq", 7.into()),
+            ("event", "clone3".into()),
+            ("pid", 4242.into()),
+            ("tid", 4243.into()),
+            ("comm", "worker".into()),
+            ("flags", 4096.into()),
+            ("flag_names", serde_json::json!(["CLONE_PIDFD"])),
+            ("ret", (-24).into()),
+            ("errno", "EMFILE".into()),
+            ("stage", "fd_alloc".into()),
+            ("pidfd", serde_json::Value::Null),
+            ("child_pid", serde_json::Value::Null),
+            ("target_pid", serde_json::Value::Null),
+            ("signal", serde_json::Value::Null),
+            ("target_fd", serde_json::Value::Null),
+            ("cgroup_id", 1.into()),
+            ("cgroup", serde_json::Value::Null),
+            ("container_id", serde_json::Value::Null),
+            ("mode", "tracepoint".into()),
+        ] {
+            assert_eq!(v[k], want, "field {k}");
+        }
+        assert!(v.get("used_pidfd").is_none(), "internal fields stay out of the schema");
+    }
+
+    #[test]
+    fn text_columns() {
+        let mut buf = Vec::new();
+        let mut ok = failed_clone();
+        ok.ret = 5000;
+        ok.errno = None;
+        ok.stage = None;
+        ok.pidfd = Some(5);
+        ok.child_pid = Some(5000);
+        {
+            let mut sink = Text::new(&mut buf);
+            sink.event(&failed_clone()).unwrap();
+            sink.event(&ok).unwrap();
+        }
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("TIME") && lines[0].contains("RESULT"));
+        assert!(lines[1].starts_with("12:31:02.123 worker"), "{}", lines[1]);
+        assert!(
+            lines[1].contains("EMFILE")
+                && lines[1].contains("stage=fd_alloc")
+                && lines[1].contains("flags=CLONE_PIDFD")
+        );
+        assert!(lines[2].contains("pidfd=5") && lines[2].contains("child=5000"), "{}", lines[2]);
+    }
+}

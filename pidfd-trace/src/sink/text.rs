@@ -52,7 +52,14 @@ pub fn line(ev: &Event) -> String {
     if let Some(c) = &ev.container_id {
         detail.push(format!("container={}", &c[..c.len().min(12)]));
     }
-    format!("{time:<12} {:<16} {:>7} {:<17} {:<12} {}", ev.comm, ev.pid, crate::names::event_name(ev.event), result, detail.join(" "))
+    format!(
+        "{time:<12} {:<16} {:>7} {:<17} {:<12} {}",
+        ev.comm,
+        ev.pid,
+        crate::names::event_name(ev.event),
+        result,
+        detail.join(" ")
+    )
 }
 
 impl<W: Write> Sink for Text<W> {

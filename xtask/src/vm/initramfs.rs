@@ -39,8 +39,8 @@ pub fn build(out_dir: &Path, inp: &Inputs) -> Result<PathBuf> {
         fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;
     }
     for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "lib", "lib64", "proc", "sys", "dev", "tmp", "root",
-        "etc", "run", "var/tmp", "mnt",
+        "bin", "sbin", "usr/bin", "usr/sbin", "lib", "lib64", "proc", "sys", "dev", "tmp", "root", "etc",
+        "run", "var/tmp", "mnt",
     ] {
         fs::create_dir_all(stage.join(d))?;
     }
@@ -79,7 +79,10 @@ pub fn build(out_dir: &Path, inp: &Inputs) -> Result<PathBuf> {
         copy_libraries(src, &stage)?;
     }
 
-    fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")?;
+    fs::write(
+        stage.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
     fs::write(stage.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
     fs::write(stage.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
     let init = stage.join("init");

@@ -283,15 +283,14 @@ impl Parser<'_> {
                         b't' => '\t',
                         b'u' => {
                             let hi = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&hi)
-                                && self.s[self.i..].starts_with(b"\\u")
-                            {
-                                self.i += 2;
-                                let lo = self.hex4()?;
-                                0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF)
-                            } else {
-                                hi
-                            };
+                            let code =
+                                if (0xD800..0xDC00).contains(&hi) && self.s[self.i..].starts_with(b"\\u") {
+                                    self.i += 2;
+                                    let lo = self.hex4()?;
+                                    0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF)
+                                } else {
+                                    hi
+                                };
                             char::from_u32(code).unwrap_or('\u{FFFD}')
                         }
                         other => return Err(format!("bad escape '\\{}'", other as char)),
@@ -329,7 +328,8 @@ mod tests {
 
     #[test]
     fn flattens() {
-        let v = parse(r#"{"plan":{"clone":{"hook":"copy_process","mode":"fexit"},"tags":["a","b"]}}"#).unwrap();
+        let v =
+            parse(r#"{"plan":{"clone":{"hook":"copy_process","mode":"fexit"},"tags":["a","b"]}}"#).unwrap();
         let mut out = Vec::new();
         v.flatten("", &mut out);
         assert_eq!(out[0], ("plan.clone.hook".to_string(), "copy_process".to_string()));

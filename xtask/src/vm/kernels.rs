@@ -27,8 +27,7 @@ impl KernelSpec {
     }
 
     fn matches(&self, name: &str) -> bool {
-        let Some(mid) = name.strip_prefix(self.prefix).and_then(|r| r.strip_suffix(self.suffix))
-        else {
+        let Some(mid) = name.strip_prefix(self.prefix).and_then(|r| r.strip_suffix(self.suffix)) else {
             return false;
         };
         !mid.is_empty() && mid.chars().all(|c| c.is_ascii_digit() || c == '.')
@@ -42,7 +41,12 @@ impl KernelSpec {
 pub const KERNELS: [KernelSpec; 3] = [
     KernelSpec { version: "5.10", suite: "bullseye", prefix: "linux-image-5.10.0-", suffix: "-cloud-amd64" },
     KernelSpec { version: "6.1", suite: "bookworm", prefix: "linux-image-6.1.0-", suffix: "-cloud-amd64" },
-    KernelSpec { version: "6.12", suite: "trixie", prefix: "linux-image-6.12.", suffix: "+deb13-cloud-amd64" },
+    KernelSpec {
+        version: "6.12",
+        suite: "trixie",
+        prefix: "linux-image-6.12.",
+        suffix: "+deb13-cloud-amd64",
+    },
 ];
 
 pub fn spec(version: &str) -> Option<KernelSpec> {
@@ -215,15 +219,15 @@ fn mirror_from_legacy(text: &str) -> Option<String> {
 }
 
 pub fn mirror_uri() -> Result<String> {
-    if let Ok(text) = fs::read_to_string(DEBIAN_SOURCES) {
-        if let Some(uri) = mirror_from_deb822(&text) {
-            return Ok(uri);
-        }
+    if let Ok(text) = fs::read_to_string(DEBIAN_SOURCES)
+        && let Some(uri) = mirror_from_deb822(&text)
+    {
+        return Ok(uri);
     }
-    if let Ok(text) = fs::read_to_string(LEGACY_SOURCES) {
-        if let Some(uri) = mirror_from_legacy(&text) {
-            return Ok(uri);
-        }
+    if let Ok(text) = fs::read_to_string(LEGACY_SOURCES)
+        && let Some(uri) = mirror_from_legacy(&text)
+    {
+        return Ok(uri);
     }
     bail!("no Debian mirror found: {DEBIAN_SOURCES} has no `deb` stanza whose Suites include bookworm")
 }
@@ -233,6 +237,13 @@ pub fn mirror_uri() -> Result<String> {
 
 struct PrivateApt {
     dir: PathBuf,
+}
+
+/// The private sources file, lists and cache are removed however the download ends.
+impl Drop for PrivateApt {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl PrivateApt {
@@ -290,15 +301,15 @@ impl PrivateApt {
 }
 
 fn last_error_line(stderr: &str, stdout: &str) -> String {
-    stderr
-        .lines()
-        .chain(stdout.lines())
-        .filter(|l| l.starts_with("E:") || l.starts_with("W:") || l.contains("rror"))
-        .last()
-        .or_else(|| stderr.lines().last())
-        .unwrap_or("no output")
-        .trim()
-        .to_string()
+    let all: Vec<&str> = stderr.lines().chain(stdout.lines()).map(str::trim).collect();
+    let pick = |pred: &dyn Fn(&str) -> bool| all.iter().rev().find(|l| pred(l)).map(|l| l.to_string());
+    pick(&|l| l.starts_with("E:") && !l.contains("Some index files failed"))
+        .or_else(|| {
+            pick(&|l| l.contains("Failed to fetch") || l.contains("Could not") || l.contains("NO_PUBKEY"))
+        })
+        .or_else(|| pick(&|l| l.starts_with("E:") || l.starts_with("W:") || l.starts_with("Err:")))
+        .or_else(|| all.last().map(|l| l.to_string()))
+        .unwrap_or_else(|| "no output".into())
 }
 
 /// Make sure every kernel in `versions` is in the cache; download the missing ones.
@@ -342,7 +353,8 @@ fn download(root: &Path, specs: &[KernelSpec]) -> Result<()> {
     let (ok, out, err) = apt.run("apt-get", &["update"], None)?;
     // A suite whose index did not arrive because of a signature problem gets one retry
     // with trusted=yes; anything else is an error.
-    let sig_problem = |t: &str| t.contains("NO_PUBKEY") || t.contains("not signed") || t.contains("GPG error");
+    let sig_problem =
+        |t: &str| t.contains("NO_PUBKEY") || t.contains("not signed") || t.contains("GPG error");
     let unsigned: Vec<&str> = names.iter().copied().filter(|s| !apt.has_index(s)).collect();
     if !unsigned.is_empty() {
         if sig_problem(&err) || sig_problem(&out) {
@@ -358,7 +370,10 @@ fn download(root: &Path, specs: &[KernelSpec]) -> Result<()> {
             apt.write_sources(&uri, &suites)?;
             let (_, out2, err2) = apt.run("apt-get", &["update"], None)?;
             if let Some(s) = names.iter().find(|s| !apt.has_index(s)) {
-                bail!("download failure: apt-get update for suite {s} failed: {}", last_error_line(&err2, &out2));
+                bail!(
+                    "download failure: apt-get update for suite {s} failed: {}",
+                    last_error_line(&err2, &out2)
+                );
             }
         } else {
             bail!(
@@ -378,15 +393,22 @@ fn download(root: &Path, specs: &[KernelSpec]) -> Result<()> {
         let pkg = format!("{name}={version}");
         let (ok, out, err) = apt.run("apt-get", &["download", &pkg], Some(&dl))?;
         if !ok {
-            bail!("download failure: kernel {}: apt-get download {pkg}: {}", spec.version, last_error_line(&err, &out));
+            bail!(
+                "download failure: kernel {}: apt-get download {pkg}: {}",
+                spec.version,
+                last_error_line(&err, &out)
+            );
         }
         let deb = fs::read_dir(&dl)?
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "deb"))
-            .ok_or_else(|| anyhow!("download failure: kernel {}: apt-get download left no .deb", spec.version))?;
+            .ok_or_else(|| {
+                anyhow!("download failure: kernel {}: apt-get download left no .deb", spec.version)
+            })?;
         let x = dl.join("x");
-        let st = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x).status().context("cannot run dpkg-deb")?;
+        let st =
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x).status().context("cannot run dpkg-deb")?;
         if !st.success() {
             bail!("kernel {}: dpkg-deb -x {} failed", spec.version, deb.display());
         }
@@ -409,7 +431,6 @@ fn download(root: &Path, specs: &[KernelSpec]) -> Result<()> {
             fs::metadata(dir.join("vmlinuz"))?.len()
         );
     }
-    let _ = fs::remove_dir_all(&apt.dir);
     Ok(())
 }
 
@@ -439,7 +460,13 @@ fn newest_package(apt: &PrivateApt, spec: &KernelSpec) -> Result<(String, String
         .into_iter()
         .filter(|(n, _)| spec.matches(n))
         .max_by(|a, b| deb_version_cmp(&a.1, &b.1).then_with(|| a.0.cmp(&b.0)))
-        .ok_or_else(|| anyhow!("no matching kernel package: no installable candidate for {} in {}", spec.glob(), spec.suite))
+        .ok_or_else(|| {
+            anyhow!(
+                "no matching kernel package: no installable candidate for {} in {}",
+                spec.glob(),
+                spec.suite
+            )
+        })
 }
 
 /// (package, candidate version) pairs from `apt-cache policy` output.
@@ -451,10 +478,10 @@ fn parse_policy(text: &str) -> Vec<(String, String)> {
             name = Some(line.trim_end().trim_end_matches(':').to_string());
         } else if let Some(c) = line.trim().strip_prefix("Candidate:") {
             let c = c.trim();
-            if let Some(n) = name.take() {
-                if c != "(none)" {
-                    out.push((n, c.to_string()));
-                }
+            if let Some(n) = name.take()
+                && c != "(none)"
+            {
+                out.push((n, c.to_string()));
             }
         }
     }
@@ -538,9 +565,7 @@ pub fn deb_version_cmp(a: &str, b: &str) -> Ordering {
     }
     let (ea, ua, ra) = split(a);
     let (eb, ub, rb) = split(b);
-    ea.cmp(&eb)
-        .then_with(|| verrevcmp(ua, ub).cmp(&0))
-        .then_with(|| verrevcmp(ra, rb).cmp(&0))
+    ea.cmp(&eb).then_with(|| verrevcmp(ua, ub).cmp(&0)).then_with(|| verrevcmp(ra, rb).cmp(&0))
 }
 
 #[cfg(test)]

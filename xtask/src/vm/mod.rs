@@ -38,13 +38,13 @@ pub struct Options {
 pub fn setup(root: &Path) -> Result<()> {
     kernels::ensure_host_packages()?;
     let all: Vec<&str> = kernels::KERNELS.iter().map(|k| k.version).collect();
-    for v in &all {
-        if kernels::is_cached(root, v) {
-            println!("vm setup: kernel {v} already cached");
-        }
-    }
-    for k in kernels::ensure_kernels(root, &all)? {
-        println!("vm setup: {}", kernels::describe(&k, root));
+    let was_cached: Vec<bool> = all.iter().map(|v| kernels::is_cached(root, v)).collect();
+    for (k, cached) in kernels::ensure_kernels(root, &all)?.iter().zip(was_cached) {
+        println!(
+            "vm setup: {} [{}]",
+            kernels::describe(k, root),
+            if cached { "already cached" } else { "downloaded" }
+        );
     }
     Ok(())
 }
@@ -133,7 +133,13 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
     let per_mode = (opts.timeout.saturating_sub(60) / modes.len() as u64).max(30);
     let initrd = initramfs::build(
         &vm_dir,
-        &initramfs::Inputs { agent: &agent, workload: &workload, modes: &modes, per_mode_timeout: per_mode, check_timeout: 60 },
+        &initramfs::Inputs {
+            agent: &agent,
+            workload: &workload,
+            modes: &modes,
+            per_mode_timeout: per_mode,
+            check_timeout: 60,
+        },
     )?;
     println!(
         "vm: initramfs {} ({} KiB); agent {}, workload {}; modes {}",
@@ -179,7 +185,9 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
         .filter(|s| s.result != "pass" && s.result != "skip")
         .count();
     if failed_guests > 0 || failed_cells > 0 {
-        bail!("vm matrix failed: {failed_guests} guest(s) with problems, {failed_cells} failing scenario result(s)");
+        bail!(
+            "vm matrix failed: {failed_guests} guest(s) with problems, {failed_cells} failing scenario result(s)"
+        );
     }
     Ok(())
 }
@@ -206,12 +214,16 @@ fn judge(run: &mut KernelRun, modes: &[String], timeout: u64) {
         p.push(format!("guest kernel BUG/Oops: {o}"));
         guest_level = true;
     }
-    if let Some(st) = &b.status {
-        if !st.success() && !b.timed_out {
-            let err = b.qemu_stderr.lines().last().unwrap_or("").trim().to_string();
-            p.push(format!("qemu exited with {st}{}", if err.is_empty() { String::new() } else { format!(": {err}") }));
-            guest_level = true;
-        }
+    if let Some(st) = &b.status
+        && !st.success()
+        && !b.timed_out
+    {
+        let err = b.qemu_stderr.lines().last().unwrap_or("").trim().to_string();
+        p.push(format!(
+            "qemu exited with {st}{}",
+            if err.is_empty() { String::new() } else { format!(": {err}") }
+        ));
+        guest_level = true;
     }
     if g.init_at.is_none() {
         p.push("the guest's /init never started (no init marker on the console)".into());
@@ -221,13 +233,11 @@ fn judge(run: &mut KernelRun, modes: &[String], timeout: u64) {
         if g.mounts.is_empty() {
             p.push("no mount report from the guest".into());
             guest_level = true;
-        }
-        for k in ["tracefs", "bpffs", "cgroup2"] {
-            match mount(k) {
-                Some("ok") | None if g.mounts.is_empty() => {}
-                Some("ok") => {}
-                other => {
-                    p.push(format!("guest could not mount {k} ({})", other.unwrap_or("not reported")));
+        } else {
+            for k in ["tracefs", "bpffs", "cgroup2"] {
+                let state = mount(k);
+                if state != Some("ok") {
+                    p.push(format!("guest could not mount {k} ({})", state.unwrap_or("not reported")));
                     guest_level = true;
                 }
             }
@@ -295,8 +305,9 @@ fn print_summary(root: &Path, runs: &[KernelRun], modes: &[String], total: Durat
     let mut columns = Vec::new();
     for r in runs {
         for m in modes {
-            let results = r.guest.modes.iter().find(|x| &x.mode == m).map(|x| x.results.clone()).unwrap_or_default();
-            columns.push(report::Column { label: format!("{}/{}", r.version, m), results });
+            let results =
+                r.guest.modes.iter().find(|x| &x.mode == m).map(|x| x.results.clone()).unwrap_or_default();
+            columns.push(report::Column { kernel: r.version.clone(), mode: m.clone(), results });
         }
     }
     println!("\n==== pidfd suite: scenario x kernel/mode ====");
@@ -307,7 +318,14 @@ fn print_summary(root: &Path, runs: &[KernelRun], modes: &[String], total: Durat
         for m in &r.guest.modes {
             for s in &m.results {
                 if s.result != "pass" && s.result != "skip" {
-                    fails.push(format!("  {}/{} {}: {} {}", r.version, m.mode, s.name, report::cell(&s.result), s.detail));
+                    fails.push(format!(
+                        "  {}/{} {}: {} {}",
+                        r.version,
+                        m.mode,
+                        s.name,
+                        report::cell(&s.result),
+                        s.detail
+                    ));
                 }
             }
         }
@@ -374,19 +392,20 @@ fn print_summary(root: &Path, runs: &[KernelRun], modes: &[String], total: Durat
                     println!("  | {l}");
                 }
             }
-            if bad && !m.other.is_empty() {
+            if bad && !m.other.is_empty() && !r.console_tail {
                 println!("  -- non-result stdout of the suite in mode {} (last 20 lines) --", m.mode);
                 for l in tail(&m.other, 20) {
                     println!("  | {l}");
                 }
             }
         }
-        if let Some(c) = &r.guest.check {
-            if c.rc != Some(0) && !c.stderr.is_empty() {
-                println!("  -- stderr of check (last 40 lines) --");
-                for l in tail(&c.stderr, 40) {
-                    println!("  | {l}");
-                }
+        if let Some(c) = &r.guest.check
+            && c.rc != Some(0)
+            && !c.stderr.is_empty()
+        {
+            println!("  -- stderr of check (last 40 lines) --");
+            for l in tail(&c.stderr, 40) {
+                println!("  | {l}");
             }
         }
         if r.console_tail || r.guest.modes.is_empty() {

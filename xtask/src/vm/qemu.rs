@@ -8,7 +8,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::initramfs::{M_INIT, M_SUITE_END, M_CHECK_END, M_DONE};
+use super::initramfs::{M_CHECK_END, M_DONE, M_INIT, M_SUITE_END};
 
 pub struct Boot {
     /// Console lines (trailing CR/LF removed) with the seconds since qemu started.
@@ -19,7 +19,13 @@ pub struct Boot {
     pub qemu_stderr: String,
 }
 
-pub fn boot(kernel_label: &str, vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> Result<Boot> {
+pub fn boot(
+    kernel_label: &str,
+    vmlinuz: &Path,
+    initrd: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> Result<Boot> {
     let mut log_file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
@@ -52,7 +58,8 @@ pub fn boot(kernel_label: &str, vmlinuz: &Path, initrd: &Path, log: &Path, timeo
                 }
                 let _ = log_file.write_all(&buf);
                 let t = start.elapsed().as_secs_f64();
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+                let raw = String::from_utf8_lossy(&buf);
+                let line = super::report::strip_ansi(raw.trim_end_matches(['\r', '\n']));
                 progress(&label, t, &line);
                 lines.lock().unwrap().push((t, line));
             }
@@ -90,7 +97,10 @@ fn progress(label: &str, t: f64, line: &str) {
     let Some(pos) = line.find("=====PIDFD-") else { return };
     let m = &line[pos..];
     if m.starts_with(M_INIT) {
-        println!("vm [{label}] {t:6.1}s init started ({})", m.trim_matches('=').trim_start_matches("PIDFD-VM-INIT "));
+        println!(
+            "vm [{label}] {t:6.1}s init started ({})",
+            m.trim_matches('=').trim_start_matches("PIDFD-VM-INIT ")
+        );
     } else if m.starts_with(M_SUITE_END) || m.starts_with(M_CHECK_END) || m.starts_with(M_DONE) {
         println!("vm [{label}] {t:6.1}s {}", m.trim_matches('=').trim_start_matches("PIDFD-"));
     }

@@ -99,7 +99,11 @@ pub fn parse(lines: &[(f64, String)]) -> Guest {
             } else if m.starts_with(M_MOUNTS) {
                 g.mounts = f;
             } else if m.starts_with(M_SUITE_BEGIN) {
-                g.modes.push(ModeRun { mode: field(&f, "mode").unwrap_or_default(), started: *t, ..Default::default() });
+                g.modes.push(ModeRun {
+                    mode: field(&f, "mode").unwrap_or_default(),
+                    started: *t,
+                    ..Default::default()
+                });
                 state = State::Suite(g.modes.len() - 1);
             } else if m.starts_with(M_SUITE_END) {
                 if let State::Suite(i) = state {
@@ -145,6 +149,7 @@ pub fn parse(lines: &[(f64, String)]) -> Guest {
                 }
                 match scenario(text) {
                     Some(s) => g.modes[i].results.push(s),
+                    None if is_kernel_message(text) => {}
                     None => g.modes[i].other.push(text.to_string()),
                 }
             }
@@ -163,6 +168,37 @@ pub fn parse(lines: &[(f64, String)]) -> Guest {
         }
     }
     g
+}
+
+/// `[    2.868644] ...`: a printk line with the kernel's timestamp.
+fn is_kernel_message(text: &str) -> bool {
+    text.strip_prefix('[').and_then(|r| r.split_once(']')).is_some_and(|(ts, _)| {
+        let ts = ts.trim();
+        !ts.is_empty() && ts.chars().all(|c| c.is_ascii_digit() || c == '.')
+    })
+}
+
+/// Remove terminal escape sequences (SeaBIOS clears the screen on the serial console).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut it = line.chars().peekable();
+    while let Some(c) = it.next() {
+        if c != '\u{1b}' {
+            if !c.is_control() || c == '\t' {
+                out.push(c);
+            }
+            continue;
+        }
+        // ESC c and friends are two characters; CSI runs to a final byte in @..~
+        if it.next() == Some('[') {
+            for n in it.by_ref() {
+                if ('@'..='~').contains(&n) {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// One suite line: `{"scenario":..,"mode":..,"result":..,"detail":..}`.
@@ -207,7 +243,8 @@ pub fn attach_plan(check: &CheckRun) -> Vec<String> {
 // The matrix
 
 pub struct Column {
-    pub label: String,
+    pub kernel: String,
+    pub mode: String,
     pub results: Vec<Scenario>,
 }
 
@@ -228,7 +265,8 @@ pub fn cell(result: &str) -> String {
     }
 }
 
-/// Rows = scenarios in order of first appearance, columns = kernel×mode.
+/// Rows = scenarios in order of first appearance, columns = kernel×mode (two header lines:
+/// the kernel over its first mode, then the modes).
 pub fn matrix(columns: &[Column]) -> String {
     let mut rows: Vec<String> = Vec::new();
     for c in columns {
@@ -246,27 +284,44 @@ pub fn matrix(columns: &[Column]) -> String {
             .map(|s| cell(&s.result))
             .unwrap_or_else(|| "\u{2014}".into())
     };
-    let first = rows.iter().map(|r| r.chars().count()).max().unwrap_or(0).max("scenario".len());
-    let widths: Vec<usize> = columns.iter().map(|c| c.label.chars().count().max(4)).collect();
+    let first = rows.iter().map(|r| r.chars().count()).max().unwrap_or(0).max("scenario \\ mode".len());
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let new_kernel = i == 0 || columns[i - 1].kernel != c.kernel;
+            let k = if new_kernel { c.kernel.chars().count() } else { 0 };
+            c.mode.chars().count().max(k).max(4)
+        })
+        .collect();
     let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w.saturating_sub(s.chars().count())));
+    let sep = |i: usize| if i > 0 && columns[i - 1].kernel != columns[i].kernel { " | " } else { "  " };
     let mut out = String::new();
-    out.push_str(&pad("scenario", first));
-    for (c, w) in columns.iter().zip(&widths) {
-        out.push_str("  ");
-        out.push_str(&pad(&c.label, *w));
+    let mut h1 = pad("kernel", first);
+    let mut h2 = pad("scenario \\ mode", first);
+    for (i, (c, w)) in columns.iter().zip(&widths).enumerate() {
+        let new_kernel = i == 0 || columns[i - 1].kernel != c.kernel;
+        h1.push_str(sep(i));
+        h1.push_str(&pad(if new_kernel { &c.kernel } else { "" }, *w));
+        h2.push_str(sep(i));
+        h2.push_str(&pad(&c.mode, *w));
     }
+    out.push_str(h1.trim_end());
     out.push('\n');
-    out.push_str(&"-".repeat(first + widths.iter().map(|w| w + 2).sum::<usize>()));
+    out.push_str(h2.trim_end());
+    out.push('\n');
+    out.push_str(&"-".repeat(h2.trim_end().chars().count()));
     out.push('\n');
     if rows.is_empty() {
         out.push_str("(no scenario results)\n");
     }
     for r in &rows {
-        out.push_str(&pad(r, first));
-        for (c, w) in columns.iter().zip(&widths) {
-            out.push_str("  ");
-            out.push_str(&pad(&lookup(c, r), *w));
+        let mut line = pad(r, first);
+        for (i, (c, w)) in columns.iter().zip(&widths).enumerate() {
+            line.push_str(sep(i));
+            line.push_str(&pad(&lookup(c, r), *w));
         }
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
@@ -313,8 +368,21 @@ error: boom\r
         assert_eq!(c.rc, Some(0));
         assert_eq!(attach_plan(c), vec!["plan.clone = fexit:copy_process"]);
         assert!(g.done_at.is_some() && g.panic.is_none());
-        let tbl = matrix(&[Column { label: "6.1/fexit".into(), results: m.results.clone() }]);
-        assert!(tbl.contains("clone_pidfd_emfile  FAIL"));
+        let tbl = matrix(&[
+            Column { kernel: "6.1".into(), mode: "fexit".into(), results: m.results.clone() },
+            Column { kernel: "6.12".into(), mode: "fexit".into(), results: vec![] },
+        ]);
+        assert!(tbl.contains("clone_pidfd_emfile  FAIL  | \u{2014}"), "{tbl}");
+    }
+
+    #[test]
+    fn strips_escapes() {
+        assert_eq!(
+            strip_ansi("\u{1b}c\u{1b}[?7l\u{1b}[2J=====PIDFD-VM-INIT x====="),
+            "=====PIDFD-VM-INIT x====="
+        );
+        assert!(is_kernel_message("[    2.871849]  dump_stack+0x6b/0x83"));
+        assert!(!is_kernel_message("[1, 2]"));
     }
 
     #[test]

@@ -1,0 +1,83 @@
+//! pidfd-workload: the in-tree workload that produces every pidfd outcome for real, and the
+//! suite that runs it against a live agent and checks the exact events (host tests and VMs).
+mod cgroup;
+mod scenarios;
+mod suite;
+mod sys;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "pidfd-workload", about = "Drive real pidfd syscalls and check what pidfd-trace reports")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one scenario in this process and print what the agent must report (JSON).
+    Scenario {
+        name: String,
+        /// Set this process's comm first (filter tests).
+        #[arg(long)]
+        comm: Option<String>,
+    },
+    /// List the scenarios.
+    List,
+    /// Start the agent, run every scenario, and compare its events with what happened.
+    Suite {
+        /// The pidfd-trace binary.
+        #[arg(long)]
+        agent: PathBuf,
+        /// Mode to force on the agent (auto, fentry, kprobe, tracepoint).
+        #[arg(long, default_value = "tracepoint")]
+        mode: String,
+        /// One JSON result per line on stdout (the VM harness reads these).
+        #[arg(long)]
+        json: bool,
+        /// Run only these scenarios (repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+        /// Seconds to wait for the agent's `attached` line and for each scenario's events.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().cmd {
+        Cmd::Scenario { name, comm } => {
+            if let Some(c) = comm {
+                sys::set_comm(&c);
+            }
+            let Some(s) = scenarios::find(&name) else {
+                eprintln!("pidfd-workload: unknown scenario {name}; see `pidfd-workload list`");
+                return ExitCode::from(2);
+            };
+            let out = match (s.run)() {
+                Ok(expect) => serde_json::json!({"pid": std::process::id(), "expect": expect}),
+                Err(e) => serde_json::json!({"pid": std::process::id(), "error": e}),
+            };
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Cmd::List => {
+            for s in scenarios::ALL {
+                println!("{:<22} {}", s.name, s.what);
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Suite { agent, mode, json, only, timeout } => suite::run(&agent, &mode, json, &only, timeout),
+    }
+}
+
+/// Whether the running kernel is at least `major.minor` (for scenarios whose *kernel*
+/// semantics changed; the agent itself never decides attach modes this way).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = rel.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse::<u32>().ok());
+    (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (major, minor)
+}

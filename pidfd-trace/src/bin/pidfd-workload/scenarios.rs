@@ -1,0 +1,374 @@
+//! Scenarios: each runs in its own process, makes real syscalls, and reports what the kernel
+//! returned as the exact events the agent must print (field subsets of DESIGN.md's JSON).
+//! Every scenario ends with a sentinel pidfd_open of itself, so the suite knows when all of
+//! a scenario's events have arrived.
+use serde_json::{Value, json};
+
+use crate::sys::{
+    self, CLONE_PARENT_SETTID, CLONE_PIDFD, CLONE_SIGHAND, CLONE_THREAD, CLONE_VM, CloneArgs, SIGCHLD,
+};
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub run: fn() -> Result<Vec<Value>, String>,
+}
+
+pub const ALL: &[Scenario] = &[
+    Scenario { name: "clone_pidfd_ok", what: "clone(CLONE_PIDFD) succeeds", run: clone_pidfd_ok },
+    Scenario { name: "clone3_pidfd_ok", what: "clone3(CLONE_PIDFD) succeeds", run: clone3_pidfd_ok },
+    Scenario {
+        name: "clone_settid_einval",
+        what: "CLONE_PIDFD|CLONE_PARENT_SETTID → EINVAL, stage flags",
+        run: clone_settid_einval,
+    },
+    Scenario {
+        name: "clone_efault",
+        what: "clone, read-only pidfd pointer → EFAULT, stage user_memory",
+        run: clone_efault,
+    },
+    Scenario {
+        name: "clone3_efault",
+        what: "clone3, read-only args.pidfd → EFAULT, stage user_memory",
+        run: clone3_efault,
+    },
+    Scenario {
+        name: "clone_emfile",
+        what: "RLIMIT_NOFILE exhausted → EMFILE, stage fd_alloc",
+        run: clone_emfile,
+    },
+    Scenario {
+        name: "clone_pids_limit",
+        what: "pids cgroup at pids.max → EAGAIN, stage pids_cgroup",
+        run: clone_pids_limit,
+    },
+    Scenario {
+        name: "clone3_thread",
+        what: "CLONE_PIDFD|CLONE_THREAD: EINVAL before 6.9, thread pidfd after",
+        run: clone3_thread,
+    },
+    Scenario { name: "pidfd_open_ok", what: "pidfd_open of a child succeeds", run: pidfd_open_ok },
+    Scenario {
+        name: "pidfd_open_esrch", what: "pidfd_open of a reaped pid → ESRCH", run: pidfd_open_esrch
+    },
+    Scenario {
+        name: "pidfd_open_einval",
+        what: "pidfd_open with an unknown flag → EINVAL, stage flags",
+        run: pidfd_open_einval,
+    },
+    Scenario {
+        name: "send_signal_ok",
+        what: "pidfd_send_signal(SIGTERM) to a child succeeds",
+        run: send_signal_ok,
+    },
+    Scenario {
+        name: "send_signal_ebadf",
+        what: "pidfd_send_signal on a non-pidfd → EBADF",
+        run: send_signal_ebadf,
+    },
+    Scenario { name: "getfd_ok", what: "pidfd_getfd of a child's fd succeeds", run: getfd_ok },
+    Scenario { name: "getfd_ebadf", what: "pidfd_getfd of a closed fd → EBADF", run: getfd_ebadf },
+    Scenario {
+        name: "plain_fork_silent",
+        what: "fork() without CLONE_PIDFD produces no event",
+        run: plain_fork_silent,
+    },
+];
+
+/// Building blocks of the filter checks, not scenarios of their own.
+pub const HELPERS: &[Scenario] = &[
+    Scenario { name: "mix", what: "one pidfd_open success and one EINVAL failure", run: mix },
+    Scenario { name: "einval", what: "one pidfd_open EINVAL failure", run: einval_only },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().chain(HELPERS).find(|s| s.name == name)
+}
+
+fn errno(e: i64) -> Value {
+    json!(match -e {
+        3 => "ESRCH",
+        9 => "EBADF",
+        11 => "EAGAIN",
+        14 => "EFAULT",
+        22 => "EINVAL",
+        24 => "EMFILE",
+        _ => return json!(format!("E{}", -e)),
+    })
+}
+
+/// The closing pidfd_open of ourselves, and the event it must produce.
+fn sentinel() -> Value {
+    let pid = std::process::id() as i32;
+    let fd = sys::pidfd_open(pid, 0);
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+    }
+    json!({"event": "pidfd_open", "ret": fd, "pidfd": fd, "target_pid": pid, "errno": null, "stage": null})
+}
+
+fn clone_ok(event: &str, ret: i64, pidfd: i32) -> Result<Value, String> {
+    if ret <= 0 {
+        return Err(format!("{event}(CLONE_PIDFD) failed unexpectedly: {ret}"));
+    }
+    sys::wait_child(ret);
+    unsafe { libc::close(pidfd) };
+    Ok(json!({"event": event, "ret": ret, "pidfd": pidfd, "child_pid": ret, "errno": null, "stage": null,
+              "tid": sys::gettid(), "flag_names_include": ["CLONE_PIDFD"]}))
+}
+
+fn failure(event: &str, ret: i64, want: i64, stage: &str) -> Result<Value, String> {
+    if ret != want {
+        sys::wait_child(ret);
+        return Err(format!("{event}: kernel returned {ret}, scenario needs {want}"));
+    }
+    Ok(
+        json!({"event": event, "ret": ret, "errno": errno(ret), "stage": stage, "pidfd": null, "child_pid": null,
+              "flag_names_include": ["CLONE_PIDFD"]}),
+    )
+}
+
+fn clone_pidfd_ok() -> Result<Vec<Value>, String> {
+    let mut pidfd: i32 = -1;
+    let r = sys::clone_fork(CLONE_PIDFD | SIGCHLD, &mut pidfd);
+    Ok(vec![clone_ok("clone", r, pidfd)?, sentinel()])
+}
+
+fn clone3_pidfd_ok() -> Result<Vec<Value>, String> {
+    let mut pidfd: i32 = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut i32 as u64,
+        exit_signal: SIGCHLD,
+        ..Default::default()
+    };
+    let r = sys::clone3_fork(&mut args);
+    Ok(vec![clone_ok("clone3", r, pidfd)?, sentinel()])
+}
+
+fn clone_settid_einval() -> Result<Vec<Value>, String> {
+    let mut pidfd: i32 = -1;
+    let r = sys::clone_fork(CLONE_PIDFD | CLONE_PARENT_SETTID | SIGCHLD, &mut pidfd);
+    Ok(vec![failure("clone", r, -22, "flags")?, sentinel()])
+}
+
+/// A page the process may read but not write: copy_to_user of the pidfd faults.
+fn read_only_page() -> *mut i32 {
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap");
+    p.cast()
+}
+
+fn clone_efault() -> Result<Vec<Value>, String> {
+    let r = sys::clone_fork(CLONE_PIDFD | SIGCHLD, read_only_page());
+    Ok(vec![failure("clone", r, -14, "user_memory")?, sentinel()])
+}
+
+fn clone3_efault() -> Result<Vec<Value>, String> {
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD,
+        pidfd: read_only_page() as u64,
+        exit_signal: SIGCHLD,
+        ..Default::default()
+    };
+    let r = sys::clone3_fork(&mut args);
+    Ok(vec![failure("clone3", r, -14, "user_memory")?, sentinel()])
+}
+
+fn clone_emfile() -> Result<Vec<Value>, String> {
+    // Fill the fd table up to a small limit, then ask for one more fd through CLONE_PIDFD.
+    let lim = libc::rlimit { rlim_cur: 32, rlim_max: 4096 };
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err("setrlimit(RLIMIT_NOFILE) failed".into());
+    }
+    let mut held = Vec::new();
+    loop {
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        if fd < 0 {
+            break;
+        }
+        held.push(fd);
+    }
+    let mut pidfd: i32 = -1;
+    let r = sys::clone_fork(CLONE_PIDFD | SIGCHLD, &mut pidfd);
+    for fd in held {
+        unsafe { libc::close(fd) };
+    }
+    Ok(vec![failure("clone", r, -24, "fd_alloc")?, sentinel()])
+}
+
+fn clone_pids_limit() -> Result<Vec<Value>, String> {
+    let cg = crate::cgroup::PidsCgroup::create(1)?;
+    cg.enter()?;
+    let mut pidfd: i32 = -1;
+    let r = sys::clone_fork(CLONE_PIDFD | SIGCHLD, &mut pidfd);
+    cg.leave()?;
+    let events = cg.max_events();
+    drop(cg);
+    let mut want = failure("clone", r, -11, "pids_cgroup")?;
+    if events == Some(0) {
+        return Err("pids.events shows no refusal: the EAGAIN came from elsewhere".into());
+    }
+    want["stage"] = json!("pids_cgroup");
+    Ok(vec![want, sentinel()])
+}
+
+fn clone3_thread() -> Result<Vec<Value>, String> {
+    let stack = vec![0u8; 64 * 1024].leak();
+    let mut pidfd: i32 = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD | CLONE_THREAD | CLONE_VM | CLONE_SIGHAND,
+        pidfd: &mut pidfd as *mut i32 as u64,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: stack.len() as u64,
+        ..Default::default()
+    };
+    let r = sys::clone3_thread(&mut args);
+    let thread_pidfds = crate::kernel_at_least(6, 9);
+    let want = if thread_pidfds {
+        if r <= 0 {
+            return Err(format!("kernel ≥ 6.9 refused a thread pidfd: {r}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        unsafe { libc::close(pidfd) };
+        json!({"event": "clone3", "ret": r, "pidfd": pidfd, "child_pid": r, "errno": null, "stage": null,
+               "flag_names_include": ["CLONE_PIDFD", "CLONE_THREAD"]})
+    } else {
+        failure("clone3", r, -22, "flags")?
+    };
+    Ok(vec![want, sentinel()])
+}
+
+fn pidfd_open_ok() -> Result<Vec<Value>, String> {
+    let child = sys::sleeper();
+    let fd = sys::pidfd_open(child, 0);
+    sys::reap(child);
+    if fd < 0 {
+        return Err(format!("pidfd_open failed: {fd}"));
+    }
+    unsafe { libc::close(fd as i32) };
+    Ok(vec![
+        json!({"event": "pidfd_open", "ret": fd, "pidfd": fd, "target_pid": child, "errno": null, "stage": null}),
+        sentinel(),
+    ])
+}
+
+fn pidfd_open_esrch() -> Result<Vec<Value>, String> {
+    let child = sys::sleeper();
+    sys::reap(child);
+    let r = sys::pidfd_open(child, 0);
+    if r != -3 {
+        return Err(format!("pidfd_open of a reaped pid returned {r}"));
+    }
+    Ok(vec![
+        json!({"event": "pidfd_open", "ret": -3, "errno": "ESRCH", "stage": "other", "target_pid": child, "pidfd": null}),
+        sentinel(),
+    ])
+}
+
+fn pidfd_open_einval() -> Result<Vec<Value>, String> {
+    let pid = std::process::id() as i32;
+    let r = sys::pidfd_open(pid, 0x4);
+    if r != -22 {
+        return Err(format!("pidfd_open with flag 0x4 returned {r}"));
+    }
+    Ok(vec![
+        json!({"event": "pidfd_open", "ret": -22, "errno": "EINVAL", "stage": "flags", "flags": 4, "pidfd": null}),
+        sentinel(),
+    ])
+}
+
+fn send_signal_ok() -> Result<Vec<Value>, String> {
+    let child = sys::sleeper();
+    let fd = sys::pidfd_open(child, 0);
+    let r = sys::pidfd_send_signal(fd as i32, libc::SIGTERM);
+    sys::reap(child);
+    if fd < 0 || r != 0 {
+        return Err(format!("pidfd_open {fd}, pidfd_send_signal {r}"));
+    }
+    unsafe { libc::close(fd as i32) };
+    Ok(vec![
+        json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
+        json!({"event": "pidfd_send_signal", "ret": 0, "errno": null, "signal": "SIGTERM", "signal_nr": 15, "target_pid": child, "stage": null}),
+        sentinel(),
+    ])
+}
+
+fn send_signal_ebadf() -> Result<Vec<Value>, String> {
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+    let r = sys::pidfd_send_signal(fd, libc::SIGTERM);
+    unsafe { libc::close(fd) };
+    if r != -9 {
+        return Err(format!("pidfd_send_signal on /dev/null returned {r}"));
+    }
+    Ok(vec![
+        json!({"event": "pidfd_send_signal", "ret": -9, "errno": "EBADF", "signal": "SIGTERM", "stage": null, "target_pid": null}),
+        sentinel(),
+    ])
+}
+
+fn getfd_ok() -> Result<Vec<Value>, String> {
+    let child = sys::sleeper();
+    let fd = sys::pidfd_open(child, 0);
+    let r = sys::pidfd_getfd(fd as i32, 1);
+    sys::reap(child);
+    if fd < 0 || r < 0 {
+        return Err(format!("pidfd_open {fd}, pidfd_getfd {r}"));
+    }
+    unsafe {
+        libc::close(r as i32);
+        libc::close(fd as i32);
+    }
+    Ok(vec![
+        json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
+        json!({"event": "pidfd_getfd", "ret": r, "errno": null, "target_fd": 1, "target_pid": child, "stage": null}),
+        sentinel(),
+    ])
+}
+
+fn getfd_ebadf() -> Result<Vec<Value>, String> {
+    let child = sys::sleeper();
+    let fd = sys::pidfd_open(child, 0);
+    let r = sys::pidfd_getfd(fd as i32, 999);
+    sys::reap(child);
+    unsafe { libc::close(fd as i32) };
+    if r != -9 {
+        return Err(format!("pidfd_getfd of fd 999 returned {r}"));
+    }
+    Ok(vec![
+        json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
+        json!({"event": "pidfd_getfd", "ret": -9, "errno": "EBADF", "target_fd": 999, "stage": null}),
+        sentinel(),
+    ])
+}
+
+fn plain_fork_silent() -> Result<Vec<Value>, String> {
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        unsafe { libc::_exit(0) };
+    }
+    sys::wait_child(child as i64);
+    let mut args = CloneArgs { exit_signal: SIGCHLD, ..Default::default() };
+    sys::wait_child(sys::clone3_fork(&mut args));
+    Ok(vec![sentinel()])
+}
+
+fn mix() -> Result<Vec<Value>, String> {
+    let mut v = vec![sentinel()];
+    v.extend(einval_only()?);
+    Ok(v)
+}
+
+fn einval_only() -> Result<Vec<Value>, String> {
+    let r = sys::pidfd_open(std::process::id() as i32, 0x4);
+    Ok(vec![json!({"event": "pidfd_open", "ret": r, "errno": "EINVAL"})])
+}

@@ -1,0 +1,83 @@
+//! Start-up errors: each is one line on stderr saying what is wrong and what to do, with a
+//! non-zero exit, and never a panic.
+use std::process::{Command, Output};
+
+fn agent(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pidfd-trace"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run agent")
+}
+
+fn one_line_error(out: &Output, code: i32, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "exactly one line: {err}");
+    assert!(err.starts_with("pidfd-trace: error: "), "{err}");
+    assert!(err.contains(needle), "want {needle:?} in {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+}
+
+#[test]
+fn bad_flag_values() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["trace", "--output", "xml"], "invalid value 'xml'"),
+        (&["trace", "--mode", "uprobe"], "invalid value 'uprobe'"),
+        (&["trace", "--pid", "abc"], "invalid value 'abc'"),
+        (&["check", "--output", "yaml"], "invalid value 'yaml'"),
+        (&["trace", "--bogus"], "unexpected argument '--bogus'"),
+        (&["frobnicate"], "unrecognized subcommand"),
+        (&["trace", "--ring-kib", "3"], "power of two"),
+    ];
+    for (args, needle) in cases {
+        one_line_error(&agent(args, &[]), 2, needle);
+    }
+}
+
+#[test]
+fn missing_btf() {
+    one_line_error(
+        &agent(&["trace"], &[("PIDFD_TRACE_BTF", "/nonexistent/vmlinux")]),
+        1,
+        "kernel BTF not found at /nonexistent/vmlinux",
+    );
+}
+
+#[test]
+fn not_privileged() {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_pidfd-trace"))
+        .arg("trace")
+        .output()
+        .expect("setpriv (util-linux) runs");
+    one_line_error(&out, 1, "missing capabilities CAP_BPF+CAP_PERFMON");
+}
+
+#[test]
+fn forced_mode_this_kernel_cannot_do() {
+    // Only meaningful where kprobes are missing (like the development host); elsewhere the
+    // VM matrix covers the forced modes.
+    if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        eprintln!("skipped: this kernel has kprobes");
+        return;
+    }
+    one_line_error(&agent(&["trace", "--mode", "kprobe"], &[]), 1, "--mode kprobe is not possible here");
+}
+
+#[test]
+fn tracefs_unmountable() {
+    // A private mount namespace without tracefs, and no CAP_SYS_ADMIN to mount it.
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         exec setpriv --bounding-set=-sys_admin --inh-caps=-sys_admin {} trace",
+        env!("CARGO_BIN_EXE_pidfd-trace")
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    one_line_error(&out, 1, "tracefs is not mounted");
+}

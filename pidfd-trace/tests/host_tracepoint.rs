@@ -1,0 +1,71 @@
+//! Host integration: the real agent on the running kernel in tracepoint mode, driven by the
+//! in-tree workload; each scenario asserts the exact events its syscalls must produce.
+//! Needs root (loads eBPF programs); `cargo xtask test` runs it as such.
+use std::{collections::HashMap, process::Command, sync::OnceLock};
+
+/// Runs the whole suite once (one agent for all scenarios) and keeps each result.
+fn results() -> &'static HashMap<String, (String, String)> {
+    static RESULTS: OnceLock<HashMap<String, (String, String)>> = OnceLock::new();
+    RESULTS.get_or_init(|| {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "host integration tests need root: run `cargo xtask test` as root"
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_pidfd-workload"))
+            .args(["suite", "--json", "--mode", "tracepoint", "--timeout", "30"])
+            .arg("--agent")
+            .arg(env!("CARGO_BIN_EXE_pidfd-trace"))
+            .output()
+            .expect("run pidfd-workload suite");
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("suite prints JSON lines");
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                (s("scenario"), (s("result"), s("detail")))
+            })
+            .collect()
+    })
+}
+
+fn check(name: &str) {
+    let (result, detail) = results().get(name).unwrap_or_else(|| panic!("suite did not run scenario {name}"));
+    assert_eq!(result, "pass", "{name}: {detail}");
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => { $( #[test] fn $name() { check(stringify!($name)); } )* };
+}
+
+scenarios!(
+    clone_pidfd_ok,
+    clone3_pidfd_ok,
+    clone_settid_einval,
+    clone_efault,
+    clone3_efault,
+    clone_emfile,
+    clone_pids_limit,
+    clone3_thread,
+    pidfd_open_ok,
+    pidfd_open_esrch,
+    pidfd_open_einval,
+    send_signal_ok,
+    send_signal_ebadf,
+    getfd_ok,
+    getfd_ebadf,
+    plain_fork_silent,
+    filter_comm_failures_only,
+    filter_pid,
+    agent_stops_cleanly,
+);
+
+#[test]
+fn suite_has_no_scenario_without_a_test() {
+    let mut names: Vec<&String> = results().keys().collect();
+    names.sort();
+    let tested = include_str!("host_tracepoint.rs");
+    for n in names {
+        assert!(tested.contains(&format!("    {n},")), "scenario {n} has no #[test] here");
+    }
+}

@@ -1,0 +1,64 @@
+//! `cargo xtask test`: set-up, then every test layer in order, then one closing line.
+use std::{path::Path, process::Command, time::Instant};
+
+use anyhow::{Result, bail};
+
+use crate::{setup, util, vm};
+
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Skip the kernel matrix in qemu (the slowest layer).
+    #[arg(long)]
+    pub skip_vm: bool,
+    /// Kernels for the matrix: 5.10, 6.1, 6.12 or all.
+    #[arg(long, default_value = "all")]
+    pub kernel: String,
+}
+
+pub fn run(opts: &Options, root: &Path) -> Result<()> {
+    if !util::is_root() {
+        bail!(
+            "cargo xtask test needs root: its integration tests load eBPF programs into this kernel; run it with sudo"
+        );
+    }
+    setup::run(&setup::Options { all: true })?;
+    if !opts.skip_vm {
+        vm::setup(root)?;
+    }
+    let mut steps: Vec<(&str, Result<()>, f64)> = Vec::new();
+    let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| {
+        println!("\n==> {name}");
+        let t = Instant::now();
+        let r = f();
+        if let Err(e) = &r {
+            eprintln!("xtask: {name} failed: {e:#}");
+        }
+        steps.push((name, r, t.elapsed().as_secs_f64()));
+    };
+    step("unit and host integration tests (cargo test)", &mut || {
+        util::exec(Command::new(env!("CARGO")).current_dir(root).args(["test", "--", "--test-threads=1"]))
+    });
+    if !opts.skip_vm {
+        step("kernel matrix in qemu (cargo xtask vm)", &mut || {
+            let bins = crate::build(root)?;
+            let vm_opts = vm::Options {
+                kernel: opts.kernel.clone(),
+                modes: "fexit,kprobe,tracepoint".into(),
+                timeout: 420,
+                agent: Some(bins.agent),
+                workload: Some(bins.workload),
+            };
+            vm::run(&vm_opts, root)
+        });
+    }
+    println!("\n==> summary");
+    let failed = steps.iter().filter(|s| s.1.is_err()).count();
+    for (name, r, secs) in &steps {
+        println!("{:<6} {secs:>7.1}s  {name}", if r.is_ok() { "ok" } else { "FAILED" });
+    }
+    println!("xtask test: {} passed, {failed} failed", steps.len() - failed);
+    if failed > 0 {
+        bail!("{failed} test step(s) failed");
+    }
+    Ok(())
+}
