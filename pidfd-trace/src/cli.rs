@@ -25,6 +25,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Print every pidfd event live, as columns or JSON lines.
     Trace(TraceArgs),
+    /// Run as a service: Prometheus metrics over HTTP and a JSON-lines event log, until
+    /// SIGINT/SIGTERM.
+    Serve(ServeArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -72,6 +75,63 @@ pub struct TraceArgs {
     pub failures_only: bool,
     #[command(flatten)]
     pub kernel: KernelArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to serve metrics on: HOST:PORT, [IPv6]:PORT or :PORT (all IPv4 interfaces).
+    #[arg(
+        long = "web.listen-address",
+        value_name = "ADDR",
+        default_value = crate::serve::listen::DEFAULT_ADDRESS,
+        value_parser = crate::serve::listen::parse_address
+    )]
+    pub listen_address: std::net::SocketAddr,
+    /// Path under which metrics are exposed.
+    #[arg(
+        long = "web.telemetry-path",
+        value_name = "PATH",
+        default_value = "/metrics",
+        value_parser = crate::serve::listen::parse_telemetry_path
+    )]
+    pub telemetry_path: String,
+    /// Format of the agent's own log lines on stderr.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub log_format: Output,
+    /// Least severe agent log level shown.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+    /// Write every event as a JSON line (the `trace --output json` fields) to PATH, appending;
+    /// `-` is stdout. Without it no events are logged, only counted.
+    #[arg(long, value_name = "PATH|-")]
+    pub events_log: Option<PathBuf>,
+    /// Per-process (comm) and per-container series kept per metric: the busiest N values,
+    /// the rest summed under `other`.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=10000))]
+    pub max_label_values: u16,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {

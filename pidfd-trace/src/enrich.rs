@@ -1,6 +1,14 @@
 //! Adds what the kernel record does not carry, from /proc and cgroupfs, best effort: the
-//! process a pidfd refers to. A value that cannot be found stays null.
-use crate::event::Event;
+//! process a pidfd refers to, and the caller's cgroup path and container. A value that
+//! cannot be found stays null.
+use std::cell::RefCell;
+
+use crate::{cgroup, event::Event};
+
+thread_local! {
+    /// One resolver (and so one bounded cache) per pipeline; the pipeline runs on one thread.
+    static CGROUPS: RefCell<Option<cgroup::Resolver>> = const { RefCell::new(None) };
+}
 
 /// Resolves `target_pid` of pidfd_getfd / pidfd_send_signal from the caller's
 /// `/proc/<pid>/fdinfo/<pidfd>` ("Pid:" line, 5.3+). Racy by nature: if the caller already
@@ -9,6 +17,10 @@ pub fn enrich(ev: &mut Event) {
     if let Some(fd) = ev.used_pidfd {
         ev.target_pid = pidfd_target(ev.pid, fd);
     }
+    let info =
+        CGROUPS.with_borrow_mut(|r| r.get_or_insert_with(cgroup::Resolver::new).lookup(ev.cgroup_id, ev.pid));
+    ev.cgroup = info.path;
+    ev.container_id = info.container.map(|c| c.id);
 }
 
 fn pidfd_target(pid: u32, fd: i32) -> Option<i64> {

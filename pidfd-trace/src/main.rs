@@ -1,6 +1,7 @@
 //! pidfd-trace: the agent binary. Parses the command line and runs one command; every error
 //! becomes one line on stderr and a non-zero exit.
 mod btf;
+mod cgroup;
 mod check;
 mod classify;
 mod cli;
@@ -13,6 +14,7 @@ mod names;
 mod pipeline;
 mod plan;
 mod preflight;
+mod serve;
 mod session;
 mod sink;
 mod trace;
@@ -29,9 +31,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    if let Command::Serve(args) = &cli.command {
+        serve::logging::init(args.log_format, args.log_level);
+    } else {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .format_target(false)
+            .init();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -45,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check(args) => check::run(args),
         Command::Trace(args) => runtime()?.block_on(trace::run(args)),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -57,6 +57,17 @@ impl Pipeline<'_> {
 
 /// Runs until SIGINT/SIGTERM or the sink's reader goes away (e.g. `| head`).
 pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<()> {
+    run_with_tick(session, pipe, &mut |_, _| Ok(())).await
+}
+
+/// `run`, also calling `on_tick` once a second and once more at the end, with the session
+/// (whose kernel counters it may read) and this run's totals: how `serve` refreshes the
+/// metrics it reads from the kernel.
+pub async fn run_with_tick(
+    session: &mut Session,
+    pipe: &mut Pipeline<'_>,
+    on_tick: &mut dyn FnMut(&Session, &Totals) -> Result<()>,
+) -> Result<()> {
     let ring = session.probes.take_events()?;
     // SAFETY (both registrations): the AsyncFd owns the value that owns the fd, so the fd
     // cannot be closed while it is registered.
@@ -95,6 +106,7 @@ pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<()> {
                     warn!("{} event records lost (ring buffer full), {lost} in total; counters stay exact", lost - lost_seen);
                     lost_seen = lost;
                 }
+                on_tick(session, &pipe.totals)?;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -107,7 +119,7 @@ pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<()> {
     if let Some(l) = logger.as_mut() {
         l.get_mut().flush();
     }
-    Ok(())
+    on_tick(session, &pipe.totals)
 }
 
 fn sink_closed(e: std::io::Error) -> Result<()> {

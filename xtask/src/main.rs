@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | build | run | test | vm`.
+//! Project tasks: `cargo xtask setup | build | run | test | e2e | vm`.
+mod e2e;
 mod setup;
 mod test;
 mod util;
@@ -28,13 +29,16 @@ enum Cmd {
     /// Build the agent (with its kernel programs) and the workload, release mode.
     Build,
     /// Set up, build and run the agent; arguments after `--` go to pidfd-trace
-    /// (default: `trace`).
+    /// (default: `serve`).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Set up, then run every test: unit, host integration (root), CLI errors, kernel matrix.
     Test(test::Options),
+    /// A real Prometheus scrapes `serve` while the workload runs; every dashboard query must
+    /// return data and the counters must match (root).
+    E2e,
     /// Boot Debian kernels in qemu and run the scenario suite in each mode.
     Vm(vm::Options),
 }
@@ -54,11 +58,15 @@ fn run() -> Result<()> {
         Cmd::Run { args } => {
             setup::run(&Default::default())?;
             let bins = build(&root)?;
-            let args = if args.is_empty() { vec!["trace".to_string()] } else { args };
+            let args = if args.is_empty() { vec!["serve".to_string()] } else { args };
             let err = Command::new(&bins.agent).args(&args).exec();
             Err(err).with_context(|| format!("cannot start {}", bins.agent.display()))
         }
         Cmd::Test(opts) => test::run(&opts, &root),
+        Cmd::E2e => {
+            setup::run(&Default::default())?;
+            e2e::run(&root)
+        }
         Cmd::Vm(mut opts) => {
             setup::run(&Default::default())?;
             let bins = build(&root)?;

@@ -1,0 +1,266 @@
+//! Where an event's caller lives: cgroup id → cgroup v2 path → container, best effort and
+//! cached with bounds. The id is what the kernel programs recorded
+//! (bpf_get_current_cgroup_id(): the inode number of the caller's cgroup2 directory).
+mod cache;
+mod container;
+mod mounts;
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use log::debug;
+
+use self::cache::GenCache;
+pub use self::{
+    container::{Container, parse_container},
+    mounts::CgroupMounts,
+};
+
+/// Distinct cgroups remembered; a node rarely has more live ones than this.
+const CACHE_CGROUPS: usize = 8192;
+/// (pid, cgroup) pairs remembered for the v1 fallback of hybrid hosts.
+const CACHE_V1_PIDS: usize = 4096;
+/// The directory walk (used only when file handles are refused) runs at most this often.
+const WALK_INTERVAL: Duration = Duration::from_secs(2);
+/// And visits at most this many directories.
+const WALK_MAX_DIRS: usize = 200_000;
+
+/// What enrichment adds to an event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupInfo {
+    /// The cgroup v2 path, as /proc/<pid>/cgroup's `0::` line shows it.
+    pub path: Option<String>,
+    pub container: Option<Container>,
+}
+
+pub struct Resolver {
+    mounts: CgroupMounts,
+    /// The cgroup2 mount point, open, for open_by_handle_at.
+    mount_dir: Option<File>,
+    handles_refused: bool,
+    paths: GenCache<u64, Option<String>>,
+    v1: GenCache<(u32, u64), Option<Container>>,
+    last_walk: Option<Instant>,
+}
+
+impl Resolver {
+    pub fn new() -> Self {
+        Self::with_mounts(CgroupMounts::read())
+    }
+
+    pub fn with_mounts(mounts: CgroupMounts) -> Self {
+        let mount_dir = mounts.v2.as_ref().and_then(|(p, _)| File::open(p).ok());
+        debug!("cgroup2 for cgroup ids: {:?}; v1 hierarchies: {}", mounts.v2, mounts.has_v1);
+        Self {
+            mounts,
+            mount_dir,
+            handles_refused: false,
+            paths: GenCache::new(CACHE_CGROUPS),
+            v1: GenCache::new(CACHE_V1_PIDS),
+            last_walk: None,
+        }
+    }
+
+    /// The cgroup and container of the caller `pid` whose cgroup2 id is `cgroup_id`.
+    pub fn lookup(&mut self, cgroup_id: u64, pid: u32) -> CgroupInfo {
+        let path = self.path_of(cgroup_id);
+        let mut container = path.as_deref().and_then(parse_container);
+        // Hybrid/legacy hosts: runtimes with the cgroupfs driver put containers only in the
+        // v1 hierarchies, so the v2 path shows nothing; /proc/<pid>/cgroup still does (racy:
+        // the caller may be gone, then we say nothing).
+        if container.is_none() && self.mounts.has_v1 {
+            container = match self.v1.get(&(pid, cgroup_id)) {
+                Some(c) => c,
+                None => {
+                    let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                        .ok()
+                        .and_then(|s| container_in_proc_cgroup(&s));
+                    self.v1.insert((pid, cgroup_id), c.clone());
+                    c
+                }
+            };
+        }
+        CgroupInfo { path, container }
+    }
+
+    /// The cgroup v2 path of `id`, or None when there is no cgroup2 mount or the cgroup is
+    /// already gone.
+    pub fn path_of(&mut self, id: u64) -> Option<String> {
+        if id == 0 || self.mounts.v2.is_none() {
+            return None;
+        }
+        if let Some(p) = self.paths.get(&id) {
+            return p;
+        }
+        let found = if self.handles_refused { None } else { self.by_handle(id) };
+        let found = match found {
+            Some(p) => Some(p),
+            None if self.handles_refused => match self.walk(id) {
+                Some(hit) => hit,
+                // Walk skipped (rate limit): don't remember a miss we did not look for.
+                None => return None,
+            },
+            None => None,
+        };
+        self.paths.insert(id, found.clone());
+        found
+    }
+
+    /// open_by_handle_at with the kernfs file handle (the cgroup id itself), then the path
+    /// of the opened directory: O(1), needs CAP_DAC_READ_SEARCH. Some(path) on success.
+    fn by_handle(&mut self, id: u64) -> Option<String> {
+        let dir = self.mount_dir.as_ref()?;
+        /// `struct file_handle` with room for the 8-byte kernfs id (FILEID_KERNFS, 5.5+).
+        #[repr(C)]
+        struct KernfsHandle {
+            handle_bytes: u32,
+            handle_type: i32,
+            id: u64,
+        }
+        const FILEID_KERNFS: i32 = 0xfe;
+        let mut h = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
+        // SAFETY: the struct has the layout of file_handle followed by 8 handle bytes.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                dir.as_raw_fd(),
+                (&mut h as *mut KernfsHandle).cast(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                // Gone (ESTALE/ENOENT): a real miss.
+                Some(libc::ESTALE) | Some(libc::ENOENT) => {}
+                _ => {
+                    debug!(
+                        "open_by_handle_at on the cgroup2 mount refused ({err}); walking the tree instead"
+                    );
+                    self.handles_refused = true;
+                }
+            }
+            return None;
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let abs = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+        self.relative(&abs)
+    }
+
+    /// The cgroup path of a directory under the cgroup2 mount.
+    fn relative(&self, abs: &Path) -> Option<String> {
+        let (mount, root) = self.mounts.v2.as_ref()?;
+        let rel = abs.strip_prefix(mount).ok()?;
+        Some(join_cgroup(root, rel))
+    }
+
+    /// Fallback without file handles: a bounded, rate-limited walk of the cgroup2 tree that
+    /// remembers every directory it passes. Outer None: walk skipped.
+    fn walk(&mut self, id: u64) -> Option<Option<String>> {
+        if self.last_walk.is_some_and(|t| t.elapsed() < WALK_INTERVAL) {
+            return None;
+        }
+        self.last_walk = Some(Instant::now());
+        let (mount, root) = self.mounts.v2.clone()?;
+        let mut stack: Vec<PathBuf> = vec![mount.clone()];
+        let (mut visited, mut hit) = (0usize, None);
+        while let Some(dir) = stack.pop() {
+            visited += 1;
+            if visited > WALK_MAX_DIRS {
+                break;
+            }
+            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            let path = join_cgroup(&root, dir.strip_prefix(&mount).unwrap_or(Path::new("")));
+            if meta.ino() == id {
+                hit = Some(path.clone());
+            }
+            self.paths.insert(meta.ino(), Some(path));
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+        Some(hit)
+    }
+}
+
+fn join_cgroup(root: &str, rel: &Path) -> String {
+    let rel = rel.to_string_lossy();
+    let rel = rel.trim_matches('/');
+    match (root.trim_end_matches('/'), rel) {
+        ("", "") => "/".to_string(),
+        ("", r) => format!("/{r}"),
+        (root, "") => root.to_string(),
+        (root, r) => format!("{root}/{r}"),
+    }
+}
+
+/// The innermost container any hierarchy of /proc/<pid>/cgroup shows
+/// (`4:memory:/docker/<id>`, `0::/system.slice/docker-<id>.scope`).
+pub fn container_in_proc_cgroup(text: &str) -> Option<Container> {
+    text.lines().filter_map(|l| l.splitn(3, ':').nth(2)).find_map(parse_container)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_cgroup_lines() {
+        let id = "a".repeat(64);
+        let text = format!("9:name=systemd:/\n4:memory:/docker/{id}\n0::/\n");
+        assert_eq!(container_in_proc_cgroup(&text).map(|c| c.id), Some(id));
+        assert_eq!(container_in_proc_cgroup("0::/user.slice\n"), None);
+    }
+
+    #[test]
+    fn joining() {
+        assert_eq!(join_cgroup("/", Path::new("")), "/");
+        assert_eq!(join_cgroup("/", Path::new("a/b")), "/a/b");
+        assert_eq!(join_cgroup("/ns", Path::new("a")), "/ns/a");
+        assert_eq!(join_cgroup("/ns", Path::new("")), "/ns");
+    }
+
+    /// The real thing, as root: a fresh cgroup2 directory named like a docker scope must
+    /// resolve from its inode number, by file handle and by the walk.
+    #[test]
+    fn resolves_a_real_cgroup2_directory() {
+        let mounts = CgroupMounts::read();
+        let Some((mount, _)) = mounts.v2.clone() else {
+            eprintln!("skipped: no cgroup2 mount on this host");
+            return;
+        };
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: creating a cgroup needs root");
+            return;
+        }
+        let id = format!("{:064x}", 0xfeed_0000_u64 + u64::from(std::process::id()));
+        let parent = mount.join(format!("pidfd-trace-unit-{}", std::process::id()));
+        let dir = parent.join(format!("docker-{id}.scope"));
+        std::fs::create_dir_all(&dir).expect("mkdir in cgroup2");
+        let ino = std::fs::metadata(&dir).unwrap().ino();
+        let want = format!("/pidfd-trace-unit-{}/docker-{id}.scope", std::process::id());
+
+        let mut r = Resolver::with_mounts(mounts.clone());
+        let info = r.lookup(ino, std::process::id());
+        let mut walker = Resolver::with_mounts(mounts);
+        walker.handles_refused = true;
+        let walked = walker.path_of(ino);
+        let gone_before = r.path_of(u64::MAX - 1);
+        std::fs::remove_dir(&dir).unwrap();
+        std::fs::remove_dir(&parent).unwrap();
+
+        assert_eq!(info.path.as_deref(), Some(want.as_str()), "by file handle");
+        let c = info.container.expect("container from the path");
+        assert_eq!((c.id.as_str(), c.runtime), (id.as_str(), "docker"));
+        assert_eq!(walked.as_deref(), Some(want.as_str()), "by walking the tree");
+        assert_eq!(gone_before, None);
+        assert_eq!(r.path_of(1).as_deref(), Some("/"), "the root cgroup");
+    }
+}

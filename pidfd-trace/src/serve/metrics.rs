@@ -1,0 +1,242 @@
+//! The Prometheus registry of `serve` and the metrics read from the kernel: DESIGN.md's
+//! contract names, refreshed from the per-CPU counters (exact even when ring-buffer records
+//! are lost), plus build info and the attach plan. Event-derived metrics live in `events.rs`.
+use std::collections::HashMap;
+
+use pidfd_trace_common::{CounterKey, stats};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use super::outcomes::{self, Family};
+use crate::{classify::KernelSemantics, loader::Attached, pipeline::Totals, plan::HookPlan};
+
+#[derive(Debug, thiserror::Error)]
+#[error("registering metric: {0}; this is a bug in pidfd-trace, please report it")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// Every metric read from the kernel or from the agent's own state.
+pub struct KernelMetrics {
+    sem: KernelSemantics,
+    families: HashMap<Family, IntCounterVec>,
+    last: HashMap<(Family, Vec<String>), u64>,
+    events: IntCounter,
+    lost: IntCounter,
+    outcomes_full: IntCounter,
+    enter_failed: IntCounter,
+    clone3_unreadable: IntCounter,
+    received: IntCounter,
+    decode_errors: IntCounter,
+    last_stats: [u64; stats::COUNT as usize],
+    last_totals: Totals,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
+    let c = IntCounter::new(name, help)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, MetricsError> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// Adds `now - *last` to `c` and remembers `now` (kernel counters only grow).
+fn advance(c: &IntCounter, last: &mut u64, now: u64) {
+    if now > *last {
+        c.inc_by(now - *last);
+        *last = now;
+    }
+}
+
+impl KernelMetrics {
+    pub fn register(reg: &Registry, sem: KernelSemantics) -> Result<Self, MetricsError> {
+        let families = HashMap::from([
+            (
+                Family::Created,
+                counter_vec(
+                    reg,
+                    "pidfd_trace_pidfds_created_total",
+                    "Pidfds created, by source (clone, clone3 with CLONE_PIDFD; pidfd_open). From the kernel's counters.",
+                    &["source"],
+                )?,
+            ),
+            (
+                Family::CreateFailures,
+                counter_vec(
+                    reg,
+                    "pidfd_trace_pidfd_create_failures_total",
+                    "Failed pidfd creations, by source, the step that failed (stage) and errno. From the kernel's counters.",
+                    &["source", "stage", "errno"],
+                )?,
+            ),
+            (
+                Family::Getfd,
+                counter_vec(
+                    reg,
+                    "pidfd_trace_getfd_total",
+                    "pidfd_getfd calls, successful or not. From the kernel's counters.",
+                    &[],
+                )?,
+            ),
+            (
+                Family::GetfdFailures,
+                counter_vec(
+                    reg,
+                    "pidfd_trace_getfd_failures_total",
+                    "Failed pidfd_getfd calls, by errno. From the kernel's counters.",
+                    &["errno"],
+                )?,
+            ),
+            (
+                Family::Signals,
+                counter_vec(
+                    reg,
+                    "pidfd_trace_signals_total",
+                    "pidfd_send_signal calls, successful or not, by signal. From the kernel's counters.",
+                    &["signal"],
+                )?,
+            ),
+            (
+                Family::SignalFailures,
+                counter_vec(
+                    reg,
+                    "pidfd_trace_signal_failures_total",
+                    "Failed pidfd_send_signal calls, by errno. From the kernel's counters.",
+                    &["errno"],
+                )?,
+            ),
+        ]);
+        // Known label values exist from the start, so rate() has a zero to start from.
+        for source in ["clone", "clone3", "pidfd_open"] {
+            families[&Family::Created].with_label_values(&[source]);
+        }
+        families[&Family::Getfd].with_label_values::<&str>(&[]);
+        Ok(Self {
+            sem,
+            families,
+            last: HashMap::new(),
+            events: counter(
+                reg,
+                "pidfd_trace_events_total",
+                "Calls the kernel programs observed (every counted outcome, whether or not its record reached the agent).",
+            )?,
+            lost: counter(
+                reg,
+                "pidfd_trace_events_lost_total",
+                "Event records lost because the ring buffer was full. Counters stay exact; event logs and event-derived metrics miss these.",
+            )?,
+            outcomes_full: counter(
+                reg,
+                "pidfd_trace_outcomes_map_full_total",
+                "Outcomes not counted because the kernel's outcome map was full.",
+            )?,
+            enter_failed: counter(
+                reg,
+                "pidfd_trace_enter_state_failures_total",
+                "Syscall entries whose state could not be stored, so their exit was not observed.",
+            )?,
+            clone3_unreadable: counter(
+                reg,
+                "pidfd_trace_clone3_args_unreadable_total",
+                "clone3 calls whose struct clone_args could not be read at entry (flags unknown, not counted).",
+            )?,
+            received: counter(
+                reg,
+                "pidfd_trace_events_received_total",
+                "Event records the agent read from the ring buffer.",
+            )?,
+            decode_errors: counter(
+                reg,
+                "pidfd_trace_decode_errors_total",
+                "Event records the agent could not decode (dropped).",
+            )?,
+            last_stats: [0; stats::COUNT as usize],
+            last_totals: Totals::default(),
+        })
+    }
+
+    /// Brings every kernel-derived series up to the kernel's current counts.
+    pub fn refresh(
+        &mut self,
+        outcomes: &[(CounterKey, u64)],
+        st: &[u64; stats::COUNT as usize],
+        totals: &Totals,
+    ) {
+        let mut now: HashMap<(Family, Vec<String>), u64> = HashMap::new();
+        for (key, n) in outcomes {
+            for (family, labels) in outcomes::series(key, self.sem) {
+                *now.entry((family, labels)).or_insert(0) += n;
+            }
+        }
+        for ((family, labels), n) in now {
+            let seen = self.last.entry((family, labels.clone())).or_insert(0);
+            if n > *seen {
+                let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+                self.families[&family].with_label_values(&l).inc_by(n - *seen);
+                *seen = n;
+            }
+        }
+        for (c, slot) in [
+            (&self.events, stats::RECORDS),
+            (&self.lost, stats::LOST),
+            (&self.outcomes_full, stats::OUTCOMES_FULL),
+            (&self.enter_failed, stats::ENTER_FAILED),
+            (&self.clone3_unreadable, stats::CLONE3_ARGS_UNREADABLE),
+        ] {
+            advance(c, &mut self.last_stats[slot as usize], st[slot as usize]);
+        }
+        advance(&self.received, &mut self.last_totals.delivered, totals.delivered);
+        advance(&self.decode_errors, &mut self.last_totals.decode_errors, totals.decode_errors);
+    }
+}
+
+/// `pidfd_trace_build_info{version,kernel} 1`.
+pub fn register_build_info(reg: &Registry, kernel: &str) -> Result<(), MetricsError> {
+    let g = IntGaugeVec::new(
+        Opts::new("pidfd_trace_build_info", "Always 1: the agent's version and the kernel it runs on."),
+        &["version", "kernel"],
+    )?;
+    g.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel]).set(1);
+    reg.register(Box::new(g))?;
+    let start = IntGauge::new("pidfd_trace_start_time_seconds", "When the agent started, Unix time.")?;
+    start.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    );
+    reg.register(Box::new(start))?;
+    Ok(())
+}
+
+/// `pidfd_trace_probe_attached{hook,mode}`: 1 for the mode each hook is attached in, 0 for
+/// every other candidate mode of the plan, so the plan per host is one query.
+pub fn register_attach_plan(
+    reg: &Registry,
+    plan: &[HookPlan],
+    attached: &[Attached],
+) -> Result<(), MetricsError> {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "pidfd_trace_probe_attached",
+            "1 if the hook is attached in this mode, 0 for the plan's other candidate modes.",
+        ),
+        &["hook", "mode"],
+    )?;
+    for hook in plan {
+        for c in &hook.candidates {
+            g.with_label_values(&[hook.hook, c.mode.as_str()]).set(0);
+        }
+    }
+    for a in attached {
+        g.with_label_values(&[a.hook, a.mode.as_str()]).set(1);
+    }
+    reg.register(Box::new(g))?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Where `serve` delivers events: the JSON-lines events log and the event-derived metrics
+//! (syscall durations, per-process and per-container series under the cardinality cap).
+//! Event-derived metrics see only records that reached the agent; the exact counts are the
+//! kernel-counter metrics in `metrics.rs`.
+use std::{
+    io::{self, Write},
+    time::{Duration, Instant},
+};
+
+use log::warn;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+use super::{cap::CappedCounter, metrics::MetricsError};
+use crate::{cgroup::parse_container, event::Event, names, sink::Sink, sink::json::JsonLines};
+
+/// How long a ranking window of the cardinality cap lasts.
+const RERANK_EVERY: Duration = Duration::from_secs(60);
+
+/// Delivers every event to each sink in turn.
+pub struct Tee<'a>(pub Vec<&'a mut dyn Sink>);
+
+impl Sink for Tee<'_> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.event(ev))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.flush())
+    }
+}
+
+/// The events log. A failing write (disk full, closed stdout) must not stop the metrics,
+/// so it is counted, said once, and the service goes on.
+pub struct EventsLog {
+    out: JsonLines<io::BufWriter<Box<dyn Write + Send>>>,
+    errors: IntCounter,
+    warned: bool,
+}
+
+impl EventsLog {
+    pub fn new(out: Box<dyn Write + Send>, reg: &Registry) -> Result<Self, MetricsError> {
+        let errors = IntCounter::new(
+            "pidfd_trace_events_log_errors_total",
+            "Writes to the events log that failed (events missing from the log).",
+        )?;
+        reg.register(Box::new(errors.clone()))?;
+        Ok(Self { out: JsonLines::new(io::BufWriter::with_capacity(64 * 1024, out)), errors, warned: false })
+    }
+
+    fn failed(&mut self, e: io::Error) {
+        self.errors.inc();
+        if !self.warned {
+            warn!("writing the events log failed ({e}); events are still counted in the metrics");
+            self.warned = true;
+        }
+    }
+}
+
+impl Sink for EventsLog {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if let Err(e) = self.out.event(ev) {
+            self.failed(e);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let Err(e) = self.out.flush() {
+            self.failed(e);
+        }
+        Ok(())
+    }
+}
+
+/// Metrics that need what only the event record carries: duration, comm, container.
+pub struct EventMetrics {
+    duration: HistogramVec,
+    processes: CappedCounter,
+    containers: CappedCounter,
+    ranked: Instant,
+}
+
+impl EventMetrics {
+    pub fn register(reg: &Registry, max_label_values: usize) -> Result<Self, MetricsError> {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pidfd_trace_syscall_duration_seconds",
+                "Entry-to-exit time of observed calls (clone/clone3 with CLONE_PIDFD, pidfd_*), by event. From event records.",
+            )
+            // 4 µs … 65 ms: a CLONE_PIDFD fork takes tens to hundreds of µs.
+            .buckets(prometheus::exponential_buckets(4e-6, 4.0, 8)?),
+            &["event"],
+        )?;
+        reg.register(Box::new(duration.clone()))?;
+        let processes = IntCounterVec::new(
+            Opts::new(
+                "pidfd_trace_process_events_total",
+                "Observed calls by caller command name (top --max-label-values, the rest as comm=\"other\"), event and outcome (ok, error). From event records.",
+            ),
+            &["comm", "event", "outcome"],
+        )?;
+        reg.register(Box::new(processes.clone()))?;
+        let containers = IntCounterVec::new(
+            Opts::new(
+                "pidfd_trace_container_events_total",
+                "Observed calls made inside containers, by container id (top --max-label-values, the rest as container=\"other\"), runtime, Kubernetes pod UID, event and outcome. From event records.",
+            ),
+            &["container", "runtime", "pod_uid", "event", "outcome"],
+        )?;
+        reg.register(Box::new(containers.clone()))?;
+        Ok(Self {
+            duration,
+            processes: CappedCounter::new(processes, max_label_values),
+            containers: CappedCounter::new(containers, max_label_values),
+            ranked: Instant::now(),
+        })
+    }
+}
+
+impl Sink for EventMetrics {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let event = names::event_name(ev.event);
+        let outcome = if ev.failed() { "error" } else { "ok" };
+        self.duration.with_label_values(&[event]).observe(ev.duration_ns as f64 / 1e9);
+        self.processes.inc(&ev.comm, &[], &[event, outcome]);
+        if let Some(id) = &ev.container_id {
+            // The path says the runtime and pod; a container found only through the v1
+            // hierarchies (hybrid hosts) keeps its id and no more.
+            let c = ev.cgroup.as_deref().and_then(parse_container).filter(|c| &c.id == id);
+            let runtime = c.as_ref().map_or("unknown", |c| c.runtime);
+            let pod = c.as_ref().and_then(|c| c.pod_uid.clone()).unwrap_or_default();
+            self.containers.inc(id, &[runtime, &pod], &[event, outcome]);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.ranked.elapsed() >= RERANK_EVERY {
+            self.processes.rerank();
+            self.containers.rerank();
+            self.ranked = Instant::now();
+        }
+        Ok(())
+    }
+}
