@@ -102,6 +102,17 @@ pub mod hints {
     pub const PIDFD_READBACK_FAULT: u8 = 1 << 1;
     /// The caller's pids cgroup was at its limit when the call failed with EAGAIN.
     pub const PIDS_AT_LIMIT: u8 = 1 << 2;
+    /// A function probe saw copy_process run for this clone (function-probe modes).
+    pub const COPY_PROCESS: u8 = 1 << 3;
+    /// The pidfd's file was created (pidfs_alloc_file / anon_inode_getfile("[pidfd]") ...).
+    pub const PIDFD_CREATED: u8 = 1 << 4;
+    /// Creating the pidfd's file failed.
+    pub const PIDFD_CREATE_FAILED: u8 = 1 << 5;
+    /// cgroup_can_fork refused the new task.
+    pub const CGROUP_FORK_FAILED: u8 = 1 << 6;
+    /// kprobe mode, internal: anon_inode_get{file,fd}("[pidfd]") entered, return pending.
+    /// Cleared before anything is counted or sent.
+    pub const ANON_PENDING: u8 = 1 << 7;
 }
 
 /// One record in the `EVENTS` ring buffer, written at syscall exit.
@@ -121,7 +132,8 @@ pub struct EventRecord {
     pub flags: u64,
     /// The syscall's raw return value.
     pub ret: i64,
-    /// pidfd_open: pid; pidfd_getfd / pidfd_send_signal: the pidfd used.
+    /// pidfd_open: pid; pidfd_getfd / pidfd_send_signal: the pidfd used; clone/clone3: how
+    /// long copy_process ran (ns) when a function probe saw it, else 0.
     pub arg0: u64,
     /// pidfd_getfd: the target fd; pidfd_send_signal: the signal.
     pub arg1: u64,
@@ -151,7 +163,9 @@ pub struct EnterState {
     pub uptr: u64,
     pub kind: u8,
     pub hints: u8,
-    pub _pad: [u8; 2],
+    /// `Mode` of the richest hook that saw this call (function probes upgrade it).
+    pub mode: u8,
+    pub _pad: u8,
     pub target_pid: i32,
 }
 
@@ -177,6 +191,22 @@ pub const OUTCOMES_MAX_ENTRIES: u32 = 4096;
 pub const ENTER_STATE_MAX_ENTRIES: u32 = 16384;
 /// Default ring-buffer size in bytes (a power of two, multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 22;
+
+/// Parameter counts of the kernel functions the function probes attach to. An fexit program
+/// finds the return value right after the last argument, so the agent refuses fexit on a
+/// kernel whose BTF shows a different count.
+pub mod fn_params {
+    /// 5.10 – 7.1: copy_process(struct pid *, int trace, int node, struct kernel_clone_args *)
+    pub const COPY_PROCESS: usize = 4;
+    /// copy_process's `struct kernel_clone_args *` argument.
+    pub const COPY_PROCESS_ARGS: usize = 3;
+    /// 6.9+: pidfs_alloc_file(struct pid *, unsigned int flags)
+    pub const PIDFS_ALLOC_FILE: usize = 2;
+    /// anon_inode_getfile / anon_inode_getfd(const char *name, fops, priv, int flags)
+    pub const ANON_INODE: usize = 4;
+    /// 5.7+: cgroup_can_fork(struct task_struct *child, struct kernel_clone_args *kargs)
+    pub const CGROUP_CAN_FORK: usize = 2;
+}
 
 /// Slots of the `STATS` per-CPU array.
 pub mod stats {

@@ -3,8 +3,13 @@
 //! classifies and formats them.
 #![no_std]
 #![no_main]
+// BPF_XADD for the in-flight gate (see maps::in_flight_add).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod emit;
+mod floor;
+mod fprobe;
 mod globals;
 mod maps;
 mod task;

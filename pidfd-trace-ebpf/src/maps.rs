@@ -1,4 +1,6 @@
 //! The maps every hook family shares, each named after what it feeds.
+use core::sync::atomic::AtomicU64;
+
 use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -24,6 +26,31 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT,
 #[map]
 pub static ENTER_STATE: LruHashMap<u64, EnterState> =
     LruHashMap::with_max_entries(ENTER_STATE_MAX_ENTRIES, 0);
+
+/// CLONE_PIDFD clones and pidfd_open calls between syscall entry and exit, host-wide. Hooks
+/// that fire for every clone exit or every fork (cgroup_can_fork, anon inodes) read this one
+/// word and return before any map look-up while it is zero, which is almost always.
+pub static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+#[inline(always)]
+pub fn in_flight() -> bool {
+    // A plain volatile load: the bpf backend cannot select LLVM's atomic load.
+    unsafe { core::ptr::read_volatile(IN_FLIGHT.as_ptr()) != 0 }
+}
+
+/// Adds `delta` (wrapping; pass `u64::MAX` for −1) to the in-flight count. The bpf target
+/// has no atomic read-modify-write in `core::sync::atomic`; this intrinsic with an unused
+/// result compiles to BPF_XADD, which every kernel we support accepts.
+#[inline(always)]
+pub fn in_flight_add(delta: u64) {
+    // SAFETY: IN_FLIGHT is a valid, aligned u64 for the program's lifetime.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            IN_FLIGHT.as_ptr(),
+            delta,
+        );
+    }
+}
 
 /// Adds one to this CPU's slot `idx` of `STATS` and returns the new value (0 if the slot is
 /// missing, which the verifier-checked bounds make impossible).

@@ -4,9 +4,9 @@ use serde_json::json;
 
 use crate::{
     cli::{CheckArgs, Output},
-    plan::{self, HookPlan},
+    plan::HookPlan,
     preflight,
-    session::KernelFacts,
+    session::{KernelFacts, Session},
 };
 
 pub fn run(args: CheckArgs) -> Result<()> {
@@ -14,7 +14,12 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let facts = KernelFacts::gather(&args.kernel);
     let btf = preflight::check_btf(&facts.btf_path);
     let tracefs = crate::tracefs::ensure_mounted();
-    let plan = plan::build(args.kernel.mode, &facts.support)?;
+    // The plan exactly as trace/serve would carry it out: a real trial load and attach,
+    // detached again when the session is dropped.
+    let (plan, attach_error) = match Session::start(&args.kernel) {
+        Ok(s) => (s.plan.clone(), None),
+        Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+    };
     let verdict = |r: &Result<(), String>| match r {
         Ok(()) => "yes".to_string(),
         Err(e) => format!("no: {e}"),
@@ -33,6 +38,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 },
                 "thread_pidfd": facts.sem.thread_pidfd,
                 "plan": plan,
+                "attach_error": attach_error,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
@@ -61,21 +67,30 @@ pub fn run(args: CheckArgs) -> Result<()> {
             println!("  tracepoint   {}", verdict(&facts.support.tracepoint));
             println!("attach plan");
             print_plan(&plan);
+            if let Some(e) = &attach_error {
+                println!("  cannot attach: {e}");
+            }
         }
     }
     btf?;
+    if let Some(e) = attach_error {
+        anyhow::bail!(e);
+    }
     Ok(())
 }
 
 fn print_plan(plan: &[HookPlan]) {
     println!("  {:<18} {:<11} {}", "HOOK", "MODE", "WHERE / WHY NOT BETTER");
     for h in plan {
-        let mode = h.chosen.map_or("NONE", |m| m.as_str());
+        let mode = h.chosen.map_or("none", |m| m.as_str());
         println!("  {:<18} {:<11} {}", h.hook, mode, h.target);
         for c in &h.candidates {
             if let Some(why) = &c.refused {
                 println!("  {:<18} {:<11} {} refused: {why}", "", "", c.mode.as_str());
             }
+        }
+        if h.chosen.is_none() {
+            println!("  {:<18} {:<11} failure stages come from errno and tracepoint facts only", "", "");
         }
     }
 }

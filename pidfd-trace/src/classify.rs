@@ -40,11 +40,14 @@ impl Stage {
     }
 }
 
-/// What the running kernel does that changes the meaning of an errno.
+/// What the running kernel does, and what we watch of it, that changes the meaning of an errno.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelSemantics {
     /// CLONE_PIDFD|CLONE_THREAD gives a thread pidfd (6.9+) instead of EINVAL.
     pub thread_pidfd: bool,
+    /// A function probe watches the pidfd creation step, so `PIDFD_CREATED` is a fact and
+    /// its absence means the pidfd was never made.
+    pub creation_observed: bool,
 }
 
 impl KernelSemantics {
@@ -52,7 +55,7 @@ impl KernelSemantics {
     pub fn from_release(release: &str) -> Self {
         let mut nums = release.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse::<u32>().ok());
         let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
-        Self { thread_pidfd: (major, minor) >= (6, 9) }
+        Self { thread_pidfd: (major, minor) >= (6, 9), creation_observed: false }
     }
 }
 
@@ -74,6 +77,9 @@ pub fn stage(kind: EventKind, errno: u32, hint_bits: u8, flags: u64, sem: Kernel
 }
 
 fn clone_stage(kind: EventKind, errno: u32, hint_bits: u8, flags: u64, sem: KernelSemantics) -> Stage {
+    if sem.creation_observed && hint_bits & hints::COPY_PROCESS != 0 {
+        return function_probe_stage(errno, hint_bits);
+    }
     match errno {
         EINVAL if conflicting_flags(kind, flags, sem) => Stage::Flags,
         EMFILE | ENFILE => Stage::FdAlloc,
@@ -82,6 +88,34 @@ fn clone_stage(kind: EventKind, errno: u32, hint_bits: u8, flags: u64, sem: Kern
         EAGAIN => Stage::TaskLimit,
         _ => Stage::Other,
     }
+}
+
+/// From what the probes inside copy_process saw, in the kernel's order: flag checks and
+/// task limits, pidfd creation, write-back of the pidfd number, cgroup_can_fork.
+fn function_probe_stage(errno: u32, h: u8) -> Stage {
+    let created = h & hints::PIDFD_CREATED != 0;
+    if h & hints::PIDFD_CREATE_FAILED != 0 {
+        return Stage::FdAlloc;
+    }
+    if h & hints::CGROUP_FORK_FAILED != 0 {
+        return if errno == EAGAIN { Stage::PidsCgroup } else { Stage::Other };
+    }
+    match errno {
+        EFAULT if created => Stage::UserMemory,
+        EMFILE | ENFILE if !created => Stage::FdAlloc,
+        EINVAL if !created => Stage::Flags,
+        // RLIMIT_NPROC and threads-max are checked before the pidfd exists.
+        EAGAIN if !created => Stage::TaskLimit,
+        _ => Stage::Other,
+    }
+}
+
+/// Whether the failure came after the pidfd existed; known only while function probes watch
+/// copy_process and the creation step (a clone they never saw failed before copy_process,
+/// e.g. legacy clone's CLONE_PARENT_SETTID check in kernel_clone, so no pidfd existed).
+pub fn pidfd_allocated(kind: EventKind, errno: u32, hint_bits: u8, sem: KernelSemantics) -> Option<bool> {
+    (errno != 0 && sem.creation_observed && matches!(kind, EventKind::Clone | EventKind::Clone3))
+        .then_some(hint_bits & hints::PIDFD_CREATED != 0)
 }
 
 /// copy_process's CLONE_PIDFD checks (kernel/fork.c).
@@ -98,8 +132,9 @@ fn conflicting_flags(kind: EventKind, flags: u64, sem: KernelSemantics) -> bool 
 mod tests {
     use super::*;
 
-    const OLD: KernelSemantics = KernelSemantics { thread_pidfd: false };
-    const NEW: KernelSemantics = KernelSemantics { thread_pidfd: true };
+    const OLD: KernelSemantics = KernelSemantics { thread_pidfd: false, creation_observed: false };
+    const NEW: KernelSemantics = KernelSemantics { thread_pidfd: true, creation_observed: false };
+    const FN: KernelSemantics = KernelSemantics { thread_pidfd: true, creation_observed: true };
     const P: u64 = cf::CLONE_PIDFD;
 
     #[test]
@@ -131,6 +166,44 @@ mod tests {
                 "{kind:?} errno {errno} flags {flags:#x} {sem:?}"
             );
         }
+    }
+
+    #[test]
+    fn function_probe_table() {
+        use hints::*;
+        let cases: &[(u32, u8, Stage, Option<bool>)] = &[
+            (EINVAL, COPY_PROCESS, Stage::Flags, Some(false)),
+            (EMFILE, COPY_PROCESS, Stage::FdAlloc, Some(false)),
+            (12, COPY_PROCESS | PIDFD_CREATE_FAILED, Stage::FdAlloc, Some(false)),
+            (EFAULT, COPY_PROCESS | PIDFD_CREATED, Stage::UserMemory, Some(true)),
+            (EFAULT, COPY_PROCESS, Stage::Other, Some(false)),
+            (EAGAIN, COPY_PROCESS | PIDFD_CREATED | CGROUP_FORK_FAILED, Stage::PidsCgroup, Some(true)),
+            (EAGAIN, COPY_PROCESS, Stage::TaskLimit, Some(false)),
+            (4, COPY_PROCESS | PIDFD_CREATED, Stage::Other, Some(true)),
+        ];
+        for (errno, h, stage_want, alloc) in cases {
+            assert_eq!(
+                stage(EventKind::Clone3, *errno, *h, P, FN),
+                Some(*stage_want),
+                "errno {errno} hints {h:#b}"
+            );
+            assert_eq!(
+                pidfd_allocated(EventKind::Clone3, *errno, *h, FN),
+                *alloc,
+                "errno {errno} hints {h:#b}"
+            );
+        }
+        // Without the creation hook the same hints fall back to the errno rules.
+        assert_eq!(stage(EventKind::Clone3, EFAULT, COPY_PROCESS, P, NEW), Some(Stage::UserMemory));
+        assert_eq!(pidfd_allocated(EventKind::Clone3, EFAULT, COPY_PROCESS, NEW), None);
+        // Refused before copy_process ran: function probes saw nothing, no pidfd existed.
+        assert_eq!(stage(EventKind::Clone, EINVAL, 0, P | cf::CLONE_PARENT_SETTID, FN), Some(Stage::Flags));
+        assert_eq!(pidfd_allocated(EventKind::Clone, EINVAL, 0, FN), Some(false));
+        assert_eq!(
+            pidfd_allocated(EventKind::Clone3, 0, COPY_PROCESS | PIDFD_CREATED, FN),
+            None,
+            "successes"
+        );
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub enum Command {
     /// Run as a service: Prometheus metrics over HTTP and a JSON-lines event log, until
     /// SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Benchmark floor for `cargo xtask bench`: attach a per-CPU counter program to the
+    /// given tracepoints and wait for SIGTERM.
+    #[command(hide = true)]
+    BenchFloor(BenchFloorArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -132,6 +136,13 @@ impl LogLevel {
             LogLevel::Trace => log::LevelFilter::Trace,
         }
     }
+}
+
+#[derive(Args, Debug)]
+pub struct BenchFloorArgs {
+    /// Tracepoint to attach the floor program to, CATEGORY:NAME (repeatable).
+    #[arg(long = "tracepoint", value_name = "CATEGORY:NAME", required = true)]
+    pub tracepoints: Vec<String>,
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {

@@ -2,7 +2,7 @@
 //! Pure apart from the clock offset it is given; enrichment from /proc happens later.
 use std::collections::HashMap;
 
-use pidfd_trace_common::{EventKind, EventRecord, Mode};
+use pidfd_trace_common::{EventKind, EventRecord, Mode, hints};
 
 use crate::{
     classify::{self, KernelSemantics},
@@ -106,7 +106,8 @@ impl Decoder {
             target_fd: (kind == EventKind::PidfdGetfd).then_some(r.arg1 as i32 as i64),
             mode: mode_name(r.mode),
             duration_ns: r.duration_ns,
-            pidfd_allocated: None,
+            pidfd_allocated: classify::pidfd_allocated(kind, errno, r.hints, self.sem),
+            copy_process_ns: (is_clone && r.hints & hints::COPY_PROCESS != 0 && r.arg0 > 0).then_some(r.arg0),
             // Only when the kernel could not resolve it: the enricher tries /proc.
             used_pidfd: (matches!(kind, EventKind::PidfdGetfd | EventKind::PidfdSendSignal)
                 && r.target_pid <= 0)
@@ -126,7 +127,7 @@ pub fn mode_name(mode: u8) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use pidfd_trace_common::{clone_flags as cf, hints};
+    use pidfd_trace_common::clone_flags as cf;
 
     use super::*;
     use crate::classify::Stage;
@@ -164,7 +165,10 @@ mod tests {
     }
 
     fn decoder() -> Decoder {
-        Decoder::new(1_000_000_000_000_000_000, KernelSemantics { thread_pidfd: true })
+        Decoder::new(
+            1_000_000_000_000_000_000,
+            KernelSemantics { thread_pidfd: true, creation_observed: false },
+        )
     }
 
     #[test]

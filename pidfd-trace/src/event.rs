@@ -7,7 +7,8 @@
 //! `errno` name or null; `stage` for failed pidfd creations; `pidfd` the new pidfd on success;
 //! `child_pid` (clone) / `target_pid` (the process a pidfd refers to); `signal` (name) and
 //! `signal_nr`, `target_fd`; `mode` fexit|kprobe|tracepoint; `duration_ns` entry to exit;
-//! `pidfd_allocated` whether the failure came after the pidfd existed (function probes only).
+//! `pidfd_allocated` whether the failure came after the pidfd existed (function probes only);
+//! `copy_process_ns` how long copy_process ran (function probes only).
 use pidfd_trace_common::EventKind;
 use serde::{Serialize, Serializer};
 
@@ -40,6 +41,8 @@ pub struct Event {
     pub mode: &'static str,
     pub duration_ns: u64,
     pub pidfd_allocated: Option<bool>,
+    /// How long copy_process ran for this clone, when a function probe timed it.
+    pub copy_process_ns: Option<u64>,
     /// The pidfd a getfd/send_signal call passed; the enricher resolves it to `target_pid`.
     #[serde(skip)]
     pub used_pidfd: Option<i32>,

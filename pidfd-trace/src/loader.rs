@@ -1,16 +1,19 @@
 //! The only module that talks to aya: loads the kernel programs with this kernel's offsets,
 //! attaches them as the plan says, and hands out the maps the agent reads.
+use std::collections::HashSet;
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePoint,
+    programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use log::{debug, warn};
 use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, globals, stats};
 
 use crate::{
     btf::Btf,
-    plan::{AttachMode, HookPlan},
+    plan::{AttachMode, FnHook, HookPlan, ProgKind},
+    symbols::Kallsyms,
     tracefs::SyscallLayout,
 };
 
@@ -30,11 +33,16 @@ pub enum LoadError {
     MissingMap(&'static str),
     #[error("map {name}: {err}")]
     Map { name: &'static str, err: aya::maps::MapError },
+    #[error("--mode {mode} is not possible here: {hook}: {reason}")]
+    ForcedModeFailed { mode: &'static str, hook: &'static str, reason: String },
 }
 
 pub struct LoadOptions<'a> {
     pub layout: SyscallLayout,
     pub btf: &'a Btf,
+    pub kallsyms: &'a Kallsyms,
+    /// A forced function-probe mode fails the start instead of falling back.
+    pub forced: bool,
     /// Ring-buffer size in bytes (power of two); `None` keeps the built-in default.
     pub ring_bytes: Option<u32>,
 }
@@ -49,10 +57,16 @@ pub struct Attached {
 pub struct Probes {
     ebpf: Ebpf,
     pub attached: Vec<Attached>,
+    /// aya's view of the kernel BTF, needed to load fentry/fexit; read on first use.
+    aya_btf: Option<aya::Btf>,
+    loaded: HashSet<&'static str>,
 }
 
 impl Probes {
-    pub fn load(opts: &LoadOptions<'_>, plan: &[HookPlan]) -> Result<Self, LoadError> {
+    /// Loads the object, attaches the syscall tracepoints, then tries each function hook's
+    /// candidate modes in order, recording in `plan` what was chosen and why the others
+    /// were refused.
+    pub fn load(opts: &LoadOptions<'_>, plan: &mut [HookPlan], fns: &[FnHook]) -> Result<Self, LoadError> {
         let pids = pids_limit_offsets(opts.btf);
         let fd_pid = fd_pid_offsets(opts.btf);
         let mut loader = EbpfLoader::new();
@@ -65,8 +79,8 @@ impl Probes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let ebpf = loader.load(OBJECT)?;
-        let mut probes = Probes { ebpf, attached: Vec::new() };
-        for hook in plan {
+        let mut probes = Probes { ebpf, attached: Vec::new(), aya_btf: None, loaded: HashSet::new() };
+        for hook in plan.iter() {
             if hook.chosen == Some(AttachMode::Tracepoint) {
                 for dir in ["enter", "exit"] {
                     probes.attach_tracepoint(&format!("sys_{dir}_{}", hook.hook))?;
@@ -74,7 +88,108 @@ impl Probes {
                 probes.attached.push(Attached { hook: hook.hook, mode: AttachMode::Tracepoint });
             }
         }
+        for f in fns {
+            let Some(hp) = plan.iter_mut().find(|h| h.hook == f.hook) else { continue };
+            for cand in hp.candidates.iter_mut().filter(|c| c.refused.is_none()) {
+                match probes.attach_function(f, cand.mode, opts.kallsyms) {
+                    Ok(()) => {
+                        hp.chosen = Some(cand.mode);
+                        probes.attached.push(Attached { hook: f.hook, mode: cand.mode });
+                        break;
+                    }
+                    Err(reason) => {
+                        warn!("{}: {} refused: {reason}", f.hook, cand.mode.as_str());
+                        cand.refused = Some(reason);
+                    }
+                }
+            }
+            if opts.forced && hp.chosen.is_none() {
+                let c = hp.candidates.first();
+                return Err(LoadError::ForcedModeFailed {
+                    mode: c.map_or("?", |c| c.mode.as_str()),
+                    hook: f.hook,
+                    reason: c.and_then(|c| c.refused.clone()).unwrap_or_default(),
+                });
+            }
+        }
         Ok(probes)
+    }
+
+    /// Loads and attaches every program `mode` needs for `hook`; on any failure unloads
+    /// what this attempt loaded (which detaches it) and says why, in one line.
+    fn attach_function(
+        &mut self,
+        hook: &FnHook,
+        mode: AttachMode,
+        kallsyms: &Kallsyms,
+    ) -> Result<(), String> {
+        let mut attempt: Vec<&'static str> = Vec::new();
+        let result = (|| -> Result<(), String> {
+            for t in &hook.targets {
+                let progs = if mode == AttachMode::Fexit { t.fexit } else { t.kprobe };
+                for &(name, kind) in progs {
+                    let symbol = match mode {
+                        AttachMode::Kprobe => {
+                            kallsyms.symbol(t.func).ok_or_else(|| format!("{} not in kallsyms", t.func))?
+                        }
+                        _ => t.func,
+                    };
+                    if !self.loaded.contains(name) {
+                        attempt.push(name);
+                    }
+                    self.load_and_attach(name, kind, symbol)
+                        .map_err(|e| format!("{name} on {symbol}: {}", one_line(&e)))?;
+                }
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            for name in attempt {
+                let _ = match self.ebpf.program_mut(name) {
+                    Some(aya::programs::Program::FEntry(p)) => p.unload(),
+                    Some(aya::programs::Program::FExit(p)) => p.unload(),
+                    Some(aya::programs::Program::KProbe(p)) => p.unload(),
+                    _ => Ok(()),
+                };
+                self.loaded.remove(name);
+            }
+        }
+        result
+    }
+
+    fn load_and_attach(&mut self, name: &'static str, kind: ProgKind, symbol: &str) -> Result<(), String> {
+        let first = self.loaded.insert(name);
+        if matches!(kind, ProgKind::Fentry | ProgKind::Fexit) && self.aya_btf.is_none() {
+            self.aya_btf = Some(aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?);
+        }
+        let prog =
+            self.ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+        match kind {
+            ProgKind::Fentry => {
+                let p: &mut FEntry = prog.try_into().map_err(|e| format!("{e}"))?;
+                if first {
+                    p.load(symbol, self.aya_btf.as_ref().expect("read above"))
+                        .map_err(|e| format!("load: {e}"))?;
+                }
+                p.attach().map_err(|e| format!("attach: {e}"))?;
+            }
+            ProgKind::Fexit => {
+                let p: &mut FExit = prog.try_into().map_err(|e| format!("{e}"))?;
+                if first {
+                    p.load(symbol, self.aya_btf.as_ref().expect("read above"))
+                        .map_err(|e| format!("load: {e}"))?;
+                }
+                p.attach().map_err(|e| format!("attach: {e}"))?;
+            }
+            ProgKind::Kprobe | ProgKind::Kretprobe => {
+                let p: &mut KProbe = prog.try_into().map_err(|e| format!("{e}"))?;
+                if first {
+                    p.load().map_err(|e| format!("load: {e}"))?;
+                }
+                p.attach(symbol, 0).map_err(|e| format!("attach: {e}"))?;
+            }
+        }
+        Ok(())
     }
 
     fn attach_tracepoint(&mut self, name: &str) -> Result<(), LoadError> {
@@ -198,4 +313,31 @@ fn fd_pid_offsets(btf: &Btf) -> FdPidOffsets {
             FdPidOffsets::default()
         }
     }
+}
+
+/// `pidfd-trace bench-floor` (for `cargo xtask bench`): loads only the floor program, one
+/// per-CPU counter bump, and attaches it to each `(category, name)` tracepoint. The programs
+/// stay attached while the returned handle lives.
+pub fn load_floor(tracepoints: &[(String, String)]) -> Result<aya::Ebpf, LoadError> {
+    const FLOOR: &str = "pidfd_floor";
+    let mut ebpf = aya::EbpfLoader::new().load(OBJECT)?;
+    let prog: &mut aya::programs::TracePoint = ebpf
+        .program_mut(FLOOR)
+        .ok_or_else(|| LoadError::MissingProgram(FLOOR.into()))?
+        .try_into()
+        .map_err(|err| LoadError::Load { name: FLOOR.into(), err })?;
+    prog.load().map_err(|err| LoadError::Load { name: FLOOR.into(), err })?;
+    for (category, name) in tracepoints {
+        prog.attach(category, name).map_err(|err| LoadError::Attach {
+            name: FLOOR.into(),
+            target: format!("{category}:{name}"),
+            err,
+        })?;
+    }
+    Ok(ebpf)
+}
+
+/// The first line of an error chain (verifier logs run to hundreds of lines).
+fn one_line(e: &str) -> String {
+    e.lines().next().unwrap_or(e).chars().take(200).collect()
 }

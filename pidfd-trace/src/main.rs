@@ -9,6 +9,7 @@ mod decode;
 mod enrich;
 mod event;
 mod filter;
+mod floor;
 mod loader;
 mod names;
 mod pipeline;
@@ -17,6 +18,7 @@ mod preflight;
 mod serve;
 mod session;
 mod sink;
+mod symbols;
 mod trace;
 mod tracefs;
 
@@ -51,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check(args) => check::run(args),
         Command::Trace(args) => runtime()?.block_on(trace::run(args)),
+        Command::BenchFloor(args) => floor::run(args),
         Command::Serve(args) => serve::run(args),
     }
 }

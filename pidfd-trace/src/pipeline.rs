@@ -13,6 +13,10 @@ use tokio::{
 
 use crate::{decode::Decoder, enrich, filter::Filter, session::Session, sink::Sink};
 
+/// Longest a record waits in the ring before the agent reads it: the kernel programs do not
+/// wake the agent per record (pidfd-trace-ebpf/src/emit.rs), so the agent drains on this tick.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Counts of one run, for the closing summary.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Totals {
@@ -84,6 +88,10 @@ pub async fn run_with_tick(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The kernel programs wake us only once the ring is a quarter full (emit.rs); this tick
+    // drains it otherwise, so no record waits longer than DRAIN_INTERVAL.
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_seen = 0u64;
     eprintln!("{}", session.attached_line());
     loop {
@@ -99,6 +107,11 @@ pub async fn run_with_tick(
                 let mut guard = guard?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                if let Err(e) = pipe.drain(ring.get_mut()) {
+                    return sink_closed(e);
+                }
             }
             _ = tick.tick() => {
                 let lost = session.probes.stats()?[stats::LOST as usize];

@@ -8,8 +8,10 @@ use crate::{
     classify::KernelSemantics,
     cli::KernelArgs,
     loader::{LoadOptions, Probes},
-    plan::{self, HookPlan, ProgramSupport},
-    preflight, tracefs,
+    plan::{self, FnFacts, FnHook, HookPlan, ModeChoice, ProgramSupport},
+    preflight,
+    symbols::Kallsyms,
+    tracefs,
 };
 
 /// Facts about the running kernel that `check` reports and the attach path uses.
@@ -62,14 +64,22 @@ impl Session {
         }
         raise_memlock();
         let facts = KernelFacts::gather(args);
-        let plan = plan::build(args.mode, &facts.support)?;
         let layout = tracefs::syscall_layout(&root)?;
         debug!("syscall tracepoint layout: {layout:?}");
         let raw =
             std::fs::read(&args.btf).with_context(|| format!("reading kernel BTF {}", args.btf.display()))?;
         let btf = Btf::parse(&raw).with_context(|| format!("parsing kernel BTF {}", args.btf.display()))?;
+        let (mut plan, fns, kallsyms) = plan_for(args, &facts, &btf)?;
         let ring_bytes = args.ring_kib.map(|k| k * 1024);
-        let probes = Probes::load(&LoadOptions { layout, btf: &btf, ring_bytes }, &plan)?;
+        let forced = matches!(args.mode, ModeChoice::Fentry | ModeChoice::Kprobe);
+        let probes = Probes::load(
+            &LoadOptions { layout, btf: &btf, kallsyms: &kallsyms, forced, ring_bytes },
+            &mut plan,
+            &fns,
+        )?;
+        let mut facts = facts;
+        let chosen = |hook: &str| plan.iter().any(|h| h.hook == hook && h.chosen.is_some());
+        facts.sem.creation_observed = chosen("copy_process") && chosen("pidfd_creation");
         Ok(Self { facts, plan, probes })
     }
 
@@ -79,6 +89,26 @@ impl Session {
             self.probes.attached.iter().map(|a| format!("{}={}", a.hook, a.mode.as_str())).collect();
         format!("pidfd-trace: attached {} hooks: {}", hooks.len(), hooks.join(" "))
     }
+}
+
+/// The plan before loading: function hooks this kernel has, refused modes with reasons.
+fn plan_for(
+    args: &KernelArgs,
+    facts: &KernelFacts,
+    btf: &Btf,
+) -> Result<(Vec<HookPlan>, Vec<FnHook>, Kallsyms)> {
+    let fns = plan::function_hooks(&|f| btf.has_func(f));
+    let wanted: Vec<&str> = fns.iter().flat_map(|h| h.targets.iter().map(|t| t.func)).collect();
+    let kallsyms = Kallsyms::read(&wanted);
+    let btf_params = |f: &str| btf.func_params(f).map(|p| p.len());
+    let fn_facts = FnFacts {
+        support: &facts.support,
+        btf_params: &btf_params,
+        clone_args_flags_at_0: btf.member_offset("kernel_clone_args", "flags").ok() == Some(0),
+        kallsyms: &kallsyms,
+    };
+    let plan = plan::build(args.mode, &facts.support, &fns, &fn_facts)?;
+    Ok((plan, fns, kallsyms))
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it, and without

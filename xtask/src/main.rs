@@ -1,4 +1,5 @@
 //! Project tasks: `cargo xtask setup | build | run | test | e2e | vm`.
+mod bench;
 mod e2e;
 mod setup;
 mod test;
@@ -41,6 +42,9 @@ enum Cmd {
     E2e,
     /// Boot Debian kernels in qemu and run the scenario suite in each mode.
     Vm(vm::Options),
+    /// Measure the agent's overhead beside the floor and the bpftrace peer (root); prints a
+    /// table, `--json` for JSON, `--write` to record the run in BENCHMARKS.md.
+    Bench(bench::Options),
 }
 
 fn main() {
@@ -63,6 +67,7 @@ fn run() -> Result<()> {
             Err(err).with_context(|| format!("cannot start {}", bins.agent.display()))
         }
         Cmd::Test(opts) => test::run(&opts, &root),
+        Cmd::Bench(opts) => bench::run(&opts, &root),
         Cmd::E2e => {
             setup::run(&Default::default())?;
             e2e::run(&root)

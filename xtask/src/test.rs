@@ -46,7 +46,7 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
             let bins = crate::build(root)?;
             let vm_opts = vm::Options {
                 kernel: opts.kernel.clone(),
-                modes: "fexit,kprobe,tracepoint".into(),
+                modes: "fentry,kprobe,tracepoint".into(),
                 timeout: 420,
                 agent: Some(bins.agent),
                 workload: Some(bins.workload),

@@ -6,8 +6,12 @@ use aya_ebpf::{
 };
 use pidfd_trace_common::{EnterState, EventKind, Mode, clone_flags::CLONE_PIDFD, hints, stats};
 
-use super::{arg, now, ret, save, take};
-use crate::{emit, maps::bump_stat, task::pids_cgroup_at_limit};
+use super::{arg, mode_of, now, ret, save, take};
+use crate::{
+    emit,
+    maps::{bump_stat, in_flight},
+    task::pids_cgroup_at_limit,
+};
 
 const EAGAIN: i64 = 11;
 /// Offset of `pidfd` in `struct clone_args` (uapi, fixed since clone3 appeared in 5.3).
@@ -31,7 +35,8 @@ pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
         uptr: arg(&ctx, 2),
         kind: EventKind::Clone as u8,
         hints: 0,
-        _pad: [0; 2],
+        mode: Mode::Tracepoint as u8,
+        _pad: 0,
         target_pid: 0,
     });
     0
@@ -59,7 +64,8 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
         uptr,
         kind: EventKind::Clone3 as u8,
         hints: 0,
-        _pad: [0; 2],
+        mode: Mode::Tracepoint as u8,
+        _pad: 0,
         target_pid: 0,
     });
     0
@@ -81,6 +87,11 @@ pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
 /// with its own pid_tgid, which has no entry state.
 #[inline(always)]
 fn clone_exit(ctx: &TracePointContext) {
+    // Hot path: every fork returns through here, twice; no CLONE_PIDFD call in flight
+    // anywhere means no entry state to look up.
+    if !in_flight() {
+        return;
+    }
     let id = bpf_get_current_pid_tgid();
     let Some(st) = take(id) else {
         return;
@@ -96,5 +107,5 @@ fn clone_exit(ctx: &TracePointContext) {
     } else if ret == -EAGAIN && pids_cgroup_at_limit() {
         extra |= hints::PIDS_AT_LIMIT;
     }
-    emit::finish(ctx, &st, id, ret, pidfd, extra, Mode::Tracepoint);
+    emit::finish(ctx, &st, id, ret, pidfd, extra, mode_of(&st));
 }

@@ -5,12 +5,12 @@ mod clone;
 mod pidfd;
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
-use pidfd_trace_common::{EnterState, Mode, stats};
+use pidfd_trace_common::{EnterState, EventKind, Mode, hints, stats};
 
 use crate::{
     emit,
     globals::{tp_arg_off, tp_ret_off},
-    maps::{ENTER_STATE, bump_stat},
+    maps::{ENTER_STATE, bump_stat, in_flight_add},
 };
 
 #[inline(always)]
@@ -18,20 +18,41 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     unsafe { ctx.read_at::<u64>(tp_arg_off(n)) }.unwrap_or(0)
 }
 
+/// Stores this thread's entry state. Calls that create pidfds also open the in-flight gate
+/// for the function probes (and the clone exit path) until their exit.
 #[inline(always)]
 fn save(st: &EnterState) {
     let id = bpf_get_current_pid_tgid();
     if ENTER_STATE.insert(&id, st, 0).is_err() {
         bump_stat(stats::ENTER_FAILED);
+        return;
+    }
+    if creates_pidfd(st.kind) {
+        in_flight_add(1);
     }
 }
 
 /// Takes this thread's entry state, if its enter program stored one.
 #[inline(always)]
 fn take(id: u64) -> Option<EnterState> {
-    let st = unsafe { ENTER_STATE.get(&id) }.copied()?;
+    let mut st = unsafe { ENTER_STATE.get(&id) }.copied()?;
     let _ = ENTER_STATE.remove(&id);
+    if creates_pidfd(st.kind) {
+        in_flight_add(u64::MAX);
+    }
+    st.hints &= !hints::ANON_PENDING;
     Some(st)
+}
+
+#[inline(always)]
+fn creates_pidfd(kind: u8) -> bool {
+    kind == EventKind::Clone as u8 || kind == EventKind::Clone3 as u8 || kind == EventKind::PidfdOpen as u8
+}
+
+/// The mode the record reports: upgraded by a function probe that saw the call.
+#[inline(always)]
+fn mode_of(st: &EnterState) -> Mode {
+    Mode::from_u8(st.mode).unwrap_or(Mode::Tracepoint)
 }
 
 #[inline(always)]
@@ -46,7 +67,7 @@ fn exit_simple(ctx: &TracePointContext) {
     let Some(st) = take(id) else {
         return;
     };
-    emit::finish(ctx, &st, id, ret(ctx), -1, 0, Mode::Tracepoint);
+    emit::finish(ctx, &st, id, ret(ctx), -1, 0, mode_of(&st));
 }
 
 #[inline(always)]

@@ -1,6 +1,6 @@
 //! pidfd_open(2), pidfd_getfd(2) and pidfd_send_signal(2), seen from the syscall tracepoints.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use pidfd_trace_common::{EnterState, EventKind};
+use pidfd_trace_common::{EnterState, EventKind, Mode};
 
 use super::{arg, exit_simple, now, save};
 use crate::task::pidfd_target;
@@ -17,7 +17,8 @@ fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
         uptr: 0,
         kind: kind as u8,
         hints: 0,
-        _pad: [0; 2],
+        mode: Mode::Tracepoint as u8,
+        _pad: 0,
         target_pid,
     });
 }

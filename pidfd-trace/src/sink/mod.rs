@@ -45,6 +45,7 @@ mod tests {
             mode: "tracepoint",
             duration_ns: 900,
             pidfd_allocated: None,
+            copy_process_ns: None,
             used_pidfd: None,
         }
     }

@@ -21,8 +21,8 @@ pub struct Options {
     /// Kernel(s) to boot: 5.10, 6.1, 6.12 or all
     #[arg(long, default_value = "all")]
     pub kernel: String,
-    /// Modes to run in each guest (comma separated), default: fexit,kprobe,tracepoint
-    #[arg(long, default_value = "fexit,kprobe,tracepoint")]
+    /// Modes to run in each guest (comma separated), default: fentry,kprobe,tracepoint
+    #[arg(long, default_value = "fentry,kprobe,tracepoint")]
     pub modes: String,
     /// Per-guest timeout in seconds
     #[arg(long, default_value_t = 420)]

@@ -204,8 +204,10 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
         }
         Ok(agent) => {
             for s in scenarios::ALL.iter().filter(|s| wanted(s.name)) {
-                let r = run_scenario(s.name, None)
-                    .and_then(|(pid, want)| check_exact(&agent, pid, &want, timeout));
+                let r = run_scenario(s.name, None).and_then(|(pid, mut want)| {
+                    want.iter_mut().for_each(|w| expect_mode(w, mode));
+                    check_exact(&agent, pid, &want, timeout)
+                });
                 outcomes.push(outcome(s.name, r));
             }
             if wanted("filter_comm_failures_only") {
@@ -229,6 +231,37 @@ fn outcome(name: &str, r: Result<(), String>) -> Outcome {
         Ok(()) => Outcome { name: name.into(), result: "pass", detail: String::new() },
         Err(e) => Outcome { name: name.into(), result: "fail", detail: e },
     }
+}
+
+/// What a forced mode adds to a clone's expected event: who observed it, and (function
+/// probes only) whether the failure came after the pidfd existed — true exactly for the
+/// stages that come after the creation step.
+fn expect_mode(want: &mut Value, mode: &str) {
+    let (observed, function_probe) = match mode {
+        "fentry" => ("fexit", true),
+        "kprobe" => ("kprobe", true),
+        "tracepoint" => ("tracepoint", false),
+        _ => return,
+    };
+    // A successful pidfd_open passes the creation step too: anon_inode_getfd("[pidfd]")
+    // before 6.9, pidfs_alloc_file after; the function probe must have seen it.
+    if want["event"] == "pidfd_open" && want["errno"].is_null() && want.get("errno").is_some() {
+        want["mode"] = json!(observed);
+        return;
+    }
+    if !matches!(want["event"].as_str(), Some("clone" | "clone3")) {
+        return;
+    }
+    let stage = want["stage"].as_str().map(str::to_owned);
+    // Legacy clone's CLONE_PIDFD|CLONE_PARENT_SETTID is refused in kernel_clone, before
+    // copy_process: only the tracepoints see it. Other flag refusals happen inside.
+    if stage.as_deref() != Some("flags") {
+        want["mode"] = json!(observed);
+    }
+    want["pidfd_allocated"] = match (function_probe, stage) {
+        (true, Some(s)) => json!(matches!(s.as_str(), "user_memory" | "pids_cgroup")),
+        _ => Value::Null,
+    };
 }
 
 /// `--comm A --failures-only`: of two processes each doing a success and a failure, only A's

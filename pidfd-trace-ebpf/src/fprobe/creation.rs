@@ -1,0 +1,98 @@
+//! The pidfd creation step: pidfs_alloc_file (6.9+), or anon_inode_getfile / anon_inode_getfd
+//! with the name "[pidfd]" (5.3 – 6.8). Which ones the running kernel has is the agent's
+//! decision (BTF and kallsyms), not this file's.
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel_str_bytes,
+    macros::{fexit, kprobe, kretprobe},
+    programs::{FExitContext, ProbeContext, RetProbeContext},
+};
+use pidfd_trace_common::{Mode, fn_params, hints};
+
+use super::{current_call, is_err_ptr, mark};
+
+// 6.9+: struct file *pidfs_alloc_file(struct pid *pid, unsigned int flags)
+const PIDFS_PARAMS: usize = fn_params::PIDFS_ALLOC_FILE;
+// 5.3 – 6.8: struct file *anon_inode_getfile(const char *name,
+//              const struct file_operations *fops, void *priv, int flags)
+//            int anon_inode_getfd(<same parameters>)
+const ANON_PARAMS: usize = fn_params::ANON_INODE;
+
+#[fexit(function = "pidfs_alloc_file")]
+pub fn pidfs_fexit(ctx: FExitContext) -> u32 {
+    created(!is_err_ptr(ctx.arg::<u64>(PIDFS_PARAMS)), Mode::Fexit);
+    0
+}
+
+#[kretprobe]
+pub fn pidfs_kret(ctx: RetProbeContext) -> u32 {
+    created(!is_err_ptr(ctx.ret::<u64>()), Mode::Kprobe);
+    0
+}
+
+#[fexit(function = "anon_inode_getfile")]
+pub fn anon_file_fexit(ctx: FExitContext) -> u32 {
+    if is_pidfd_name(ctx.arg::<u64>(0)) {
+        created(!is_err_ptr(ctx.arg::<u64>(ANON_PARAMS)), Mode::Fexit);
+    }
+    0
+}
+
+#[fexit(function = "anon_inode_getfd")]
+pub fn anon_fd_fexit(ctx: FExitContext) -> u32 {
+    if is_pidfd_name(ctx.arg::<u64>(0)) {
+        // `int` return: only the low 32 bits are meaningful.
+        created(ctx.arg::<u64>(ANON_PARAMS) as i32 >= 0, Mode::Fexit);
+    }
+    0
+}
+
+/// kprobe mode: the name is only visible at entry, the result only at return.
+#[kprobe]
+pub fn anon_kprobe(ctx: ProbeContext) -> u32 {
+    if is_pidfd_name(ctx.arg::<u64>(0).unwrap_or(0))
+        && let Some(st) = current_call()
+    {
+        st.hints |= hints::ANON_PENDING;
+    }
+    0
+}
+
+#[kretprobe]
+pub fn anon_file_kret(ctx: RetProbeContext) -> u32 {
+    anon_returned(!is_err_ptr(ctx.ret::<u64>()));
+    0
+}
+
+#[kretprobe]
+pub fn anon_fd_kret(ctx: RetProbeContext) -> u32 {
+    anon_returned(ctx.ret::<u64>() as i32 >= 0);
+    0
+}
+
+#[inline(always)]
+fn anon_returned(ok: bool) {
+    if let Some(st) = current_call()
+        && st.hints & hints::ANON_PENDING != 0
+    {
+        st.hints &= !hints::ANON_PENDING;
+        mark(st, if ok { hints::PIDFD_CREATED } else { hints::PIDFD_CREATE_FAILED }, Mode::Kprobe);
+    }
+}
+
+#[inline(always)]
+fn created(ok: bool, mode: Mode) {
+    if let Some(st) = current_call() {
+        mark(st, if ok { hints::PIDFD_CREATED } else { hints::PIDFD_CREATE_FAILED }, mode);
+    }
+}
+
+/// Whether a kernel string is "[pidfd]" (anon inodes are also epoll, eventfd, ...). Only
+/// reached while a pidfd call is in flight somewhere.
+#[inline(always)]
+fn is_pidfd_name(name: u64) -> bool {
+    if !crate::maps::in_flight() {
+        return false;
+    }
+    let mut buf = [0u8; 8];
+    matches!(unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf) }, Ok(b) if b == b"[pidfd]")
+}

@@ -1,0 +1,38 @@
+//! Function probes (fexit/fentry first, kprobe/kretprobe second) inside copy_process and the
+//! pidfd creation step. They never emit records of their own: they add what they saw to the
+//! calling thread's syscall entry state, so the syscall exit tracepoint sends one merged
+//! record per call, with the mode upgraded to the function probe's.
+//!
+//! The agent checks each kernel function's parameter count in BTF against the constants
+//! below before attaching fexit programs, because an fexit program finds the return value
+//! right after the last argument.
+mod cgroup;
+mod copy_process;
+mod creation;
+
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use pidfd_trace_common::{EnterState, Mode};
+
+use crate::maps::{ENTER_STATE, in_flight};
+
+/// The calling thread's in-flight pidfd call, if any. Cheap when nothing is in flight.
+#[inline(always)]
+fn current_call() -> Option<&'static mut EnterState> {
+    if !in_flight() {
+        return None;
+    }
+    let id = bpf_get_current_pid_tgid();
+    ENTER_STATE.get_ptr_mut(&id).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn mark(st: &mut EnterState, bits: u8, mode: Mode) {
+    st.hints |= bits;
+    st.mode = mode as u8;
+}
+
+/// Kernel pointers returned as `ERR_PTR(-errno)` fall in the last page of the address space.
+#[inline(always)]
+fn is_err_ptr(v: u64) -> bool {
+    v >= (-4095i64) as u64
+}

@@ -1,0 +1,166 @@
+//! pidfd-bench-load: the load generators of `cargo xtask bench`. Each runs one syscall pattern
+//! in a tight loop (raw syscalls, no allocation in the loop) for a fixed time and prints one
+//! JSON line: `{"load":..,"ops":..,"secs":..,"ops_per_sec":..}`.
+//!
+//! Not a test and not part of the agent: it only makes load, so that the bench can compare a
+//! host with and without pidfd-trace on exactly the same work.
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+const CLONE_PIDFD: libc::c_ulong = 0x1000;
+const SIGCHLD: libc::c_ulong = libc::SIGCHLD as libc::c_ulong;
+
+#[derive(Clone, Copy)]
+enum Load {
+    /// clone(SIGCHLD) + child _exit + wait4: a plain fork, the path every host runs.
+    Fork,
+    /// clone(CLONE_PIDFD | SIGCHLD) + close(pidfd) + child _exit + wait4.
+    ClonePidfd,
+    /// pidfd_open(self) + close, as fast as possible, or paced to `--rate` per second.
+    PidfdOpen,
+}
+
+impl Load {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "fork" => Some(Self::Fork),
+            "clone-pidfd" => Some(Self::ClonePidfd),
+            "pidfd-open" => Some(Self::PidfdOpen),
+            _ => None,
+        }
+    }
+}
+
+struct Args {
+    load: Load,
+    name: String,
+    secs: f64,
+    /// Operations per second to pace to (0: unpaced).
+    rate: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let name =
+        it.next().ok_or("usage: pidfd-bench-load fork|clone-pidfd|pidfd-open [--secs S] [--rate N]")?;
+    let load = Load::parse(&name).ok_or_else(|| format!("unknown load {name}"))?;
+    let mut args = Args { load, name, secs: 2.0, rate: 0 };
+    while let Some(flag) = it.next() {
+        let val = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--secs" => args.secs = val.parse().map_err(|_| format!("bad --secs {val}"))?,
+            "--rate" => args.rate = val.parse().map_err(|_| format!("bad --rate {val}"))?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if args.rate > 0 && !matches!(args.load, Load::PidfdOpen) {
+        return Err("--rate applies to pidfd-open only".into());
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pidfd-bench-load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dur = Duration::from_secs_f64(args.secs);
+    let start = Instant::now();
+    let ops = match (args.load, args.rate) {
+        (Load::PidfdOpen, 0) => timed(start, dur, pidfd_open_close),
+        (Load::PidfdOpen, rate) => paced(start, dur, rate, pidfd_open_close),
+        (Load::Fork, _) => timed(start, dur, || fork_wait(SIGCHLD)),
+        (Load::ClonePidfd, _) => timed(start, dur, || fork_wait(CLONE_PIDFD | SIGCHLD)),
+    };
+    let ops = match ops {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("pidfd-bench-load {}: {e}", args.name);
+            return ExitCode::FAILURE;
+        }
+    };
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"load\":\"{}\",\"ops\":{ops},\"secs\":{secs:.6},\"ops_per_sec\":{:.1},\"rate\":{}}}",
+        args.name,
+        ops as f64 / secs,
+        args.rate
+    );
+    ExitCode::SUCCESS
+}
+
+/// Runs `op` back to back until `dur` has passed; checks the clock every 64 operations.
+fn timed(start: Instant, dur: Duration, mut op: impl FnMut() -> std::io::Result<()>) -> std::io::Result<u64> {
+    let mut n = 0u64;
+    loop {
+        for _ in 0..64 {
+            op()?;
+        }
+        n += 64;
+        if start.elapsed() >= dur {
+            return Ok(n);
+        }
+    }
+}
+
+/// Runs `op` at `rate` per second: bursts of up to 1 ms worth, then sleeps until the next
+/// operation is due. A generator that falls behind catches up without bound.
+fn paced(
+    start: Instant,
+    dur: Duration,
+    rate: u64,
+    mut op: impl FnMut() -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    let mut n = 0u64;
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= dur {
+            return Ok(n);
+        }
+        let due = (elapsed.as_secs_f64() * rate as f64) as u64;
+        while n < due {
+            op()?;
+            n += 1;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+fn pidfd_open_close() -> std::io::Result<()> {
+    // SAFETY: plain syscalls on our own pid; the fd is closed at once.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// Legacy clone(2) with `flags`, no new stack: the child calls _exit at once; the parent
+/// closes the pidfd (if any) and reaps the child.
+fn fork_wait(flags: libc::c_ulong) -> std::io::Result<()> {
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: without CLONE_VM the child has its own copy of memory and only calls _exit.
+    let pid = unsafe {
+        libc::syscall(libc::SYS_clone, flags, 0usize, &mut pidfd as *mut libc::c_int, 0usize, 0usize)
+    };
+    if pid == 0 {
+        unsafe { libc::_exit(0) };
+    }
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pidfd >= 0 {
+        unsafe { libc::close(pidfd) };
+    }
+    // SAFETY: reaps the child we just created.
+    if unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
