@@ -238,6 +238,24 @@ impl Probes {
         Ok(out)
     }
 
+    /// Removes entry states whose thread no longer exists (killed between syscall entry and
+    /// exit, or the agent attached mid-call), so the map tends to zero and never fills up.
+    /// Returns (entries kept, entries removed).
+    pub fn sweep_enter_state(&mut self) -> Result<(usize, usize), LoadError> {
+        let map = self.ebpf.map_mut("ENTER_STATE").ok_or(LoadError::MissingMap("ENTER_STATE"))?;
+        let mut map = aya::maps::HashMap::<_, u64, pidfd_trace_common::EnterState>::try_from(map)
+            .map_err(|err| LoadError::Map { name: "ENTER_STATE", err })?;
+        let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+        let mut removed = 0;
+        for k in &keys {
+            let (tgid, tid) = (k >> 32, k & 0xffff_ffff);
+            if !std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists() && map.remove(k).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok((keys.len() - removed, removed))
+    }
+
     /// The `STATS` slots, summed over CPUs.
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
         let map = self.ebpf.map("STATS").ok_or(LoadError::MissingMap("STATS"))?;

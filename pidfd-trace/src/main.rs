@@ -15,6 +15,7 @@ mod names;
 mod pipeline;
 mod plan;
 mod preflight;
+mod privileges;
 mod serve;
 mod session;
 mod sink;

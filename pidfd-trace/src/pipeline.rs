@@ -17,6 +17,9 @@ use crate::{decode::Decoder, enrich, filter::Filter, session::Session, sink::Sin
 /// wake the agent per record (pidfd-trace-ebpf/src/emit.rs), so the agent drains on this tick.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Every this many one-second ticks, entry states of threads that exited mid-syscall go.
+const ENTER_SWEEP_TICKS: u64 = 10;
+
 /// Counts of one run, for the closing summary.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Totals {
@@ -93,6 +96,7 @@ pub async fn run_with_tick(
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_seen = 0u64;
+    let mut sweeps = 0u64;
     eprintln!("{}", session.attached_line());
     loop {
         tokio::select! {
@@ -118,6 +122,13 @@ pub async fn run_with_tick(
                 if lost > lost_seen {
                     warn!("{} event records lost (ring buffer full), {lost} in total; counters stay exact", lost - lost_seen);
                     lost_seen = lost;
+                }
+                sweeps += 1;
+                if sweeps % ENTER_SWEEP_TICKS == 0 {
+                    let (kept, removed) = session.probes.sweep_enter_state()?;
+                    if removed > 0 {
+                        log::debug!("entry states: removed {removed} of exited threads, {kept} in flight");
+                    }
                 }
                 on_tick(session, &pipe.totals)?;
             }

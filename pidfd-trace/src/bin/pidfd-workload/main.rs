@@ -27,6 +27,10 @@ enum Cmd {
     },
     /// List the scenarios.
     List,
+    /// pidfd_open + close of itself N times, as fast as possible; prints how many succeeded.
+    Storm { n: u64 },
+    /// N short-lived threads (in batches), each doing one pidfd_open + close before exiting.
+    Threads { n: u64 },
     /// Start the agent, run every scenario, and compare its events with what happened.
     Suite {
         /// The pidfd-trace binary.
@@ -70,6 +74,25 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Storm { n } => {
+            let pid = std::process::id() as i32;
+            let ok = (0..n).filter(|_| close_ok(sys::pidfd_open(pid, 0))).count();
+            println!("{ok}");
+            ExitCode::SUCCESS
+        }
+        Cmd::Threads { n } => {
+            let pid = std::process::id() as i32;
+            let mut ok = 0u64;
+            for batch in (0..n).collect::<Vec<_>>().chunks(256) {
+                let handles: Vec<_> = batch
+                    .iter()
+                    .map(|_| std::thread::spawn(move || close_ok(sys::pidfd_open(pid, 0))))
+                    .collect();
+                ok += handles.into_iter().map(|h| u64::from(h.join().unwrap_or(false))).sum::<u64>();
+            }
+            println!("{ok}");
+            ExitCode::SUCCESS
+        }
         Cmd::Suite { agent, mode, json, only, timeout } => suite::run(&agent, &mode, json, &only, timeout),
     }
 }
@@ -80,4 +103,11 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut it = rel.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse::<u32>().ok());
     (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (major, minor)
+}
+
+fn close_ok(fd: i64) -> bool {
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+    }
+    fd >= 0
 }

@@ -1,0 +1,167 @@
+//! Faults: the agent leaves nothing in the kernel however it is stopped, runs side by side
+//! with a second copy, and its per-thread entry state does not leak. Checked against the
+//! kernel's own lists of loaded programs and maps. Needs root.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+struct Agent {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+}
+
+fn start(extra: &[&str]) -> Agent {
+    assert!(unsafe { libc::geteuid() } == 0, "fault tests need root: run `cargo xtask test` as root");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pidfd-trace"))
+        .args(["trace", "--output", "json"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    let (tx, rx) = mpsc::channel();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            if l.contains("attached") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60)).expect("agent attaches within 60 s");
+    let (otx, orx) = mpsc::channel();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            let _ = otx.send(l);
+        }
+    });
+    Agent { child, stdout: orx }
+}
+
+/// (program ids, map ids) the process holds fds for, from /proc/<pid>/fdinfo.
+fn bpf_objects(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let (mut progs, mut maps) = (Vec::new(), Vec::new());
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let info = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for l in info.lines() {
+            if let Some(v) = l.strip_prefix("prog_id:") {
+                progs.push(v.trim().parse().unwrap());
+            }
+            if let Some(v) = l.strip_prefix("map_id:") {
+                maps.push(v.trim().parse().unwrap());
+            }
+        }
+    }
+    progs.sort_unstable();
+    progs.dedup();
+    maps.sort_unstable();
+    maps.dedup();
+    (progs, maps)
+}
+
+fn loaded(progs: &[u32], maps: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let p =
+        aya::programs::loaded_programs().flatten().map(|p| p.id()).filter(|id| progs.contains(id)).collect();
+    let m = aya::maps::loaded_maps().flatten().map(|m| m.id()).filter(|id| maps.contains(id)).collect();
+    (p, m)
+}
+
+/// Waits for the kernel to free them (it does so asynchronously after the last fd closes).
+fn assert_gone(progs: &[u32], maps: &[u32], how: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (p, m) = loaded(progs, maps);
+        if p.is_empty() && m.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "after {how}: programs {p:?} and maps {m:?} are still loaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn nothing_left_in_the_kernel_after_sigterm_sigint_sigkill() {
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT"), (libc::SIGKILL, "SIGKILL")] {
+        let mut agent = start(&[]);
+        let pid = agent.child.id();
+        let (progs, maps) = bpf_objects(pid);
+        assert!(progs.len() >= 10 && !maps.is_empty(), "{name}: agent holds {progs:?} {maps:?}");
+        assert_eq!(loaded(&progs, &maps), (progs.clone(), maps.clone()), "all loaded while running");
+        unsafe { libc::kill(pid as i32, sig) };
+        let status = agent.child.wait().unwrap();
+        if sig != libc::SIGKILL {
+            assert!(status.success(), "{name}: clean exit, got {status}");
+        }
+        assert_gone(&progs, &maps, name);
+    }
+}
+
+#[test]
+fn two_agents_side_by_side() {
+    let a = start(&[]);
+    let mut b = start(&[]);
+    let me = std::process::id() as i32;
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, me, 0) } as i32;
+    assert!(fd >= 0);
+    unsafe { libc::close(fd) };
+    for (n, agent) in [("first", &a), ("second", &b)] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let line = agent.stdout.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+            let line = line.unwrap_or_else(|_| panic!("{n} agent did not report our pidfd_open"));
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["pid"] == me && v["event"] == "pidfd_open" {
+                assert_eq!(v["ret"], fd);
+                break;
+            }
+        }
+    }
+    let mut a = a;
+    for agent in [&mut a, &mut b] {
+        unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+        assert!(agent.child.wait().unwrap().success());
+    }
+}
+
+/// Entries of the agent's ENTER_STATE map right now.
+fn enter_state_entries(maps: &[u32]) -> usize {
+    let id = aya::maps::loaded_maps()
+        .flatten()
+        .find(|m| maps.contains(&m.id()) && m.name_as_str() == Some("ENTER_STATE"))
+        .expect("agent has an ENTER_STATE map")
+        .id();
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id).unwrap()).unwrap();
+    let hm = aya::maps::HashMap::<_, u64, [u8; 48]>::try_from(&map).unwrap();
+    hm.keys().count()
+}
+
+#[test]
+fn entry_state_does_not_leak() {
+    let mut agent = start(&[]);
+    let (_, maps) = bpf_objects(agent.child.id());
+    let workload = env!("CARGO_BIN_EXE_pidfd-workload");
+    let out = Command::new(workload).args(["threads", "100000"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000", "every thread's pidfd_open worked");
+    // A process killed while its threads are inside pidfd syscalls.
+    for _ in 0..20 {
+        let mut c = Command::new(workload).args(["threads", "5000"]).stdout(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // Entries of threads that exited mid-call are swept every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut n = enter_state_entries(&maps);
+    while n > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        n = enter_state_entries(&maps);
+    }
+    assert_eq!(n, 0, "ENTER_STATE entries left after 100k threads and 20 killed processes");
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    assert!(agent.child.wait().unwrap().success());
+}
