@@ -28,7 +28,16 @@ enum Cmd {
     /// List the scenarios.
     List,
     /// pidfd_open + close of itself N times, as fast as possible; prints how many succeeded.
-    Storm { n: u64 },
+    Storm {
+        n: u64,
+        /// Afterwards, pause, then make one more pidfd_open on every CPU, so that a record
+        /// lost at the very end of the storm still shows as a per-CPU sequence gap.
+        #[arg(long)]
+        settle: bool,
+    },
+    /// For SECONDS: clone(CLONE_PIDFD) children that exit at once, alternating with refused
+    /// CLONE_PIDFD|CLONE_PARENT_SETTID clones; prints {"ok":N,"einval":M}.
+    CloneStorm { seconds: u64 },
     /// N short-lived threads (in batches), each doing one pidfd_open + close before exiting.
     Threads { n: u64 },
     /// Start the agent, run every scenario, and compare its events with what happened.
@@ -74,10 +83,32 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Cmd::Storm { n } => {
+        Cmd::Storm { n, settle } => {
             let pid = std::process::id() as i32;
-            let ok = (0..n).filter(|_| close_ok(sys::pidfd_open(pid, 0))).count();
+            let mut ok = (0..n).filter(|_| close_ok(sys::pidfd_open(pid, 0))).count();
+            if settle {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                ok += settle_on_every_cpu(pid);
+            }
             println!("{ok}");
+            ExitCode::SUCCESS
+        }
+        Cmd::CloneStorm { seconds } => {
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+            let (mut ok, mut einval) = (0u64, 0u64);
+            while std::time::Instant::now() < end {
+                let mut pidfd = -1;
+                let r = sys::clone_fork(sys::CLONE_PIDFD | sys::SIGCHLD, &mut pidfd);
+                if r > 0 {
+                    sys::wait_child(r);
+                    unsafe { libc::close(pidfd) };
+                    ok += 1;
+                }
+                let r =
+                    sys::clone_fork(sys::CLONE_PIDFD | sys::CLONE_PARENT_SETTID | sys::SIGCHLD, &mut pidfd);
+                einval += u64::from(r == -22);
+            }
+            println!("{}", serde_json::json!({"ok": ok, "einval": einval}));
             ExitCode::SUCCESS
         }
         Cmd::Threads { n } => {
@@ -110,4 +141,20 @@ fn close_ok(fd: i64) -> bool {
         unsafe { libc::close(fd as i32) };
     }
     fd >= 0
+}
+
+/// One pidfd_open pinned to each CPU in turn; returns how many succeeded.
+fn settle_on_every_cpu(pid: i32) -> usize {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut ok = 0;
+    for cpu in 0..cpus {
+        // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        }
+        ok += usize::from(close_ok(sys::pidfd_open(pid, 0)));
+    }
+    ok
 }
