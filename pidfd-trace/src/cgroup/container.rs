@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn path_shapes() {
         let uid_ = UID.replace('-', "_");
-        let cases: Vec<(String, Option<(&str, &str, Option<&str>)>)> = vec![
+        type Want<'a> = Option<(&'a str, &'a str, Option<&'a str>)>;
+        let cases: Vec<(String, Want)> = vec![
             // docker, systemd driver and cgroupfs driver
             (format!("/system.slice/docker-{ID}.scope"), Some((ID, "docker", None))),
             (format!("/docker/{ID}"), Some((ID, "docker", None))),

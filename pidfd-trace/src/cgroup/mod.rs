@@ -99,11 +99,8 @@ impl Resolver {
         let found = if self.handles_refused { None } else { self.by_handle(id) };
         let found = match found {
             Some(p) => Some(p),
-            None if self.handles_refused => match self.walk(id) {
-                Some(hit) => hit,
-                // Walk skipped (rate limit): don't remember a miss we did not look for.
-                None => return None,
-            },
+            // Walk skipped (rate limit): don't remember a miss we did not look for.
+            None if self.handles_refused => self.walk(id)?,
             None => None,
         };
         self.paths.insert(id, found.clone());

@@ -177,7 +177,7 @@ mod tests {
         let names: Vec<String> = prometheus::core::Collector::collect(&vec)[0]
             .get_metric()
             .iter()
-            .map(|m| m.get_label()[0].get_value().to_string())
+            .map(|m| m.get_label()[0].value().to_string())
             .collect();
         assert_eq!(names.len(), 2, "only the admitted value and other: {names:?}");
     }
