@@ -2,6 +2,7 @@
 mod bench;
 mod e2e;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -45,6 +46,9 @@ enum Cmd {
     /// Measure the agent's overhead beside the floor and the bpftrace peer (root); prints a
     /// table, `--json` for JSON, `--write` to record the run in BENCHMARKS.md.
     Bench(bench::Options),
+    /// N minutes of mixed pidfd load against `serve`: RSS per minute, loss and counter
+    /// exactness at the end (root; not part of `test`).
+    Soak(soak::Options),
 }
 
 fn main() {
@@ -68,6 +72,7 @@ fn run() -> Result<()> {
         }
         Cmd::Test(opts) => test::run(&opts, &root),
         Cmd::Bench(opts) => bench::run(&opts, &root),
+        Cmd::Soak(opts) => soak::run(&opts, &root),
         Cmd::E2e => {
             setup::run(&Default::default())?;
             e2e::run(&root)
