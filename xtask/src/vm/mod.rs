@@ -7,7 +7,6 @@
 //! - `logs/<version>.log` (full serial console of the last run)
 
 mod initramfs;
-mod json;
 mod kernels;
 mod qemu;
 mod report;

@@ -4,7 +4,7 @@ use super::initramfs::{
     M_CHECK_BEGIN, M_CHECK_END, M_DONE, M_INIT, M_MOUNTS, M_STDERR_BEGIN, M_STDERR_END, M_SUITE_BEGIN,
     M_SUITE_END,
 };
-use super::json::{self, Value};
+use serde_json::Value;
 
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -206,35 +206,44 @@ fn scenario(text: &str) -> Option<Scenario> {
     if !text.starts_with('{') {
         return None;
     }
-    let v = json::parse(text).ok()?;
-    let name = v.get("scenario")?.as_str()?.to_string();
-    let result = v.get("result").map(Value::to_plain).unwrap_or_default();
-    let detail = v.get("detail").map(Value::to_plain).unwrap_or_default();
-    Some(Scenario { name, result, detail })
+    let v: Value = serde_json::from_str(text).ok()?;
+    let text_of = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    Some(Scenario {
+        name: v.get("scenario")?.as_str()?.to_string(),
+        result: text_of("result"),
+        detail: text_of("detail"),
+    })
 }
 
-/// The attach plan (or the whole document) from `check --output json`, as `key = value` lines.
+/// The attach plan from `check --output json`: one line per hook, the chosen mode and
+/// target, then every refused mode with its reason. Raw lines if it is not JSON.
 pub fn attach_plan(check: &CheckRun) -> Vec<String> {
     let text = check.stdout.join("\n");
-    let doc = json::parse(&text).ok().or_else(|| {
-        check.stdout.iter().rev().find_map(|l| {
-            let l = l.trim();
-            if l.starts_with('{') { json::parse(l).ok() } else { None }
-        })
-    });
-    let Some(doc) = doc else {
+    let Ok(doc) = serde_json::from_str::<Value>(&text) else {
         return check.stdout.iter().filter(|l| !l.trim().is_empty()).take(30).cloned().collect();
     };
-    let plan = ["plan", "attach_plan", "attach", "hooks"].iter().find_map(|k| doc.get(k).map(|v| (*k, v)));
-    let mut flat = Vec::new();
-    match plan {
-        Some((k, v)) => v.flatten(k, &mut flat),
-        None => doc.flatten("", &mut flat),
+    let mut out = Vec::new();
+    for h in doc["plan"].as_array().into_iter().flatten() {
+        let chosen = h["chosen"].as_str().unwrap_or("none");
+        out.push(format!(
+            "{:<18} {:<10} {}",
+            h["hook"].as_str().unwrap_or("?"),
+            chosen,
+            h["target"].as_str().unwrap_or("")
+        ));
+        for c in h["candidates"].as_array().into_iter().flatten() {
+            if let Some(why) = c["refused"].as_str() {
+                out.push(format!(
+                    "{:<18} {:<10} {} refused: {why}",
+                    "",
+                    "",
+                    c["mode"].as_str().unwrap_or("?")
+                ));
+            }
+        }
     }
-    let width = flat.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0).min(48);
-    let mut out: Vec<String> = flat.iter().take(40).map(|(k, v)| format!("{k:<width$} = {v}")).collect();
-    if flat.len() > 40 {
-        out.push(format!("... ({} more)", flat.len() - 40));
+    if let Some(e) = doc["attach_error"].as_str() {
+        out.push(format!("cannot attach: {e}"));
     }
     out
 }
@@ -350,7 +359,7 @@ starting agent\r
 error: boom\r
 =====PIDFD-STDERR-END=====\r
 =====PIDFD-CHECK-BEGIN=====\r
-{\"plan\":{\"clone\":\"fexit:copy_process\"}}\r
+{\"plan\":[{\"hook\":\"copy_process\",\"chosen\":\"fexit\",\"target\":\"copy_process\",\"candidates\":[{\"mode\":\"fexit\",\"refused\":null}]}]}\r
 =====PIDFD-CHECK-END rc=0=====\r
 =====PIDFD-VM-DONE=====\r
 [    9.1] reboot: Power down\r
@@ -366,7 +375,10 @@ error: boom\r
         assert_eq!(m.stderr, vec!["error: boom"]);
         let c = g.check.as_ref().unwrap();
         assert_eq!(c.rc, Some(0));
-        assert_eq!(attach_plan(c), vec!["plan.clone = fexit:copy_process"]);
+        assert_eq!(
+            attach_plan(c),
+            vec![format!("{:<18} {:<10} {}", "copy_process", "fexit", "copy_process")]
+        );
         assert!(g.done_at.is_some() && g.panic.is_none());
         let tbl = matrix(&[
             Column { kernel: "6.1".into(), mode: "fexit".into(), results: m.results.clone() },
