@@ -106,7 +106,11 @@ impl Probes {
             if opts.forced && hp.chosen.is_none() {
                 let c = hp.candidates.first();
                 return Err(LoadError::ForcedModeFailed {
-                    mode: c.map_or("?", |c| c.mode.as_str()),
+                    // As the user spelled it: --mode fentry attaches fentry/fexit programs.
+                    mode: c.map_or(
+                        "?",
+                        |c| if c.mode == AttachMode::Fexit { "fentry" } else { c.mode.as_str() },
+                    ),
                     hook: f.hook,
                     reason: c.and_then(|c| c.refused.clone()).unwrap_or_default(),
                 });

@@ -259,7 +259,7 @@ pub fn build(
             && let Some(reason) = &candidates[0].refused
         {
             return Err(PlanError::ForcedModeUnavailable {
-                mode: candidates[0].mode.as_str(),
+                mode: if choice == ModeChoice::Fentry { "fentry" } else { "kprobe" },
                 reason: format!("{}: {reason}", f.hook),
             });
         }

@@ -30,6 +30,19 @@ fn bad_flag_values() {
         (&["trace", "--bogus"], "unexpected argument '--bogus'"),
         (&["frobnicate"], "unrecognized subcommand"),
         (&["trace", "--ring-kib", "3"], "power of two"),
+        (&["trace", "--ring-kib", "x"], "not a number"),
+        (&["trace", "--comm"], "a value is required"),
+        (&["check", "--mode", "fexit"], "invalid value 'fexit'"),
+        (&["serve", "--web.listen-address", "nonsense"], "is not HOST:PORT"),
+        (&["serve", "--web.listen-address", "127.0.0.1:99999"], "is not HOST:PORT"),
+        (&["serve", "--web.telemetry-path", "metrics"], "must be a path like /metrics"),
+        (&["serve", "--web.telemetry-path", "/"], "must be a path like /metrics"),
+        (&["serve", "--log-format", "xml"], "invalid value 'xml'"),
+        (&["serve", "--log-level", "loud"], "invalid value 'loud'"),
+        (&["serve", "--max-label-values", "abc"], "invalid value 'abc'"),
+        (&["serve", "--max-label-values", "-1"], "unexpected argument '-1'"),
+        (&["serve", "--mode", "x"], "invalid value 'x'"),
+        (&["serve", "--events-log"], "a value is required"),
     ];
     for (args, needle) in cases {
         one_line_error(&agent(args, &[]), 2, needle);
@@ -65,6 +78,7 @@ fn forced_mode_this_kernel_cannot_do() {
         return;
     }
     one_line_error(&agent(&["trace", "--mode", "kprobe"], &[]), 1, "--mode kprobe is not possible here");
+    one_line_error(&agent(&["trace", "--mode", "fentry"], &[]), 1, "--mode fentry is not possible here");
 }
 
 #[test]
