@@ -85,6 +85,7 @@ impl Decoder {
             cgroup_id: r.cgroup_id,
             cgroup: None,
             container_id: None,
+            pod_uid: None,
             flags: r.flags,
             flag_names: names::flag_names(kind, r.flags),
             ret: r.ret,

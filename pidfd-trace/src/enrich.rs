@@ -20,7 +20,10 @@ pub fn enrich(ev: &mut Event) {
     let info =
         CGROUPS.with_borrow_mut(|r| r.get_or_insert_with(cgroup::Resolver::new).lookup(ev.cgroup_id, ev.pid));
     ev.cgroup = info.path;
-    ev.container_id = info.container.map(|c| c.id);
+    if let Some(c) = info.container {
+        ev.container_id = Some(c.id);
+        ev.pod_uid = c.pod_uid;
+    }
 }
 
 fn pidfd_target(pid: u32, fd: i32) -> Option<i64> {

@@ -3,7 +3,7 @@
 //! One object per line; a field that does not apply is `null`, never invented:
 //! `ts` RFC 3339 UTC with nanoseconds; `seq` per-run sequence, a gap means records were lost;
 //! `event` clone|clone3|pidfd_open|pidfd_getfd|pidfd_send_signal; `pid`/`tid`/`comm` the
-//! caller; `cgroup_id`, `cgroup`, `container_id`; `flags` raw and `flag_names`; `ret` raw and
+//! caller; `cgroup_id`, `cgroup`, `container_id`, `pod_uid`; `flags` raw and `flag_names`; `ret` raw and
 //! `errno` name or null; `stage` for failed pidfd creations; `pidfd` the new pidfd on success;
 //! `child_pid` (clone) / `target_pid` (the process a pidfd refers to); `signal` (name) and
 //! `signal_nr`, `target_fd`; `mode` fexit|kprobe|tracepoint; `duration_ns` entry to exit;
@@ -27,6 +27,8 @@ pub struct Event {
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
     pub container_id: Option<String>,
+    /// The Kubernetes pod UID when the cgroup path runs through a pod.
+    pub pod_uid: Option<String>,
     pub flags: u64,
     pub flag_names: Vec<String>,
     pub ret: i64,

@@ -31,6 +31,7 @@ mod tests {
             cgroup_id: 1,
             cgroup: None,
             container_id: None,
+            pod_uid: None,
             flags: 0x1000,
             flag_names: vec!["CLONE_PIDFD".into()],
             ret: -24,
