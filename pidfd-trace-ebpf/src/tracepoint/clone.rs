@@ -4,9 +4,9 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use pidfd_trace_common::{EnterState, EventKind, Mode, clone_flags::CLONE_PIDFD, hints, stats};
+use pidfd_trace_common::{EventKind, clone_flags::CLONE_PIDFD, hints, stats};
 
-use super::{arg, mode_of, now, ret, save, take};
+use super::{arg, entry, mode_of, ret, save, take};
 use crate::{
     emit,
     maps::{bump_stat, in_flight},
@@ -27,18 +27,7 @@ pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
     if flags & CLONE_PIDFD == 0 {
         return 0;
     }
-    save(&EnterState {
-        ts_ns: now(),
-        flags,
-        arg0: 0,
-        arg1: 0,
-        uptr: arg(&ctx, 2),
-        kind: EventKind::Clone as u8,
-        hints: 0,
-        mode: Mode::Tracepoint as u8,
-        _pad: 0,
-        target_pid: 0,
-    });
+    save(&entry(EventKind::Clone, flags, 0, 0, arg(&ctx, 2), 0));
     0
 }
 
@@ -56,18 +45,7 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let uptr = unsafe { bpf_probe_read_user((uargs + CLONE_ARGS_PIDFD_OFF) as *const u64) }.unwrap_or(0);
-    save(&EnterState {
-        ts_ns: now(),
-        flags,
-        arg0: 0,
-        arg1: 0,
-        uptr,
-        kind: EventKind::Clone3 as u8,
-        hints: 0,
-        mode: Mode::Tracepoint as u8,
-        _pad: 0,
-        target_pid: 0,
-    });
+    save(&entry(EventKind::Clone3, flags, 0, 0, uptr, 0));
     0
 }
 

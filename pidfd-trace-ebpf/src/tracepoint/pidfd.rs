@@ -1,26 +1,15 @@
 //! pidfd_open(2), pidfd_getfd(2) and pidfd_send_signal(2), seen from the syscall tracepoints.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use pidfd_trace_common::{EnterState, EventKind, Mode};
+use pidfd_trace_common::EventKind;
 
-use super::{arg, exit_simple, now, save};
+use super::{arg, entry, exit_simple, save};
 use crate::task::pidfd_target;
 
 #[inline(always)]
 fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
     // pidfd_getfd / pidfd_send_signal: resolve the pidfd now, while the caller still holds it.
     let target_pid = if kind == EventKind::PidfdOpen { 0 } else { pidfd_target(arg0) };
-    save(&EnterState {
-        ts_ns: now(),
-        flags,
-        arg0,
-        arg1,
-        uptr: 0,
-        kind: kind as u8,
-        hints: 0,
-        mode: Mode::Tracepoint as u8,
-        _pad: 0,
-        target_pid,
-    });
+    save(&entry(kind, flags, arg0, arg1, 0, target_pid));
 }
 
 // SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags)
