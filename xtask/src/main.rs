@@ -31,7 +31,7 @@ enum Cmd {
     /// Build the agent (with its kernel programs) and the workload, release mode.
     Build,
     /// Set up, build and run the agent; arguments after `--` go to pidfd-trace
-    /// (default: `serve`).
+    /// (default: `serve --events-log -`: metrics on :29100 and events as JSON lines on stdout).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -66,7 +66,8 @@ fn run() -> Result<()> {
         Cmd::Run { args } => {
             setup::run(&Default::default())?;
             let bins = build(&root)?;
-            let args = if args.is_empty() { vec!["serve".to_string()] } else { args };
+            // serve, with every event also on stdout so a first run shows something at once.
+            let args = if args.is_empty() { vec!["serve".into(), "--events-log".into(), "-".into()] } else { args };
             let err = Command::new(&bins.agent).args(&args).exec();
             Err(err).with_context(|| format!("cannot start {}", bins.agent.display()))
         }
