@@ -83,6 +83,8 @@ pub struct DeliveryRun {
     pub procs: usize,
     pub secs: f64,
     pub generated: u64,
+    /// Events/s the generators reached (sum of their own ops/s).
+    pub achieved: f64,
     pub received: u64,
     pub lost: u64,
 }
@@ -265,9 +267,11 @@ fn delivery(
                 })
             })
             .collect();
-        let mut generated = 0;
+        let (mut generated, mut achieved) = (0, 0.0);
         for h in handles {
-            generated += h.join().expect("generator thread")?.1;
+            let (rate, ops) = h.join().expect("generator thread")?;
+            generated += ops;
+            achieved += rate;
         }
         // One drain tick, so records still in the ring are not mistaken for slow delivery.
         std::thread::sleep(Duration::from_millis(200));
@@ -276,7 +280,7 @@ fn delivery(
         let Some((received, lost)) = tools::agent_summary(&stderr) else {
             bail!("the agent printed no closing summary: {}", stderr.join(" | "));
         };
-        out.push(DeliveryRun { label, rate, procs, secs, generated, received, lost });
+        out.push(DeliveryRun { label, rate, procs, secs, generated, achieved, received, lost });
     }
     Ok(out)
 }

@@ -5,15 +5,35 @@
 use std::{
     collections::{BTreeMap, HashMap},
     process::Command,
+    sync::atomic::{AtomicU8, Ordering},
 };
 
 use anyhow::{Context, Result};
 
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// Keeps `kernel.bpf_stats_enabled` at 1 while alive; puts the old value back on drop.
+/// Keeps `kernel.bpf_stats_enabled` at 1 while alive; puts the old value back on drop, and
+/// on SIGINT/SIGTERM too (then exits), so an interrupted bench leaves the sysctl as it was.
 pub struct StatsGuard {
     old: String,
+    handlers: [(libc::c_int, libc::sighandler_t); 2],
+}
+
+/// First byte of the value to restore, for the signal handler.
+static OLD_VALUE: AtomicU8 = AtomicU8::new(b'0');
+
+extern "C" fn restore_and_exit(sig: libc::c_int) {
+    // Only async-signal-safe calls here: open, write, close, _exit.
+    let byte = [OLD_VALUE.load(Ordering::Relaxed)];
+    // SAFETY: a NUL-terminated path and a one-byte buffer that outlive the calls.
+    unsafe {
+        let fd = libc::open(c"/proc/sys/kernel/bpf_stats_enabled".as_ptr(), libc::O_WRONLY);
+        if fd >= 0 {
+            libc::write(fd, byte.as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+        libc::_exit(128 + sig);
+    }
 }
 
 impl StatsGuard {
@@ -22,8 +42,12 @@ impl StatsGuard {
             .with_context(|| format!("reading {SYSCTL}: this kernel has no BPF run-time statistics"))?
             .trim()
             .to_string();
+        OLD_VALUE.store(old.bytes().next().unwrap_or(b'0'), Ordering::Relaxed);
+        let handler = restore_and_exit as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installs a handler that only makes async-signal-safe calls.
+        let handlers = [libc::SIGINT, libc::SIGTERM].map(|sig| (sig, unsafe { libc::signal(sig, handler) }));
         std::fs::write(SYSCTL, "1").with_context(|| format!("enabling {SYSCTL}"))?;
-        Ok(Self { old })
+        Ok(Self { old, handlers })
     }
 }
 
@@ -31,6 +55,10 @@ impl Drop for StatsGuard {
     fn drop(&mut self) {
         if let Err(e) = std::fs::write(SYSCTL, &self.old) {
             eprintln!("bench: could not restore kernel.bpf_stats_enabled={}: {e}", self.old);
+        }
+        for (sig, old) in self.handlers {
+            // SAFETY: puts back the handler that was there before.
+            unsafe { libc::signal(sig, old) };
         }
     }
 }

@@ -3,6 +3,7 @@
 //! that is killed if the bench stops early, and whose CPU time and memory we can read.
 use std::{
     io::{BufRead, BufReader, Read},
+    os::unix::process::CommandExt,
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -104,6 +105,14 @@ pub fn start(tool: Tool, bins: &Binaries<'_>, agent_args: &[&str]) -> Result<Opt
         }
     };
     let shown = format!("{:?}", cmd.get_program());
+    // SAFETY: prctl is async-signal-safe. If the bench dies without running its destructors
+    // (SIGKILL), the tool does not stay attached.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let t0 = Instant::now();
     let mut child = cmd.stderr(Stdio::piped()).spawn().with_context(|| format!("cannot start {shown}"))?;
     if let Some(mut out) = child.stdout.take() {
