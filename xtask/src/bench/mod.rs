@@ -18,6 +18,7 @@ mod tools;
 
 use std::{
     collections::BTreeMap,
+    io::Write as _,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -119,9 +120,12 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
     if opts.rounds == 0 || opts.secs <= 0.0 {
         bail!("--rounds and --secs must be positive");
     }
-    util::ensure_apt(&["bpftrace", "stress-ng", "bpftool"])?;
-    crate::setup::run(&Default::default())?;
-    let bins = crate::build(root)?;
+    // With --json, stdout carries the JSON object alone: set-up and build talk on stderr.
+    let bins = with_stdout_on_stderr(opts.json, || -> Result<_> {
+        util::ensure_apt(&["bpftrace", "stress-ng", "bpftool"])?;
+        crate::setup::run(&Default::default())?;
+        crate::build(root)
+    })?;
     let bench_load = root.join("target/release/pidfd-bench-load");
     if !bench_load.is_file() {
         bail!("{} was not built", bench_load.display());
@@ -302,6 +306,27 @@ fn idle(bins: &Binaries<'_>, footprint: &mut Footprint) -> Result<()> {
     footprint.peak_rss_kib = footprint.peak_rss_kib.max(agent.hwm_kib());
     agent.stop()?;
     Ok(())
+}
+
+/// Runs `f` with file descriptor 1 pointing at stderr (for this process and the commands it
+/// starts) when `redirect` is set.
+fn with_stdout_on_stderr<T>(redirect: bool, f: impl FnOnce() -> T) -> T {
+    if !redirect {
+        return f();
+    }
+    let _ = std::io::stdout().flush();
+    // SAFETY: plain descriptor duplication; fd 1 is restored before returning.
+    let saved = unsafe { libc::dup(1) };
+    unsafe { libc::dup2(2, 1) };
+    let out = f();
+    let _ = std::io::stdout().flush();
+    if saved >= 0 {
+        unsafe {
+            libc::dup2(saved, 1);
+            libc::close(saved);
+        }
+    }
+    out
 }
 
 fn loadavg() -> String {
