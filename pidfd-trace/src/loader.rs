@@ -116,6 +116,8 @@ impl Probes {
                 });
             }
         }
+        // Only loading needed aya's copy of the kernel BTF.
+        probes.aya_btf = None;
         Ok(probes)
     }
 

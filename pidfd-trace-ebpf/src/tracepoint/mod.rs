@@ -80,8 +80,14 @@ fn mode_of(st: &EnterState) -> Mode {
     Mode::from_u8(st.mode).unwrap_or(Mode::Tracepoint)
 }
 
+/// The `ret` of a sys_exit record: a direct context load at the usual offset (16) when the
+/// agent confirmed it, else a probe read at the offset it passed (see `arg`).
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> i64 {
+    if tp_ret_off() == USUAL_ARG0_OFF {
+        // SAFETY: constant, aligned offset inside the sys_exit record.
+        return unsafe { *(ctx.as_ptr() as *const i64).add(USUAL_ARG0_OFF / 8) };
+    }
     unsafe { ctx.read_at::<i64>(tp_ret_off()) }.unwrap_or(0)
 }
 
