@@ -99,6 +99,13 @@ pub struct ServeArgs {
         value_parser = crate::serve::listen::parse_telemetry_path
     )]
     pub telemetry_path: String,
+    /// TLS and/or basic auth for the endpoint: a YAML file in the Prometheus
+    /// exporter-toolkit format, `tls_server_config: {cert_file, key_file[, client_auth_type,
+    /// client_ca_file]}` and `basic_auth_users: {NAME: BCRYPT-HASH}` (make a hash with
+    /// `htpasswd -nbBC 10 NAME PASSWORD`). Relative file names are relative to the file's
+    /// directory. Read once at start; checked in full before anything is loaded.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
     /// Format of the agent's own log lines on stderr.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub log_format: Output,

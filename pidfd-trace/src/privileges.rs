@@ -29,15 +29,19 @@ struct CapData {
 
 /// Drops every capability of this (single-threaded) process: no_new_privs, the bounding set,
 /// then the effective, permitted and inheritable sets. capset() changes only the calling
-/// thread, so this refuses to claim success in a process that already runs other threads.
+/// thread, so this refuses to claim success in a process that already runs other threads;
+/// threads started afterwards inherit the empty sets and no_new_privs.
 pub fn drop_all() -> Result<(), PrivilegeError> {
     let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
     if threads > 1 {
         return Err(PrivilegeError::Threads(threads));
     }
+    let had = cap_field("CapEff").unwrap_or(0);
     // SAFETY: plain prctl/capset calls with valid arguments and local buffers.
     unsafe {
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(PrivilegeError::Capset(std::io::Error::last_os_error()));
+        }
         let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
@@ -52,6 +56,25 @@ pub fn drop_all() -> Result<(), PrivilegeError> {
             return Err(PrivilegeError::Capset(std::io::Error::last_os_error()));
         }
     }
-    info!("probes attached; dropped all capabilities (the agent keeps none)");
+    // What the kernel now says, not what we asked for.
+    if let (Some(eff), Some(prm)) = (cap_field("CapEff"), cap_field("CapPrm"))
+        && (eff | prm) != 0
+    {
+        return Err(PrivilegeError::Capset(std::io::Error::other(format!(
+            "capabilities still held after capset: CapEff {eff:#x}, CapPrm {prm:#x}"
+        ))));
+    }
+    // Worded without "attached": that word marks the one ready line (DESIGN.md).
+    info!(
+        "dropped all {} capabilities now that the probes are in place (CapEff was {had:#x}); the agent keeps none, no_new_privs set",
+        had.count_ones()
+    );
     Ok(())
+}
+
+/// A capability set of this thread from /proc/thread-self/status (`CapEff`, `CapPrm`, ...).
+fn cap_field(name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    let v = status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+    u64::from_str_radix(v.trim(), 16).ok()
 }

@@ -74,7 +74,8 @@ fn unwritable_events_log_fails_before_loading() {
     one_line_error(&out, 1, "choose a writable file with --events-log");
 }
 
-/// A running `serve` whose stderr is collected.
+/// A running `serve` whose stderr is collected; killed on drop, so a failing test leaves
+/// no agent behind.
 struct Serve {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -135,6 +136,15 @@ impl Serve {
             assert!(v["ts"].is_string() && v["level"].is_string() && v["msg"].is_string(), "{l}");
         }
         (stdout, lines)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -232,8 +242,8 @@ fn http_routes_limits_and_clean_stop() {
         "header read timeout closes the slow client after ~5 s: {r:?} after {cut:?}"
     );
 
-    // More idle connections than the limit (32): the extra ones are closed at once, and the
-    // event pipeline does not notice.
+    // More idle connections than the limit (32): each new one evicts the longest idle, so 8
+    // are closed at once, and the event pipeline does not notice.
     let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(&a).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(300));
     let closed = idle

@@ -63,14 +63,25 @@ pub fn parse_telemetry_path(s: &str) -> Result<String, String> {
     }
 }
 
+/// Connections the kernel queues for `accept`: std's 128 overflows under a burst of
+/// connects, and a dropped SYN costs a real client a 1 s retransmit. The server accepts (and
+/// sheds) far faster than it queues, so a long queue never holds a scrape long.
+const ACCEPT_BACKLOG: i32 = 1024;
+
 /// Binds the metrics port, with an error that says what to do.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    TcpListener::bind(addr).map_err(|e| match e.kind() {
+    let l = TcpListener::bind(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => ListenError::InUse(addr),
         std::io::ErrorKind::AddrNotAvailable => ListenError::NotLocal(addr),
         std::io::ErrorKind::PermissionDenied => ListenError::Denied(addr),
         _ => ListenError::Other(addr, e),
-    })
+    })?;
+    // listen() again on a listening socket only changes its backlog (capped by somaxconn).
+    // SAFETY: a valid socket fd we own.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), ACCEPT_BACKLOG) } != 0 {
+        log::debug!("raising the accept backlog failed: {}", std::io::Error::last_os_error());
+    }
+    Ok(l)
 }
 
 #[cfg(test)]

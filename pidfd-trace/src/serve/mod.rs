@@ -1,6 +1,13 @@
-//! `pidfd-trace serve`: attach, then serve Prometheus metrics over HTTP and write the events
-//! log until SIGINT/SIGTERM; then flush, detach and exit 0. Everything that can fail on
-//! bad input (address, port, log path) is checked before any program is loaded.
+//! `pidfd-trace serve`: attach, then serve Prometheus metrics over HTTP(S) and write the
+//! events log until SIGINT/SIGTERM; then flush, detach and exit 0.
+//!
+//! Start-up order is the security model:
+//! 1. bad input first (web config, certificates, password hashes, address, port, log path):
+//!    nothing is loaded into the kernel until all of it is usable;
+//! 2. load and attach, on the main thread, while the process still has one thread;
+//! 3. drop every capability (capset is per thread, so before any thread exists);
+//! 4. only then start the runtime whose worker threads parse what clients send.
+pub mod auth;
 pub mod cap;
 pub mod http;
 pub mod listen;
@@ -8,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcomes;
 pub mod sinks;
+pub mod webconfig;
 
 use std::{
     io::Write,
@@ -17,13 +25,14 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use log::info;
+use log::{info, warn};
 use prometheus::Registry;
 
 use self::{
     http::{Limits, Site},
     metrics::KernelMetrics,
     sinks::{EventMetrics, EventsLog, Tee},
+    webconfig::WebConfig,
 };
 use crate::{
     cli::ServeArgs,
@@ -40,23 +49,37 @@ pub enum ServeError {
         "cannot open events log {path}: {err}; choose a writable file with --events-log, or `-` for stdout"
     )]
     EventsLog { path: PathBuf, err: std::io::Error },
+    #[error("cannot use --web.config.file {path}: {err}")]
+    WebConfig { path: PathBuf, err: webconfig::WebConfigError },
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
     // Bad input first: nothing is loaded into the kernel until these succeed.
+    let web = match &args.web_config_file {
+        Some(path) => {
+            WebConfig::load(path).map_err(|err| ServeError::WebConfig { path: path.clone(), err })?
+        }
+        None => WebConfig::none(),
+    };
     let listener = listen::bind(args.listen_address)?;
     let log_out = match &args.events_log {
         Some(p) => Some(open_events_log(p)?),
         None => None,
     };
+    // Loading and attaching is the only step that needs privileges; the process has one
+    // thread here, so dropping them afterwards covers every thread it will ever run.
+    let session = Session::start(&args.kernel)?;
+    crate::privileges::drop_all()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         // The pipeline runs on this thread (block_on); HTTP on the workers, so a scrape or a
         // misbehaving client never delays draining the ring buffer.
         .worker_threads(2)
+        // bcrypt checks of basic auth, one at a time (auth.rs).
+        .max_blocking_threads(2)
         .thread_name("pidfd-trace-http")
         .enable_all()
         .build()?;
-    rt.block_on(serve(args, listener, log_out))
+    rt.block_on(serve(args, session, listener, log_out, web))
 }
 
 fn open_events_log(path: &Path) -> Result<Box<dyn Write + Send>, ServeError> {
@@ -74,10 +97,11 @@ fn open_events_log(path: &Path) -> Result<Box<dyn Write + Send>, ServeError> {
 
 async fn serve(
     args: ServeArgs,
+    mut session: Session,
     listener: std::net::TcpListener,
     log_out: Option<Box<dyn Write + Send>>,
+    web: WebConfig,
 ) -> Result<()> {
-    let mut session = Session::start(&args.kernel)?;
     let registry = Registry::new();
     metrics::register_build_info(&registry, &session.facts.release)?;
     metrics::register_attach_plan(&registry, &session.plan, &session.probes.attached)?;
@@ -88,15 +112,25 @@ async fn serve(
         None => None,
     };
 
+    let rejected = http::Rejected::register(&registry)?;
     let attached = session.attached_line();
     let site = Arc::new(Site {
         landing: Site::landing_page(&args.telemetry_path, &session.facts.release, &attached),
         registry,
         telemetry_path: args.telemetry_path.clone(),
+        auth: web.auth,
+        rejected,
     });
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    if scheme == "http" && site.auth.is_some() {
+        warn!(
+            "basic auth over plain HTTP sends passwords readable by anyone on the path; add tls_server_config"
+        );
+    }
+    let tls = web.tls.map(tokio_rustls::TlsAcceptor::from);
     let (addr, server) =
-        http::spawn(listener, site, Limits::default()).context("starting the metrics server")?;
-    info!("serving metrics on http://{addr}{}", args.telemetry_path);
+        http::spawn(listener, site, tls, Limits::default()).context("starting the metrics server")?;
+    info!("serving metrics on {scheme}://{addr}{} ({})", args.telemetry_path, web.summary);
 
     let mut sinks: Vec<&mut dyn Sink> = vec![&mut event_metrics];
     if let Some(l) = events_log.as_mut() {
