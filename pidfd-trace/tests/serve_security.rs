@@ -28,6 +28,8 @@ struct Serve {
     stderr: Arc<Mutex<Vec<String>>>,
     addr: SocketAddr,
     dir: PathBuf,
+    /// Sent with every scrape `healthy` makes (an `Authorization:` line, or empty).
+    auth: String,
 }
 
 impl Serve {
@@ -53,7 +55,7 @@ impl Serve {
                 sink.lock().unwrap().push(l);
             }
         });
-        let mut serve = Serve { child, stderr, addr: "0.0.0.0:0".parse().unwrap(), dir };
+        let mut serve = Serve { child, stderr, addr: "0.0.0.0:0".parse().unwrap(), dir, auth: String::new() };
         let deadline = Instant::now() + Duration::from_secs(60);
         serve.addr = loop {
             let lines = serve.lines();
@@ -148,11 +150,16 @@ fn pidfd_open_as(comm: &str) -> i32 {
 
 /// Raw HTTP/1.0 GET with every step bounded by `within`: (status, body), or why it failed.
 fn scrape(addr: SocketAddr, path: &str, within: Duration) -> Result<(u16, String), String> {
+    scrape_as(addr, path, "", within)
+}
+
+/// `scrape` with extra header lines (`auth`: `Authorization: ...\r\n` or empty).
+fn scrape_as(addr: SocketAddr, path: &str, auth: &str, within: Duration) -> Result<(u16, String), String> {
     let t = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, within).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(within)).unwrap();
     s.set_write_timeout(Some(within)).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
         .map_err(|e| format!("write: {e}"))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
@@ -183,7 +190,7 @@ struct Health {
 
 /// `pidfd_trace_http_rejected_total{reason}` now.
 fn rejected(serve: &Serve, reason: &str) -> u64 {
-    let (_, body) = scrape(serve.addr, "/metrics", SCRAPE_WITHIN).unwrap();
+    let (_, body) = scrape_as(serve.addr, "/metrics", &serve.auth, SCRAPE_WITHIN).unwrap();
     series_value(&body, &format!("pidfd_trace_http_rejected_total{{reason=\"{reason}\"}}"))
         .unwrap_or_else(|| panic!("no rejected series for {reason}"))
 }
@@ -201,7 +208,7 @@ fn lost_total(body: &str) -> u64 {
 fn healthy(serve: &Serve, comm: &str) -> Health {
     let must_scrape = |what: &str| {
         let s = Instant::now();
-        let (code, body) = scrape(serve.addr, "/metrics", SCRAPE_WITHIN)
+        let (code, body) = scrape_as(serve.addr, "/metrics", &serve.auth, SCRAPE_WITHIN)
             .unwrap_or_else(|e| panic!("{what}: a scrape failed during the attack: {e}"));
         assert_eq!(code, 200, "{what}: {body}");
         (s.elapsed(), body)
@@ -868,4 +875,62 @@ fn hostile_readers_that_never_read() {
     drop(socks);
     healthy(&serve, "sec-noread2");
     serve.stop();
+}
+
+fn basic_header(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Authorization: Basic {creds}\r\n")
+}
+
+#[test]
+fn hostile_wrong_password_flood() {
+    let dir = tempdir("flood");
+    let config =
+        write(&dir, "web.yml", &format!("basic_auth_users:\n  prometheus: {}\n", bcrypt_hash("right")));
+    let mut serve = Serve::start("flood", &["--web.config.file", config.to_str().unwrap()]);
+    serve.auth = basic_header("prometheus", "right");
+    // The scraper's first request pays its one bcrypt check.
+    assert_eq!(scrape_as(serve.addr, "/metrics", &serve.auth, SCRAPE_WITHIN).unwrap().0, 200);
+
+    // More password guessers than connection slots, each trying again as soon as answered,
+    // for 6 s: every guess costs the agent a bcrypt.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = serve.addr;
+    let guessers: Vec<_> = (0..48)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut denied, t) = (0u64, Instant::now());
+                let guess = basic_header("prometheus", &format!("guess{i}"));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && t.elapsed() < Duration::from_secs(6)
+                {
+                    if let Ok((401, _)) = scrape_as(addr, "/metrics", &guess, Duration::from_secs(5)) {
+                        denied += 1;
+                    }
+                }
+                denied
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let r = scrape_as(serve.addr, "/metrics", &serve.auth, SCRAPE_WITHIN);
+        assert!(matches!(r, Ok((200, _))), "the scraper during the flood: {r:?}");
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let h = healthy(&serve, "sec-flood");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let denied: u64 = guessers.into_iter().map(|g| g.join().unwrap()).sum();
+    let (unauthorized, evicted) = (rejected(&serve, "unauthorized"), rejected(&serve, "evicted"));
+    eprintln!(
+        "flood: {denied} guesses answered 401 (agent counted {unauthorized}), {evicted} waiting guessers evicted; worst scrape {worst:?}"
+    );
+    assert!(worst < SCRAPE_WITHIN && h.first_scrape < SCRAPE_WITHIN);
+    assert!(denied > 0 && unauthorized >= denied, "guesses were answered, and counted");
+    serve.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }

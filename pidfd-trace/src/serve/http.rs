@@ -279,9 +279,16 @@ where
             service_fn(move |req| {
                 let (site, state) = (site.clone(), state.clone());
                 async move {
-                    // Busy from the parsed head until hyper has taken the whole body.
+                    // A request waiting for its bcrypt check is not yet busy: a flood of
+                    // wrong passwords queued behind bcrypt must not pin every slot, so its
+                    // connections stay evictable until they are let in.
+                    let allowed = match &site.auth {
+                        Some(auth) => auth.allows(req.headers().get(header::AUTHORIZATION)).await,
+                        None => true,
+                    };
+                    // Busy from here until hyper has taken the whole body.
                     let idle = state.busy();
-                    let resp = handle(req, &site).await;
+                    let resp = if allowed { route(&req, &site) } else { unauthorized(&site) };
                     Ok::<_, Infallible>(resp.map(|body| Guarded { body, _idle: idle }))
                 }
             }),
@@ -290,19 +297,14 @@ where
         .map_err(|e| Cut::from_hyper(e, &conn_state))
 }
 
-async fn handle(req: Request<Incoming>, site: &Site) -> Response<Full<Bytes>> {
-    if let Some(auth) = &site.auth
-        && !auth.allows(req.headers().get(header::AUTHORIZATION)).await
-    {
-        site.rejected.inc("unauthorized");
-        let mut r = plain(StatusCode::UNAUTHORIZED, "unauthorized\n".into());
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Basic realm=\"pidfd-trace\", charset=\"UTF-8\""),
-        );
-        return r;
-    }
-    route(&req, site)
+fn unauthorized(site: &Site) -> Response<Full<Bytes>> {
+    site.rejected.inc("unauthorized");
+    let mut r = plain(StatusCode::UNAUTHORIZED, "unauthorized\n".into());
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"pidfd-trace\", charset=\"UTF-8\""),
+    );
+    r
 }
 
 fn route(req: &Request<Incoming>, site: &Site) -> Response<Full<Bytes>> {
