@@ -76,6 +76,23 @@ pub struct Site {
     pub rejected: Rejected,
 }
 
+impl Site {
+    pub fn landing_page(telemetry_path: &str, kernel: &str, attached: &str) -> String {
+        format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>pidfd-trace</title></head><body>\n\
+             <h1>pidfd-trace</h1>\n<p>eBPF agent for Linux pid file descriptors, version {}, kernel {}.</p>\n\
+             <p><a href=\"{telemetry_path}\">Metrics</a></p>\n<p>{}</p>\n</body></html>\n",
+            env!("CARGO_PKG_VERSION"),
+            html_escape(kernel),
+            html_escape(attached),
+        )
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
 /// `pidfd_trace_http_rejected_total{reason}`: what the server cut short or refused, so an
 /// attack (or a misconfigured scraper) shows on the dashboard rather than only in debug logs.
 #[derive(Clone)]
@@ -136,23 +153,6 @@ impl Cut {
         };
         Cut(reason, e.to_string())
     }
-}
-
-impl Site {
-    pub fn landing_page(telemetry_path: &str, kernel: &str, attached: &str) -> String {
-        format!(
-            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>pidfd-trace</title></head><body>\n\
-             <h1>pidfd-trace</h1>\n<p>eBPF agent for Linux pid file descriptors, version {}, kernel {}.</p>\n\
-             <p><a href=\"{telemetry_path}\">Metrics</a></p>\n<p>{}</p>\n</body></html>\n",
-            env!("CARGO_PKG_VERSION"),
-            html_escape(kernel),
-            html_escape(attached),
-        )
-    }
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// Serves until the returned task is aborted (dropping it closes every connection).
@@ -468,4 +468,44 @@ enum Room {
     Free,
     Evicted,
     AllBusy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest-idle connection goes first; busy ones never; all busy refuses.
+    #[tokio::test]
+    async fn eviction_order() {
+        let limits = Limits { max_connections: 3, ..Limits::default() };
+        let mut table = Table::new(limits);
+        let mut tasks = JoinSet::new();
+        let mut states = Vec::new();
+        for since in [30, 10, 20] {
+            let state = table.clock.new_state();
+            state.idle_since.store(since, Ordering::Relaxed);
+            let abort = tasks.spawn(std::future::pending::<()>());
+            states.push((abort.id(), state.clone()));
+            table.insert(abort, state);
+        }
+        let busy = states[0].1.busy();
+        assert!(matches!(table.make_room(), Room::Evicted));
+        assert!(!table.open.contains_key(&states[1].0), "idle since 10 ms: evicted first");
+        let guard = states[2].1.busy();
+        // Room for one again; fill it with a busy connection.
+        let state = table.clock.new_state();
+        let last = state.busy();
+        table.insert(tasks.spawn(std::future::pending::<()>()), state);
+        assert!(matches!(table.make_room(), Room::AllBusy), "every connection mid-request");
+        drop(guard);
+        assert!(matches!(table.make_room(), Room::Evicted), "idle again after its response");
+        assert!(!table.open.contains_key(&states[2].0));
+        assert!(table.open.contains_key(&states[0].0));
+        drop((busy, last));
+        // The two evicted tasks were aborted (the others never finish).
+        for _ in 0..2 {
+            let r = tokio::time::timeout(Duration::from_secs(5), tasks.join_next()).await;
+            assert!(matches!(&r, Ok(Some(Err(e))) if e.is_cancelled()), "{r:?}");
+        }
+    }
 }
