@@ -262,6 +262,19 @@ impl Probes {
         Ok((keys.len() - removed, removed))
     }
 
+    /// The `STATS` map, for finding out which capability reading our maps needs.
+    pub fn map_probe(&self) -> Result<crate::privileges::MapProbe, LoadError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let Some(aya::maps::Map::PerCpuArray(data)) = self.ebpf.map("STATS") else {
+            return Err(LoadError::MissingMap("STATS"));
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, err)| LoadError::Map {
+            name: "STATS",
+            err: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: err }),
+        })?;
+        Ok(crate::privileges::MapProbe { fd: data.fd().as_fd().as_raw_fd(), value_size: 8 * cpus })
+    }
+
     /// The `STATS` slots, summed over CPUs.
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
         let map = self.ebpf.map("STATS").ok_or(LoadError::MissingMap("STATS"))?;

@@ -14,7 +14,7 @@ use crate::{
 
 pub async fn run(args: TraceArgs) -> Result<()> {
     let mut session = Session::start(&args.kernel)?;
-    crate::privileges::drop_all()?;
+    crate::privileges::drop_all(session.probes.map_probe()?)?;
     let stdout = BufWriter::new(std::io::stdout().lock());
     let mut sink: Box<dyn Sink> = match args.output {
         Output::Text => Box::new(Text::new(stdout)),

@@ -75,7 +75,8 @@ impl Agent {
         }
     }
 
-    /// Waits until `done(events)` holds, returning a copy of the events.
+    /// Waits until `done(events)` holds, returning a copy of the events; gives up at the
+    /// timeout or as soon as the agent has exited (its stderr then says why).
     fn wait_for(&self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>, Vec<Value>> {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.events;
@@ -85,11 +86,19 @@ impl Agent {
                 return Ok(evs.clone());
             }
             let now = Instant::now();
-            if now >= deadline {
-                return Err(evs.clone());
+            if now >= deadline || self.exited() {
+                let mut evs = evs.clone();
+                if self.exited() {
+                    evs.push(json!({"agent_exited": self.stderr.0.lock().unwrap().join(" | ")}));
+                }
+                return Err(evs);
             }
-            evs = cv.wait_timeout(evs, deadline - now).unwrap().0;
+            evs = cv.wait_timeout(evs, (deadline - now).min(Duration::from_millis(200))).unwrap().0;
         }
+    }
+
+    fn exited(&self) -> bool {
+        self.stderr.0.lock().unwrap().iter().any(|l| l == "<eof>")
     }
 
     /// SIGTERM, then the agent must exit 0 and print its summary.
@@ -158,10 +167,14 @@ fn check_exact(agent: &Agent, pid: u64, want: &[Value], timeout: Duration) -> Re
     let evs = match got {
         Ok(evs) => of_pid(&evs, pid),
         Err(evs) => {
+            let exited = evs
+                .iter()
+                .find_map(|e| e["agent_exited"].as_str().map(|s| format!("; the agent exited: {s}")));
             return Err(format!(
-                "timed out waiting for its events; got {} for pid {pid}: {}",
+                "timed out waiting for its events; got {} for pid {pid}: {}{}",
                 of_pid(&evs, pid).len(),
-                compact(&of_pid(&evs, pid))
+                compact(&of_pid(&evs, pid)),
+                exited.unwrap_or_default()
             ));
         }
     };
