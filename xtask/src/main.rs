@@ -67,7 +67,8 @@ fn run() -> Result<()> {
             setup::run(&Default::default())?;
             let bins = build(&root)?;
             // serve, with every event also on stdout so a first run shows something at once.
-            let args = if args.is_empty() { vec!["serve".into(), "--events-log".into(), "-".into()] } else { args };
+            let args =
+                if args.is_empty() { vec!["serve".into(), "--events-log".into(), "-".into()] } else { args };
             let err = Command::new(&bins.agent).args(&args).exec();
             Err(err).with_context(|| format!("cannot start {}", bins.agent.display()))
         }
