@@ -6,6 +6,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+/// Where the running kernel publishes its BTF (the agent's `--btf` default is the same).
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 /// Bound on type chains and anonymous-member nesting, so a cyclic (malformed) blob cannot loop.
 const MAX_DEPTH: usize = 32;
@@ -35,12 +36,6 @@ const ENUM64: u32 = 19;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error(
-        "kernel BTF not found at {VMLINUX}: this kernel was built without CONFIG_DEBUG_INFO_BTF; use a kernel with BTF"
-    )]
-    NotFound,
-    #[error("cannot read kernel BTF at {VMLINUX}: {0}; check that sysfs is mounted and readable")]
-    Read(#[source] std::io::Error),
     #[error("malformed BTF: {0}; the blob is truncated or corrupt, use the kernel's own {VMLINUX}")]
     Malformed(String),
     /// (kind, name)
@@ -115,14 +110,6 @@ impl std::fmt::Debug for Btf {
 }
 
 impl Btf {
-    pub fn from_sys_fs() -> Result<Self, BtfError> {
-        match std::fs::read(VMLINUX) {
-            Ok(bytes) => Self::parse(&bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BtfError::NotFound),
-            Err(e) => Err(BtfError::Read(e)),
-        }
-    }
-
     /// Parses a raw BTF blob of either byte order, told apart by how the magic 0xeB9F reads.
     pub fn parse(bytes: &[u8]) -> Result<Self, BtfError> {
         let big_endian = match bytes.get(..3) {
@@ -196,6 +183,7 @@ impl Btf {
         self.size_of(f.type_id, 0)?.ok_or_else(|| BtfError::Unsized(format!("{struct_name}.{path}")))
     }
 
+    #[cfg(test)]
     pub fn struct_size(&self, struct_name: &str) -> Result<u32, BtfError> {
         Ok(self.composite(struct_name)?.size_or_type)
     }
@@ -560,7 +548,7 @@ mod tests {
             return;
         }
         let start = std::time::Instant::now();
-        let btf = Btf::from_sys_fs().unwrap();
+        let btf = Btf::parse(&std::fs::read(VMLINUX).unwrap()).unwrap();
         println!("read and parsed {VMLINUX}: {btf:?} in {:?}", start.elapsed());
         let off = |s, p| btf.member_offset(s, p).unwrap();
         let size = |s, p| btf.member_size(s, p).unwrap();
