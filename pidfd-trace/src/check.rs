@@ -80,7 +80,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
 }
 
 fn print_plan(plan: &[HookPlan]) {
-    println!("  {:<18} {:<11} {}", "HOOK", "MODE", "WHERE / WHY NOT BETTER");
+    println!("  {:<18} {:<11} WHERE / WHY NOT BETTER", "HOOK", "MODE");
     for h in plan {
         let mode = h.chosen.map_or("none", |m| m.as_str());
         println!("  {:<18} {:<11} {}", h.hook, mode, h.target);

@@ -12,7 +12,7 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, ev: &Event) -> bool {
         (self.pids.is_empty() || self.pids.iter().any(|&p| p == ev.pid || p == ev.tid))
-            && (self.comms.is_empty() || self.comms.iter().any(|c| *c == ev.comm))
+            && (self.comms.is_empty() || self.comms.contains(&ev.comm))
             && (!self.failures_only || ev.failed())
     }
 }

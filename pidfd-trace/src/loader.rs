@@ -19,16 +19,22 @@ use crate::{
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pidfd-trace"));
 
+impl From<aya::EbpfError> for LoadError {
+    fn from(e: aya::EbpfError) -> Self {
+        LoadError::Object(Box::new(e))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("loading the eBPF object failed: {0}")]
-    Object(#[from] aya::EbpfError),
+    Object(Box<aya::EbpfError>),
     #[error("program {0} missing from the eBPF object: agent and kernel programs are from different builds")]
     MissingProgram(String),
     #[error("loading program {name} failed: {err}")]
-    Load { name: String, err: aya::programs::ProgramError },
+    Load { name: String, err: Box<aya::programs::ProgramError> },
     #[error("attaching {name} to {target} failed: {err}")]
-    Attach { name: String, target: String, err: aya::programs::ProgramError },
+    Attach { name: String, target: String, err: Box<aya::programs::ProgramError> },
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {err}")]
@@ -204,12 +210,12 @@ impl Probes {
             .program_mut(name)
             .ok_or_else(|| LoadError::MissingProgram(name.into()))?
             .try_into()
-            .map_err(|err| LoadError::Load { name: name.into(), err })?;
-        prog.load().map_err(|err| LoadError::Load { name: name.into(), err })?;
+            .map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
+        prog.load().map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
         prog.attach("syscalls", name).map_err(|err| LoadError::Attach {
             name: name.into(),
             target: format!("syscalls:{name}"),
-            err,
+            err: Box::new(err),
         })?;
         Ok(())
     }
@@ -362,13 +368,13 @@ pub fn load_floor(tracepoints: &[(String, String)]) -> Result<aya::Ebpf, LoadErr
         .program_mut(FLOOR)
         .ok_or_else(|| LoadError::MissingProgram(FLOOR.into()))?
         .try_into()
-        .map_err(|err| LoadError::Load { name: FLOOR.into(), err })?;
-    prog.load().map_err(|err| LoadError::Load { name: FLOOR.into(), err })?;
+        .map_err(|err| LoadError::Load { name: FLOOR.into(), err: Box::new(err) })?;
+    prog.load().map_err(|err| LoadError::Load { name: FLOOR.into(), err: Box::new(err) })?;
     for (category, name) in tracepoints {
         prog.attach(category, name).map_err(|err| LoadError::Attach {
             name: FLOOR.into(),
             target: format!("{category}:{name}"),
-            err,
+            err: Box::new(err),
         })?;
     }
     Ok(ebpf)

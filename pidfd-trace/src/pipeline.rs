@@ -124,7 +124,7 @@ pub async fn run_with_tick(
                     lost_seen = lost;
                 }
                 sweeps += 1;
-                if sweeps % ENTER_SWEEP_TICKS == 0 {
+                if sweeps.is_multiple_of(ENTER_SWEEP_TICKS) {
                     let (kept, removed) = session.probes.sweep_enter_state()?;
                     if removed > 0 {
                         log::debug!("entry states: removed {removed} of exited threads, {kept} in flight");

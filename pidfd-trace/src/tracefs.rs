@@ -51,7 +51,7 @@ pub fn field_offsets(root: &Path, category: &str, name: &str) -> Result<HashMap<
     Ok(parse_format(&text))
 }
 
-/// Parses lines like `field:unsigned long clone_flags;	offset:16;	size:8;	signed:0;`.
+/// Parses lines like `field:unsigned long clone_flags;<TAB>offset:16;<TAB>size:8;<TAB>signed:0;`.
 pub fn parse_format(text: &str) -> HashMap<String, u32> {
     let mut out = HashMap::new();
     for line in text.lines() {

@@ -20,7 +20,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
-fn samples<'a>(r: &'a Results, load: Load, tool: Tool) -> impl Iterator<Item = &'a Sample> {
+fn samples(r: &Results, load: Load, tool: Tool) -> impl Iterator<Item = &Sample> {
     r.samples.iter().filter(move |s| s.load == load && s.tool == tool)
 }
 

@@ -10,7 +10,7 @@ pub const CLONE_SIGHAND: u64 = 0x800;
 pub const SIGCHLD: u64 = 17;
 
 fn ret(r: libc::c_long) -> i64 {
-    if r < 0 { -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64) } else { r as i64 }
+    if r < 0 { -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64) } else { r }
 }
 
 /// Fork-like legacy clone(2) (no new stack); the child exits at once.
