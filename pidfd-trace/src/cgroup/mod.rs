@@ -67,7 +67,7 @@ impl Resolver {
 
     /// The cgroup and container of the caller `pid` whose cgroup2 id is `cgroup_id`.
     pub fn lookup(&mut self, cgroup_id: u64, pid: u32) -> CgroupInfo {
-        let path = self.path_of(cgroup_id);
+        let path = self.path_of(cgroup_id, pid);
         let mut container = path.as_deref().and_then(parse_container);
         // Hybrid/legacy hosts: runtimes with the cgroupfs driver put containers only in the
         // v1 hierarchies, so the v2 path shows nothing; /proc/<pid>/cgroup still does (racy:
@@ -87,9 +87,9 @@ impl Resolver {
         CgroupInfo { path, container }
     }
 
-    /// The cgroup v2 path of `id`, or None when there is no cgroup2 mount or the cgroup is
-    /// already gone.
-    pub fn path_of(&mut self, id: u64) -> Option<String> {
+    /// The cgroup v2 path of `id` (the cgroup of process `pid` when it ran), or None when
+    /// there is no cgroup2 mount or the cgroup is already gone.
+    pub fn path_of(&mut self, id: u64, pid: u32) -> Option<String> {
         if id == 0 || self.mounts.v2.is_none() {
             return None;
         }
@@ -97,6 +97,9 @@ impl Resolver {
             return p;
         }
         let found = if self.handles_refused { None } else { self.by_handle(id) };
+        // Without CAP_DAC_READ_SEARCH (the agent drops it after attaching): ask the caller's
+        // /proc entry, and believe it only if that directory's inode is the recorded id.
+        let found = found.or_else(|| self.by_proc(id, pid));
         let found = match found {
             Some(p) => Some(p),
             // Walk skipped (rate limit): don't remember a miss we did not look for.
@@ -146,6 +149,17 @@ impl Resolver {
         let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let abs = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
         self.relative(&abs)
+    }
+
+    /// The caller's `0::` line of /proc/<pid>/cgroup, if the directory it names still has
+    /// inode `id` (the caller may have moved, or be gone). Needs no capability.
+    fn by_proc(&self, id: u64, pid: u32) -> Option<String> {
+        let (mount, root) = self.mounts.v2.as_ref()?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+        let rel = path.strip_prefix(root.trim_end_matches('/')).unwrap_or(path).trim_start_matches('/');
+        let ino = std::fs::metadata(mount.join(rel)).ok()?.ino();
+        (ino == id).then(|| path.to_string())
     }
 
     /// The cgroup path of a directory under the cgroup2 mount.
@@ -246,10 +260,21 @@ mod tests {
 
         let mut r = Resolver::with_mounts(mounts.clone());
         let info = r.lookup(ino, std::process::id());
-        let mut walker = Resolver::with_mounts(mounts);
+        let mut walker = Resolver::with_mounts(mounts.clone());
         walker.handles_refused = true;
-        let walked = walker.path_of(ino);
-        let gone_before = r.path_of(u64::MAX - 1);
+        let walked = walker.path_of(ino, 0);
+        // Without file handles or a walk: a process inside the cgroup vouches for it.
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        std::fs::write(dir.join("cgroup.procs"), child.id().to_string())
+            .expect("move a child into the cgroup");
+        let mut prober = Resolver::with_mounts(mounts);
+        prober.handles_refused = true;
+        prober.last_walk = Some(Instant::now());
+        let by_proc = prober.path_of(ino, child.id());
+        let other = prober.path_of(ino + 1_000_000, child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let gone_before = r.path_of(u64::MAX - 1, 0);
         std::fs::remove_dir(&dir).unwrap();
         std::fs::remove_dir(&parent).unwrap();
 
@@ -257,7 +282,9 @@ mod tests {
         let c = info.container.expect("container from the path");
         assert_eq!((c.id.as_str(), c.runtime), (id.as_str(), "docker"));
         assert_eq!(walked.as_deref(), Some(want.as_str()), "by walking the tree");
+        assert_eq!(by_proc.as_deref(), Some(want.as_str()), "by the caller's /proc/<pid>/cgroup");
+        assert_eq!(other, None, "an id that is not the caller's cgroup is not guessed");
         assert_eq!(gone_before, None);
-        assert_eq!(r.path_of(1).as_deref(), Some("/"), "the root cgroup");
+        assert_eq!(r.path_of(1, 0).as_deref(), Some("/"), "the root cgroup");
     }
 }
