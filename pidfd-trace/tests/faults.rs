@@ -1,6 +1,8 @@
 //! Faults: the agent leaves nothing in the kernel however it is stopped, runs side by side
 //! with a second copy, and its per-thread entry state does not leak. Checked against the
 //! kernel's own lists of loaded programs and maps. Needs root.
+mod common;
+
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
@@ -14,25 +16,11 @@ struct Agent {
 }
 
 fn start(extra: &[&str]) -> Agent {
-    assert!(unsafe { libc::geteuid() } == 0, "fault tests need root: run `cargo xtask test` as root");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pidfd-trace"))
-        .args(["trace", "--output", "json"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent");
-    let (tx, rx) = mpsc::channel();
-    let err = BufReader::new(child.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            if l.contains("attached") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60)).expect("agent attaches within 60 s");
+    common::require_root("fault tests");
+    let (mut child, lines) = common::spawn_collecting(
+        Command::new(common::AGENT).args(["trace", "--output", "json"]).args(extra).stdout(Stdio::piped()),
+    );
+    common::wait_attached(&mut child, &lines, Duration::from_secs(60));
     let (otx, orx) = mpsc::channel();
     let out = BufReader::new(child.stdout.take().unwrap());
     std::thread::spawn(move || {

@@ -2,12 +2,13 @@
 //! records delivered plus the records lost equal the kernel's own count of records, the
 //! `seq` gaps in the JSON log add up to the lost count, and the metrics (read from the
 //! kernel's counters) still equal what the workload really did. Needs root.
+mod common;
+
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
     process::{Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -33,36 +34,23 @@ fn get(m: &HashMap<String, f64>, series: &str) -> u64 {
 
 #[test]
 fn delivered_plus_lost_equals_kernel_count_and_counters_stay_exact() {
-    assert!(unsafe { libc::geteuid() } == 0, "needs root: run `cargo xtask test` as root");
+    common::require_root("loss tests");
     let port = free_port();
     let log = std::env::temp_dir().join(format!("pidfd-trace-loss-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_pidfd-trace"))
-        .args(["serve", "--web.listen-address", &format!("127.0.0.1:{port}"), "--mode", "tracepoint"])
-        .args(["--ring-kib", "4", "--events-log"])
-        .arg(&log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start serve");
-    let (tx, rx) = mpsc::channel();
-    let err = BufReader::new(agent.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            if l.contains("attached") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60)).expect("serve attaches");
+    let (mut agent, lines) = common::spawn_collecting(
+        Command::new(common::AGENT)
+            .args(["serve", "--web.listen-address", &format!("127.0.0.1:{port}"), "--mode", "tracepoint"])
+            .args(["--ring-kib", "4", "--events-log"])
+            .arg(&log)
+            .stdout(Stdio::null()),
+    );
+    common::wait_attached(&mut agent, &lines, Duration::from_secs(60));
     let before = scrape(port);
     let created = r#"pidfd_trace_pidfds_created_total{source="pidfd_open"}"#;
     let created_before = before.get(created).copied().unwrap_or(0.0) as u64;
 
-    let out = Command::new(env!("CARGO_BIN_EXE_pidfd-workload"))
-        .args(["storm", "200000", "--settle"])
-        .output()
-        .unwrap();
+    let out = Command::new(common::WORKLOAD).args(["storm", "200000", "--settle"]).output().unwrap();
     let storm_ok: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("storm prints its count");
     std::thread::sleep(Duration::from_secs(3)); // the agent drains on its 50 ms tick and 1 s metrics refresh
     let m = scrape(port);

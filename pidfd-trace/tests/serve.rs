@@ -1,8 +1,10 @@
 //! `pidfd-trace serve` from the outside: bad input fails before anything is loaded, the
 //! HTTP side answers and bounds its clients, events reach the log and the metrics with
 //! their cgroup and container, and SIGTERM stops it cleanly. Needs root (loads programs).
+mod common;
+
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -85,22 +87,12 @@ struct Serve {
 impl Serve {
     fn start(extra: &[&str]) -> Self {
         assert!(unsafe { libc::geteuid() } == 0, "serve tests need root: run `cargo xtask test` as root");
-        let mut child = Command::new(AGENT)
-            .args(["serve", "--web.listen-address", "127.0.0.1:0", "--log-format", "json"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start serve");
-        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
-        let err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
+        let (mut child, stderr) = common::spawn_collecting(
+            Command::new(AGENT)
+                .args(["serve", "--web.listen-address", "127.0.0.1:0", "--log-format", "json"])
+                .args(extra)
+                .stdout(Stdio::piped()),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = loop {
             let lines = stderr.lock().unwrap().clone();

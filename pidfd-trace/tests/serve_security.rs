@@ -4,8 +4,10 @@
 //! clients (oversized heads, slowloris, garbage, thousands of held connections, readers that
 //! never read) neither lock scrapes out nor stop event processing nor grow its memory.
 //! Needs root (loads programs) and curl (`cargo xtask test` installs it). Loopback only.
+mod common;
+
 use std::{
-    io::{BufRead, BufReader, ErrorKind, Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
     os::fd::FromRawFd,
     path::{Path, PathBuf},
@@ -37,24 +39,14 @@ impl Serve {
         assert!(unsafe { libc::geteuid() } == 0, "serve tests need root: run `cargo xtask test` as root");
         let dir = tempdir(&format!("serve-{tag}"));
         let log = dir.join("events.jsonl");
-        let mut child = Command::new(AGENT)
-            .args(["serve", "--web.listen-address", "127.0.0.1:0", "--log-format", "json"])
-            // Every comm its own series, whatever else runs on this host.
-            .args(["--max-label-values", "10000", "--events-log", log.to_str().unwrap()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start serve");
-        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
-        let err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
+        let (child, stderr) = common::spawn_collecting(
+            Command::new(AGENT)
+                .args(["serve", "--web.listen-address", "127.0.0.1:0", "--log-format", "json"])
+                // Every comm its own series, whatever else runs on this host.
+                .args(["--max-label-values", "10000", "--events-log", log.to_str().unwrap()])
+                .args(extra)
+                .stdout(Stdio::null()),
+        );
         let mut serve = Serve { child, stderr, addr: "0.0.0.0:0".parse().unwrap(), dir, auth: String::new() };
         let deadline = Instant::now() + Duration::from_secs(60);
         serve.addr = loop {
