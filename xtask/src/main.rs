@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what is missing: nightly rust-src, bpf-linker (against the nightly's LLVM),
-    /// tracefs; with --all also the test and VM dependencies.
+    /// tracefs; with --all also the Debian packages the tests use (the VM step fetches its own).
     Setup(setup::Options),
     /// Build the agent (with its kernel programs) and the workload, release mode.
     Build,
@@ -36,7 +36,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit, host integration (root), CLI errors, kernel matrix.
+    /// Set up, then run every test (root): unit, host integration, CLI errors, faults, serve,
+    /// the Prometheus end-to-end test and the kernel matrix in qemu.
     Test(test::Options),
     /// A real Prometheus scrapes `serve` while the workload runs; every dashboard query must
     /// return data and the counters must match (root).
