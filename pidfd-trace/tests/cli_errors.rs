@@ -20,6 +20,7 @@ fn one_line_error(out: &Output, code: i32, needle: &str) {
     assert!(out.stdout.is_empty(), "nothing on stdout");
 }
 
+/// `trace` and `check` flags; `serve`'s have their table in tests/serve.rs.
 #[test]
 fn bad_flag_values() {
     let cases: &[(&[&str], &str)] = &[
@@ -33,16 +34,6 @@ fn bad_flag_values() {
         (&["trace", "--ring-kib", "x"], "not a number"),
         (&["trace", "--comm"], "a value is required"),
         (&["check", "--mode", "fexit"], "invalid value 'fexit'"),
-        (&["serve", "--web.listen-address", "nonsense"], "is not HOST:PORT"),
-        (&["serve", "--web.listen-address", "127.0.0.1:99999"], "is not HOST:PORT"),
-        (&["serve", "--web.telemetry-path", "metrics"], "must be a path like /metrics"),
-        (&["serve", "--web.telemetry-path", "/"], "must be a path like /metrics"),
-        (&["serve", "--log-format", "xml"], "invalid value 'xml'"),
-        (&["serve", "--log-level", "loud"], "invalid value 'loud'"),
-        (&["serve", "--max-label-values", "abc"], "invalid value 'abc'"),
-        (&["serve", "--max-label-values", "-1"], "unexpected argument '-1'"),
-        (&["serve", "--mode", "x"], "invalid value 'x'"),
-        (&["serve", "--events-log"], "a value is required"),
     ];
     for (args, needle) in cases {
         one_line_error(&agent(args, &[]), 2, needle);

@@ -45,7 +45,10 @@ fn bad_flag_values() {
         (&["serve", "--log-level", "loud"], "invalid value 'loud'"),
         (&["serve", "--max-label-values", "abc"], "invalid value 'abc'"),
         (&["serve", "--max-label-values", "20000"], "20000 is not in 0..=10000"),
+        (&["serve", "--max-label-values", "-1"], "unexpected argument '-1'"),
         (&["serve", "--mode", "uprobe"], "invalid value 'uprobe'"),
+        (&["serve", "--events-log"], "a value is required"),
+        (&["serve", "--web.config.file"], "a value is required"),
     ];
     for (args, needle) in cases {
         one_line_error(&agent(args), 2, needle);
