@@ -8,13 +8,9 @@
 //! 3. drop every capability (capset is per thread, so before any thread exists);
 //! 4. only then start the runtime whose worker threads parse what clients send.
 pub mod auth;
-pub mod cap;
 pub mod http;
 pub mod listen;
 pub mod logging;
-pub mod metrics;
-pub mod outcomes;
-pub mod sinks;
 pub mod webconfig;
 
 use std::{
@@ -30,8 +26,6 @@ use prometheus::Registry;
 
 use self::{
     http::{Limits, Site},
-    metrics::KernelMetrics,
-    sinks::{EventMetrics, EventsLog, Tee},
     webconfig::WebConfig,
 };
 use crate::{
@@ -40,7 +34,11 @@ use crate::{
     filter::Filter,
     pipeline::{self, Pipeline},
     session::Session,
-    sink::Sink,
+    sink::{
+        Sink,
+        events::{EventMetrics, EventsLog, Tee},
+        metrics::{self, KernelMetrics},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]

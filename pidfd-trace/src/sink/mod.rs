@@ -1,5 +1,9 @@
 //! Sinks: where decoded events go. Each only formats and delivers.
+pub mod cap;
+pub mod events;
 pub mod json;
+pub mod metrics;
+pub mod outcomes;
 pub mod text;
 
 use std::io;
