@@ -29,6 +29,10 @@ pub struct Event {
     pub container_id: Option<String>,
     /// The Kubernetes pod UID when the cgroup path runs through a pod.
     pub pod_uid: Option<String>,
+    /// The container runtime the cgroup2 path shows (`docker`, `containerd`, ...), set by the
+    /// enricher with `container_id`; a metric label only (not in the JSON schema).
+    #[serde(skip)]
+    pub container_runtime: Option<&'static str>,
     pub flags: u64,
     pub flag_names: Vec<String>,
     pub ret: i64,

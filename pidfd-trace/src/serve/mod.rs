@@ -30,12 +30,13 @@ use self::{
 };
 use crate::{
     cli::ServeArgs,
+    counters::Counters,
     decode::Decoder,
     filter::Filter,
     pipeline::{self, Pipeline},
     session::Session,
     sink::{
-        Sink,
+        Sink, Totals,
         events::{EventMetrics, EventsLog, Tee},
         metrics::{self, KernelMetrics},
     },
@@ -102,7 +103,7 @@ async fn serve(
 ) -> Result<()> {
     let registry = Registry::new();
     metrics::register_build_info(&registry, &session.facts.release)?;
-    metrics::register_attach_plan(&registry, &session.plan, &session.probes.attached)?;
+    metrics::register_attach_plan(&registry, &session.plan_rows())?;
     let mut kernel = KernelMetrics::register(&registry, session.facts.sem)?;
     let mut event_metrics = EventMetrics::register(&registry, usize::from(args.max_label_values))?;
     let mut events_log = match log_out {
@@ -141,18 +142,17 @@ async fn serve(
         sink: &mut tee,
         totals: Default::default(),
     };
-    let mut refresh = |s: &Session, totals: &pipeline::Totals| -> Result<()> {
-        kernel.refresh(&s.probes.outcomes()?, &s.probes.stats()?, totals);
+    let mut refresh = |counters: &Counters, totals: &Totals| -> Result<()> {
+        kernel.refresh(counters, totals);
         Ok(())
     };
     let result = pipeline::run_with_tick(&mut session, &mut pipe, &mut refresh).await;
     let totals = pipe.totals;
     let _ = tee.flush();
     server.abort();
-    let lost = session.probes.stats().map(|s| s[pidfd_trace_common::stats::LOST as usize]).unwrap_or(0);
     // Dropping the session detaches every program.
     drop(session);
-    result?;
+    let lost = result?.stat(pidfd_trace_common::stats::LOST);
     info!(
         "stopped: {} events received, {} lost, {} undecodable; programs detached",
         totals.delivered, lost, totals.decode_errors

@@ -10,6 +10,17 @@ use std::io;
 
 use crate::event::Event;
 
+/// Counts of one run, kept by the pipeline, for the closing summary and the metrics sink.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    /// Records read from the ring buffer.
+    pub delivered: u64,
+    /// Events that passed the filter and went to the sink.
+    pub shown: u64,
+    /// Records that could not be decoded (dropped).
+    pub decode_errors: u64,
+}
+
 /// One output interface for every sink.
 pub trait Sink {
     fn event(&mut self, ev: &Event) -> io::Result<()>;
@@ -36,6 +47,7 @@ mod tests {
             cgroup: None,
             container_id: None,
             pod_uid: None,
+            container_runtime: None,
             flags: 0x1000,
             flag_names: vec!["CLONE_PIDFD".into()],
             ret: -24,
