@@ -237,6 +237,46 @@ pub struct FnHook {
     pub targets: Vec<FnTarget>,
 }
 
+/// One kernel function's parameter count: what the programs expect and what this kernel's
+/// BTF says. `check --output json` prints these as `"prototypes"` (docs/cli.md); the VM
+/// matrix fails a guest where one is not `ok`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PrototypeCheck {
+    /// The kernel function (BTF FUNC name).
+    pub function: &'static str,
+    /// Parameters the programs were written for (the `// prototype:` lines in
+    /// pidfd-trace-ebpf, checked against this table by a unit test).
+    pub expected_params: usize,
+    /// Parameters in this kernel's BTF; `null` when BTF has no such function (inlined or
+    /// absent).
+    pub btf_params: Option<usize>,
+    /// `btf_params == expected_params`.
+    pub ok: bool,
+}
+
+/// Every kernel function a function hook attaches to on this kernel (chosen by `has_func`),
+/// with its parameter count checked against `btf_params` (BTF: count of a function's
+/// parameters, `None` if absent).
+pub fn check_prototypes(
+    has_func: &dyn Fn(&str) -> bool,
+    btf_params: &dyn Fn(&str) -> Option<usize>,
+) -> Vec<PrototypeCheck> {
+    let mut out: Vec<PrototypeCheck> = Vec::new();
+    for t in function_hooks(has_func).into_iter().flat_map(|h| h.targets) {
+        if out.iter().any(|c| c.function == t.func) {
+            continue;
+        }
+        let btf = btf_params(t.func);
+        out.push(PrototypeCheck {
+            function: t.func,
+            expected_params: t.params,
+            btf_params: btf,
+            ok: btf == Some(t.params),
+        });
+    }
+    out
+}
+
 /// The function hooks for this kernel. The pidfd creation step moved from anon inodes to
 /// pidfs in 6.9; which one applies is read from BTF/kallsyms, never from the version.
 pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
@@ -301,5 +341,88 @@ mod tests {
         assert_eq!(EventKind::try_from(0), Err(0));
         let names: std::collections::HashSet<&str> = events().map(EventHook::name).collect();
         assert_eq!(names.len(), EventKind::ALL.len(), "event names are unique");
+    }
+
+    /// The `// prototype: <function>/<nparams>: <C prototype> [<first>-<last>]` lines of the
+    /// kernel programs: exactly one right above each program, and each count agrees with this
+    /// table (function hooks: `params`; syscalls: at least the arguments the row reads).
+    #[test]
+    fn kernel_programs_carry_checked_prototypes() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pidfd-trace-ebpf/src");
+        let mut files = vec![root.clone()];
+        let mut sources = Vec::new();
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                sources.push((p.clone(), std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+        let mut hooks = function_hooks(&|_| true);
+        hooks.extend(function_hooks(&|_| false));
+        let fns: Vec<FnTarget> = hooks.into_iter().flat_map(|h| h.targets).collect();
+        let mut syscalls_seen = std::collections::HashSet::new();
+        let (mut programs, mut protos) = (0, 0);
+        for (path, text) in &sources {
+            let lines: Vec<&str> = text.lines().collect();
+            protos += lines.iter().filter(|l| l.trim_start().starts_with("// prototype:")).count();
+            for (i, l) in lines.iter().enumerate() {
+                let attr = ["#[tracepoint", "#[fentry", "#[fexit", "#[kprobe", "#[kretprobe"];
+                if !attr.iter().any(|a| l.starts_with(a)) {
+                    continue;
+                }
+                programs += 1;
+                let mut j = i;
+                while j > 0 && (lines[j - 1].starts_with("///") || lines[j - 1].starts_with("#[")) {
+                    j -= 1;
+                }
+                let where_ = format!("{}:{}", path.display(), i + 1);
+                let proto = lines[..j]
+                    .last()
+                    .and_then(|l| l.strip_prefix("// prototype: "))
+                    .unwrap_or_else(|| panic!("{where_}: no `// prototype:` line above the program"));
+                let (name, rest) = proto.split_once('/').expect("<function>/<nparams>");
+                let (n, rest) = rest.split_once(": ").expect("<nparams>: <C prototype>");
+                let n: usize = n.parse().expect("nparams is a number");
+                assert!(rest.ends_with(']') && rest.contains(" ["), "{where_}: ends with [<first>-<last>]");
+                if let Some(sys) = name.strip_prefix("syscall:") {
+                    if sys == "*" {
+                        continue;
+                    }
+                    let row = events().find(|r| r.name() == sys).unwrap_or_else(|| panic!("{where_}: {sys}"));
+                    assert!(row.tracepoint.args.len() <= n, "{where_}: {sys} reads more than {n} arguments");
+                    assert!(rest.contains(&format!("SYSCALL_DEFINE{n}({sys},")), "{where_}");
+                    syscalls_seen.insert(sys.to_string());
+                } else {
+                    let t = fns.iter().find(|t| t.func == name).unwrap_or_else(|| panic!("{where_}: {name}"));
+                    assert_eq!(t.params, n, "{where_}: hooks.rs says {name} has {} parameters", t.params);
+                }
+            }
+        }
+        assert!(programs > 0);
+        assert_eq!(programs, protos, "one prototype line per program, no stray ones");
+        for row in events() {
+            assert!(syscalls_seen.contains(row.name()), "no program carries syscall:{}", row.name());
+        }
+    }
+
+    #[test]
+    fn prototype_checks() {
+        let btf = |f: &str| match f {
+            "copy_process" => Some(4),
+            "cgroup_can_fork" => Some(3),
+            _ => None,
+        };
+        let got = check_prototypes(&|f| f == "pidfs_alloc_file", &btf);
+        let summary: Vec<(&str, usize, Option<usize>, bool)> =
+            got.iter().map(|c| (c.function, c.expected_params, c.btf_params, c.ok)).collect();
+        assert_eq!(
+            summary,
+            [
+                ("copy_process", 4, Some(4), true),
+                ("pidfs_alloc_file", 2, None, false),
+                ("cgroup_can_fork", 2, Some(3), false)
+            ]
+        );
     }
 }

@@ -12,40 +12,42 @@ fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
     save(&entry(kind, flags, arg0, arg1, 0, target_pid));
 }
 
-// SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags)
+// prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_open")]
 pub fn sys_enter_pidfd_open(ctx: TracePointContext) -> u32 {
     enter(EventKind::PidfdOpen, arg(&ctx, 1), arg(&ctx, 0), 0);
     0
 }
 
+// prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_open")]
 pub fn sys_exit_pidfd_open(ctx: TracePointContext) -> u32 {
     exit_simple(&ctx);
     0
 }
 
-// SYSCALL_DEFINE3(pidfd_getfd, int, pidfd, int, fd, unsigned int, flags)
+// prototype: syscall:pidfd_getfd/3: SYSCALL_DEFINE3(pidfd_getfd, int, pidfd, int, fd, unsigned int, flags) [5.6-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_getfd")]
 pub fn sys_enter_pidfd_getfd(ctx: TracePointContext) -> u32 {
     enter(EventKind::PidfdGetfd, arg(&ctx, 2), arg(&ctx, 0), arg(&ctx, 1));
     0
 }
 
+// prototype: syscall:pidfd_getfd/3: SYSCALL_DEFINE3(pidfd_getfd, int, pidfd, int, fd, unsigned int, flags) [5.6-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_getfd")]
 pub fn sys_exit_pidfd_getfd(ctx: TracePointContext) -> u32 {
     exit_simple(&ctx);
     0
 }
 
-// SYSCALL_DEFINE4(pidfd_send_signal, int, pidfd, int, sig, siginfo_t __user *, info,
-//                 unsigned int, flags)
+// prototype: syscall:pidfd_send_signal/4: SYSCALL_DEFINE4(pidfd_send_signal, int, pidfd, int, sig, siginfo_t __user *, info, unsigned int, flags) [5.1-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_send_signal")]
 pub fn sys_enter_pidfd_send_signal(ctx: TracePointContext) -> u32 {
     enter(EventKind::PidfdSendSignal, arg(&ctx, 3), arg(&ctx, 0), arg(&ctx, 1));
     0
 }
 
+// prototype: syscall:pidfd_send_signal/4: SYSCALL_DEFINE4(pidfd_send_signal, int, pidfd, int, sig, siginfo_t __user *, info, unsigned int, flags) [5.1-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_send_signal")]
 pub fn sys_exit_pidfd_send_signal(ctx: TracePointContext) -> u32 {
     exit_simple(&ctx);
