@@ -121,8 +121,7 @@ impl Decoder {
             pidfd_allocated: classify::pidfd_allocated(kind, errno, r.hints, self.sem),
             copy_process_ns: saved(Saved::CopyProcessNs)
                 .filter(|&ns| r.hints & hints::COPY_PROCESS != 0 && ns > 0),
-            // Only when the kernel could not resolve it: the enricher tries /proc.
-            used_pidfd: passed_pidfd.filter(|_| r.target_pid <= 0),
+            used_pidfd: passed_pidfd,
         }
     }
 }

@@ -14,7 +14,10 @@ thread_local! {
 /// `/proc/<pid>/fdinfo/<pidfd>` ("Pid:" line, 5.3+). Racy by nature: if the caller already
 /// closed the pidfd the field stays null rather than guessed.
 pub fn enrich(ev: &mut Event) {
-    if let Some(fd) = ev.used_pidfd {
+    // Only when the kernel could not resolve the pidfd at syscall entry.
+    if ev.target_pid.is_none()
+        && let Some(fd) = ev.used_pidfd
+    {
         ev.target_pid = pidfd_target(ev.pid, fd);
     }
     let info =

@@ -2,7 +2,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use pidfd_trace_common::EventKind;
 
-use super::{arg, entry, exit_simple, save};
+use super::{arg, entry, exit_simple, exit_use, save};
 use crate::task::pidfd_target;
 
 #[inline(always)]
@@ -36,7 +36,7 @@ pub fn sys_enter_pidfd_getfd(ctx: TracePointContext) -> u32 {
 // prototype: syscall:pidfd_getfd/3: SYSCALL_DEFINE3(pidfd_getfd, int, pidfd, int, fd, unsigned int, flags) [5.6-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_getfd")]
 pub fn sys_exit_pidfd_getfd(ctx: TracePointContext) -> u32 {
-    exit_simple(&ctx);
+    exit_use(&ctx);
     0
 }
 
@@ -50,6 +50,6 @@ pub fn sys_enter_pidfd_send_signal(ctx: TracePointContext) -> u32 {
 // prototype: syscall:pidfd_send_signal/4: SYSCALL_DEFINE4(pidfd_send_signal, int, pidfd, int, sig, siginfo_t __user *, info, unsigned int, flags) [5.1-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_send_signal")]
 pub fn sys_exit_pidfd_send_signal(ctx: TracePointContext) -> u32 {
-    exit_simple(&ctx);
+    exit_use(&ctx);
     0
 }

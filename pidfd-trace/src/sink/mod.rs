@@ -98,7 +98,8 @@ mod tests {
         ] {
             assert_eq!(v[k], want, "field {k}");
         }
-        assert!(v.get("used_pidfd").is_none(), "internal fields stay out of the schema");
+        assert_eq!(v["used_pidfd"], serde_json::Value::Null);
+        assert!(v.get("container_runtime").is_none(), "metric-only fields stay out of the schema");
     }
 
     #[test]
