@@ -89,6 +89,8 @@ event_kinds! {
     PidfdGetfd = 4 => "pidfd_getfd",
     /// pidfd_send_signal(2).
     PidfdSendSignal = 5 => "pidfd_send_signal",
+    /// waitid(2) with P_PIDFD.
+    Waitid = 6 => "waitid",
 }
 
 /// How an event was observed.

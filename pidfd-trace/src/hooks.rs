@@ -68,7 +68,6 @@ pub enum Feeds {
     /// `pidfd_trace_signals_total{signal}` and `pidfd_trace_signal_failures_total{errno}`.
     Signal,
     /// `pidfd_trace_pidfd_uses_total{op,outcome}` with `op` = the event name.
-    #[allow(dead_code, reason = "its first row is waitid (issue 11)")]
     Use,
 }
 
@@ -142,6 +141,18 @@ pub const PIDFD_OPEN_FLAGS: &[(u64, &str)] = &[(0o4000, "PIDFD_NONBLOCK"), (0o20
 pub const SIGNAL_FLAGS: &[(u64, &str)] =
     &[(1, "PIDFD_SIGNAL_THREAD"), (2, "PIDFD_SIGNAL_THREAD_GROUP"), (4, "PIDFD_SIGNAL_PROCESS_GROUP")];
 
+/// waitid(2) options (include/uapi/linux/wait.h).
+pub const WAIT_OPTIONS: &[(u64, &str)] = &[
+    (0x0000_0001, "WNOHANG"),
+    (0x0000_0002, "WSTOPPED"),
+    (0x0000_0004, "WEXITED"),
+    (0x0000_0008, "WCONTINUED"),
+    (0x0100_0000, "WNOWAIT"),
+    (0x2000_0000, "__WNOTHREAD"),
+    (0x4000_0000, "__WALL"),
+    (0x8000_0000, "__WCLONE"),
+];
+
 const NO_FLAGS: FlagTable = FlagTable { names: &[], not_flags: 0 };
 
 const CLONE: EventHook = EventHook {
@@ -191,6 +202,18 @@ const PIDFD_SEND_SIGNAL: EventHook = EventHook {
     feeds: Feeds::Signal,
 };
 
+/// waitid(P_PIDFD, pidfd, infop, options, ru): only P_PIDFD calls are recorded.
+const WAITID: EventHook = EventHook {
+    kind: EventKind::Waitid,
+    tracepoint: Tracepoint { args: &["which", "upid", "infop", "options"] },
+    flags: FlagTable { names: WAIT_OPTIONS, not_flags: 0 },
+    arg0: Saved::Pidfd,
+    arg1: Saved::Unused,
+    returns: Returns::Other,
+    stage: StageRule::None,
+    feeds: Feeds::Use,
+};
+
 /// The row of `kind`. Exhaustive: a new `EventKind` does not build until it has a row.
 pub const fn event(kind: EventKind) -> &'static EventHook {
     match kind {
@@ -199,6 +222,7 @@ pub const fn event(kind: EventKind) -> &'static EventHook {
         EventKind::PidfdOpen => &PIDFD_OPEN,
         EventKind::PidfdGetfd => &PIDFD_GETFD,
         EventKind::PidfdSendSignal => &PIDFD_SEND_SIGNAL,
+        EventKind::Waitid => &WAITID,
     }
 }
 
@@ -404,6 +428,29 @@ mod tests {
         for row in events() {
             assert!(syscalls_seen.contains(row.name()), "no program carries syscall:{}", row.name());
         }
+    }
+
+    #[test]
+    fn waitid_row() {
+        use pidfd_trace_common::CounterKey;
+
+        use crate::sink::outcomes::{Family, series};
+        assert_eq!(
+            crate::names::flag_names(EventKind::Waitid, 0x4000_0005),
+            ["WNOHANG", "WEXITED", "__WALL"]
+        );
+        let key = |errno| CounterKey {
+            kind: EventKind::Waitid as u8,
+            hints: 0,
+            signal: 0,
+            _pad: 0,
+            errno,
+            flag_bits: 0,
+        };
+        let s = |o: &str| vec![(Family::Uses, vec!["waitid".to_string(), o.to_string()])];
+        assert_eq!(series(&key(0), Default::default()), s("ok"));
+        assert_eq!(series(&key(10), Default::default()), s("ECHILD"));
+        assert!(crate::sink::outcomes::initial_series().contains(&s("ok")[0]));
     }
 
     #[test]
