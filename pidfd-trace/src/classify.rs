@@ -12,7 +12,7 @@ const EINVAL: u32 = 22;
 const ENFILE: u32 = 23;
 const EMFILE: u32 = 24;
 
-/// Failure stages of the JSON `stage` field and the metrics' `stage` label (DESIGN.md).
+/// Failure stages of the JSON `stage` field and the metrics' `stage` label (docs/events.md, README.md's metric table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
