@@ -24,6 +24,9 @@ pub fn finish<C: EbpfContext>(
     let kind = st.kind;
     let hints = st.hints | hints;
     count_outcome(ctx, kind, hints, st, ret);
+    if kind == pidfd_trace_common::EventKind::PidfdGetfd as u8 {
+        crate::risk::count(&st.facts);
+    }
 
     let seq = bump_stat(stats::RECORDS);
     let Some(mut entry) = EVENTS.reserve::<EventRecord>(0) else {
@@ -55,6 +58,8 @@ pub fn finish<C: EbpfContext>(
         (*rec).hints = hints;
         (*rec)._pad = 0;
         (*rec).target_pid = st.target_pid;
+        (*rec).facts = st.facts;
+        crate::risk::file_path(&mut (*rec).path, st, ret);
         // Zero-fills the buffer itself if it fails, so nothing uninitialised leaves.
         let comm = core::ptr::addr_of_mut!((*rec).comm);
         generated::bpf_get_current_comm(comm.cast(), size_of::<[u8; 16]>() as u32);

@@ -8,7 +8,7 @@ use crate::{
     classify::{self, KernelSemantics},
     event::Event,
     hooks::{self, Returns, Saved},
-    names,
+    names, risk,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -85,6 +85,9 @@ impl Decoder {
         };
         let passed_pidfd = saved(Saved::Pidfd).map(|v| v as i32);
         let signal_nr = saved(Saved::Signal);
+        // Target facts: only the calls that pass a pidfd gather them (risk.rs).
+        let f = r.facts;
+        let seen = passed_pidfd.is_some() && risk::target_seen(&f);
         Event {
             ts: r.ts_ns as i128 + self.boot_to_unix_ns,
             seq,
@@ -122,6 +125,15 @@ impl Decoder {
             copy_process_ns: saved(Saved::CopyProcessNs)
                 .filter(|&ns| r.hints & hints::COPY_PROCESS != 0 && ns > 0),
             used_pidfd: passed_pidfd,
+            risk: seen.then(|| risk::kernel_reasons(&f)),
+            target_exit: seen.then(|| risk::exit_names(&f)),
+            target_uid: seen.then_some(f.target_uid),
+            target_euid: seen.then_some(f.target_euid),
+            target_elevated: seen.then_some(f.risk & pidfd_trace_common::risk::TARGET_ELEVATED != 0),
+            target_cgroup_id: (seen && f.target_cgroup_id != 0).then_some(f.target_cgroup_id),
+            file_kind: risk::file_kind(&f),
+            file_path: risk::file_path(&f, &r.path),
+            facts: f,
         }
     }
 }
@@ -165,6 +177,8 @@ pub mod testing {
             _pad: 0,
             target_pid: 0,
             comm,
+            facts: Default::default(),
+            path: Default::default(),
         }
     }
 

@@ -1,7 +1,10 @@
 //! Adds what the kernel record does not carry, from /proc and cgroupfs, best effort: the
 //! process a pidfd refers to, and the caller's cgroup path and container. A value that
 //! cannot be found stays null.
-use crate::{cgroup, event::Event};
+use log::warn;
+use pidfd_trace_common::EventKind;
+
+use crate::{cgroup, event::Event, risk};
 
 /// The enrichment stage of the pipeline: owns the cgroup resolver and its bounded caches.
 pub struct Enricher {
@@ -40,6 +43,38 @@ fn enrich(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
         ev.pod_uid = c.pod_uid;
     }
     ev.cgroup = info.path;
+    risky_use(cgroups, ev);
+}
+
+/// The parts of README "Risky pidfd use" only user space can do: `cross_container` (both
+/// cgroups container-shaped, different containers) and the warn line of a risky pidfd_getfd.
+fn risky_use(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
+    let Some(reasons) = ev.risk.as_mut() else { return };
+    if ev.facts.risk & pidfd_trace_common::risk::CGROUP_DIFFERS != 0
+        && let Some(mine) = ev.container_id.as_deref()
+    {
+        let target_pid = ev.target_pid.unwrap_or(0).max(0) as u32;
+        let theirs = cgroups.lookup(ev.facts.target_cgroup_id, target_pid).container;
+        if theirs.is_some_and(|t| t.id != mine) {
+            reasons.push(risk::CROSS_CONTAINER);
+        }
+    }
+    if ev.event == EventKind::PidfdGetfd {
+        if !reasons.is_empty() {
+            warn!(
+                "risky pidfd_getfd: pid {} ({}) took fd {} of pid {} as fd {} (errno {}): risk [{}], file_kind {}, file_path {}",
+                ev.pid,
+                ev.comm,
+                ev.target_fd.unwrap_or(-1),
+                ev.target_pid.unwrap_or(0),
+                ev.ret,
+                ev.errno.as_deref().unwrap_or("none"),
+                reasons.join(","),
+                ev.file_kind.unwrap_or("unknown"),
+                ev.file_path.as_deref().unwrap_or("unknown"),
+            );
+        }
+    }
 }
 
 fn pidfd_target(pid: u32, fd: i32) -> Option<i64> {

@@ -1,7 +1,7 @@
 //! The decoded event every sink receives. Its JSON-lines schema is the contract in
 //! docs/events.md (one object per line, every field present, `null` when it does not apply);
 //! a field added here is added there.
-use pidfd_trace_common::EventKind;
+use pidfd_trace_common::{EventKind, TargetFacts};
 use serde::{Serialize, Serializer};
 
 use crate::classify::Stage;
@@ -44,6 +44,27 @@ pub struct Event {
     /// The pidfd a call that uses one passed (pidfd_getfd, pidfd_send_signal, ...); when the
     /// kernel could not resolve it to `target_pid`, the enricher tries /proc.
     pub used_pidfd: Option<i32>,
+    /// pidfd_getfd / pidfd_send_signal: why this use is risky (`target_exiting`,
+    /// `cred_mismatch`, `cross_container`; README "Risky pidfd use"), `[]` when it is not,
+    /// null when the kernel could not resolve the pidfd to its target.
+    pub risk: Option<Vec<&'static str>>,
+    /// The target's exit state as the kernel had it at entry (`group_exit`, `pf_exiting`,
+    /// `no_mm`, `zombie`); null when the target was not resolved.
+    pub target_exit: Option<Vec<&'static str>>,
+    /// The target's real and effective uid (initial user namespace).
+    pub target_uid: Option<u32>,
+    pub target_euid: Option<u32>,
+    /// The target runs with euid or suid other than its uid (a setuid program).
+    pub target_elevated: Option<bool>,
+    /// The target's cgroup2 id.
+    pub target_cgroup_id: Option<u64>,
+    /// pidfd_getfd: what the taken fd is (regular, socket, memfd, dma_buf, pidfd, anon_inode, ...).
+    pub file_kind: Option<&'static str>,
+    /// pidfd_getfd of a regular file: its path, resolved from /proc by the enricher.
+    pub file_path: Option<String>,
+    /// The raw target facts, for the enricher (not in the JSON schema).
+    #[serde(skip)]
+    pub facts: TargetFacts,
 }
 
 impl Event {

@@ -19,6 +19,7 @@ mod plan;
 mod preflight;
 mod privileges;
 mod probes;
+mod risk;
 mod serve;
 mod session;
 mod sink;

@@ -5,7 +5,7 @@ mod clone;
 mod pidfd;
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
-use pidfd_trace_common::{EnterState, EventKind, Mode, hints, stats};
+use pidfd_trace_common::{EnterState, EventKind, Mode, TargetFacts, hints, stats};
 
 use crate::{
     emit,
@@ -128,6 +128,7 @@ fn entry(kind: EventKind, flags: u64, arg0: u64, arg1: u64, uptr: u64, target_pi
         mode: Mode::Tracepoint as u8,
         _pad: 0,
         target_pid,
+        facts: TargetFacts::ZERO,
     }
 }
 

@@ -4,13 +4,20 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use pidfd_trace_common::EventKind;
 
 use super::{arg, entry, exit_simple, exit_use, save};
-use crate::task::pidfd_target;
+use crate::{risk, task::pidfd_target};
 
 #[inline(always)]
 fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
     // pidfd_getfd / pidfd_send_signal: resolve the pidfd now, while the caller still holds it.
     let target_pid = if kind == EventKind::PidfdOpen { 0 } else { pidfd_target(arg0) };
-    save(&entry(kind, flags, arg0, arg1, 0, target_pid));
+    let mut st = entry(kind, flags, arg0, arg1, 0, target_pid);
+    // The target facts (exiting, credentials, cgroup, the file taken) while the pidfd pins it.
+    match kind {
+        EventKind::PidfdGetfd => risk::gather(arg0, Some(arg1), &mut st.facts),
+        EventKind::PidfdSendSignal => risk::gather(arg0, None, &mut st.facts),
+        _ => {}
+    }
+    save(&st);
 }
 
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]

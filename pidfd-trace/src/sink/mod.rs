@@ -64,6 +64,15 @@ mod tests {
             pidfd_allocated: None,
             copy_process_ns: None,
             used_pidfd: None,
+            risk: None,
+            target_exit: None,
+            target_uid: None,
+            target_euid: None,
+            target_elevated: None,
+            target_cgroup_id: None,
+            file_kind: None,
+            file_path: None,
+            facts: Default::default(),
         }
     }
 
