@@ -270,7 +270,12 @@ unsafe fn walk(out: &mut PathParts, file: *const u8) {
             let Some(name) = read_ptr(dentry, ro.dentry_name) else { break };
             let slot = &mut out.names[depth & (PATH_PARTS - 1)];
             match bpf_probe_read_kernel_str_bytes(name, slot) {
-                Ok(s) if s.len() >= PATH_PART_BYTES - 1 => out.cut |= 1 << depth,
+                // A full slot is a cut name only if the name goes on past it.
+                Ok(s) if s.len() >= PATH_PART_BYTES - 1 => {
+                    if read::<u8>(name, (PATH_PART_BYTES - 1) as u32).unwrap_or(0) != 0 {
+                        out.cut |= 1 << depth;
+                    }
+                }
                 Ok(_) => {}
                 Err(_) => slot[0] = 0,
             }

@@ -74,6 +74,26 @@ pub const ALL: &[Scenario] = &[
         run: waitid_pidfd,
     },
     Scenario {
+        name: "getfd_exiting",
+        what: "pidfd_getfd from a child stopped at PTRACE_EVENT_EXIT after exit_group → risk target_exiting",
+        run: crate::risky::getfd_exiting,
+    },
+    Scenario {
+        name: "getfd_cred_mismatch",
+        what: "root takes fds from uid 65534 (plain, and with euid 0) → risk cred_mismatch",
+        run: crate::risky::getfd_cred_mismatch,
+    },
+    Scenario {
+        name: "getfd_cross_container",
+        what: "caller and target in two libpod-*.scope cgroups → risk cross_container",
+        run: crate::risky::getfd_cross_container,
+    },
+    Scenario {
+        name: "getfd_benign",
+        what: "2,000 pidfd_getfd of a live peer's memfd and socket, same uid and cgroup → no risk",
+        run: crate::risky::getfd_benign,
+    },
+    Scenario {
         name: "plain_fork_silent",
         what: "fork() without CLONE_PIDFD produces no event",
         run: plain_fork_silent,
@@ -103,7 +123,7 @@ fn errno(e: i64) -> Value {
 }
 
 /// The closing pidfd_open of ourselves, and the event it must produce.
-fn sentinel() -> Value {
+pub fn sentinel() -> Value {
     let pid = std::process::id() as i32;
     let fd = sys::pidfd_open(pid, 0);
     if fd >= 0 {

@@ -121,8 +121,21 @@ impl Agent {
     }
 }
 
+/// Collects `r`'s lines on a thread, then `<eof>`.
+pub fn collect_lines(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+        sink.lock().unwrap().push("<eof>".into());
+    });
+    lines
+}
+
 /// Runs one scenario process; returns its pid and the events it expects.
-fn run_scenario(name: &str, comm: Option<&str>) -> Result<(u64, Vec<Value>), String> {
+pub fn run_scenario(name: &str, comm: Option<&str>) -> Result<(u64, Vec<Value>), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.args(["scenario", name]);
@@ -228,6 +241,10 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
             }
             if wanted("filter_pid") {
                 outcomes.push(outcome("filter_pid", filter_pid(agent_bin, mode, timeout)));
+            }
+            if wanted("risky_counter") {
+                outcomes
+                    .push(outcome("risky_counter", crate::risky::counter_check(agent_bin, mode, timeout)));
             }
             if wanted("agent_stops_cleanly") {
                 outcomes.push(outcome("agent_stops_cleanly", agent.stop()));
