@@ -343,3 +343,39 @@ pub fn register_attach_plan(reg: &Registry, rows: &[PlanRow]) -> Result<(), Metr
     reg.register(Box::new(g))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use pidfd_trace_common::{RiskKey, risk};
+
+    use super::*;
+
+    fn key(bits: u8, caller: u64, target: u64) -> RiskKey {
+        RiskKey { caller_cgroup: caller, target_cgroup: target, risk: bits, _pad: [0; 7] }
+    }
+
+    #[test]
+    fn risky_reasons_from_kernel_keys() {
+        let reg = Registry::new();
+        let mut m = RiskyGetfd::register(&reg).unwrap();
+        let value = |m: &RiskyGetfd, r: &str| m.counter.with_label_values(&[r]).get();
+        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [0, 0, 0], "exported at 0");
+        // Cgroup ids that exist nowhere: never container-shaped, so not cross_container.
+        let pair = (u64::MAX - 1, u64::MAX - 2);
+        let c = Counters {
+            risky: vec![
+                (key(risk::TARGET_EXITING | risk::CRED_MISMATCH, 0, 0), 3),
+                (key(risk::CRED_MISMATCH, 0, 0), 2),
+                (key(risk::CGROUP_DIFFERS, pair.0, pair.1), 5),
+            ],
+            ..Default::default()
+        };
+        m.refresh(&c);
+        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [3, 5, 0]);
+        m.refresh(&c); // the kernel's totals again: nothing added
+        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [3, 5, 0]);
+        m.pairs.insert(pair, true); // a pair decided to be two containers
+        m.refresh(&c);
+        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [3, 5, 5]);
+    }
+}
