@@ -305,60 +305,135 @@ pub fn getfd_benign() -> Result<Vec<Value>, String> {
     Ok(want)
 }
 
-/// `pidfd_trace_getfd_risky_total{reason}` of a `serve` on 127.0.0.1: exported at 0 from the
-/// start, unchanged by the benign scenario, and raised by exactly what the risky scenarios
-/// did (exiting 1, cred_mismatch 2, cross_container 1). Only this suite makes risky getfds
-/// on the machine; the benign check compares deltas around our own run only.
-pub fn counter_check(agent: &Path, mode: &str, timeout: Duration) -> Result<(), String> {
-    let mut serve = std::process::Command::new(agent)
-        .args(["serve", "--mode", mode, "--web.listen-address", "127.0.0.1:0"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start serve: {e}"))?;
-    let lines = crate::suite::collect_lines(serve.stderr.take().expect("piped"));
-    let result = (|| {
-        let addr = wait_addr(&lines, timeout)?;
-        let before = risky(&addr)?;
-        if before.len() != 3 {
-            return Err(format!("want all three reasons exported from the start, got {before:?}"));
-        }
-        let getfd_before = total(&addr, "pidfd_trace_getfd_total ")?;
-        crate::suite::run_scenario("getfd_benign", None)?;
-        std::thread::sleep(Duration::from_millis(2500)); // two refreshes
-        let after = risky(&addr)?;
-        let getfd_after = total(&addr, "pidfd_trace_getfd_total ")?;
-        if after != before || getfd_after < getfd_before + 2 * BENIGN_EACH as u64 {
-            return Err(format!(
-                "benign: risky {before:?} -> {after:?} (must not move), getfd_total {getfd_before} -> {getfd_after} (must rise by >= {})",
-                2 * BENIGN_EACH
-            ));
-        }
-        for s in ["getfd_exiting", "getfd_cred_mismatch", "getfd_cross_container"] {
-            crate::suite::run_scenario(s, None)?;
-        }
-        let want = [("cred_mismatch", 2), ("cross_container", 1), ("target_exiting", 1)];
-        let deadline = Instant::now() + timeout;
-        loop {
-            let now = risky(&addr)?;
-            let delta: Vec<(String, u64)> = now
-                .iter()
-                .map(|(k, v)| (k.clone(), v - before.iter().find(|b| &b.0 == k).map_or(0, |b| b.1)))
-                .collect();
-            let want: Vec<(String, u64)> = want.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-            if delta == want {
-                return Ok(());
+/// What the risky scenarios add to `pidfd_trace_getfd_risky_total{reason}`, sorted by reason.
+const RISKY_DELTAS: [(&str, u64); 3] = [("cred_mismatch", 2), ("cross_container", 1), ("target_exiting", 1)];
+
+/// A `serve` beside the suite's `trace` agent, watching `pidfd_trace_getfd_risky_total`: all
+/// three reasons exported at 0 from the start, raised by exactly what getfd_exiting,
+/// getfd_cred_mismatch and getfd_cross_container did, and not at all by getfd_benign. Only
+/// this suite makes risky getfds on the machine, and deltas are taken around our own runs.
+pub struct CounterWatch {
+    serve: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    addr: String,
+    timeout: Duration,
+    start: Vec<(String, u64)>,
+    benign: Option<(Vec<(String, u64)>, u64)>,
+    /// getfd_benign ran between `before_benign` and `after_benign`.
+    checked: bool,
+    error: Option<String>,
+}
+
+impl CounterWatch {
+    pub fn start(agent: &Path, mode: &str, timeout: Duration) -> Result<Self, String> {
+        let mut serve = std::process::Command::new(agent)
+            .args(["serve", "--mode", mode, "--web.listen-address", "127.0.0.1:0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start serve: {e}"))?;
+        let lines = crate::suite::collect_lines(serve.stderr.take().expect("piped"));
+        let mut w = Self {
+            serve,
+            lines,
+            addr: String::new(),
+            timeout,
+            start: Vec::new(),
+            benign: None,
+            checked: false,
+            error: None,
+        };
+        let started = (|| {
+            w.addr = wait_addr(&w.lines, timeout)?;
+            w.start = risky(&w.addr)?;
+            if w.start.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>() != RISKY_DELTAS.map(|(r, _)| r) {
+                return Err(format!("want all three reasons exported from the start, got {:?}", w.start));
             }
-            if Instant::now() > deadline || delta.iter().zip(&want).any(|(d, w)| d.1 > w.1) {
-                return Err(format!("risky deltas {delta:?}, want {want:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(500));
+            Ok(())
+        })();
+        match started {
+            Ok(()) => Ok(w),
+            Err(e) => Err(w.stop(e)),
         }
-    })();
-    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
-    let _ = serve.wait();
-    result.map_err(|e| format!("{e}; serve said: {}", lines.lock().unwrap().join(" | ")))
+    }
+
+    fn deltas(&self) -> Result<Vec<(String, u64)>, String> {
+        let now = risky(&self.addr)?;
+        Ok(now
+            .iter()
+            .map(|(k, v)| (k.clone(), v - self.start.iter().find(|b| &b.0 == k).map_or(0, |b| b.1)))
+            .collect())
+    }
+
+    /// Before getfd_benign: the risky scenarios' counts must have arrived (polls up to the
+    /// timeout; the metrics refresh once a second), then they are the baseline.
+    pub fn before_benign(&mut self) {
+        let r = (|| {
+            let want: Vec<(String, u64)> = RISKY_DELTAS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let deadline = Instant::now() + self.timeout;
+            loop {
+                let d = self.deltas()?;
+                if d == want {
+                    return Ok((risky(&self.addr)?, total(&self.addr, "pidfd_trace_getfd_total ")?));
+                }
+                if Instant::now() > deadline || d.iter().zip(&want).any(|(d, w)| d.1 > w.1) {
+                    return Err(format!("risky scenarios: deltas {d:?}, want {want:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })();
+        match r {
+            Ok(b) => self.benign = Some(b),
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// After getfd_benign: two refreshes later nothing risky moved, while the getfd total rose
+    /// by at least the benign getfds.
+    pub fn after_benign(&mut self) {
+        let Some((before, getfd_before)) = self.benign.take() else { return };
+        self.checked = true;
+        std::thread::sleep(Duration::from_millis(2500));
+        let r = (|| {
+            let after = risky(&self.addr)?;
+            let getfd_after = total(&self.addr, "pidfd_trace_getfd_total ")?;
+            if after != before || getfd_after < getfd_before + 2 * BENIGN_EACH as u64 {
+                return Err(format!(
+                    "benign: risky {before:?} -> {after:?} (must not move), getfd_total {getfd_before} -> {getfd_after} (must rise by >= {})",
+                    2 * BENIGN_EACH
+                ));
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    /// The verdict; stops serve.
+    pub fn finish(mut self) -> Result<(), String> {
+        let err = match self.error.take() {
+            Some(e) => Some(e),
+            None if !self.checked => Some("getfd_benign did not run after the risky scenarios".to_string()),
+            None => None,
+        };
+        let msg = self.stop(err.clone().unwrap_or_default());
+        match err {
+            Some(_) => Err(msg),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGTERM to serve; `err` with serve's stderr appended (unchanged if empty).
+    fn stop(mut self, err: String) -> String {
+        unsafe { libc::kill(self.serve.id() as i32, libc::SIGTERM) };
+        let _ = self.serve.wait();
+        if err.is_empty() {
+            return err;
+        }
+        format!("{err}; serve said: {}", self.lines.lock().unwrap().join(" | "))
+    }
 }
 
 fn wait_addr(lines: &std::sync::Mutex<Vec<String>>, timeout: Duration) -> Result<String, String> {

@@ -229,11 +229,22 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
             }
         }
         Ok(agent) => {
+            // A serve beside the trace agent checks the risky-getfd counter around the risky
+            // scenarios and the benign one (risky.rs), without running them twice.
+            let mut watch =
+                wanted("risky_counter").then(|| crate::risky::CounterWatch::start(agent_bin, mode, timeout));
             for s in scenarios::ALL.iter().filter(|s| wanted(s.name)) {
+                let benign = s.name == "getfd_benign";
+                if benign && let Some(Ok(w)) = watch.as_mut() {
+                    w.before_benign();
+                }
                 let r = run_scenario(s.name, None).and_then(|(pid, mut want)| {
                     want.iter_mut().for_each(|w| expect_mode(w, mode));
                     check_exact(&agent, pid, &want, timeout)
                 });
+                if benign && let Some(Ok(w)) = watch.as_mut() {
+                    w.after_benign();
+                }
                 outcomes.push(outcome(s.name, r));
             }
             if wanted("filter_comm_failures_only") {
@@ -242,9 +253,8 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
             if wanted("filter_pid") {
                 outcomes.push(outcome("filter_pid", filter_pid(agent_bin, mode, timeout)));
             }
-            if wanted("risky_counter") {
-                outcomes
-                    .push(outcome("risky_counter", crate::risky::counter_check(agent_bin, mode, timeout)));
+            if let Some(w) = watch {
+                outcomes.push(outcome("risky_counter", w.and_then(|w| w.finish())));
             }
             if wanted("agent_stops_cleanly") {
                 outcomes.push(outcome("agent_stops_cleanly", agent.stop()));
