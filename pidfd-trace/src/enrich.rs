@@ -59,21 +59,19 @@ fn risky_use(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
             reasons.push(risk::CROSS_CONTAINER);
         }
     }
-    if ev.event == EventKind::PidfdGetfd {
-        if !reasons.is_empty() {
-            warn!(
-                "risky pidfd_getfd: pid {} ({}) took fd {} of pid {} as fd {} (errno {}): risk [{}], file_kind {}, file_path {}",
-                ev.pid,
-                ev.comm,
-                ev.target_fd.unwrap_or(-1),
-                ev.target_pid.unwrap_or(0),
-                ev.ret,
-                ev.errno.as_deref().unwrap_or("none"),
-                reasons.join(","),
-                ev.file_kind.unwrap_or("unknown"),
-                ev.file_path.as_deref().unwrap_or("unknown"),
-            );
-        }
+    if ev.event == EventKind::PidfdGetfd && !reasons.is_empty() {
+        warn!(
+            "risky pidfd_getfd: pid {} ({}) took fd {} of pid {} as fd {} (errno {}): risk [{}], file_kind {}, file_path {}",
+            ev.pid,
+            ev.comm,
+            ev.target_fd.unwrap_or(-1),
+            ev.target_pid.unwrap_or(0),
+            ev.ret,
+            ev.errno.as_deref().unwrap_or("none"),
+            reasons.join(","),
+            ev.file_kind.unwrap_or("unknown"),
+            ev.file_path.as_deref().unwrap_or("unknown"),
+        );
     }
 }
 
