@@ -28,6 +28,9 @@ pub enum Command {
     /// Run as a service: Prometheus metrics over HTTP and a JSON-lines event log, until
     /// SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// List every open pidfd on the host now (holder, target, state), from /proc; works
+    /// with or without an agent running. Needs root to see other users' processes.
+    Ls(LsArgs),
     /// Benchmark floor for `cargo xtask bench`: attach a per-CPU counter program to the
     /// given tracepoints and wait for SIGTERM.
     #[command(hide = true)]
@@ -82,6 +85,22 @@ pub struct TraceArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Output format: columns with a total line, or one JSON object per pidfd.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Only pidfds held by this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only pidfds held by processes whose command name is exactly NAME (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Only stale pidfds: their process has exited and been reaped.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address to serve metrics on: HOST:PORT, [IPv6]:PORT or :PORT (all IPv4 interfaces).
     #[arg(
@@ -120,6 +139,18 @@ pub struct ServeArgs {
     /// the rest summed under `other`.
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=10000))]
     pub max_label_values: u16,
+    /// How often the open-pidfd inventory (the `pidfd_trace_open_pidfds` and
+    /// `pidfd_trace_stale_pidfds` gauges, leak detection) re-reads /proc: 500ms, 30s, 5m, ...
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::inventory::refresh::parse_duration)]
+    pub inventory_interval: std::time::Duration,
+    /// Leak detection window W: a process is suspected when its open (or stale) pidfds rose by
+    /// at least --leak-min-growth over W and in both halves of W; cleared when they did not
+    /// rise over the last W/2.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::inventory::refresh::parse_duration)]
+    pub leak_window: std::time::Duration,
+    /// Leak detection: the least rise over the window that counts as growing.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub leak_min_growth: u64,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }

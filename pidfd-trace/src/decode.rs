@@ -109,6 +109,7 @@ impl Decoder {
             duration_ns: r.duration_ns,
             pidfd_allocated: classify::pidfd_allocated(kind, errno, r.hints, self.sem),
             copy_process_ns: (is_clone && r.hints & hints::COPY_PROCESS != 0 && r.arg0 > 0).then_some(r.arg0),
+            caller_open_pidfds: None,
             // Only when the kernel could not resolve it: the enricher tries /proc.
             used_pidfd: (matches!(kind, EventKind::PidfdGetfd | EventKind::PidfdSendSignal)
                 && r.target_pid <= 0)

@@ -8,7 +8,8 @@
 //! `child_pid` (clone) / `target_pid` (the process a pidfd refers to); `signal` (name) and
 //! `signal_nr`, `target_fd`; `mode` fexit|kprobe|tracepoint; `duration_ns` entry to exit;
 //! `pidfd_allocated` whether the failure came after the pidfd existed (function probes only);
-//! `copy_process_ns` how long copy_process ran (function probes only).
+//! `copy_process_ns` how long copy_process ran (function probes only);
+//! `caller_open_pidfds` the pidfds the caller held when a creation failed at `fd_alloc`.
 use pidfd_trace_common::EventKind;
 use serde::{Serialize, Serializer};
 
@@ -45,6 +46,10 @@ pub struct Event {
     pub pidfd_allocated: Option<bool>,
     /// How long copy_process ran for this clone, when a function probe timed it.
     pub copy_process_ns: Option<u64>,
+    /// For a creation that failed for want of an fd (`stage` fd_alloc: EMFILE/ENFILE): how
+    /// many pidfds the caller held, counted from its `/proc/<pid>/fd` when the agent enriched
+    /// the record (README "Open pidfds").
+    pub caller_open_pidfds: Option<usize>,
     /// The pidfd a getfd/send_signal call passed; the enricher resolves it to `target_pid`.
     #[serde(skip)]
     pub used_pidfd: Option<i32>,

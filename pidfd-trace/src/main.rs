@@ -10,7 +10,9 @@ mod enrich;
 mod event;
 mod filter;
 mod floor;
+mod inventory;
 mod loader;
+mod ls;
 mod names;
 mod pipeline;
 mod plan;
@@ -56,6 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace(args) => runtime()?.block_on(trace::run(args)),
         Command::BenchFloor(args) => floor::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Ls(args) => ls::run(args),
     }
 }
 

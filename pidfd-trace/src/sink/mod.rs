@@ -47,6 +47,7 @@ mod tests {
             duration_ns: 900,
             pidfd_allocated: None,
             copy_process_ns: None,
+            caller_open_pidfds: None,
             used_pidfd: None,
         }
     }
