@@ -141,8 +141,10 @@ pub struct ServeArgs {
     pub max_label_values: u16,
     /// How often the open-pidfd inventory (the `pidfd_trace_open_pidfds` and
     /// `pidfd_trace_stale_pidfds` gauges, leak detection) re-reads /proc: 500ms, 30s, 5m, ...
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::inventory::refresh::parse_duration)]
-    pub inventory_interval: std::time::Duration,
+    /// [default: 30s, stretched on hosts where one scan costs more than 1% of it in CPU; a
+    /// value given here is kept as is]
+    #[arg(long, value_name = "DURATION", value_parser = crate::inventory::refresh::parse_duration)]
+    pub inventory_interval: Option<std::time::Duration>,
     /// Leak detection window W: a process is suspected when its open (or stale) pidfds rose by
     /// at least --leak-min-growth over W and in both halves of W; cleared when they did not
     /// rise over the last W/2.

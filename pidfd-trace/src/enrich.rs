@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{classify::Stage, cgroup, event::Event, inventory::helper::Helper};
+use crate::{cgroup, classify::Stage, event::Event, inventory::helper::Helper};
 
 /// The inventory helper that counts a caller's pidfds for an agent without capabilities;
 /// without one (tests, `check`) the agent reads `/proc` itself.

@@ -52,7 +52,10 @@ fn sort_biggest_first(rows: &mut [&OpenPidfd]) {
         *per.entry(r.holder_pid).or_insert(0) += 1;
     }
     rows.sort_by(|a, b| {
-        per[&b.holder_pid].cmp(&per[&a.holder_pid]).then(a.holder_pid.cmp(&b.holder_pid)).then(a.fd.cmp(&b.fd))
+        per[&b.holder_pid]
+            .cmp(&per[&a.holder_pid])
+            .then(a.holder_pid.cmp(&b.holder_pid))
+            .then(a.fd.cmp(&b.fd))
     });
 }
 
@@ -133,6 +136,8 @@ mod tests {
         write_text(&mut buf, &rows, &Scan::default()).unwrap();
         let text = String::from_utf8(buf).unwrap();
         assert!(text.starts_with("HOLDER") && text.lines().count() == 6, "{text}");
-        assert!(text.lines().last().unwrap().starts_with("total: 4 open pidfds (0 stale) held by 3 processes"));
+        assert!(
+            text.lines().last().unwrap().starts_with("total: 4 open pidfds (0 stale) held by 3 processes")
+        );
     }
 }

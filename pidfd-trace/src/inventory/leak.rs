@@ -109,7 +109,9 @@ impl Detector {
                 (n >= a + self.rule.min_growth && n > b && b > a)
                     .then(|| (n - a) as f64 * 60.0 / (now - f.0).max(1e-9))
             };
-            let still = |pick: fn(&(f64, u64, u64)) -> u64| half.is_some_and(|hf| pick(&(now, c.open, c.stale)) > pick(&hf));
+            let still = |pick: fn(&(f64, u64, u64)) -> u64| {
+                half.is_some_and(|hf| pick(&(now, c.open, c.stale)) > pick(&hf))
+            };
             if !h.suspected {
                 if now - h.first_seen < w {
                     continue;

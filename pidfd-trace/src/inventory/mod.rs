@@ -185,7 +185,8 @@ fn refresh_cpu() -> Duration {
 
 /// `12 processes: 1 systemd (Permission denied), 230 sshd (...), ...`: the first few.
 pub fn describe_unreadable(u: &[Unreadable]) -> String {
-    let mut s: Vec<String> = u.iter().take(5).map(|x| format!("{} {} ({})", x.pid, x.comm, x.error)).collect();
+    let mut s: Vec<String> =
+        u.iter().take(5).map(|x| format!("{} {} ({})", x.pid, x.comm, x.error)).collect();
     if u.len() > 5 {
         s.push(format!("and {} more", u.len() - 5));
     }
@@ -292,7 +293,8 @@ fn scan_process(
                 let p = p as u32;
                 match targets.get(p) {
                     Some((s, c)) => {
-                        let st = if matches!(s, 'Z' | 'X') { TargetState::Zombie } else { TargetState::Alive };
+                        let st =
+                            if matches!(s, 'Z' | 'X') { TargetState::Zombie } else { TargetState::Alive };
                         (Some(p), st, Some(c))
                     }
                     // Reaped between the fdinfo read and now.
@@ -424,7 +426,8 @@ mod tests {
 
     #[test]
     fn fdinfo_of_a_pidfd() {
-        let i = parse_fdinfo("pos:\t0\nflags:\t02004202\nmnt_id:\t4\nino:\t9421\nPid:\t9420\nNSpid:\t9420\t7\n");
+        let i =
+            parse_fdinfo("pos:\t0\nflags:\t02004202\nmnt_id:\t4\nino:\t9421\nPid:\t9420\nNSpid:\t9420\t7\n");
         assert_eq!(i, FdInfo { flags: 0o2004202, ino: Some(9421), pid: Some(9420), ns_pid: Some(7) });
         assert!(i.flags & O_NONBLOCK != 0 && i.flags & O_EXCL != 0);
         let reaped = parse_fdinfo("pos:\t0\nflags:\t02000002\nPid:\t-1\nNSpid:\t-1\n");

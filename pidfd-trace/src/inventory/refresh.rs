@@ -23,9 +23,19 @@ use super::{
 /// most 15 bytes (TASK_COMM_LEN), so this 17-byte value is never a real process name.
 pub const OVERFLOW_COMM: &str = "(other processes)";
 
+/// The next scan waits at least this many times the CPU the last one took: the inventory
+/// never uses more than 1% of one CPU, however big the host.
+const CPU_BUDGET_FACTOR: u32 = 100;
+
+/// `--inventory-interval`'s default.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The thread's settings.
 pub struct Config {
     pub interval: Duration,
+    /// The interval was given (`--inventory-interval`): kept even where a scan costs more
+    /// than 1% of it.
+    pub fixed_interval: bool,
     pub rule: LeakRule,
     pub max_label_values: usize,
 }
@@ -36,6 +46,7 @@ struct Gauges {
     stale: IntGauge,
     leak: IntGaugeVec,
     refresh_seconds: Gauge,
+    interval: Gauge,
     cpu_seconds: Counter,
     unreadable: IntGauge,
     processes: IntGauge,
@@ -50,35 +61,69 @@ fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> 
 impl Gauges {
     fn register(r: &Registry) -> prometheus::Result<Self> {
         Ok(Self {
-            open: reg(r, IntGaugeVec::new(Opts::new(
-                "pidfd_trace_open_pidfds",
-                "Open pidfds now, by holder command name (top --max-label-values; the rest under comm=\"(other processes)\"). The sum is the host total. From the /proc inventory.",
-            ), &["comm"])?)?,
-            stale: reg(r, IntGauge::new(
-                "pidfd_trace_stale_pidfds",
-                "Open pidfds whose process has exited and been reaped (fdinfo Pid: -1). From the /proc inventory.",
-            )?)?,
-            leak: reg(r, IntGaugeVec::new(Opts::new(
-                "pidfd_trace_pidfd_leak_suspected",
-                "1 while a process with this command name keeps growing its open or stale pidfds (README: leak detection), else 0.",
-            ), &["comm"])?)?,
-            refresh_seconds: reg(r, Gauge::new(
-                "pidfd_trace_inventory_refresh_seconds",
-                "Wall time of the last /proc inventory scan.",
-            )?)?,
-            cpu_seconds: reg(r, Counter::new(
-                "pidfd_trace_inventory_cpu_seconds_total",
-                "CPU time spent on /proc inventory scans (the helper's scan thread and the agent's inventory thread).",
-            )?)?,
-            unreadable: reg(r, IntGauge::new(
-                "pidfd_trace_inventory_unreadable_processes",
-                "Processes whose fds the last inventory scan could not read (needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).",
-            )?)?,
-            processes: reg(r, IntGauge::new(
-                "pidfd_trace_inventory_processes",
-                "Processes the last inventory scan read.",
-            )?)?,
-            fds: reg(r, IntGauge::new("pidfd_trace_inventory_fds", "Fds the last inventory scan looked at.")?)?,
+            open: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pidfd_trace_open_pidfds",
+                        "Open pidfds now, by holder command name (top --max-label-values; the rest under comm=\"(other processes)\"). The sum is the host total. From the /proc inventory.",
+                    ),
+                    &["comm"],
+                )?,
+            )?,
+            stale: reg(
+                r,
+                IntGauge::new(
+                    "pidfd_trace_stale_pidfds",
+                    "Open pidfds whose process has exited and been reaped (fdinfo Pid: -1). From the /proc inventory.",
+                )?,
+            )?,
+            leak: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pidfd_trace_pidfd_leak_suspected",
+                        "1 while a process with this command name keeps growing its open or stale pidfds (README: leak detection), else 0.",
+                    ),
+                    &["comm"],
+                )?,
+            )?,
+            refresh_seconds: reg(
+                r,
+                Gauge::new(
+                    "pidfd_trace_inventory_refresh_seconds",
+                    "Wall time of the last /proc inventory scan.",
+                )?,
+            )?,
+            interval: reg(
+                r,
+                Gauge::new(
+                    "pidfd_trace_inventory_interval_seconds",
+                    "Time between two inventory scans now: --inventory-interval, or longer where one scan costs more than 1% of it in CPU.",
+                )?,
+            )?,
+            cpu_seconds: reg(
+                r,
+                Counter::new(
+                    "pidfd_trace_inventory_cpu_seconds_total",
+                    "CPU time spent on /proc inventory scans (the helper's scan thread and the agent's inventory thread).",
+                )?,
+            )?,
+            unreadable: reg(
+                r,
+                IntGauge::new(
+                    "pidfd_trace_inventory_unreadable_processes",
+                    "Processes whose fds the last inventory scan could not read (needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).",
+                )?,
+            )?,
+            processes: reg(
+                r,
+                IntGauge::new("pidfd_trace_inventory_processes", "Processes the last inventory scan read.")?,
+            )?,
+            fds: reg(
+                r,
+                IntGauge::new("pidfd_trace_inventory_fds", "Fds the last inventory scan looked at.")?,
+            )?,
         })
     }
 }
@@ -105,19 +150,47 @@ pub fn start(
             suspected_comms: HashSet::new(),
             warned_unreadable: false,
             warned_failed: false,
+            warned_slow: false,
         };
         state.detector = Some(Detector::new(state.cfg.rule));
         let mut next = Instant::now();
         loop {
+            let mut pause = state.cfg.interval;
             match helper.scan() {
-                Ok(scan) => state.apply(scan),
+                Ok(scan) => {
+                    // The budget: at most 1% of one CPU. A host so big that one scan costs
+                    // more than 1% of the interval is scanned less often.
+                    let cpu = state.apply(scan);
+                    let floor = cpu * CPU_BUDGET_FACTOR;
+                    if state.cfg.fixed_interval && floor > pause && !state.warned_slow {
+                        info!(
+                            "open-pidfd inventory: one scan took {:.0} ms of CPU, {:.1}% of one CPU at --inventory-interval {}",
+                            cpu.as_secs_f64() * 1000.0,
+                            cpu.as_secs_f64() * 100.0 / pause.as_secs_f64(),
+                            humanize(pause)
+                        );
+                        state.warned_slow = true;
+                    } else if floor > pause {
+                        if !state.warned_slow {
+                            info!(
+                                "open-pidfd inventory: one scan took {:.0} ms of CPU, so it runs every {} instead of every {} (1% of one CPU at most)",
+                                floor.as_secs_f64() * 1000.0 / f64::from(CPU_BUDGET_FACTOR),
+                                humanize(Duration::from_secs(floor.as_secs().max(1))),
+                                humanize(pause)
+                            );
+                            state.warned_slow = true;
+                        }
+                        pause = floor;
+                    }
+                }
                 Err(e) if !state.warned_failed => {
                     warn!("open-pidfd inventory failed: {e}; the open/stale pidfd gauges keep their last values");
                     state.warned_failed = true;
                 }
                 Err(_) => {}
             }
-            next += state.cfg.interval;
+            state.gauges.interval.set(pause.as_secs_f64());
+            next += pause;
             let now = Instant::now();
             if next < now {
                 next = now;
@@ -140,6 +213,7 @@ struct State {
     suspected_comms: HashSet<String>,
     warned_unreadable: bool,
     warned_failed: bool,
+    warned_slow: bool,
 }
 
 fn thread_cpu() -> Duration {
@@ -150,7 +224,8 @@ fn thread_cpu() -> Duration {
 }
 
 impl State {
-    fn apply(&mut self, scan: Scan) {
+    /// Applies one scan; returns the CPU it cost (helper and this thread).
+    fn apply(&mut self, scan: Scan) -> Duration {
         let cpu0 = thread_cpu();
         let g = &self.gauges;
         g.refresh_seconds.set(scan.wall.as_secs_f64());
@@ -216,6 +291,7 @@ impl State {
         self.ledger.retain(&super::list_pids().into_iter().collect());
         let cpu = scan.cpu + thread_cpu().saturating_sub(cpu0);
         self.gauges.cpu_seconds.inc_by(cpu.as_secs_f64());
+        cpu
     }
 
     fn report(&mut self, ch: &Change) {
@@ -257,7 +333,10 @@ impl State {
 }
 
 fn unix_ns() -> i128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
 }
 
 /// `90s` → `1m30s`, `500ms` → `500ms`.
@@ -354,7 +433,9 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("5 m").is_err() && parse_duration("").is_err() && parse_duration("1ms").is_err());
+        assert!(
+            parse_duration("5 m").is_err() && parse_duration("").is_err() && parse_duration("1ms").is_err()
+        );
         assert_eq!(humanize(Duration::from_secs(90)), "1m30s");
         assert_eq!(humanize(Duration::from_secs(600)), "10m");
         assert_eq!(humanize(Duration::from_millis(1500)), "1500ms");

@@ -68,11 +68,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     // Loading and attaching is the only step that needs privileges; the process has one
     // thread here, so dropping them afterwards covers every thread it will ever run.
-    if args.leak_window < args.inventory_interval * 2 {
+    let interval = args.inventory_interval.unwrap_or(crate::inventory::refresh::DEFAULT_INTERVAL);
+    if args.leak_window < interval * 2 {
         anyhow::bail!(
-            "--leak-window {:?} must be at least twice --inventory-interval {:?}: the leak rule compares counts a window and half a window apart",
-            args.leak_window,
-            args.inventory_interval
+            "--leak-window {} must be at least twice --inventory-interval {}: the leak rule compares counts a window and half a window apart",
+            crate::inventory::refresh::humanize(args.leak_window),
+            crate::inventory::refresh::humanize(interval)
         );
     }
     let session = Session::start(&args.kernel)?;
@@ -130,7 +131,8 @@ async fn serve(
         helper,
         &registry,
         crate::inventory::refresh::Config {
-            interval: args.inventory_interval,
+            interval: args.inventory_interval.unwrap_or(crate::inventory::refresh::DEFAULT_INTERVAL),
+            fixed_interval: args.inventory_interval.is_some(),
             rule: crate::inventory::leak::LeakRule {
                 window: args.leak_window,
                 min_growth: args.leak_min_growth,
