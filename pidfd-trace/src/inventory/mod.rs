@@ -217,14 +217,30 @@ pub(crate) fn list_pids() -> Vec<u32> {
 }
 
 fn read_comm(pid: u32) -> Option<String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    Some(s.strip_suffix('\n').unwrap_or(&s).to_string())
+    read_stat(pid).map(|s| s.1)
 }
 
 /// `/proc/<pid>/stat`: (state, comm, start time); comm may contain spaces and parentheses.
 fn read_stat(pid: u32) -> Option<(char, String, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&s)
+    let mut buf = [0u8; 1024];
+    let n = read_small(&format!("/proc/{pid}/stat\0"), &mut buf).ok()?;
+    parse_stat(&String::from_utf8_lossy(&buf[..n]))
+}
+
+/// One open/read/close of a small /proc file (`path` ends in NUL): no size probe, no
+/// second read, as this runs for every process of every scan.
+fn read_small(path: &str, buf: &mut [u8]) -> io::Result<usize> {
+    let c = CStr::from_bytes_with_nul(path.as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: NUL-terminated path; read into a buffer of its size.
+    unsafe {
+        let fd = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let n = libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len());
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
 }
 
 fn parse_stat(s: &str) -> Option<(char, String, u64)> {
@@ -278,13 +294,11 @@ fn scan_process(
     if found.is_empty() {
         return Ok(());
     }
-    let holder_comm = match comm.clone().or_else(|| read_comm(pid)) {
-        Some(c) => c,
-        None => return Ok(()), // exited meanwhile
+    let Some((_, stat_comm, start)) = read_stat(pid) else {
+        return Ok(()); // exited meanwhile
     };
-    if let Some((_, _, start)) = read_stat(pid) {
-        out.start_times.insert(pid, start);
-    }
+    let holder_comm = comm.clone().unwrap_or(stat_comm);
+    out.start_times.insert(pid, start);
     for (fd, raw_pid, info) in found {
         let (target_pid, state, target_comm) = match raw_pid {
             -1 => (None, TargetState::Exited, None),
