@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | run | test | e2e | vm`.
 mod bench;
+mod bench_inventory;
 mod e2e;
 mod setup;
 mod soak;
@@ -47,6 +48,9 @@ enum Cmd {
     /// Measure the agent's overhead beside the floor and the bpftrace peer (root); prints a
     /// table, `--json` for JSON, `--write` to record the run in BENCHMARKS.md.
     Bench(bench::Options),
+    /// What one open-pidfd inventory scan costs (`ls` and a `serve` refresh) on a made host of
+    /// many processes holding many fds (root; figures only, not part of `test`).
+    BenchInventory(bench_inventory::Options),
     /// N minutes of mixed pidfd load against `serve`: RSS per minute, loss and counter
     /// exactness at the end (root; not part of `test`).
     Soak(soak::Options),
@@ -76,6 +80,10 @@ fn run() -> Result<()> {
         Cmd::Test(opts) => test::run(&opts, &root),
         Cmd::Bench(opts) => bench::run(&opts, &root),
         Cmd::Soak(opts) => soak::run(&opts, &root),
+        Cmd::BenchInventory(opts) => {
+            setup::run(&Default::default())?;
+            bench_inventory::run(&opts, &build(&root)?)
+        }
         Cmd::E2e => {
             setup::run(&Default::default())?;
             e2e::run(&root)
