@@ -2,7 +2,6 @@
 //! process a pidfd refers to, and the caller's cgroup path and container. A value that
 //! cannot be found stays null.
 use std::{
-    cell::RefCell,
     collections::HashMap,
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
@@ -11,49 +10,47 @@ use std::{
 use crate::{cgroup, classify::Stage, event::Event, inventory::helper::Helper};
 
 /// The inventory helper that counts a caller's pidfds for an agent without capabilities;
-/// without one (tests, `check`) the agent reads `/proc` itself.
+/// without one (tests) the agent reads `/proc` itself.
 static COUNTER: OnceLock<Arc<Helper>> = OnceLock::new();
 
 /// How long one count of a caller's pidfds is reused for its next fd_alloc failures, so a
 /// process failing in a tight loop costs one /proc walk per interval, not one per failure.
 const COUNT_REUSE: Duration = Duration::from_millis(100);
 
-/// Sets the helper that counts callers' pidfds.
+/// Sets the helper that counts callers' pidfds (`trace` and `serve`, before they drop their
+/// capabilities).
 pub fn set_counter(h: Arc<Helper>) {
     let _ = COUNTER.set(h);
 }
 
-thread_local! {
-    /// pid → (when counted, count): see COUNT_REUSE.
-    static COUNTS: RefCell<HashMap<u32, (Instant, Option<usize>)>> = RefCell::new(HashMap::new());
-
-    /// One resolver (and so one bounded cache) per pipeline; the pipeline runs on one thread.
-    static CGROUPS: RefCell<Option<cgroup::Resolver>> = const { RefCell::new(None) };
+/// The enrichment stage of the pipeline: owns the cgroup resolver and its bounded caches.
+pub struct Enricher {
+    cgroups: cgroup::Resolver,
+    /// pid → (when counted, pidfds held): see COUNT_REUSE.
+    counts: HashMap<u32, (Instant, Option<usize>)>,
 }
 
-/// Resolves `target_pid` of pidfd_getfd / pidfd_send_signal from the caller's
-/// `/proc/<pid>/fdinfo/<pidfd>` ("Pid:" line, 5.3+). Racy by nature: if the caller already
-/// closed the pidfd the field stays null rather than guessed.
-pub fn enrich(ev: &mut Event) {
-    if let Some(fd) = ev.used_pidfd {
-        ev.target_pid = pidfd_target(ev.pid, fd);
+impl Enricher {
+    /// An enricher for this host's cgroup mounts.
+    pub fn new() -> Self {
+        Self { cgroups: cgroup::Resolver::new(), counts: HashMap::new() }
     }
-    if ev.stage == Some(Stage::FdAlloc) {
-        ev.caller_open_pidfds = caller_pidfds(ev.pid);
-    }
-    let info =
-        CGROUPS.with_borrow_mut(|r| r.get_or_insert_with(cgroup::Resolver::new).lookup(ev.cgroup_id, ev.pid));
-    ev.cgroup = info.path;
-    if let Some(c) = info.container {
-        ev.container_id = Some(c.id);
-        ev.pod_uid = c.pod_uid;
-    }
-}
 
-/// How many pidfds `pid` holds now; None if it is gone or unreadable.
-fn caller_pidfds(pid: u32) -> Option<usize> {
-    COUNTS.with_borrow_mut(|m| {
-        if let Some((at, n)) = m.get(&pid)
+    /// Fills in `cgroup`, `container_id`, `pod_uid` and `container_runtime`, and the
+    /// `target_pid` of a call that used a pidfd the kernel could not resolve: from the
+    /// caller's `/proc/<pid>/fdinfo/<pidfd>` ("Pid:" line, 5.3+). Racy by nature: if the caller
+    /// already closed the pidfd the field stays null rather than guessed.
+    /// A creation that failed at `fd_alloc` (EMFILE/ENFILE) also gets `caller_open_pidfds`.
+    pub fn enrich(&mut self, ev: &mut Event) {
+        if ev.stage == Some(Stage::FdAlloc) {
+            ev.caller_open_pidfds = self.caller_pidfds(ev.pid);
+        }
+        enrich(&mut self.cgroups, ev);
+    }
+
+    /// How many pidfds `pid` holds now; None if it is gone or unreadable.
+    fn caller_pidfds(&mut self, pid: u32) -> Option<usize> {
+        if let Some((at, n)) = self.counts.get(&pid)
             && at.elapsed() < COUNT_REUSE
         {
             return *n;
@@ -62,12 +59,31 @@ fn caller_pidfds(pid: u32) -> Option<usize> {
             Some(h) => h.count(pid).ok(),
             None => crate::inventory::count_pidfds(pid).ok(),
         };
-        if m.len() >= 4096 {
-            m.retain(|_, (at, _)| at.elapsed() < COUNT_REUSE);
+        if self.counts.len() >= 4096 {
+            self.counts.retain(|_, (at, _)| at.elapsed() < COUNT_REUSE);
         }
-        m.insert(pid, (Instant::now(), n));
+        self.counts.insert(pid, (Instant::now(), n));
         n
-    })
+    }
+}
+
+fn enrich(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
+    // Only when the kernel could not resolve the pidfd at syscall entry.
+    if ev.target_pid.is_none()
+        && let Some(fd) = ev.used_pidfd
+    {
+        ev.target_pid = pidfd_target(ev.pid, fd);
+    }
+    let info = cgroups.lookup(ev.cgroup_id, ev.pid);
+    if let Some(c) = info.container {
+        // The runtime is what the cgroup2 path says; a container found only through the v1
+        // hierarchies (hybrid hosts) keeps its id and no runtime.
+        let on_path = info.path.as_deref().and_then(cgroup::parse_container).is_some_and(|p| p.id == c.id);
+        ev.container_runtime = on_path.then_some(c.runtime);
+        ev.container_id = Some(c.id);
+        ev.pod_uid = c.pod_uid;
+    }
+    ev.cgroup = info.path;
 }
 
 fn pidfd_target(pid: u32, fd: i32) -> Option<i64> {

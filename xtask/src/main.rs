@@ -7,6 +7,7 @@ mod soak;
 mod test;
 mod util;
 mod vm;
+mod wiring;
 
 use std::{
     os::unix::process::CommandExt,
@@ -48,6 +49,9 @@ enum Cmd {
     /// Measure the agent's overhead beside the floor and the bpftrace peer (root); prints a
     /// table, `--json` for JSON, `--write` to record the run in BENCHMARKS.md.
     Bench(bench::Options),
+    /// The build-wiring test alone: in a scratch copy, a changed shared constant must change
+    /// the kernel object the agent embeds (also a step of `test`).
+    BuildWiring,
     /// What one open-pidfd inventory scan costs (`ls` and a `serve` refresh) on a made host of
     /// many processes holding many fds (root; figures only, not part of `test`).
     BenchInventory(bench_inventory::Options),
@@ -79,6 +83,7 @@ fn run() -> Result<()> {
         }
         Cmd::Test(opts) => test::run(&opts, &root),
         Cmd::Bench(opts) => bench::run(&opts, &root),
+        Cmd::BuildWiring => wiring::run(&root),
         Cmd::Soak(opts) => soak::run(&opts, &root),
         Cmd::BenchInventory(opts) => {
             setup::run(&Default::default())?;

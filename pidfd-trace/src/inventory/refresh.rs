@@ -275,9 +275,7 @@ impl State {
 
         let now = self.started.elapsed().as_secs_f64();
         let changes = self.detector.as_mut().expect("set at start").observe(now, &per_proc);
-        for ch in &changes {
-            self.report(ch);
-        }
+        // The gauge first, then the log line and record: whoever reads those finds it set.
         let suspected: HashSet<String> =
             self.detector.as_ref().expect("set").suspected().map(|(_, c)| c.to_string()).collect();
         for comm in &suspected {
@@ -287,6 +285,9 @@ impl State {
             self.gauges.leak.with_label_values(&[comm]).set(0);
         }
         self.suspected_comms.extend(suspected);
+        for ch in &changes {
+            self.report(ch);
+        }
         // Source counts of processes that are gone are dropped.
         self.ledger.retain(&super::list_pids().into_iter().collect());
         let cpu = scan.cpu + thread_cpu().saturating_sub(cpu0);
