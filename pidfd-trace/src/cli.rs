@@ -158,6 +158,22 @@ pub struct ServeArgs {
     pub kernel: KernelArgs,
 }
 
+impl ServeArgs {
+    /// Checks what one flag's parser cannot: how flags relate. Err is the usage error.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::inventory::refresh::{DEFAULT_INTERVAL, humanize};
+        let interval = self.inventory_interval.unwrap_or(DEFAULT_INTERVAL);
+        if self.leak_window < interval * 2 {
+            return Err(format!(
+                "--leak-window {} must be at least twice --inventory-interval {}: the leak rule compares counts a window and half a window apart",
+                humanize(self.leak_window),
+                humanize(interval)
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
     Error,

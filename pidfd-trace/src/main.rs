@@ -38,6 +38,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if let Command::Serve(args) = &cli.command
+        && let Err(e) = args.validate()
+    {
+        eprintln!("pidfd-trace: error: {e}; see pidfd-trace --help");
+        return ExitCode::from(2);
+    }
     if let Command::Serve(args) = &cli.command {
         serve::logging::init(args.log_format, args.log_level);
     } else {

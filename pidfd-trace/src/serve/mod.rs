@@ -68,14 +68,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     // Loading and attaching is the only step that needs privileges; the process has one
     // thread here, so dropping them afterwards covers every thread it will ever run.
-    let interval = args.inventory_interval.unwrap_or(crate::inventory::refresh::DEFAULT_INTERVAL);
-    if args.leak_window < interval * 2 {
-        anyhow::bail!(
-            "--leak-window {} must be at least twice --inventory-interval {}: the leak rule compares counts a window and half a window apart",
-            crate::inventory::refresh::humanize(args.leak_window),
-            crate::inventory::refresh::humanize(interval)
-        );
-    }
     let session = Session::start(&args.kernel)?;
     // Before the capabilities go: the inventory helper keeps the two that reading other
     // processes' fds needs, in a process of its own (inventory/helper.rs).
