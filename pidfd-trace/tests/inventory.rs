@@ -385,10 +385,14 @@ fn metric(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
 }
 
+/// The events log's complete lines (the agent may be writing the next one) that are leak
+/// records or EMFILE failures: stress-ng fills the log with thousands of other events.
 fn records(log: &PathBuf) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
         .lines()
+        .filter(|l| l.contains("\"pidfd_leak_") || l.contains("\"EMFILE\""))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("events log line {l}: {e}")))
         .collect()
 }
@@ -507,7 +511,16 @@ fn serve_gauges_and_leak_detection() {
         .unwrap();
     assert!(pc["stale_pidfds"].as_u64().unwrap() >= 10, "{pc}");
     let body = serve.metrics();
-    assert_eq!(metric(&body, "pidfd_trace_pidfd_leak_suspected{comm=\"inv-lookup\"}"), Some(1.0), "{body}");
+    let leak_lines: Vec<&str> = body.lines().filter(|l| l.contains("leak_suspected")).collect();
+    let lookup_records: Vec<Value> = records(&log)
+        .into_iter()
+        .filter(|r| r["pid"] == lookup.pid && r["event"].as_str().unwrap_or("").starts_with("pidfd_leak"))
+        .collect();
+    assert_eq!(
+        metric(&body, "pidfd_trace_pidfd_leak_suspected{comm=\"inv-lookup\"}"),
+        Some(1.0),
+        "{leak_lines:?} {lookup_records:?}"
+    );
     // The EMFILE clone: the event says how many pidfds the caller held.
     let held =
         wait_for("emfile workload", Duration::from_secs(30), || emfile.line_with("emfile"))["emfile"].clone();
