@@ -56,12 +56,28 @@ impl Helper {
         serde_json::from_str(&line).map_err(io::Error::other)
     }
 
-    /// How many pidfds `pid` holds now.
+    /// How many pidfds `pid` holds now. Replies name their pid, so a late reply to an
+    /// earlier request that timed out is skipped, never taken for this one.
     pub fn count(&self, pid: u32) -> io::Result<usize> {
-        let line = ask(&self.count, &format!("count {pid}\n"))?;
-        match line.trim().strip_prefix("ok ") {
-            Some(n) => n.parse().map_err(io::Error::other),
-            None => Err(io::Error::other(line.trim().trim_start_matches("err ").to_string())),
+        let mut s = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        s.get_mut().write_all(format!("count {pid}\n").as_bytes())?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if s.read_line(&mut line)? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the inventory helper exited"));
+            }
+            let mut it = line.split_whitespace();
+            let (status, who) = (it.next(), it.next().and_then(|p| p.parse::<u32>().ok()));
+            if who != Some(pid) {
+                continue;
+            }
+            return match status {
+                Some("ok") => {
+                    it.next().and_then(|n| n.parse().ok()).ok_or_else(|| io::Error::other(line.clone()))
+                }
+                _ => Err(io::Error::other(it.collect::<Vec<_>>().join(" "))),
+            };
         }
     }
 }
@@ -154,10 +170,12 @@ fn serve(sock: UnixStream) {
             None if line.trim() == "scan" => {
                 serde_json::to_string(&super::scan(&Select::default())).unwrap_or_else(|_| "{}".into())
             }
-            Some(("count", pid)) => match pid.parse().map(super::count_pidfds) {
-                Ok(Ok(n)) => format!("ok {n}"),
-                Ok(Err(e)) => format!("err {e}"),
-                Err(_) => "err bad pid".into(),
+            Some(("count", pid)) => match pid.parse::<u32>() {
+                Ok(p) => match super::count_pidfds(p) {
+                    Ok(n) => format!("ok {p} {n}"),
+                    Err(e) => format!("err {p} {e}"),
+                },
+                Err(_) => "err 0 bad pid".into(),
             },
             _ => "err unknown request".into(),
         };
