@@ -126,13 +126,9 @@ impl Decoder {
     }
 }
 
+/// The JSON `mode` of a record's raw mode byte (`unknown` for a value no build writes).
 pub fn mode_name(mode: u8) -> &'static str {
-    match Mode::from_u8(mode) {
-        Some(Mode::Tracepoint) => "tracepoint",
-        Some(Mode::Kprobe) => "kprobe",
-        Some(Mode::Fexit) => "fexit",
-        None => "unknown",
-    }
+    Mode::from_u8(mode).map_or("unknown", Mode::name)
 }
 
 /// Made-up kernel records for the decode and pipeline tests.

@@ -1,6 +1,5 @@
 //! Start-up shared by every command that attaches: preflight, kernel facts, the plan, and
 //! the loaded programs.
-use anyhow::{Context, Result};
 use log::debug;
 
 use crate::{
@@ -13,6 +12,23 @@ use crate::{
     symbols::Kallsyms,
     tracefs,
 };
+
+/// Why the agent could not start tracing; each message names the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("reading kernel BTF {path}: {err}; point --btf (PIDFD_TRACE_BTF) at a readable vmlinux BTF")]
+    ReadBtf { path: std::path::PathBuf, err: std::io::Error },
+    #[error("parsing kernel BTF {path}: {err}; the file is not this kernel's vmlinux BTF")]
+    ParseBtf { path: std::path::PathBuf, err: crate::btf::BtfError },
+    #[error(transparent)]
+    ForcedMode(#[from] plan::ForcedModeError),
+    #[error(transparent)]
+    Load(#[from] crate::probes::LoadError),
+}
 
 /// Facts about the running kernel that `check` reports and the attach path uses.
 pub struct KernelFacts {
@@ -55,7 +71,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn start(args: &KernelArgs) -> Result<Self> {
+    pub fn start(args: &KernelArgs) -> Result<Self, SessionError> {
         preflight::check_privileges(preflight::effective_caps())?;
         preflight::check_btf(&args.btf)?;
         let (root, mounted) = tracefs::ensure_mounted()?;
@@ -67,8 +83,8 @@ impl Session {
         let layout = tracefs::syscall_layout(&root)?;
         debug!("syscall tracepoint layout: {layout:?}");
         let raw =
-            std::fs::read(&args.btf).with_context(|| format!("reading kernel BTF {}", args.btf.display()))?;
-        let btf = Btf::parse(&raw).with_context(|| format!("parsing kernel BTF {}", args.btf.display()))?;
+            std::fs::read(&args.btf).map_err(|err| SessionError::ReadBtf { path: args.btf.clone(), err })?;
+        let btf = Btf::parse(&raw).map_err(|err| SessionError::ParseBtf { path: args.btf.clone(), err })?;
         let (mut plan, fns, kallsyms) = plan_for(args, &facts, &btf)?;
         let ring_bytes = args.ring_kib.map(|k| k * 1024);
         let forced = matches!(args.mode, ModeChoice::Fentry | ModeChoice::Kprobe);
@@ -92,11 +108,11 @@ impl Session {
     pub fn plan_rows(&self) -> Vec<crate::sink::metrics::PlanRow> {
         use crate::sink::metrics::PlanRow;
         let candidates = self.plan.iter().flat_map(|h| {
-            h.candidates.iter().map(|c| PlanRow { hook: h.hook, mode: c.mode.as_str(), attached: false })
+            h.candidates.iter().map(|c| PlanRow { hook: h.hook, mode: c.mode.name(), attached: false })
         });
         let attached = self.probes.attached.iter().map(|a| PlanRow {
             hook: a.hook,
-            mode: a.mode.as_str(),
+            mode: a.mode.name(),
             attached: true,
         });
         candidates.chain(attached).collect()
@@ -105,7 +121,7 @@ impl Session {
     /// The one line on stderr that says we are ready (docs/cli.md).
     pub fn attached_line(&self) -> String {
         let hooks: Vec<String> =
-            self.probes.attached.iter().map(|a| format!("{}={}", a.hook, a.mode.as_str())).collect();
+            self.probes.attached.iter().map(|a| format!("{}={}", a.hook, a.mode.name())).collect();
         format!("pidfd-trace: attached {} hooks: {}", hooks.len(), hooks.join(" "))
     }
 }
@@ -115,7 +131,7 @@ fn plan_for(
     args: &KernelArgs,
     facts: &KernelFacts,
     btf: &Btf,
-) -> Result<(Vec<HookPlan>, Vec<FnHook>, Kallsyms)> {
+) -> Result<(Vec<HookPlan>, Vec<FnHook>, Kallsyms), plan::ForcedModeError> {
     let fns = plan::function_hooks(&|f| btf.has_func(f));
     let wanted: Vec<&str> = fns.iter().flat_map(|h| h.targets.iter().map(|t| t.func)).collect();
     let kallsyms = Kallsyms::read(&wanted);

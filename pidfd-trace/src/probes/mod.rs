@@ -19,7 +19,7 @@ use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, globals, st
 use crate::{
     btf::Btf,
     counters::Counters,
-    plan::{AttachMode, FnHook, HookPlan, ProgKind, ProgramSupport},
+    plan::{AttachMode, FnHook, ForcedModeError, HookPlan, ProgKind, ProgramSupport, Refusal},
     symbols::Kallsyms,
     tracefs::SyscallLayout,
 };
@@ -46,8 +46,8 @@ pub enum LoadError {
     MissingMap(&'static str),
     #[error("map {name}: {err}")]
     Map { name: &'static str, err: aya::maps::MapError },
-    #[error("--mode {mode} is not possible here: {hook}: {reason}")]
-    ForcedModeFailed { mode: &'static str, hook: &'static str, reason: String },
+    #[error(transparent)]
+    ForcedMode(#[from] ForcedModeError),
 }
 
 pub struct LoadOptions<'a> {
@@ -111,22 +111,21 @@ impl Probes {
                         break;
                     }
                     Err(reason) => {
-                        warn!("{}: {} refused: {reason}", f.hook, cand.mode.as_str());
-                        cand.refused = Some(reason);
+                        warn!("{}: {} refused: {reason}", f.hook, cand.mode.name());
+                        cand.refused = Some(Refusal::Trial(reason));
                     }
                 }
             }
-            if opts.forced && hp.chosen.is_none() {
-                let c = hp.candidates.first();
-                return Err(LoadError::ForcedModeFailed {
+            if opts.forced
+                && hp.chosen.is_none()
+                && let Some(c) = hp.candidates.first()
+            {
+                return Err(LoadError::ForcedMode(ForcedModeError {
                     // As the user spelled it: --mode fentry attaches fentry/fexit programs.
-                    mode: c.map_or(
-                        "?",
-                        |c| if c.mode == AttachMode::Fexit { "fentry" } else { c.mode.as_str() },
-                    ),
-                    hook: f.hook,
-                    reason: c.and_then(|c| c.refused.clone()).unwrap_or_default(),
-                });
+                    mode: if c.mode == AttachMode::Fexit { "fentry" } else { c.mode.name() },
+                    hook: Some(f.hook),
+                    reason: c.refused.clone().unwrap_or(Refusal::Trial("no reason recorded".into())),
+                }));
             }
         }
         // Only loading needed aya's copy of the kernel BTF.
@@ -334,9 +333,9 @@ impl MapProbe {
 /// Which program types this kernel lets us load, probed once at start-up.
 pub fn program_support() -> ProgramSupport {
     use aya::programs::ProgramType;
-    let load = |t: ProgramType, what: &str| match aya::sys::is_program_supported(t) {
+    let load = |t: ProgramType, what: &'static str| match aya::sys::is_program_supported(t) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(format!("{what} programs not supported by this kernel")),
+        Ok(false) => Err(Refusal::Unsupported { what }),
         Err(e) => {
             let mut why = e.to_string();
             let mut src = std::error::Error::source(&e);
@@ -344,13 +343,13 @@ pub fn program_support() -> ProgramSupport {
                 why = format!("{why}: {s}");
                 src = s.source();
             }
-            Err(format!("{what}: load refused ({why}); lockdown or an LSM may forbid it"))
+            Err(Refusal::LoadRefused { what, why })
         }
     };
     let kprobe = if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         load(ProgramType::KProbe, "kprobe")
     } else {
-        Err("kernel built without kprobes (no kprobe PMU in /sys/bus/event_source/devices)".into())
+        Err(Refusal::NoKprobes)
     };
     ProgramSupport {
         fentry: load(ProgramType::Tracing, "fentry"),

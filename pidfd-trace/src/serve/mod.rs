@@ -144,10 +144,7 @@ async fn serve(
         sink: &mut tee,
         totals: Default::default(),
     };
-    let mut refresh = |counters: &Counters, totals: &Totals| -> Result<()> {
-        kernel.refresh(counters, totals);
-        Ok(())
-    };
+    let mut refresh = |counters: &Counters, totals: &Totals| kernel.refresh(counters, totals);
     let result = pipeline::run_with_tick(&mut session, &mut pipe, &mut refresh).await;
     let totals = pipe.totals;
     let _ = tee.flush();
