@@ -10,6 +10,7 @@ use crate::{
     session::{KernelFacts, Session},
 };
 
+/// `pidfd-trace check`: exit 0 if this kernel can be traced, 1 (with the report) if not.
 pub fn run(args: CheckArgs) -> Result<()> {
     preflight::check_privileges(preflight::effective_caps())?;
     let facts = KernelFacts::gather(&args.kernel);

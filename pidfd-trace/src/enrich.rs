@@ -8,6 +8,12 @@ pub struct Enricher {
     cgroups: cgroup::Resolver,
 }
 
+impl Default for Enricher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Enricher {
     /// An enricher for this host's cgroup mounts.
     pub fn new() -> Self {

@@ -19,12 +19,21 @@ use crate::{
 /// Why the event loop stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// Reading the kernel maps failed.
     #[error(transparent)]
     Probes(#[from] crate::probes::LoadError),
+    /// Polling a kernel fd failed.
     #[error("polling the {what}: {err}")]
-    Poll { what: &'static str, err: std::io::Error },
+    Poll {
+        /// `event ring buffer` or `kernel log channel`.
+        what: &'static str,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// SIGINT/SIGTERM handlers could not be installed.
     #[error("installing the SIGINT/SIGTERM handlers: {0}")]
     Signals(std::io::Error),
+    /// The sink could not write (anything but a closed reader).
     #[error("writing events: {0}; check the output (disk full? a reader that stopped?)")]
     Write(std::io::Error),
 }

@@ -2,6 +2,7 @@
 //! verdict on each and the one chosen. `check` prints it, `trace`/`serve` follow it.
 use serde::Serialize;
 
+/// `--mode`: the attach mode the user asked for (docs/cli.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ModeChoice {
@@ -24,25 +25,46 @@ pub use pidfd_trace_common::Mode as AttachMode;
 pub enum Refusal {
     /// The kernel loads no program of this type.
     #[error("{what} programs not supported by this kernel")]
-    Unsupported { what: &'static str },
+    Unsupported {
+        /// `fentry`, `kprobe` or `tracepoint`.
+        what: &'static str,
+    },
     /// Loading a test program failed (lockdown, an LSM, a sysctl).
     #[error("{what}: load refused ({why}); lockdown or an LSM may forbid it")]
-    LoadRefused { what: &'static str, why: String },
+    LoadRefused {
+        /// `fentry`, `kprobe` or `tracepoint`.
+        what: &'static str,
+        /// The kernel's answer, with its causes.
+        why: String,
+    },
     /// No kprobe PMU.
     #[error("kernel built without kprobes (no kprobe PMU in /sys/bus/event_source/devices)")]
     NoKprobes,
     /// The function is not in BTF (fexit needs its BTF id).
     #[error("{func} not in BTF (inlined or absent)")]
-    NotInBtf { func: &'static str },
+    NotInBtf {
+        /// The kernel function.
+        func: &'static str,
+    },
     /// The function's parameter count differs from what the programs were written for.
     #[error("{func}: BTF shows {btf} parameters, programs expect {expected}")]
-    Params { func: &'static str, btf: usize, expected: usize },
+    Params {
+        /// The kernel function.
+        func: &'static str,
+        /// Parameters in this kernel's BTF.
+        btf: usize,
+        /// Parameters the programs were written for.
+        expected: usize,
+    },
     /// copy_process probes read kernel_clone_args.flags at offset 0.
     #[error("kernel_clone_args.flags is not at offset 0 (pre-5.3 copy_process?)")]
     CloneArgsLayout,
     /// kprobes need the symbol.
     #[error("{func} not in /proc/kallsyms")]
-    NotInKallsyms { func: &'static str },
+    NotInKallsyms {
+        /// The kernel function.
+        func: &'static str,
+    },
     /// Function hooks cannot be tracepoints.
     #[error("not a tracepoint")]
     NotATracepoint,
@@ -74,6 +96,7 @@ pub struct ProgramSupport {
 /// One mode the plan considered for a hook.
 #[derive(Clone, Debug, Serialize)]
 pub struct Candidate {
+    /// The mode.
     pub mode: AttachMode,
     /// Why this mode was not used; `None` for the chosen one (and untried worse ones).
     /// Filled in before loading from BTF/kallsyms, and by the trial load.
@@ -101,6 +124,7 @@ pub struct ForcedModeError {
     pub mode: &'static str,
     /// The hook that cannot be attached, if it is one hook's fault.
     pub hook: Option<&'static str>,
+    /// Why this kernel cannot do it.
     pub reason: Refusal,
 }
 
@@ -129,11 +153,13 @@ pub use crate::hooks::{FnHook, ProgKind, function_hooks};
 
 /// What the kernel offers for function probes, read once at start-up.
 pub struct FnFacts<'a> {
+    /// Which program types load at all.
     pub support: &'a ProgramSupport,
     /// BTF: (has FUNC, parameter count) of a kernel function.
     pub btf_params: &'a dyn Fn(&str) -> Option<usize>,
     /// BTF: whether kernel_clone_args.flags is at offset 0, as copy_process probes assume.
     pub clone_args_flags_at_0: bool,
+    /// Symbols for kprobes.
     pub kallsyms: &'a crate::symbols::Kallsyms,
 }
 

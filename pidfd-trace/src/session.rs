@@ -16,30 +16,52 @@ use crate::{
 /// Why the agent could not start tracing; each message names the cause and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// Privileges or BTF missing.
     #[error(transparent)]
     Preflight(#[from] preflight::PreflightError),
+    /// tracefs or a syscall tracepoint missing or unusable.
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
+    /// The BTF file exists but cannot be read.
     #[error("reading kernel BTF {path}: {err}; point --btf (PIDFD_TRACE_BTF) at a readable vmlinux BTF")]
-    ReadBtf { path: std::path::PathBuf, err: std::io::Error },
-    #[error("parsing kernel BTF {path}: {err}; the file is not this kernel's vmlinux BTF")]
-    ParseBtf { path: std::path::PathBuf, err: crate::btf::BtfError },
+    ReadBtf {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The BTF file does not parse or lacks what the agent needs.
+    #[error("parsing kernel BTF {path}: {err}")]
+    ParseBtf {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong (names its own fix).
+        err: crate::btf::BtfError,
+    },
+    /// A forced mode this kernel cannot do.
     #[error(transparent)]
     ForcedMode(#[from] plan::ForcedModeError),
+    /// Loading or attaching the programs failed.
     #[error(transparent)]
     Load(#[from] crate::probes::LoadError),
 }
 
 /// Facts about the running kernel that `check` reports and the attach path uses.
 pub struct KernelFacts {
+    /// `uname -r`.
     pub release: String,
+    /// Where the kernel BTF is read from.
     pub btf_path: std::path::PathBuf,
+    /// The active lockdown mode, when securityfs shows it.
     pub lockdown: Option<String>,
+    /// Which program types load.
     pub support: ProgramSupport,
+    /// What the kernel does with pidfds (and what we watch).
     pub sem: KernelSemantics,
 }
 
 impl KernelFacts {
+    /// Reads the facts (no error: what cannot be read is reported as such).
     pub fn gather(args: &KernelArgs) -> Self {
         let release = uname_release();
         Self {
@@ -58,19 +80,25 @@ impl KernelFacts {
     }
 }
 
+/// The running kernel's release (`unknown` if unreadable).
 pub fn uname_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// An attached agent: the facts, the plan as carried out, and the loaded programs.
 pub struct Session {
+    /// The running kernel.
     pub facts: KernelFacts,
+    /// The plan, with `chosen` filled in.
     pub plan: Vec<HookPlan>,
+    /// The loaded programs (dropping the session detaches them).
     pub probes: Probes,
 }
 
 impl Session {
+    /// Preflight, tracefs, BTF, the plan, then load and attach: every error names its fix.
     pub fn start(args: &KernelArgs) -> Result<Self, SessionError> {
         preflight::check_privileges(preflight::effective_caps())?;
         preflight::check_btf(&args.btf)?;

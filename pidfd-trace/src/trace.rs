@@ -13,6 +13,7 @@ use crate::{
     sink::{Sink, json::JsonLines, text::Text},
 };
 
+/// `pidfd-trace trace`: events on stdout until SIGINT/SIGTERM or a closed stdout.
 pub async fn run(args: TraceArgs) -> Result<()> {
     let mut session = Session::start(&args.kernel)?;
     crate::privileges::drop_all(session.probes.map_probe()?)?;
