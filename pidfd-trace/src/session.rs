@@ -44,6 +44,9 @@ pub enum SessionError {
     /// Loading or attaching the programs failed.
     #[error(transparent)]
     Load(#[from] crate::probes::LoadError),
+    /// Dropping capabilities after attaching failed.
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
 }
 
 /// Facts about the running kernel that `check` reports and the attach path uses.
@@ -129,6 +132,13 @@ impl Session {
         let chosen = |hook: &str| plan.iter().any(|h| h.hook == hook && h.chosen.is_some());
         facts.sem.creation_observed = chosen("copy_process") && chosen("pidfd_creation");
         Ok(Self { facts, plan, probes })
+    }
+
+    /// Gives up every capability the agent no longer needs now that the programs are
+    /// attached (privileges.rs). Call while the process has one thread.
+    pub fn drop_privileges(&self) -> Result<(), SessionError> {
+        crate::privileges::drop_all(self.probes.map_probe()?)?;
+        Ok(())
     }
 
     /// The attach plan as metric rows: every candidate mode of every hook (attached = false),

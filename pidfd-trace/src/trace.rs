@@ -16,7 +16,7 @@ use crate::{
 /// `pidfd-trace trace`: events on stdout until SIGINT/SIGTERM or a closed stdout.
 pub async fn run(args: TraceArgs) -> Result<()> {
     let mut session = Session::start(&args.kernel)?;
-    crate::privileges::drop_all(session.probes.map_probe()?)?;
+    session.drop_privileges()?;
     let stdout = BufWriter::new(std::io::stdout().lock());
     let mut sink: Box<dyn Sink> = match args.output {
         Output::Text => Box::new(Text::new(stdout)),

@@ -69,7 +69,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // Loading and attaching is the only step that needs privileges; the process has one
     // thread here, so dropping them afterwards covers every thread it will ever run.
     let session = Session::start(&args.kernel)?;
-    crate::privileges::drop_all(session.probes.map_probe()?)?;
+    session.drop_privileges()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         // The pipeline runs on this thread (block_on); HTTP on the workers, so a scrape or a
         // misbehaving client never delays draining the ring buffer.
