@@ -10,6 +10,7 @@ use crate::{
     session::{KernelFacts, Session},
 };
 
+/// `pidfd-trace check`: exit 0 if this kernel can be traced, 1 (with the report) if not.
 pub fn run(args: CheckArgs) -> Result<()> {
     preflight::check_privileges(preflight::effective_caps())?;
     let facts = KernelFacts::gather(&args.kernel);
@@ -28,7 +29,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
         Ok(s) => (s.plan.clone(), None),
         Err(e) => (Vec::new(), Some(format!("{e:#}"))),
     };
-    let verdict = |r: &Result<(), String>| match r {
+    let verdict = |r: &Result<(), crate::plan::Refusal>| match r {
         Ok(()) => "yes".to_string(),
         Err(e) => format!("no: {e}"),
     };
@@ -107,11 +108,11 @@ const CLOSE_TRACKING: &str = "not traced by any hook; the periodic /proc invento
 fn print_plan(plan: &[HookPlan]) {
     println!("  {:<18} {:<11} WHERE / WHY NOT BETTER", "HOOK", "MODE");
     for h in plan {
-        let mode = h.chosen.map_or("none", |m| m.as_str());
+        let mode = h.chosen.map_or("none", |m| m.name());
         println!("  {:<18} {:<11} {}", h.hook, mode, h.target);
         for c in &h.candidates {
             if let Some(why) = &c.refused {
-                println!("  {:<18} {:<11} {} refused: {why}", "", "", c.mode.as_str());
+                println!("  {:<18} {:<11} {} refused: {why}", "", "", c.mode.name());
             }
         }
         if h.chosen.is_none() {

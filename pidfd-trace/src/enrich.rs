@@ -30,6 +30,12 @@ pub struct Enricher {
     counts: HashMap<u32, (Instant, Option<usize>)>,
 }
 
+impl Default for Enricher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Enricher {
     /// An enricher for this host's cgroup mounts.
     pub fn new() -> Self {

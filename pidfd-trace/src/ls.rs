@@ -13,6 +13,7 @@ use crate::{
     inventory::{self, OpenPidfd, Scan, Select},
 };
 
+/// Scans, prints, and reports what could not be read (exit 1).
 pub fn run(args: LsArgs) -> Result<()> {
     let scan = inventory::scan(&Select { pids: args.pids.clone(), comms: args.comms.clone() });
     let mut rows: Vec<&OpenPidfd> = scan.pidfds.iter().filter(|p| !args.stale || p.stale).collect();

@@ -14,25 +14,35 @@ use std::{collections::HashMap, time::Duration};
 /// The rule's parameters (`serve --leak-window`, `--leak-min-growth`).
 #[derive(Clone, Copy, Debug)]
 pub struct LeakRule {
+    /// W: how far back the rule compares (`--leak-window`).
     pub window: Duration,
+    /// M: the least rise over W that counts as growing (`--leak-min-growth`).
     pub min_growth: u64,
 }
 
 /// A process as one scan counted it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Count {
+    /// Its command name.
     pub comm: String,
+    /// Open pidfds it holds.
     pub open: u64,
+    /// Stale pidfds among them.
     pub stale: u64,
 }
 
 /// A suspicion raised or cleared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
+    /// The process.
     pub pid: u32,
+    /// Its command name.
     pub comm: String,
+    /// Raised (true) or cleared (false).
     pub suspected: bool,
+    /// Open pidfds it holds now (0 when it exited).
     pub open: u64,
+    /// Stale pidfds among them.
     pub stale: u64,
     /// Growth over the window, per minute (of the series that triggered; 0 on clear).
     pub growth_per_min: f64,
@@ -55,6 +65,7 @@ pub struct Detector {
 }
 
 impl Detector {
+    /// A detector with no history.
     pub fn new(rule: LeakRule) -> Self {
         Self { rule, procs: HashMap::new() }
     }

@@ -43,6 +43,7 @@ pub enum TargetState {
 }
 
 impl TargetState {
+    /// The `target_state` value: `alive`, `zombie`, `exited`, `unknown`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Alive => "alive",
@@ -58,6 +59,7 @@ impl TargetState {
 pub struct OpenPidfd {
     /// The process holding the pidfd (host pid namespace) and its command name.
     pub holder_pid: u32,
+    /// The holder's command name.
     pub holder_comm: String,
     /// The fd number in the holder.
     pub fd: i32,
@@ -67,7 +69,9 @@ pub struct OpenPidfd {
     /// The target's pid in the innermost pid namespace it lives in, when that is not the
     /// host's.
     pub ns_target_pid: Option<u32>,
+    /// The target's command name; null once reaped.
     pub target_comm: Option<String>,
+    /// What the target is doing now.
     pub target_state: TargetState,
     /// The target was reaped: the pidfd can only report that.
     pub stale: bool,
@@ -84,22 +88,28 @@ pub struct OpenPidfd {
 /// A process whose fds could not be read, and why.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Unreadable {
+    /// The process that could not be read.
     pub pid: u32,
+    /// Its command name (empty if that could not be read either).
     pub comm: String,
+    /// Why: the error reading its fds (usually `Permission denied`).
     pub error: String,
 }
 
 /// The result of one scan.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Scan {
+    /// Every open pidfd found, in the order read.
     pub pidfds: Vec<OpenPidfd>,
     /// Processes whose fd table was read.
     pub processes: usize,
     /// Fds looked at.
     pub fds: usize,
+    /// Processes that exist but could not be read.
     pub unreadable: Vec<Unreadable>,
     /// Start time (clock ticks after boot) of every holder, to tell a reused pid apart.
     pub start_times: HashMap<u32, u64>,
+    /// Wall time the scan took.
     pub wall: Duration,
     /// CPU time the scanning thread spent.
     pub cpu: Duration,

@@ -32,11 +32,14 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The thread's settings.
 pub struct Config {
+    /// Time between two scans (`--inventory-interval` or its default).
     pub interval: Duration,
     /// The interval was given (`--inventory-interval`): kept even where a scan costs more
     /// than 1% of it.
     pub fixed_interval: bool,
+    /// The leak rule.
     pub rule: LeakRule,
+    /// Holder comms with their own `pidfd_trace_open_pidfds` series (`--max-label-values`).
     pub max_label_values: usize,
 }
 
@@ -380,6 +383,7 @@ pub struct SharedLines {
 }
 
 impl SharedLines {
+    /// Shares `out` between writers.
     pub fn new(out: Box<dyn Write + Send>) -> Self {
         Self { out: Arc::new(Mutex::new(out)) }
     }

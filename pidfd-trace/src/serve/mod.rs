@@ -73,7 +73,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // processes' fds needs, in a process of its own (inventory/helper.rs).
     let helper = std::sync::Arc::new(crate::inventory::helper::Helper::spawn()?);
     crate::enrich::set_counter(helper.clone());
-    crate::privileges::drop_all(session.probes.map_probe()?)?;
+    session.drop_privileges()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         // The pipeline runs on this thread (block_on); HTTP on the workers, so a scrape or a
         // misbehaving client never delays draining the ring buffer.
@@ -167,10 +167,7 @@ async fn serve(
         sink: &mut tee,
         totals: Default::default(),
     };
-    let mut refresh = |counters: &Counters, totals: &Totals| -> Result<()> {
-        kernel.refresh(counters, totals);
-        Ok(())
-    };
+    let mut refresh = |counters: &Counters, totals: &Totals| kernel.refresh(counters, totals);
     let result = pipeline::run_with_tick(&mut session, &mut pipe, &mut refresh).await;
     let totals = pipe.totals;
     let _ = tee.flush();
