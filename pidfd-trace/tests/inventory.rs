@@ -558,7 +558,9 @@ fn serve_gauges_and_leak_detection() {
     assert!(metric(&body, "pidfd_trace_pidfd_leak_suspected{comm=\"inv-steady\"}").unwrap_or(0.0) == 0.0);
     assert!(metric(&body, "pidfd_trace_inventory_refresh_seconds").is_some());
     if let Ok(mut s) = stress {
-        let _ = s.kill();
+        // SIGTERM: stress-ng stops its stressor children too (SIGKILL would orphan them, and
+        // they would go on making pidfds for other tests to see).
+        unsafe { libc::kill(s.id() as i32, libc::SIGTERM) };
         let _ = s.wait();
     }
     drop(serve);

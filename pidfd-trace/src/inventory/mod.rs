@@ -17,6 +17,7 @@ use std::{
     ffi::CStr,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -131,23 +132,27 @@ impl Select {
 }
 
 /// Whether pidfds live on pidfs here (6.9+): then the inode number identifies the target.
-pub fn kernel_has_pidfs() -> bool {
-    // SAFETY: pidfd_open of ourselves; the fd is owned at once.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
-    if fd < 0 {
-        return false;
+/// Found once, from the first pidfd a scan meets (statfs through its /proc link), so the
+/// inventory never makes a pidfd of its own (which the agent would count as a creation).
+static PIDFS: OnceLock<bool> = OnceLock::new();
+
+fn pidfs_of(pid: u32, fd: &CStr) -> Option<bool> {
+    if let Some(known) = PIDFS.get() {
+        return Some(*known);
     }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{}", fd.to_string_lossy())).ok()?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd and a local statfs.
-    (unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } == 0) && st.f_type as i64 == PIDFS_MAGIC
+    // SAFETY: NUL-terminated path and a local statfs.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return None; // closed meanwhile: the next pidfd tells
+    }
+    Some(*PIDFS.get_or_init(|| st.f_type as i64 == PIDFS_MAGIC))
 }
 
 /// Reads every open pidfd of the selected processes.
 pub fn scan(select: &Select) -> Scan {
     let t0 = Instant::now();
     let cpu0 = refresh_cpu();
-    let pidfs = kernel_has_pidfs();
     let mut out = Scan::default();
     let mut seen = HashSet::new();
     let mut targets = TargetCache::default();
@@ -171,7 +176,7 @@ pub fn scan(select: &Select) -> Scan {
             }
             comm = Some(c);
         }
-        match scan_process(pid, pidfs, &mut targets, &mut out, &mut comm) {
+        match scan_process(pid, &mut targets, &mut out, &mut comm) {
             Ok(()) => out.processes += 1,
             Err(e) if gone(&e) => {}
             Err(e) => out.unreadable.push(Unreadable {
@@ -275,7 +280,6 @@ impl TargetCache {
 
 fn scan_process(
     pid: u32,
-    pidfs: bool,
     targets: &mut TargetCache,
     out: &mut Scan,
     comm: &mut Option<String>,
@@ -297,7 +301,8 @@ fn scan_process(
         };
         let Some(raw_pid) = info.pid else { return Ok(()) };
         let fd: i32 = name.to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(-1);
-        found.push((fd, raw_pid, info));
+        let pidfs = pidfs_of(pid, name);
+        found.push((fd, raw_pid, info, pidfs));
         Ok(())
     })?;
     out.fds += fds;
@@ -309,7 +314,7 @@ fn scan_process(
     };
     let holder_comm = comm.clone().unwrap_or(stat_comm);
     out.start_times.insert(pid, start);
-    for (fd, raw_pid, info) in found {
+    for (fd, raw_pid, info, pidfs) in found {
         let (target_pid, state, target_comm) = match raw_pid {
             -1 => (None, TargetState::Exited, None),
             p if p <= 0 => (None, TargetState::Unknown, None),
@@ -338,7 +343,7 @@ fn scan_process(
             thread: info.flags & O_EXCL != 0,
             nonblock: info.flags & O_NONBLOCK != 0,
             flags: info.flags,
-            pidfd_ino: if pidfs { info.ino } else { None },
+            pidfd_ino: if pidfs == Some(true) { info.ino } else { None },
         });
     }
     *comm = Some(holder_comm);
