@@ -435,7 +435,8 @@ fn serve_gauges_and_leak_detection() {
         .args(["--pidfd", "1", "--timeout", "15s", "--quiet"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn();
+        .spawn()
+        .expect("stress-ng runs (cargo xtask setup --all installs it)");
     let started = unix_now();
     let lookup = Holder::spawn(&[
         "leak",
@@ -557,7 +558,8 @@ fn serve_gauges_and_leak_detection() {
     let body = serve.metrics();
     assert!(metric(&body, "pidfd_trace_pidfd_leak_suspected{comm=\"inv-steady\"}").unwrap_or(0.0) == 0.0);
     assert!(metric(&body, "pidfd_trace_inventory_refresh_seconds").is_some());
-    if let Ok(mut s) = stress {
+    {
+        let mut s = stress;
         // SIGTERM: stress-ng stops its stressor children too (SIGKILL would orphan them, and
         // they would go on making pidfds for other tests to see).
         unsafe { libc::kill(s.id() as i32, libc::SIGTERM) };
