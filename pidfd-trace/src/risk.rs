@@ -5,8 +5,11 @@ use pidfd_trace_common::{PATH_PARTS, PathParts, TargetFacts, exit_facts, risk};
 
 /// The `risk` reasons, in the order events list them and metrics export them.
 pub const REASONS: [&str; 3] = [TARGET_EXITING, CRED_MISMATCH, CROSS_CONTAINER];
+/// The target was exiting (README "Risky pidfd use").
 pub const TARGET_EXITING: &str = "target_exiting";
+/// The target's uids differ from the caller's real uid.
 pub const CRED_MISMATCH: &str = "cred_mismatch";
+/// Caller and target are in two different containers.
 pub const CROSS_CONTAINER: &str = "cross_container";
 
 /// include/uapi/linux/magic.h
