@@ -268,6 +268,10 @@ pub mod exit_facts {
     pub const ZOMBIE: u8 = 1 << 3;
     /// `signal->nr_threads <= 1`: the task is the process's only thread.
     pub const SOLE_THREAD: u8 = 1 << 4;
+    /// Stopped at its `PTRACE_EVENT_EXIT` stop (`last_siginfo->si_code` is
+    /// `SIGTRAP | PTRACE_EVENT_EXIT << 8`): do_exit() has begun, nothing else shows it yet
+    /// on 5.10 when a single-threaded process called exit_group().
+    pub const EXIT_STOP: u8 = 1 << 5;
 }
 
 /// What the kernel saw of a pidfd's target (and, for pidfd_getfd, of the file taken) at
@@ -378,6 +382,9 @@ pub struct RiskOffsets {
     pub mount_mnt: u32,
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
+    /// `task_struct.last_siginfo` and `kernel_siginfo.si_code`.
+    pub task_last_siginfo: u32,
+    pub siginfo_code: u32,
     pub valid: u32,
 }
 

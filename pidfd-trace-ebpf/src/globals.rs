@@ -90,6 +90,8 @@ static RISK_OFFSETS: RiskOffsets = RiskOffsets {
     mount_mnt: 0,
     mount_parent: 0,
     mount_mountpoint: 0,
+    task_last_siginfo: 0,
+    siginfo_code: 0,
     valid: 0,
 };
 

@@ -24,6 +24,8 @@ const PF_EXITING: u32 = 0x0000_0004;
 const PF_KTHREAD: u32 = 0x0020_0000;
 /// include/uapi/linux/magic.h.
 const PIDFS_MAGIC: u32 = 0x5049_4446;
+/// include/uapi/linux/ptrace.h: the si_code of the PTRACE_EVENT_EXIT stop, SIGTRAP | 6 << 8.
+const PTRACE_EXIT_STOP_CODE: i32 = 5 | (6 << 8);
 const ANON_INODE_FS_MAGIC: u32 = 0x0904_1934;
 
 #[inline(always)]
@@ -122,8 +124,15 @@ pub fn gather(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
         if read::<i32>(task, ro.task_exit_state).unwrap_or(0) != 0 {
             exit |= exit_facts::ZOMBIE;
         }
+        if let Some(info) = read_ptr(task, ro.task_last_siginfo)
+            && read::<i32>(info, ro.siginfo_code) == Some(PTRACE_EXIT_STOP_CODE)
+        {
+            exit |= exit_facts::EXIT_STOP;
+        }
         facts.exit = exit;
-        let dying = exit & (exit_facts::PF_EXITING | exit_facts::NO_MM | exit_facts::ZOMBIE) != 0;
+        let dying = exit
+            & (exit_facts::EXIT_STOP | exit_facts::PF_EXITING | exit_facts::NO_MM | exit_facts::ZOMBIE)
+            != 0;
         if exit & exit_facts::GROUP_EXIT != 0 || (dying && sole) {
             facts.risk |= risk::TARGET_EXITING;
         }

@@ -48,6 +48,7 @@ pub fn kernel_reasons(f: &TargetFacts) -> Vec<&'static str> {
 pub fn exit_names(f: &TargetFacts) -> Vec<&'static str> {
     [
         (exit_facts::GROUP_EXIT, "group_exit"),
+        (exit_facts::EXIT_STOP, "exit_stop"),
         (exit_facts::PF_EXITING, "pf_exiting"),
         (exit_facts::NO_MM, "no_mm"),
         (exit_facts::ZOMBIE, "zombie"),

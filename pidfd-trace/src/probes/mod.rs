@@ -508,6 +508,8 @@ fn risk_offsets(btf: &Btf) -> RiskOffsets {
             mount_mnt: m("mount", "mnt")?,
             mount_parent: m("mount", "mnt_parent")?,
             mount_mountpoint: m("mount", "mnt_mountpoint")?,
+            task_last_siginfo: m("task_struct", "last_siginfo")?,
+            siginfo_code: m("kernel_siginfo", "si_code")?,
             valid: 1,
         })
     };

@@ -88,8 +88,9 @@ fn take(pid: i32, fd: i32) -> Result<(i64, i64, Option<String>), String> {
 }
 
 /// A child stopped at PTRACE_EVENT_EXIT after exit_group(): it still has its files and mm,
-/// not yet PF_EXITING, but its signal group is exiting (SIGNAL_GROUP_EXIT, set by
-/// do_group_exit() before do_exit() reports the stop). We take its regular file.
+/// not yet PF_EXITING; the kernel has it at its exit stop (`exit_stop`, every version) and,
+/// from 6.x, its signal group exiting too (`group_exit`: 5.10's do_group_exit() sets
+/// SIGNAL_GROUP_EXIT only when other threads exist). We take its regular file.
 pub fn getfd_exiting() -> Result<Vec<Value>, String> {
     let (path, fd) = temp_file("exiting")?;
     let mut p = [0i32; 2];
@@ -139,7 +140,7 @@ pub fn getfd_exiting() -> Result<Vec<Value>, String> {
     Ok(vec![
         json!({"event": "pidfd_open", "ret": pidfd, "target_pid": pid}),
         json!({"event": "pidfd_getfd", "ret": r, "errno": null, "target_fd": fd, "target_pid": pid,
-               "risk": ["target_exiting"], "target_exit": ["group_exit"], "file_kind": "regular",
+               "risk": ["target_exiting"], "target_exit_include": ["exit_stop"], "file_kind": "regular",
                "file_path": want_path, "target_uid": 0, "target_elevated": false}),
         sentinel(),
     ])
