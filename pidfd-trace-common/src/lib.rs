@@ -239,7 +239,7 @@ pub struct EnterState {
 /// pidfd_getfd / pidfd_send_signal at syscall entry (README "Risky pidfd use").
 pub mod risk {
     /// The target process is exiting: its signal group is exiting (SIGNAL_GROUP_EXIT), or its
-    /// only thread is past PF_EXITING, has no mm any more, or is a zombie.
+    /// only thread is at its PTRACE_EVENT_EXIT stop, past PF_EXITING, without mm, or a zombie.
     pub const TARGET_EXITING: u8 = 1 << 0;
     /// The target's uid, euid, suid or fsuid differs from the caller's real uid.
     pub const CRED_MISMATCH: u8 = 1 << 1;

@@ -77,7 +77,7 @@ pub struct Event {
     /// `cred_mismatch`, `cross_container`; README "Risky pidfd use"), `[]` when it is not,
     /// null when the kernel could not resolve the pidfd to its target.
     pub risk: Option<Vec<&'static str>>,
-    /// The target's exit state as the kernel had it at entry (`group_exit`, `pf_exiting`,
+    /// The target's exit state as the kernel had it at entry (`group_exit`, `exit_stop`, `pf_exiting`,
     /// `no_mm`, `zombie`); null when the target was not resolved.
     pub target_exit: Option<Vec<&'static str>>,
     /// The target's real uid (`real_cred`, initial user namespace).
