@@ -323,7 +323,8 @@ fn send_signal_ok() -> Result<Vec<Value>, String> {
     unsafe { libc::close(fd as i32) };
     Ok(vec![
         json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
-        json!({"event": "pidfd_send_signal", "ret": 0, "errno": null, "signal": "SIGTERM", "signal_nr": 15, "target_pid": child, "stage": null}),
+        json!({"event": "pidfd_send_signal", "ret": 0, "errno": null, "signal": "SIGTERM", "signal_nr": 15, "target_pid": child, "stage": null,
+               "risk": [], "target_exit": [], "file_kind": null}),
         sentinel(),
     ])
 }
@@ -336,7 +337,8 @@ fn send_signal_ebadf() -> Result<Vec<Value>, String> {
         return Err(format!("pidfd_send_signal on /dev/null returned {r}"));
     }
     Ok(vec![
-        json!({"event": "pidfd_send_signal", "ret": -9, "errno": "EBADF", "signal": "SIGTERM", "stage": null, "target_pid": null}),
+        json!({"event": "pidfd_send_signal", "ret": -9, "errno": "EBADF", "signal": "SIGTERM", "stage": null, "target_pid": null,
+               "risk": null, "target_exit": null}),
         sentinel(),
     ])
 }
@@ -381,7 +383,8 @@ fn getfd_ok() -> Result<Vec<Value>, String> {
     }
     Ok(vec![
         json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
-        json!({"event": "pidfd_getfd", "ret": r, "errno": null, "target_fd": 1, "target_pid": child, "stage": null}),
+        json!({"event": "pidfd_getfd", "ret": r, "errno": null, "target_fd": 1, "target_pid": child, "stage": null,
+               "risk": [], "target_uid": 0, "target_elevated": false}),
         sentinel(),
     ])
 }
@@ -397,7 +400,8 @@ fn getfd_ebadf() -> Result<Vec<Value>, String> {
     }
     Ok(vec![
         json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
-        json!({"event": "pidfd_getfd", "ret": -9, "errno": "EBADF", "target_fd": 999, "stage": null}),
+        json!({"event": "pidfd_getfd", "ret": -9, "errno": "EBADF", "target_fd": 999, "stage": null,
+               "risk": [], "file_kind": null, "file_path": null}),
         sentinel(),
     ])
 }
