@@ -38,7 +38,8 @@ pub fn finish<C: EbpfContext>(
     // `comm` (about a tenth of the record path).
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` points at the reserved, writable slot of size_of::<EventRecord>(); every
-    // field is written before submit.
+    // field is written before submit, except the `path.names` slots past `path.depth`, which
+    // keep what an earlier record of ours left in the ring and which the agent never reads.
     unsafe {
         let now = bpf_ktime_get_boot_ns();
         (*rec).ts_ns = now;
