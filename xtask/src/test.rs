@@ -61,7 +61,7 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
             let vm_opts = vm::Options {
                 kernel: opts.kernel.clone(),
                 modes: "fentry,kprobe,tracepoint".into(),
-                timeout: 420,
+                timeout: 660,
                 agent: Some(bins.agent),
                 workload: Some(bins.workload),
             };
