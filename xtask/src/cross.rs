@@ -124,3 +124,16 @@ pub fn check_static(bin: &Path, t: &Target) -> Result<String> {
     }
     Ok(desc)
 }
+
+/// The target whose Debian architecture is `arch` (amd64, arm64).
+pub fn by_deb_arch(arch: &str) -> Result<&'static Target> {
+    TARGETS.iter().find(|t| t.deb_arch == arch).ok_or_else(|| {
+        let known: Vec<&str> = TARGETS.iter().map(|t| t.deb_arch).collect();
+        anyhow::anyhow!("unknown architecture {arch:?}: known are {}", known.join(", "))
+    })
+}
+
+/// The target of this machine's architecture: what the image and package tests run here.
+pub fn host() -> Result<&'static Target> {
+    by_deb_arch(&output(Command::new("dpkg").arg("--print-architecture"))?)
+}

@@ -1,7 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | run | test | e2e | vm`.
+//! Project tasks: `cargo xtask setup | build | run | test | e2e | image | deb | manifests | vm`.
 mod bench;
 mod cross;
+mod deb;
 mod e2e;
+mod image;
+mod kube;
 mod setup;
 mod soak;
 mod test;
@@ -49,6 +52,14 @@ enum Cmd {
     /// A real Prometheus scrapes `serve` while the workload runs; every dashboard query must
     /// return data and the counters must match (root).
     E2e,
+    /// OCI images (amd64, arm64) of the static agent on an empty base, built offline with
+    /// buildah, plus a manifest list; archives in target/images.
+    Image(image::Options),
+    /// Debian packages (amd64, arm64): binary, hardened systemd unit, /etc/default file,
+    /// dashboard; in target/debian.
+    Deb(deb::Options),
+    /// Regenerate deploy/kubernetes/prometheusrule.yaml from the Prometheus rule file.
+    Manifests(kube::Options),
     /// Boot Debian kernels in qemu and run the scenario suite in each mode.
     Vm(vm::Options),
     /// Measure the agent's overhead beside the floor and the bpftrace peer (root); prints a
@@ -84,6 +95,15 @@ fn run() -> Result<()> {
             let err = Command::new(&bins.agent).args(&args).exec();
             Err(err).with_context(|| format!("cannot start {}", bins.agent.display()))
         }
+        Cmd::Image(opts) => {
+            setup::run(&Default::default())?;
+            image::run(&opts, &root)
+        }
+        Cmd::Deb(opts) => {
+            setup::run(&Default::default())?;
+            deb::run(&opts, &root)
+        }
+        Cmd::Manifests(opts) => kube::run(&opts, &root),
         Cmd::Test(opts) => test::run(&opts, &root),
         Cmd::Bench(opts) => bench::run(&opts, &root),
         Cmd::Soak(opts) => soak::run(&opts, &root),

@@ -11,7 +11,8 @@ use crate::util::{exec, output, succeeds};
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Options {
-    /// Also install what the VM matrix, the Prometheus test and the benchmarks need.
+    /// Also install what the VM matrix, the Prometheus test, the image and package tests and
+    /// the benchmarks need.
     #[arg(long)]
     pub all: bool,
 }
@@ -25,6 +26,10 @@ pub fn run(opts: &Options) -> Result<()> {
     tracefs()?;
     if opts.all {
         crate::util::ensure_apt(TEST_PACKAGES)?;
+        // The image and package tests: a static build for this machine, buildah, podman.
+        crate::cross::ensure(crate::cross::host()?)?;
+        crate::util::ensure_apt(crate::image::PACKAGES)?;
+        crate::util::ensure_apt(crate::deb::PACKAGES)?;
     }
     Ok(())
 }

@@ -41,6 +41,13 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
     step("Prometheus end to end: serve, dashboards, promtool (cargo xtask e2e)", &mut || {
         crate::e2e::run(root)
     });
+    step("Kubernetes manifests: parse, fields, PrometheusRule = rule file", &mut || crate::kube::check(root));
+    step("container image: buildah build, podman run as the DaemonSet runs it", &mut || {
+        crate::image::test(root)
+    });
+    step("Debian package: dpkg -i, pidfd-trace check, systemd-analyze verify, purge", &mut || {
+        crate::deb::test(root)
+    });
     if !opts.skip_vm {
         step("kernel matrix in qemu (cargo xtask vm)", &mut || {
             let bins = crate::build(root)?;
