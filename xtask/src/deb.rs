@@ -29,10 +29,16 @@ pub struct Options {
     /// Architectures to package (Debian names), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "amd64,arm64")]
     pub arch: Vec<String>,
+    /// Instead: the test `cargo xtask test` runs (this machine's architecture; root).
+    #[arg(long)]
+    pub test: bool,
 }
 
 /// `cargo xtask deb`: one package per architecture in target/debian/.
 pub fn run(opts: &Options, root: &Path) -> Result<()> {
+    if opts.test {
+        return test(root);
+    }
     for arch in &opts.arch {
         let t = cross::by_deb_arch(arch)?;
         let bins = cross::build(root, t.triple)?;

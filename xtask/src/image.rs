@@ -31,6 +31,9 @@ pub struct Options {
     /// Architectures to build (Debian names), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "amd64,arm64")]
     pub arch: Vec<String>,
+    /// Instead: the test `cargo xtask test` runs (this machine's architecture; root).
+    #[arg(long)]
+    pub test: bool,
 }
 
 /// One built image.
@@ -46,6 +49,9 @@ pub struct Image {
 /// `cargo xtask image`: cross-builds the agent, makes an image per architecture and a
 /// manifest list `localhost/pidfd-trace:<version>` over them.
 pub fn run(opts: &Options, root: &Path) -> Result<()> {
+    if opts.test {
+        return test(root);
+    }
     ensure_apt(PACKAGES)?;
     let mut tags = Vec::new();
     for arch in &opts.arch {
@@ -141,7 +147,11 @@ pub fn build(root: &Path, t: &Target, agent: &Path) -> Result<Image> {
             config.arg("--label").arg(l);
         }
         exec(config.arg(&ctr))?;
-        exec(Command::new("buildah").args(["commit", "--quiet", "--format", "oci", &ctr, &tag]))?;
+        exec(
+            Command::new("buildah")
+                .args(["commit", "--quiet", "--format", "oci", &ctr, &tag])
+                .stdout(Stdio::null()),
+        )?;
         Ok(())
     })();
     let _ = succeeds(Command::new("buildah").args(["rm", &ctr]));

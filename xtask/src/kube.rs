@@ -358,3 +358,43 @@ pub fn check(root: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    }
+
+    #[test]
+    fn daemonset_maps_to_podman_options() {
+        let c = agent_container(&root()).unwrap();
+        let (opts, args) = c.podman_args().unwrap();
+        for want in [
+            "--pid=host",
+            "--user=0:0",
+            "--security-opt=no-new-privileges",
+            "--read-only",
+            "--read-only-tmpfs=false",
+            "--cap-drop=all",
+            "--cap-add=bpf,perfmon",
+            "--volume=/sys/kernel/tracing:/sys/kernel/tracing:ro",
+            r#"--entrypoint=["/usr/bin/pidfd-trace"]"#,
+        ] {
+            assert!(opts.iter().any(|o| o == want), "{want} missing from {opts:?}");
+        }
+        assert!(!opts.iter().any(|o| o == "--privileged"));
+        assert_eq!(args.first().map(String::as_str), Some("serve"));
+    }
+
+    #[test]
+    fn prometheus_rule_carries_the_groups_unchanged() {
+        let rules = "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: up == 0\n";
+        let pr: Value = serde_yaml_ng::from_str(&prometheus_rule(rules).unwrap()).unwrap();
+        let want: Value = serde_yaml_ng::from_str(rules).unwrap();
+        assert_eq!(pr["kind"], "PrometheusRule");
+        assert_eq!(pr["spec"]["groups"], want["groups"]);
+        assert!(prometheus_rule("rules: []").is_err());
+    }
+}
