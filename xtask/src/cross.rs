@@ -29,6 +29,8 @@ pub struct Target {
     linker: Option<&'static str>,
     /// The archiver that goes with `cc`.
     ar: &'static str,
+    /// binutils' strip for the target.
+    strip: &'static str,
     /// Debian packages that provide `cc` and `ar`.
     packages: &'static [&'static str],
 }
@@ -43,7 +45,8 @@ pub const TARGETS: &[Target] = &[
         cc: "musl-gcc",
         linker: None,
         ar: "ar",
-        packages: &["musl-tools", "file"],
+        strip: "strip",
+        packages: &["musl-tools", "binutils", "file"],
     },
     Target {
         triple: "aarch64-unknown-linux-musl",
@@ -56,6 +59,7 @@ pub const TARGETS: &[Target] = &[
         cc: "aarch64-linux-gnu-gcc",
         linker: Some("aarch64-linux-gnu-gcc"),
         ar: "aarch64-linux-gnu-ar",
+        strip: "aarch64-linux-gnu-strip",
         packages: &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "file"],
     },
 ];
@@ -123,6 +127,17 @@ pub fn check_static(bin: &Path, t: &Target) -> Result<String> {
         );
     }
     Ok(desc)
+}
+
+/// A copy of `bin` without symbols, for images and packages (the kernel programs are data
+/// inside it and stay): `<dir of bin>/stripped/<name>`.
+pub fn stripped(bin: &Path, t: &Target) -> Result<std::path::PathBuf> {
+    let dir = bin.parent().context("binary has no directory")?.join("stripped");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join(bin.file_name().context("binary has no name")?);
+    exec(Command::new(t.strip).arg("-o").arg(&out).arg(bin))?;
+    check_static(&out, t)?;
+    Ok(out)
 }
 
 /// The target whose Debian architecture is `arch` (amd64, arm64).

@@ -116,7 +116,7 @@ fn put(stage: &Path, rel: &str, content: &[u8], mode: u32) -> Result<()> {
 /// Builds target/debian/pidfd-trace_<version>_<arch>.deb around the static `agent`.
 pub fn build(root: &Path, t: &Target, agent: &Path) -> Result<PathBuf> {
     ensure_apt(PACKAGES)?;
-    cross::check_static(agent, t)?;
+    let agent = &cross::stripped(agent, t)?;
     let out = root.join("target/debian");
     let stage = out.join(format!("stage-{}", t.deb_arch));
     if stage.exists() {

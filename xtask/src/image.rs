@@ -119,7 +119,7 @@ fn labels(root: &Path) -> Vec<String> {
 /// agent writes nothing, so the image runs with a read-only root filesystem.
 pub fn build(root: &Path, t: &Target, agent: &Path) -> Result<Image> {
     ensure_apt(PACKAGES)?;
-    cross::check_static(agent, t)?;
+    let agent = &cross::stripped(agent, t)?;
     let tag = format!("{NAME}:{VERSION}-{}", t.deb_arch);
     let ctr =
         output(Command::new("buildah").args(["from", "--arch", t.deb_arch, "--os", "linux", "scratch"]))?;
