@@ -208,6 +208,13 @@ pub fn test(root: &Path) -> Result<()> {
     let bins = cross::build(root, t.triple)?;
     let img = build(root, t, &bins.agent)?;
     println!("image: {} is {} bytes ({:.1} MiB)", img.tag, img.size, mib(img.size));
+    let labels = output(podman().args(["image", "inspect", "--format", "{{json .Labels}}", &img.tag]))?;
+    let labels: serde_json::Value = serde_json::from_str(&labels).context("image labels are not JSON")?;
+    ensure!(
+        labels["org.opencontainers.image.version"] == VERSION,
+        "image version label is not {VERSION}: {labels}"
+    );
+    ensure!(labels["org.opencontainers.image.revision"].is_string(), "image has no revision label: {labels}");
     let spec = kube::agent_container(root)?;
     let (opts, args) = spec.podman_args()?;
     let name = format!("pidfd-trace-test-{}", std::process::id());
