@@ -48,7 +48,8 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Set up, then run every test (root): unit, host integration, CLI errors, faults, serve,
-    /// the Prometheus end-to-end test and the kernel matrix in qemu.
+    /// the Prometheus end-to-end test, the Kubernetes manifests, the container image under
+    /// podman, the Debian package and the kernel matrix in qemu.
     Test(test::Options),
     /// A real Prometheus scrapes `serve` while the workload runs; every dashboard query must
     /// return data and the counters must match (root).
