@@ -253,6 +253,7 @@ pub fn test(root: &Path) -> Result<()> {
         for l in check.lines().take(12) {
             println!("  {l}");
         }
+        serve_as_the_unit(&unit, &bounding)?;
         verify_unit(&Path::new("/").join(UNIT_DEST))?;
         Ok(())
     })();
@@ -276,6 +277,58 @@ pub fn test(root: &Path) -> Result<()> {
         ensure!(!Path::new(p).exists(), "dpkg --purge left {p}");
     }
     println!("deb: installed, ran, purged; none of its {} files is left", files.len());
+    Ok(())
+}
+
+/// The installed unit's ExecStart with the installed /etc/default/pidfd-trace options (the
+/// listen port swapped for a free loopback one), under the unit's bounding set and
+/// no_new_privs: `serve` must answer /metrics, write its events log into the LogsDirectory
+/// and exit 0 on SIGTERM.
+fn serve_as_the_unit(unit: &str, bounding: &str) -> Result<()> {
+    let exec_start = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ExecStart="))
+        .context("the unit has no ExecStart=")?;
+    let env = std::fs::read_to_string("/etc/default/pidfd-trace")?;
+    let opts = env
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("PIDFD_TRACE_OPTS="))
+        .context("/etc/default/pidfd-trace sets no PIDFD_TRACE_OPTS")?
+        .trim_matches('"');
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let line = exec_start.replace("$PIDFD_TRACE_OPTS", opts).replace(":29100", &addr);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    ensure!(words.first() == Some(&"/usr/bin/pidfd-trace"), "ExecStart does not run /usr/bin/pidfd-trace");
+    // systemd creates the LogsDirectory; here the test does.
+    std::fs::create_dir_all("/var/log/pidfd-trace")?;
+    let mut child = Command::new("setpriv")
+        .args(["--bounding-set", bounding, "--inh-caps=-all", "--no-new-privs"])
+        .args(&words)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the installed pidfd-trace serve")?;
+    let url = format!("http://{addr}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answered = loop {
+        if crate::util::succeeds(Command::new("curl").args(["-sf", "--max-time", "2", &url])) {
+            break true;
+        }
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait()?;
+    ensure!(answered, "{line}: /metrics never answered ({status})");
+    ensure!(status.success(), "{line}: exited with {status} on SIGTERM");
+    let log = Path::new("/var/log/pidfd-trace/events.jsonl");
+    ensure!(log.is_file(), "{line}: wrote no {}", log.display());
+    println!("deb: `{line}` served /metrics and stopped cleanly, under the same capabilities");
     Ok(())
 }
 
