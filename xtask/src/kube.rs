@@ -351,6 +351,16 @@ pub fn check(root: &Path) -> Result<()> {
     for r in &listed {
         ensure!(dir.join(r).is_file(), "kustomization.yaml lists {r}, which does not exist");
     }
+    // Its `images:` entry must name the DaemonSet's image, or setting a registry there does
+    // nothing.
+    let image = str_at(c, &["image"], f)?;
+    let repo = image.rsplit_once(':').map_or(image, |(r, _)| r);
+    ensure!(
+        k.get("images")
+            .and_then(Value::as_sequence)
+            .is_some_and(|i| i.iter().any(|i| i.get("name").and_then(Value::as_str) == Some(repo))),
+        "kustomization.yaml: no images entry named {repo} (the DaemonSet's image)"
+    );
     println!(
         "manifests: {} objects parse ({}); DaemonSet, monitors and PrometheusRule agree",
         by_kind.len(),
