@@ -10,6 +10,11 @@ const EINVAL: u32 = 22;
 const ENFILE: u32 = 23;
 const EMFILE: u32 = 24;
 
+/// Every errno the stage rules below name; any other errno is stage `other` (or, with
+/// function probes, `fd_alloc` when the creation step itself failed). The metrics export
+/// each (source, stage, errno) these can give from the start (serve/outcomes.rs).
+pub const NAMED_ERRNOS: [u32; 5] = [EAGAIN, EFAULT, EINVAL, ENFILE, EMFILE];
+
 /// Failure stages of the JSON `stage` field and the metrics' `stage` label (DESIGN.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,7 +145,8 @@ mod tests {
     #[test]
     fn table() {
         use EventKind::*;
-        let cases: &[(EventKind, u32, u8, u64, KernelSemantics, Option<Stage>)] = &[
+        type Case = (EventKind, u32, u8, u64, KernelSemantics, Option<Stage>);
+        let cases: &[Case] = &[
             (Clone, 0, 0, P, NEW, None),
             (Clone, EINVAL, 0, P | cf::CLONE_PARENT_SETTID, NEW, Some(Stage::Flags)),
             (Clone3, EINVAL, 0, P | cf::CLONE_PARENT_SETTID, NEW, Some(Stage::Other)),

@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | build | run | test | e2e | vm`.
+//! Project tasks: `cargo xtask setup | build | run | test | rules | e2e | vm`.
 mod bench;
 mod e2e;
+mod rules;
 mod setup;
 mod soak;
 mod test;
@@ -37,10 +38,15 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Set up, then run every test (root): unit, host integration, CLI errors, faults, serve,
-    /// the Prometheus end-to-end test and the kernel matrix in qemu.
+    /// the alert rules (promtool), the Prometheus/Alertmanager end-to-end test and the kernel
+    /// matrix in qemu.
     Test(test::Options),
+    /// The alert rules: `promtool check rules` and `promtool test rules` on deploy/prometheus/,
+    /// and every alert's for/severity/summary/description/runbook section (no root).
+    Rules,
     /// A real Prometheus scrapes `serve` while the workload runs; every dashboard query must
-    /// return data and the counters must match (root).
+    /// return data, the counters must match, and the failure alerts must reach a real
+    /// Alertmanager (root).
     E2e,
     /// Boot Debian kernels in qemu and run the scenario suite in each mode.
     Vm(vm::Options),
@@ -76,6 +82,7 @@ fn run() -> Result<()> {
         Cmd::Test(opts) => test::run(&opts, &root),
         Cmd::Bench(opts) => bench::run(&opts, &root),
         Cmd::Soak(opts) => soak::run(&opts, &root),
+        Cmd::Rules => rules::run(&root),
         Cmd::E2e => {
             setup::run(&Default::default())?;
             e2e::run(&root)

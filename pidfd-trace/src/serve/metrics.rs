@@ -112,11 +112,12 @@ impl KernelMetrics {
                 )?,
             ),
         ]);
-        // Known label values exist from the start, so rate() has a zero to start from.
-        for source in ["clone", "clone3", "pidfd_open"] {
-            families[&Family::Created].with_label_values(&[source]);
+        // Every label set whose values are known in advance exists from the start at 0, so
+        // increase() and rate() see the first event (README, "Series from zero").
+        for (family, labels) in outcomes::known_series(sem) {
+            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+            families[&family].with_label_values(&l);
         }
-        families[&Family::Getfd].with_label_values::<&str>(&[]);
         Ok(Self {
             sem,
             families,

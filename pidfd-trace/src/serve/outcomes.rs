@@ -58,6 +58,94 @@ pub fn series(key: &CounterKey, sem: KernelSemantics) -> Vec<Series> {
     }
 }
 
+/// pidfd_send_signal(2)'s documented errnos: `signal_failures_total{errno}` starts with
+/// these at 0. Others the kernel may return (e.g. EINTR is impossible, ENOSYS only on
+/// kernels without the syscall) get a series at their first occurrence.
+pub const SIGNAL_ERRNOS: [u32; 4] =
+    [1 /* EPERM */, 3 /* ESRCH */, 9 /* EBADF */, 22 /* EINVAL */];
+
+/// pidfd_getfd(2)'s documented errnos, for `getfd_failures_total{errno}` likewise.
+pub const GETFD_ERRNOS: [u32; 6] = [
+    1,  /* EPERM */
+    3,  /* ESRCH */
+    9,  /* EBADF */
+    22, /* EINVAL */
+    23, /* ENFILE */
+    24, /* EMFILE */
+];
+
+/// Every series of the kernel-counter families whose label values are known in advance, to
+/// export at 0 from the start (so `increase()` sees the first event):
+/// - created: every source;
+/// - create failures: every (source, stage, errno) the classifier gives for the errnos it
+///   names ([`crate::classify::NAMED_ERRNOS`]), found by running [`series`] (the function
+///   that labels the live counters) over every combination of those errnos, the stage hints
+///   and the flags the rules look at. Other errnos (stage `other`, or `fd_alloc` from a
+///   failed creation step under function probes) get a series at their first occurrence;
+/// - signals: every signal with a name (`0`, SIGHUP … SIGSYS); real-time signals
+///   (`SIGRTMIN+n`) at their first use;
+/// - getfd / signal failures: the errnos their man pages document.
+pub fn known_series(sem: KernelSemantics) -> Vec<Series> {
+    use pidfd_trace_common::hints as h;
+    let mut out: Vec<Series> = Vec::new();
+    let mut add = |key: CounterKey| {
+        for s in series(&key, sem) {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    };
+    let key = |kind: EventKind, errno: u32, hints: u8, signal: u8, flag_bits: u64| CounterKey {
+        kind: kind as u8,
+        hints,
+        signal,
+        _pad: 0,
+        errno,
+        flag_bits: flag_bits as u32,
+    };
+    let hint_sets: Vec<u8> = {
+        let fn_hints = [0, h::PIDFD_CREATED, h::PIDFD_CREATE_FAILED, h::CGROUP_FORK_FAILED];
+        let mut v = vec![0, h::PIDS_AT_LIMIT];
+        if sem.creation_observed {
+            v.extend(fn_hints.iter().map(|x| h::COPY_PROCESS | x));
+            v.push(h::COPY_PROCESS | h::PIDFD_CREATED | h::CGROUP_FORK_FAILED);
+        }
+        v
+    };
+    let clone_flags =
+        [0, clone_flags::CLONE_DETACHED, clone_flags::CLONE_THREAD, clone_flags::CLONE_PARENT_SETTID];
+    for kind in [EventKind::Clone, EventKind::Clone3, EventKind::PidfdOpen] {
+        add(key(kind, 0, 0, 0, 0));
+        for errno in crate::classify::NAMED_ERRNOS {
+            match kind {
+                EventKind::PidfdOpen => {
+                    for flags in [0, 1] {
+                        add(key(kind, errno, 0, 0, flags));
+                    }
+                }
+                _ => {
+                    for &hints in &hint_sets {
+                        for flags in clone_flags {
+                            add(key(kind, errno, hints, 0, flags));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    add(key(EventKind::PidfdGetfd, 0, 0, 0, 0));
+    for errno in GETFD_ERRNOS {
+        add(key(EventKind::PidfdGetfd, errno, 0, 0, 0));
+    }
+    for signal in 0..32 {
+        add(key(EventKind::PidfdSendSignal, 0, 0, signal, 0));
+    }
+    for errno in SIGNAL_ERRNOS {
+        add(key(EventKind::PidfdSendSignal, errno, 0, 15, 0));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use pidfd_trace_common::{clone_flags as cf, hints};
@@ -101,6 +189,55 @@ mod tests {
             assert_eq!(series(&k, sem), want, "{k:?}");
         }
         let mut unknown = key(Clone, 0, 0, 0, 0);
+        unknown.kind = 99;
+        assert!(series(&unknown, sem).is_empty());
+    }
+
+    #[test]
+    fn known_series_cover_the_classifier() {
+        use Family::*;
+        let s = |f: Family, l: &[&str]| (f, l.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        for sem in [
+            KernelSemantics { thread_pidfd: false, creation_observed: false },
+            KernelSemantics { thread_pidfd: true, creation_observed: true },
+        ] {
+            let known = known_series(sem);
+            for want in [
+                s(Created, &["clone"]),
+                s(Created, &["clone3"]),
+                s(Created, &["pidfd_open"]),
+                s(CreateFailures, &["clone", "flags", "EINVAL"]),
+                s(CreateFailures, &["clone3", "fd_alloc", "EMFILE"]),
+                s(CreateFailures, &["clone3", "fd_alloc", "ENFILE"]),
+                s(CreateFailures, &["clone", "user_memory", "EFAULT"]),
+                s(CreateFailures, &["clone", "pids_cgroup", "EAGAIN"]),
+                s(CreateFailures, &["clone3", "task_limit", "EAGAIN"]),
+                s(CreateFailures, &["pidfd_open", "flags", "EINVAL"]),
+                s(CreateFailures, &["pidfd_open", "fd_alloc", "EMFILE"]),
+                s(Getfd, &[]),
+                s(GetfdFailures, &["EBADF"]),
+                s(Signals, &["SIGTERM"]),
+                s(Signals, &["SIGKILL"]),
+                s(Signals, &["0"]),
+                s(SignalFailures, &["ESRCH"]),
+            ] {
+                assert!(known.contains(&want), "{want:?} missing for {sem:?}");
+            }
+            // Every known series is one the live path can produce (same function), and the
+            // set stays small.
+            assert!(known.len() < 120, "{}", known.len());
+            // Events of an unnamed errno are not guessed in advance.
+            assert!(!known.iter().any(|(_, l)| l.iter().any(|v| v == "ENOMEM")));
+        }
+        // user_memory needs PIDFD_CREATED under function probes: still known.
+        let fnp = known_series(KernelSemantics { thread_pidfd: true, creation_observed: true });
+        assert!(fnp.contains(&s(CreateFailures, &["clone3", "user_memory", "EFAULT"])));
+    }
+
+    #[test]
+    fn unknown_kind_is_ignored() {
+        let sem = KernelSemantics::default();
+        let mut unknown = key(EventKind::Clone, 0, 0, 0, 0);
         unknown.kind = 99;
         assert!(series(&unknown, sem).is_empty());
     }
