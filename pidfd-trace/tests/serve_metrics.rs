@@ -124,6 +124,28 @@ fn samples(body: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Errors before anything is loaded are JSON lines too under `--log-format json`: a bad
+/// flag value (found before the format flag is even parsed) and a port in use.
+#[test]
+fn errors_are_json_lines_under_log_format_json() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    for (args, code, needle) in [
+        (vec!["serve", "--log-format", "json", "--max-label-values", "abc"], 2, "invalid value 'abc'"),
+        (vec!["serve", "--log-format=json", "--web.listen-address", &addr], 1, "the port is already in use"),
+    ] {
+        let out = Command::new(AGENT).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {err}");
+        let v: Value =
+            serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{args:?}: not JSON: {err}: {e}"));
+        assert_eq!(v["level"], "error", "{err}");
+        assert!(v["msg"].as_str().unwrap().contains(needle), "{args:?}: want {needle:?} in {err}");
+    }
+}
+
 #[test]
 fn fresh_serve_exports_every_known_series_at_start() {
     let serve = Serve::start(&[]);
