@@ -14,16 +14,23 @@ thread_local! {
 /// `/proc/<pid>/fdinfo/<pidfd>` ("Pid:" line, 5.3+). Racy by nature: if the caller already
 /// closed the pidfd the field stays null rather than guessed.
 pub fn enrich(ev: &mut Event) {
-    if let Some(fd) = ev.used_pidfd {
+    // Only when the kernel could not resolve the pidfd at syscall entry.
+    if ev.target_pid.is_none()
+        && let Some(fd) = ev.used_pidfd
+    {
         ev.target_pid = pidfd_target(ev.pid, fd);
     }
     let info =
         CGROUPS.with_borrow_mut(|r| r.get_or_insert_with(cgroup::Resolver::new).lookup(ev.cgroup_id, ev.pid));
-    ev.cgroup = info.path;
     if let Some(c) = info.container {
+        // The runtime is what the cgroup2 path says; a container found only through the v1
+        // hierarchies (hybrid hosts) keeps its id and no runtime.
+        let on_path = info.path.as_deref().and_then(cgroup::parse_container).is_some_and(|p| p.id == c.id);
+        ev.container_runtime = on_path.then_some(c.runtime);
         ev.container_id = Some(c.id);
         ev.pod_uid = c.pod_uid;
     }
+    ev.cgroup = info.path;
 }
 
 fn pidfd_target(pid: u32, fd: i32) -> Option<i64> {

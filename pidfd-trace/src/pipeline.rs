@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use log::warn;
 use pidfd_trace_common::stats;
 use tokio::{
@@ -11,7 +10,11 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{decode::Decoder, enrich, filter::Filter, session::Session, sink::Sink};
+pub use crate::sink::Totals;
+use crate::{
+    counters::Counters, decode::Decoder, enrich, filter::Filter, probes::EventRing, session::Session,
+    sink::Sink,
+};
 
 /// Longest a record waits in the ring before the agent reads it: the kernel programs do not
 /// wake the agent per record (pidfd-trace-ebpf/src/emit.rs), so the agent drains on this tick.
@@ -19,14 +22,6 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Every this many one-second ticks, entry states of threads that exited mid-syscall go.
 const ENTER_SWEEP_TICKS: u64 = 10;
-
-/// Counts of one run, for the closing summary.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Totals {
-    pub delivered: u64,
-    pub shown: u64,
-    pub decode_errors: u64,
-}
 
 pub struct Pipeline<'a> {
     pub decoder: Decoder,
@@ -37,11 +32,11 @@ pub struct Pipeline<'a> {
 
 impl Pipeline<'_> {
     /// Drains every record that is ready. Returns Err only when the sink cannot write.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> std::io::Result<()> {
+    fn drain(&mut self, ring: &mut EventRing) -> std::io::Result<()> {
         let mut any = false;
-        while let Some(item) = ring.next() {
+        while let Some(decoded) = ring.next_with(|bytes| self.decoder.decode(bytes)) {
             self.totals.delivered += 1;
-            let mut ev = match self.decoder.decode(&item) {
+            let mut ev = match decoded {
                 Ok(ev) => ev,
                 Err(e) => {
                     self.totals.decode_errors += 1;
@@ -49,7 +44,6 @@ impl Pipeline<'_> {
                     continue;
                 }
             };
-            drop(item);
             if !self.filter.matches(&ev) {
                 continue;
             }
@@ -63,18 +57,18 @@ impl Pipeline<'_> {
 }
 
 /// Runs until SIGINT/SIGTERM or the sink's reader goes away (e.g. `| head`).
-pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<()> {
+pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<Counters> {
     run_with_tick(session, pipe, &mut |_, _| Ok(())).await
 }
 
-/// `run`, also calling `on_tick` once a second and once more at the end, with the session
-/// (whose kernel counters it may read) and this run's totals: how `serve` refreshes the
-/// metrics it reads from the kernel.
+/// `run`, also calling `on_tick` once a second and once more at the end, with a snapshot of
+/// the kernel counters and this run's totals: how `serve` refreshes the metrics it reads
+/// from the kernel. Returns the last snapshot (for the closing summary).
 pub async fn run_with_tick(
     session: &mut Session,
     pipe: &mut Pipeline<'_>,
-    on_tick: &mut dyn FnMut(&Session, &Totals) -> Result<()>,
-) -> Result<()> {
+    on_tick: &mut dyn FnMut(&Counters, &Totals) -> Result<()>,
+) -> Result<Counters> {
     let ring = session.probes.take_events()?;
     // SAFETY (both registrations): the AsyncFd owns the value that owns the fd, so the fd
     // cannot be closed while it is registered.
@@ -104,7 +98,7 @@ pub async fn run_with_tick(
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 if let Err(e) = pipe.drain(guard.get_inner_mut()) {
-                    return sink_closed(e);
+                    return sink_closed(e, session);
                 }
                 guard.clear_ready();
             }
@@ -115,11 +109,12 @@ pub async fn run_with_tick(
             }
             _ = drain_tick.tick() => {
                 if let Err(e) = pipe.drain(ring.get_mut()) {
-                    return sink_closed(e);
+                    return sink_closed(e, session);
                 }
             }
             _ = tick.tick() => {
-                let lost = session.probes.stats()?[stats::LOST as usize];
+                let counters = session.probes.counters()?;
+                let lost = counters.stat(stats::LOST);
                 if lost > lost_seen {
                     warn!("{} event records lost (ring buffer full), {lost} in total; counters stay exact", lost - lost_seen);
                     lost_seen = lost;
@@ -131,7 +126,7 @@ pub async fn run_with_tick(
                         log::debug!("entry states: removed {removed} of exited threads, {kept} in flight");
                     }
                 }
-                on_tick(session, &pipe.totals)?;
+                on_tick(&counters, &pipe.totals)?;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -139,14 +134,22 @@ pub async fn run_with_tick(
     }
     // Records already in the ring when the signal came are still delivered.
     if let Err(e) = pipe.drain(ring.get_mut()) {
-        return sink_closed(e);
+        return sink_closed(e, session);
     }
     if let Some(l) = logger.as_mut() {
         l.get_mut().flush();
     }
-    on_tick(session, &pipe.totals)
+    let counters = session.probes.counters()?;
+    on_tick(&counters, &pipe.totals)?;
+    Ok(counters)
 }
 
-fn sink_closed(e: std::io::Error) -> Result<()> {
-    if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e).context("writing events") }
+/// The reader of our output went away (e.g. `| head`): a normal end; any other write error
+/// is an error.
+fn sink_closed(e: std::io::Error, session: &Session) -> Result<Counters> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(session.probes.counters()?)
+    } else {
+        Err(e).context("writing events")
+    }
 }

@@ -26,14 +26,13 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         sink: sink.as_mut(),
         totals: Default::default(),
     };
-    pipeline::run(&mut session, &mut pipe).await?;
-    let stats = session.probes.stats()?;
+    let counters = pipeline::run(&mut session, &mut pipe).await?;
     let t = pipe.totals;
     eprintln!(
         "pidfd-trace: {} events received, {} shown, {} lost, {} undecodable",
         t.delivered,
         t.shown,
-        stats[pidfd_trace_common::stats::LOST as usize],
+        counters.stat(pidfd_trace_common::stats::LOST),
         t.decode_errors
     );
     let _ = std::io::stderr().flush();

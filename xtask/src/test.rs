@@ -38,6 +38,9 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
     step("unit and host integration tests (cargo test)", &mut || {
         util::exec(Command::new(env!("CARGO")).current_dir(root).args(["test", "--", "--test-threads=1"]))
     });
+    step("build wiring: a shared-layout change rebuilds the embedded kernel object", &mut || {
+        crate::wiring::run(root)
+    });
     step("alert rules: promtool check/test rules, runbook sections (cargo xtask rules)", &mut || {
         crate::rules::run(root)
     });

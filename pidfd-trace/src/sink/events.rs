@@ -14,7 +14,7 @@ use super::{
     cap::{CappedCounter, OVERFLOW},
     metrics::MetricsError,
 };
-use crate::{cgroup::parse_container, event::Event, names, sink::Sink, sink::json::JsonLines};
+use crate::{event::Event, names, sink::Sink, sink::json::JsonLines};
 
 /// Latency buckets: 250 ns doubling 20 times, up to 131 ms: factor-2 resolution across both
 /// the sub-µs calls and ms-scale clones. Chosen from durations measured on the development
@@ -111,7 +111,7 @@ impl EventMetrics {
         )?;
         reg.register(Box::new(duration.clone()))?;
         for kind in pidfd_trace_common::EventKind::ALL {
-            duration.with_label_values(&[names::event_name(kind)]);
+            duration.with_label_values(&[names::event_name(*kind)]);
         }
         let processes = IntCounterVec::new(
             Opts::new(
@@ -149,12 +149,13 @@ impl Sink for EventMetrics {
         self.duration.with_label_values(&[event]).observe(ev.duration_ns as f64 / 1e9);
         self.processes.inc(&ev.comm, &[], &[event, outcome]);
         if let Some(id) = &ev.container_id {
-            // The path says the runtime and pod; a container found only through the v1
-            // hierarchies (hybrid hosts) keeps its id and no more.
-            let c = ev.cgroup.as_deref().and_then(parse_container).filter(|c| &c.id == id);
-            let runtime = c.as_ref().map_or("unknown", |c| c.runtime);
-            let pod = c.as_ref().and_then(|c| c.pod_uid.clone()).unwrap_or_default();
-            self.containers.inc(id, &[runtime, &pod], &[event, outcome]);
+            // The enricher sets the runtime when the cgroup2 path shows the container; one
+            // found only through the v1 hierarchies (hybrid hosts) keeps its id and no more.
+            let (runtime, pod) = match ev.container_runtime {
+                Some(runtime) => (runtime, ev.pod_uid.as_deref().unwrap_or_default()),
+                None => ("unknown", ""),
+            };
+            self.containers.inc(id, &[runtime, pod], &[event, outcome]);
         }
         Ok(())
     }

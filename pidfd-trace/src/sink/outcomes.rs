@@ -3,7 +3,11 @@
 //! and the events it counts always agree.
 use pidfd_trace_common::{CounterKey, EventKind, clone_flags};
 
-use crate::{classify::KernelSemantics, names};
+use crate::{
+    classify::KernelSemantics,
+    hooks::{self, Feeds, StageRule},
+    names,
+};
 
 /// Which contract metric a counted outcome feeds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,6 +24,8 @@ pub enum Family {
     Signals,
     /// `pidfd_trace_signal_failures_total{errno}`
     SignalFailures,
+    /// `pidfd_trace_pidfd_uses_total{op,outcome}` (outcome: `ok` or the errno name)
+    Uses,
 }
 
 /// The label values of one series (in the order the metric declares its labels).
@@ -28,39 +34,42 @@ pub type Series = (Family, Vec<String>);
 /// The series one kernel counter slot adds to. A failed pidfd_getfd or pidfd_send_signal
 /// counts as a call and as a failure.
 pub fn series(key: &CounterKey, sem: KernelSemantics) -> Vec<Series> {
-    let Some(kind) = EventKind::from_u8(key.kind) else { return Vec::new() };
+    let Ok(kind) = EventKind::try_from(key.kind) else { return Vec::new() };
+    let row = hooks::event(kind);
     let errno = (key.errno != 0).then(|| names::errno_name(key.errno));
-    match kind {
-        EventKind::Clone | EventKind::Clone3 | EventKind::PidfdOpen => {
-            let source = names::event_name(kind).to_string();
+    match row.feeds {
+        Feeds::Creation => {
+            let source = row.name().to_string();
             let Some(errno) = errno else { return vec![(Family::Created, vec![source])] };
             // Counter keys keep only the flag bits that matter for the stage; every counted
             // clone had CLONE_PIDFD (the programs count nothing else).
-            let flags = match kind {
-                EventKind::PidfdOpen => u64::from(key.flag_bits),
-                _ => u64::from(key.flag_bits) | clone_flags::CLONE_PIDFD,
+            let flags = match row.stage {
+                StageRule::Clone => u64::from(key.flag_bits) | clone_flags::CLONE_PIDFD,
+                _ => u64::from(key.flag_bits),
             };
             let stage = crate::classify::stage(kind, key.errno, key.hints, flags, sem)
                 .map_or("other", |s| s.as_str())
                 .to_string();
             vec![(Family::CreateFailures, vec![source, stage, errno])]
         }
-        EventKind::PidfdGetfd => {
+        Feeds::Getfd => {
             let mut v = vec![(Family::Getfd, vec![])];
             v.extend(errno.map(|e| (Family::GetfdFailures, vec![e])));
             v
         }
-        EventKind::PidfdSendSignal => {
+        Feeds::Signal => {
             let mut v = vec![(Family::Signals, vec![names::signal_name(u64::from(key.signal))])];
             v.extend(errno.map(|e| (Family::SignalFailures, vec![e])));
             v
+        }
+        Feeds::Use => {
+            vec![(Family::Uses, vec![row.name().to_string(), errno.unwrap_or_else(|| "ok".into())])]
         }
     }
 }
 
 /// pidfd_send_signal(2)'s documented errnos: `signal_failures_total{errno}` starts with
-/// these at 0. Others the kernel may return (e.g. EINTR is impossible, ENOSYS only on
-/// kernels without the syscall) get a series at their first occurrence.
+/// these at 0. Others the kernel may return get a series at their first occurrence.
 pub const SIGNAL_ERRNOS: [u32; 4] =
     [1 /* EPERM */, 3 /* ESRCH */, 9 /* EBADF */, 22 /* EINVAL */];
 
@@ -74,18 +83,20 @@ pub const GETFD_ERRNOS: [u32; 6] = [
     24, /* EMFILE */
 ];
 
-/// Every series of the kernel-counter families whose label values are known in advance, to
-/// export at 0 from the start (so `increase()` sees the first event):
-/// - created: every source;
-/// - create failures: every (source, stage, errno) the classifier gives for the errnos it
-///   names ([`crate::classify::NAMED_ERRNOS`]), found by running [`series`] (the function
-///   that labels the live counters) over every combination of those errnos, the stage hints
-///   and the flags the rules look at. Other errnos (stage `other`, or `fd_alloc` from a
-///   failed creation step under function probes) get a series at their first occurrence;
-/// - signals: every signal with a name (`0`, SIGHUP … SIGSYS); real-time signals
-///   (`SIGRTMIN+n`) at their first use;
-/// - getfd / signal failures: the errnos their man pages document.
-pub fn known_series(sem: KernelSemantics) -> Vec<Series> {
+/// The series that exist from start-up at 0 (README, "Series from zero": known label values
+/// are exported before the first event, so `increase()` sees it), row by row of the hook
+/// table:
+/// - creations: every source; every (source, stage, errno) the classifier gives for the
+///   errnos it names ([`crate::classify::NAMED_ERRNOS`]), found by running [`series`] (the
+///   function that labels the live counters) over every combination of those errnos, the
+///   stage hints and the flags the stage rules look at. Other errnos (stage `other`, or
+///   `fd_alloc` from a failed creation step under function probes) appear at their first
+///   occurrence;
+/// - getfd: the call counter and the errnos pidfd_getfd(2) documents;
+/// - signals: every signal with a name (`0`, SIGHUP … SIGSYS; real-time signals at their
+///   first use) and the errnos pidfd_send_signal(2) documents;
+/// - uses: `outcome="ok"` of every op (errno outcomes at their first occurrence).
+pub fn initial_series(sem: KernelSemantics) -> Vec<Series> {
     use pidfd_trace_common::hints as h;
     let mut out: Vec<Series> = Vec::new();
     let mut add = |key: CounterKey| {
@@ -112,36 +123,45 @@ pub fn known_series(sem: KernelSemantics) -> Vec<Series> {
         }
         v
     };
-    let clone_flags =
+    let clone_flag_sets =
         [0, clone_flags::CLONE_DETACHED, clone_flags::CLONE_THREAD, clone_flags::CLONE_PARENT_SETTID];
-    for kind in [EventKind::Clone, EventKind::Clone3, EventKind::PidfdOpen] {
+    for row in hooks::events() {
+        let kind = row.kind;
         add(key(kind, 0, 0, 0, 0));
-        for errno in crate::classify::NAMED_ERRNOS {
-            match kind {
-                EventKind::PidfdOpen => {
-                    for flags in [0, 1] {
-                        add(key(kind, errno, 0, 0, flags));
-                    }
-                }
-                _ => {
-                    for &hints in &hint_sets {
-                        for flags in clone_flags {
-                            add(key(kind, errno, hints, 0, flags));
+        match row.feeds {
+            Feeds::Creation => {
+                for errno in crate::classify::NAMED_ERRNOS {
+                    match row.stage {
+                        StageRule::Clone => {
+                            for &hints in &hint_sets {
+                                for flags in clone_flag_sets {
+                                    add(key(kind, errno, hints, 0, flags));
+                                }
+                            }
+                        }
+                        _ => {
+                            for flags in [0, 1] {
+                                add(key(kind, errno, 0, 0, flags));
+                            }
                         }
                     }
                 }
             }
+            Feeds::Getfd => {
+                for errno in GETFD_ERRNOS {
+                    add(key(kind, errno, 0, 0, 0));
+                }
+            }
+            Feeds::Signal => {
+                for signal in 0..32 {
+                    add(key(kind, 0, 0, signal, 0));
+                }
+                for errno in SIGNAL_ERRNOS {
+                    add(key(kind, errno, 0, 15, 0));
+                }
+            }
+            Feeds::Use => {}
         }
-    }
-    add(key(EventKind::PidfdGetfd, 0, 0, 0, 0));
-    for errno in GETFD_ERRNOS {
-        add(key(EventKind::PidfdGetfd, errno, 0, 0, 0));
-    }
-    for signal in 0..32 {
-        add(key(EventKind::PidfdSendSignal, 0, 0, signal, 0));
-    }
-    for errno in SIGNAL_ERRNOS {
-        add(key(EventKind::PidfdSendSignal, errno, 0, 15, 0));
     }
     out
 }
@@ -201,7 +221,7 @@ mod tests {
             KernelSemantics { thread_pidfd: false, creation_observed: false },
             KernelSemantics { thread_pidfd: true, creation_observed: true },
         ] {
-            let known = known_series(sem);
+            let known = initial_series(sem);
             for want in [
                 s(Created, &["clone"]),
                 s(Created, &["clone3"]),
@@ -230,7 +250,7 @@ mod tests {
             assert!(!known.iter().any(|(_, l)| l.iter().any(|v| v == "ENOMEM")));
         }
         // user_memory needs PIDFD_CREATED under function probes: still known.
-        let fnp = known_series(KernelSemantics { thread_pidfd: true, creation_observed: true });
+        let fnp = initial_series(KernelSemantics { thread_pidfd: true, creation_observed: true });
         assert!(fnp.contains(&s(CreateFailures, &["clone3", "user_memory", "EFAULT"])));
     }
 
