@@ -135,14 +135,15 @@ pub fn mode_name(mode: u8) -> &'static str {
     }
 }
 
+/// Made-up kernel records for the decode and pipeline tests.
 #[cfg(test)]
-mod tests {
-    use pidfd_trace_common::clone_flags as cf;
+pub mod testing {
+    use pidfd_trace_common::{EventKind, EventRecord, Mode};
 
-    use super::*;
-    use crate::classify::Stage;
+    use super::Decoder;
+    use crate::classify::KernelSemantics;
 
-    fn record(kind: EventKind, ret: i64, flags: u64) -> EventRecord {
+    pub fn record(kind: EventKind, ret: i64, flags: u64) -> EventRecord {
         let mut comm = [0u8; 16];
         comm[..7].copy_from_slice(b"workerx");
         EventRecord {
@@ -167,19 +168,27 @@ mod tests {
         }
     }
 
-    fn bytes(r: &EventRecord) -> Vec<u8> {
+    pub fn bytes(r: &EventRecord) -> Vec<u8> {
         unsafe {
             std::slice::from_raw_parts((r as *const EventRecord).cast::<u8>(), size_of::<EventRecord>())
         }
         .to_vec()
     }
 
-    fn decoder() -> Decoder {
+    pub fn decoder() -> Decoder {
         Decoder::new(
             1_000_000_000_000_000_000,
             KernelSemantics { thread_pidfd: true, creation_observed: false },
         )
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use pidfd_trace_common::clone_flags as cf;
+
+    use super::{testing::*, *};
+    use crate::classify::Stage;
 
     #[test]
     fn clone_success() {

@@ -1,5 +1,6 @@
-//! The event path inside the agent: ring buffer → decode → enrich → filter → sink, plus the
-//! kernel-side log channel and loss reporting, until a signal asks us to stop.
+//! The event path inside the agent: ring buffer → decode → filter → enrich → sink, plus the
+//! kernel-side log channel and loss reporting, until a signal asks us to stop. The stages are
+//! plain values held by `Pipeline`; only `run` touches the kernel (through `probes`).
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,8 +13,8 @@ use tokio::{
 
 pub use crate::sink::Totals;
 use crate::{
-    counters::Counters, decode::Decoder, enrich, filter::Filter, probes::EventRing, session::Session,
-    sink::Sink,
+    counters::Counters, decode::Decoder, enrich::Enricher, filter::Filter, probes::EventRing,
+    session::Session, sink::Sink,
 };
 
 /// Longest a record waits in the ring before the agent reads it: the kernel programs do not
@@ -23,10 +24,17 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Every this many one-second ticks, entry states of threads that exited mid-syscall go.
 const ENTER_SWEEP_TICKS: u64 = 10;
 
+/// The stages every record goes through, in order, and what they counted.
 pub struct Pipeline<'a> {
+    /// Record bytes → `Event` (decode.rs).
     pub decoder: Decoder,
+    /// What the user asked to see (`trace --pid/--comm/--failures-only`).
     pub filter: Filter,
+    /// cgroup, container and `target_pid` fallback (enrich.rs).
+    pub enricher: Enricher,
+    /// Where shown events go (sink/).
     pub sink: &'a mut dyn Sink,
+    /// Counts of this run.
     pub totals: Totals,
 }
 
@@ -34,25 +42,31 @@ impl Pipeline<'_> {
     /// Drains every record that is ready. Returns Err only when the sink cannot write.
     fn drain(&mut self, ring: &mut EventRing) -> std::io::Result<()> {
         let mut any = false;
-        while let Some(decoded) = ring.next_with(|bytes| self.decoder.decode(bytes)) {
-            self.totals.delivered += 1;
-            let mut ev = match decoded {
-                Ok(ev) => ev,
-                Err(e) => {
-                    self.totals.decode_errors += 1;
-                    warn!("dropping undecodable record: {e}");
-                    continue;
-                }
-            };
-            if !self.filter.matches(&ev) {
-                continue;
-            }
-            enrich::enrich(&mut ev);
-            self.sink.event(&ev)?;
-            self.totals.shown += 1;
-            any = true;
+        while let Some(shown) = ring.next_with(|bytes| self.process(bytes)) {
+            any |= shown?;
         }
         if any { self.sink.flush() } else { Ok(()) }
+    }
+
+    /// One record through decode → filter → enrich → sink. Returns whether it reached the
+    /// sink; an undecodable record is counted and dropped; Err only when the sink cannot write.
+    pub fn process(&mut self, bytes: &[u8]) -> std::io::Result<bool> {
+        self.totals.delivered += 1;
+        let mut ev = match self.decoder.decode(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.totals.decode_errors += 1;
+                warn!("dropping undecodable record: {e}");
+                return Ok(false);
+            }
+        };
+        if !self.filter.matches(&ev) {
+            return Ok(false);
+        }
+        self.enricher.enrich(&mut ev);
+        self.sink.event(&ev)?;
+        self.totals.shown += 1;
+        Ok(true)
     }
 }
 
@@ -91,7 +105,7 @@ pub async fn run_with_tick(
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_seen = 0u64;
     let mut sweeps = 0u64;
-    // DESIGN.md's ready line; a JSON object under `serve --log-format json`.
+    // The ready line (docs/cli.md, "Output and exit status"); a JSON object under `serve --log-format json`.
     crate::serve::logging::status(&session.attached_line());
     loop {
         tokio::select! {
@@ -151,5 +165,100 @@ fn sink_closed(e: std::io::Error, session: &Session) -> Result<Counters> {
         Ok(session.probes.counters()?)
     } else {
         Err(e).context("writing events")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io, os::fd::FromRawFd};
+
+    use pidfd_trace_common::{EventKind, EventRecord};
+
+    use super::*;
+    use crate::{
+        decode::testing::{bytes, decoder, record},
+        event::Event,
+        sink::json::JsonLines,
+    };
+
+    struct Collect(Vec<Event>);
+
+    impl Sink for Collect {
+        fn event(&mut self, ev: &Event) -> io::Result<()> {
+            self.0.push(ev.clone());
+            Ok(())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A record of a call this test process made (so /proc lookups find it).
+    fn ours(kind: EventKind, ret: i64) -> EventRecord {
+        let pid = u64::from(std::process::id());
+        EventRecord { pid_tgid: (pid << 32) | pid, ..record(kind, ret, 0) }
+    }
+
+    #[test]
+    fn records_through_every_stage() {
+        // A pidfd of our own, passed by a pidfd_getfd record the kernel could not resolve:
+        // the enricher must find its target in /proc/self/fdinfo.
+        let me = std::process::id() as i32;
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, me, 0) } as i32;
+        assert!(pidfd >= 0);
+        let mut getfd = ours(EventKind::PidfdGetfd, -9);
+        getfd.arg0 = pidfd as u64;
+        getfd.cpu_seq = 2;
+        let mut unknown_kind = ours(EventKind::Clone, 1);
+        unknown_kind.kind = 200;
+        let mut sink = Collect(Vec::new());
+        let mut pipe = Pipeline {
+            decoder: decoder(),
+            filter: Filter { failures_only: true, ..Default::default() },
+            enricher: Enricher::new(),
+            sink: &mut sink,
+            totals: Totals::default(),
+        };
+        let shown: Vec<bool> = [
+            bytes(&ours(EventKind::PidfdOpen, 3)),   // a success: filtered out
+            bytes(&getfd),                           // a failure: shown, enriched
+            vec![0u8; size_of::<EventRecord>() / 2], // truncated
+            bytes(&unknown_kind),
+        ]
+        .iter()
+        .map(|b| pipe.process(b).unwrap())
+        .collect();
+        unsafe { libc::close(pidfd) };
+        assert_eq!(shown, [false, true, false, false]);
+        let t = pipe.totals;
+        assert_eq!((t.delivered, t.shown, t.decode_errors), (4, 1, 2));
+        let ev = &sink.0[0];
+        assert_eq!(
+            (ev.event, ev.errno.as_deref(), ev.used_pidfd),
+            (EventKind::PidfdGetfd, Some("EBADF"), Some(pidfd))
+        );
+        assert_eq!(ev.target_pid, Some(i64::from(me)), "enriched from /proc/self/fdinfo");
+        assert_eq!(ev.target_fd, Some(15));
+    }
+
+    #[test]
+    fn closed_stdout_is_a_broken_pipe() {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: fds[1] is a fresh fd this File now owns.
+        let out = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+        let mut sink = JsonLines::new(out);
+        let mut pipe = Pipeline {
+            decoder: decoder(),
+            filter: Filter::default(),
+            enricher: Enricher::new(),
+            sink: &mut sink,
+            totals: Totals::default(),
+        };
+        let err = pipe.process(&bytes(&ours(EventKind::PidfdOpen, 3))).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!((pipe.totals.delivered, pipe.totals.shown), (1, 0));
     }
 }

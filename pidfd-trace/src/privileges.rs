@@ -79,7 +79,7 @@ pub fn drop_all(map: MapProbe) -> Result<(), PrivilegeError> {
             "capabilities still held after capset: CapEff {eff:#x}, CapPrm {prm:#x}"
         ))));
     }
-    // Worded without "attached": that word marks the one ready line (DESIGN.md).
+    // Worded without "attached": that word marks the one ready line (docs/cli.md).
     match keep {
         None => info!(
             "dropped all {} capabilities now that the probes are in place (CapEff was {had:#x}); the agent keeps none, no_new_privs set",

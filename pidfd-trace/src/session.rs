@@ -102,7 +102,7 @@ impl Session {
         candidates.chain(attached).collect()
     }
 
-    /// The one line on stderr that says we are ready (DESIGN.md contract).
+    /// The one line on stderr that says we are ready (docs/cli.md).
     pub fn attached_line(&self) -> String {
         let hooks: Vec<String> =
             self.probes.attached.iter().map(|a| format!("{}={}", a.hook, a.mode.as_str())).collect();

@@ -6,6 +6,7 @@ use anyhow::Result;
 use crate::{
     cli::{Output, TraceArgs},
     decode::Decoder,
+    enrich::Enricher,
     filter::Filter,
     pipeline::{self, Pipeline},
     session::Session,
@@ -23,6 +24,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let mut pipe = Pipeline {
         decoder: Decoder::new(boot_to_unix_ns(), session.facts.sem),
         filter: Filter { pids: args.pids, comms: args.comms, failures_only: args.failures_only },
+        enricher: Enricher::new(),
         sink: sink.as_mut(),
         totals: Default::default(),
     };

@@ -156,7 +156,7 @@ fn fresh_serve_exports_every_known_series_at_start() {
     for s in ["clone", "clone3", "pidfd_open"] {
         want.push(format!("pidfd_trace_pidfds_created_total{{source=\"{s}\"}}"));
     }
-    // Every (stage, errno) the classifier names (DESIGN.md's stages), per source.
+    // Every (stage, errno) the classifier names (docs/events.md's stages), per source.
     let clone_stages = [
         ("flags", "EINVAL"),
         ("fd_alloc", "EMFILE"),

@@ -666,7 +666,7 @@ fn test_rules(shipped: &str) -> Result<String> {
 }
 
 /// Adds the counter series each expected event must bump (names and labels as in
-/// DESIGN.md's metric table) to `into`.
+/// README's metric table) to `into`.
 fn count_expected(events: &[Value], into: &mut Counts) {
     for e in events {
         let event = e["event"].as_str().unwrap_or_default();

@@ -35,6 +35,17 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
         }
         steps.push((name, r, t.elapsed().as_secs_f64()));
     };
+    step("lint: cargo fmt --check, cargo clippy -D warnings", &mut || {
+        util::exec(Command::new(env!("CARGO")).current_dir(root).args(["fmt", "--all", "--", "--check"]))?;
+        util::exec(Command::new(env!("CARGO")).current_dir(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    });
     step("unit and host integration tests (cargo test)", &mut || {
         util::exec(Command::new(env!("CARGO")).current_dir(root).args(["test", "--", "--test-threads=1"]))
     });

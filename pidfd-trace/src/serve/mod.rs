@@ -32,6 +32,7 @@ use crate::{
     cli::ServeArgs,
     counters::Counters,
     decode::Decoder,
+    enrich::Enricher,
     filter::Filter,
     pipeline::{self, Pipeline},
     session::Session,
@@ -139,6 +140,7 @@ async fn serve(
     let mut pipe = Pipeline {
         decoder: Decoder::new(crate::trace::boot_to_unix_ns(), session.facts.sem),
         filter: Filter::default(),
+        enricher: Enricher::new(),
         sink: &mut tee,
         totals: Default::default(),
     };

@@ -1,4 +1,4 @@
-//! The Prometheus registry of `serve` and the metrics read from the kernel: DESIGN.md's
+//! The Prometheus registry of `serve` and the metrics read from the kernel: README.md's
 //! contract names, refreshed from the per-CPU counters (exact even when ring-buffer records
 //! are lost), plus build info and the attach plan. Event-derived metrics live in `events.rs`.
 use std::collections::HashMap;

@@ -1,5 +1,5 @@
 //! Scenarios: each runs in its own process, makes real syscalls, and reports what the kernel
-//! returned as the exact events the agent must print (field subsets of DESIGN.md's JSON).
+//! returned as the exact events the agent must print (field subsets of docs/events.md).
 //! Every scenario ends with a sentinel pidfd_open of itself, so the suite knows when all of
 //! a scenario's events have arrived.
 use serde_json::{Value, json};
