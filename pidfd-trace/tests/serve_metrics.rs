@@ -206,7 +206,18 @@ fn fresh_serve_exports_every_known_series_at_start() {
     want.push("pidfd_trace_pidfd_uses_total{op=\"waitid\",outcome=\"ok\"}".to_string());
     for ev in ["clone", "clone3", "pidfd_open", "pidfd_getfd", "pidfd_send_signal", "waitid"] {
         want.push(format!("pidfd_trace_syscall_duration_seconds_count{{event=\"{ev}\"}}"));
-        want.push(format!("pidfd_trace_probe_attached{{hook=\"{ev}\",mode=\"tracepoint\"}}"));
+    }
+    // Every (hook, mode) of the attach plan `check` prints for this kernel.
+    let check = Command::new(AGENT).args(["check", "--output", "json"]).output().unwrap();
+    let plan: Value = serde_json::from_slice(&check.stdout).expect("check --output json");
+    for hook in plan["plan"].as_array().expect("a plan") {
+        for c in hook["candidates"].as_array().unwrap() {
+            want.push(format!(
+                "pidfd_trace_probe_attached{{hook=\"{}\",mode=\"{}\"}}",
+                hook["hook"].as_str().unwrap(),
+                c["mode"].as_str().unwrap()
+            ));
+        }
     }
     // The exposition sorts labels by name; compare label sets, not strings.
     let norm = |k: &str| {
