@@ -60,8 +60,8 @@ pub fn fatal(msg: &str) {
 /// line itself is wrong, so that even that error is a JSON line.
 pub fn json_requested(args: &[String]) -> bool {
     args.get(1).is_some_and(|c| c == "serve")
-        && args.windows(2).any(|w| w[0] == "--log-format" && w[1] == "json")
-        || args.iter().any(|a| a == "--log-format=json")
+        && (args.windows(2).any(|w| w[0] == "--log-format" && w[1] == "json")
+            || args.iter().any(|a| a == "--log-format=json"))
 }
 
 /// Marks stderr as JSON before the command line is parsed (see [`json_requested`]).
@@ -96,6 +96,7 @@ mod tests {
         assert!(json_requested(&v("pidfd-trace serve --log-format=json --max-label-values x")));
         assert!(!json_requested(&v("pidfd-trace serve --log-format text")));
         assert!(!json_requested(&v("pidfd-trace trace --output json")));
+        assert!(!json_requested(&v("pidfd-trace trace --log-format=json")));
     }
 
     #[test]
