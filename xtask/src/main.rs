@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | build | run | test | e2e | image | deb | manifests | vm`.
+//! Project tasks: `cargo xtask setup | build | run | test | rules | e2e | image | deb | manifests | vm`.
 mod bench;
 mod cross;
 mod deb;
 mod e2e;
 mod image;
 mod kube;
+mod rules;
 mod setup;
 mod soak;
 mod test;
@@ -48,11 +49,16 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Set up, then run every test (root): unit, host integration, CLI errors, faults, serve,
-    /// the Prometheus end-to-end test, the Kubernetes manifests, the container image under
-    /// podman, the Debian package and the kernel matrix in qemu.
+    /// the alert rules (promtool), the Prometheus/Alertmanager end-to-end test, the Kubernetes
+    /// manifests, the container image under podman, the Debian package and the kernel matrix
+    /// in qemu.
     Test(test::Options),
+    /// The alert rules: `promtool check rules` and `promtool test rules` on deploy/prometheus/,
+    /// and every alert's for/severity/summary/description/runbook section (no root).
+    Rules,
     /// A real Prometheus scrapes `serve` while the workload runs; every dashboard query must
-    /// return data and the counters must match (root).
+    /// return data, the counters must match, and the failure alerts must reach a real
+    /// Alertmanager (root).
     E2e,
     /// OCI images (amd64, arm64) of the static agent on an empty base, built offline with
     /// buildah, plus a manifest list; archives in target/images.
@@ -113,6 +119,7 @@ fn run() -> Result<()> {
         Cmd::Bench(opts) => bench::run(&opts, &root),
         Cmd::BuildWiring => wiring::run(&root),
         Cmd::Soak(opts) => soak::run(&opts, &root),
+        Cmd::Rules => rules::run(&root),
         Cmd::E2e => {
             setup::run(&Default::default())?;
             e2e::run(&root)

@@ -18,7 +18,7 @@ pub struct Options {
 }
 
 /// Debian packages the host tests and benchmarks use (the VM harness has its own list).
-pub const TEST_PACKAGES: &[&str] = &["prometheus", "stress-ng", "curl"];
+pub const TEST_PACKAGES: &[&str] = &["prometheus", "prometheus-alertmanager", "stress-ng", "curl"];
 
 pub fn run(opts: &Options) -> Result<()> {
     nightly()?;

@@ -52,6 +52,9 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
     step("build wiring: a shared-layout change rebuilds the embedded kernel object", &mut || {
         crate::wiring::run(root)
     });
+    step("alert rules: promtool check/test rules, runbook sections (cargo xtask rules)", &mut || {
+        crate::rules::run(root)
+    });
     step("Prometheus end to end: serve, dashboards, promtool (cargo xtask e2e)", &mut || {
         crate::e2e::run(root)
     });
