@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | run | test | rules | e2e | image | deb | manifests | vm`.
 mod bench;
+mod bench_inventory;
 mod cross;
 mod deb;
 mod e2e;
@@ -76,6 +77,9 @@ enum Cmd {
     /// The build-wiring test alone: in a scratch copy, a changed shared constant must change
     /// the kernel object the agent embeds (also a step of `test`).
     BuildWiring,
+    /// What one open-pidfd inventory scan costs (`ls` and a `serve` refresh) on a made host of
+    /// many processes holding many fds (root; figures only, not part of `test`).
+    BenchInventory(bench_inventory::Options),
     /// N minutes of mixed pidfd load against `serve`: RSS per minute, loss and counter
     /// exactness at the end (root; not part of `test`).
     Soak(soak::Options),
@@ -120,6 +124,10 @@ fn run() -> Result<()> {
         Cmd::BuildWiring => wiring::run(&root),
         Cmd::Soak(opts) => soak::run(&opts, &root),
         Cmd::Rules => rules::run(&root),
+        Cmd::BenchInventory(opts) => {
+            setup::run(&Default::default())?;
+            bench_inventory::run(&opts, &build(&root)?)
+        }
         Cmd::E2e => {
             setup::run(&Default::default())?;
             e2e::run(&root)
