@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | run | test | e2e | vm`.
 mod bench;
+mod cross;
 mod e2e;
 mod setup;
 mod soak;
@@ -42,7 +43,8 @@ enum Cmd {
     /// A real Prometheus scrapes `serve` while the workload runs; every dashboard query must
     /// return data and the counters must match (root).
     E2e,
-    /// Boot Debian kernels in qemu and run the scenario suite in each mode.
+    /// Boot Debian kernels (amd64 5.10 to 7.3, arm64 6.1 to 7.3) in qemu and run the scenario
+    /// suite in each mode; writes the table to target/vm/matrix.md.
     Vm(vm::Options),
     /// Measure the agent's overhead beside the floor and the bpftrace peer (root); prints a
     /// table, `--json` for JSON, `--write` to record the run in BENCHMARKS.md.
@@ -82,9 +84,7 @@ fn run() -> Result<()> {
         }
         Cmd::Vm(mut opts) => {
             setup::run(&Default::default())?;
-            let bins = build(&root)?;
-            opts.agent.get_or_insert(bins.agent);
-            opts.workload.get_or_insert(bins.workload);
+            opts.build_binaries(&root)?;
             vm::run(&opts, &root)
         }
     }
