@@ -98,15 +98,11 @@ impl Options {
     }
 }
 
-/// Fetch (cached) every needed host package and kernel; idempotent; prints what it did.
+/// Install the host packages the guests need and fetch the arm64 busybox (cached);
+/// idempotent. The kernels are resolved and fetched by [`run`] itself (once per run: the
+/// archive is asked for the newest build of each series every time).
 pub fn setup(root: &Path) -> Result<()> {
     kernels::ensure_host_packages()?;
-    for (spec, r) in kernels::ensure_kernels(root, &kernels::KERNELS)? {
-        match r {
-            Ok(k) => println!("vm setup: {}", kernels::describe(&k, root)),
-            Err(e) => println!("vm setup: kernel {} NOT AVAILABLE: {e}", spec.id()),
-        }
-    }
     kernels::busybox(root, Arch::Arm64)?;
     Ok(())
 }
@@ -252,6 +248,12 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
 
     kernels::ensure_host_packages()?;
     let resolved = kernels::ensure_kernels(root, &specs)?;
+    for (spec, r) in &resolved {
+        match r {
+            Ok(k) => println!("vm: {}", kernels::describe(k, root)),
+            Err(e) => println!("vm: kernel {} NOT AVAILABLE (reported in the table): {e}", spec.id()),
+        }
+    }
 
     let vm_dir = root.join("target/vm");
     let logs = vm_dir.join("logs");
