@@ -36,8 +36,31 @@ pub struct Inputs<'a> {
     pub check_timeout: u64,
 }
 
-/// Build `<out_dir>/initramfs.cpio.gz` (staging in `<out_dir>/initramfs/`); returns its path.
+/// What the image is made of: every input file's path, size and mtime, and the `/init`
+/// script; the image is reused while this stays the same.
+fn fingerprint(inp: &Inputs) -> String {
+    let mut key = init_script(inp);
+    for f in [inp.busybox, inp.agent, inp.workload] {
+        let meta = fs::metadata(f).ok();
+        let mtime = meta
+            .as_ref()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        key.push_str(&format!("\n{} {:?} {:?}", f.display(), meta.map(|m| m.len()), mtime));
+    }
+    key
+}
+
+/// Build `<out_dir>/initramfs.cpio.gz` (staging in `<out_dir>/initramfs/`), or reuse the one
+/// built from the same inputs (`initramfs.key`); returns its path.
 pub fn build(out_dir: &Path, inp: &Inputs) -> Result<PathBuf> {
+    let out = out_dir.join("initramfs.cpio.gz");
+    let key_file = out_dir.join("initramfs.key");
+    let key = fingerprint(inp);
+    if out.is_file() && fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
+        return Ok(out);
+    }
+    let _ = fs::remove_file(&key_file);
     let stage = out_dir.join("initramfs");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;
@@ -93,7 +116,6 @@ pub fn build(out_dir: &Path, inp: &Inputs) -> Result<PathBuf> {
     fs::write(&init, init_script(inp))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
 
-    let out = out_dir.join("initramfs.cpio.gz");
     let st = Command::new("bash")
         .arg("-c")
         .arg("set -euo pipefail; cd \"$1\"; find . -print | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 > \"$2\"")
@@ -105,6 +127,7 @@ pub fn build(out_dir: &Path, inp: &Inputs) -> Result<PathBuf> {
     if !st.success() {
         bail!("building {} with cpio | gzip failed ({st})", out.display());
     }
+    fs::write(&key_file, key).with_context(|| format!("cannot write {}", key_file.display()))?;
     Ok(out)
 }
 

@@ -636,6 +636,74 @@ error: boom\r
     }
 
     #[test]
+    fn prototype_check() {
+        let check =
+            |json: &str| CheckRun { rc: Some(0), end_seen: true, stdout: vec![json.into()], stderr: vec![] };
+        assert_eq!(prototypes(&check(r#"{"plan":[]}"#)), Prototypes::Absent);
+        assert_eq!(
+            prototypes(&check(
+                r#"{"prototypes":[{"function":"copy_process","expected_params":4,"btf_params":4,"ok":true}]}"#
+            )),
+            Prototypes::Ok(1)
+        );
+        let bad = prototypes(&check(
+            r#"{"prototypes":[{"function":"copy_process","expected_params":4,"btf_params":4,"ok":true},
+                {"function":"pidfs_alloc_file","expected_params":2,"btf_params":3,"ok":false},
+                {"function":"anon_inode_getfile","expected_params":4,"btf_params":null,"ok":false}]}"#,
+        ));
+        let Prototypes::Bad(lines) = bad else { panic!("{bad:?}") };
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("pidfs_alloc_file") && lines[0].contains("BTF has 3"), "{lines:?}");
+        assert!(lines[1].contains("no such function"), "{lines:?}");
+        assert!(matches!(prototypes(&check("not json")), Prototypes::Bad(_)));
+        assert!(matches!(prototypes(&check(r#"{"prototypes":{}}"#)), Prototypes::Bad(_)));
+        assert_eq!(Prototypes::Absent.cell(), "not checked (agent lacks the key)");
+    }
+
+    #[test]
+    fn btf_header_length_from_the_console() {
+        let g = parse(&lines("=====PIDFD-VM-BTF hdr=9feb01002000000000000000=====\n"));
+        assert_eq!(g.btf_hdr_len(), Some(32));
+        let g = parse(&lines("=====PIDFD-VM-BTF hdr=9feb01001800000000000000a8f92e00=====\n"));
+        assert_eq!(g.btf_hdr_len(), Some(24));
+        assert_eq!(parse(&lines("=====PIDFD-VM-BTF hdr=====\n")).btf_hdr_len(), None);
+    }
+
+    #[test]
+    fn markdown_table() {
+        let console = "=====PIDFD-SUITE-BEGIN mode=kprobe=====\n{\"scenario\":\"a\",\"result\":\"pass\"}\n{\"scenario\":\"b\",\"result\":\"skip\",\"detail\":\"needs 6.9\"}\n=====PIDFD-SUITE-END mode=kprobe rc=0=====\n";
+        let g = parse(&lines(console));
+        let none = Guest::default();
+        let view = |series, guest, unavailable, prototypes| KernelView {
+            series,
+            arch: "arm64",
+            package: "p",
+            uname: None,
+            btf_hdr_len: Some(24),
+            guest,
+            unavailable,
+            problems: &[],
+            prototypes,
+            seconds: Some(60.0),
+        };
+        let md = markdown(
+            &[
+                view("6.1", &g, None, &Prototypes::Absent),
+                view("7.9", &none, Some("nothing named linux-image-7.9.*-cloud-arm64"), &Prototypes::NotRun),
+            ],
+            &["kprobe".to_string()],
+            std::time::Duration::from_secs(90),
+            1,
+            2,
+        );
+        assert!(md.contains("| scenario | 6.1 arm64<br>kprobe | 7.9 arm64<br>kprobe |"), "{md}");
+        assert!(md.contains("| a | pass | — |") && md.contains("| b | skip | — |"), "{md}");
+        assert!(md.contains("| *prototypes (check)* | not checked (agent lacks the key) | — |"), "{md}");
+        assert!(md.contains("skipped: nothing named linux-image-7.9"), "{md}");
+        assert!(md.contains("- `b`: needs 6.9 — 6.1 arm64 kprobe"), "{md}");
+    }
+
+    #[test]
     fn detects_panic() {
         let g = parse(&lines("[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n"));
         assert!(g.panic.is_some());
