@@ -29,8 +29,14 @@ enum Cmd {
     /// Install what is missing: nightly rust-src, bpf-linker (against the nightly's LLVM),
     /// tracefs; with --all also the Debian packages the tests use (the VM step fetches its own).
     Setup(setup::Options),
-    /// Build the agent (with its kernel programs) and the workload, release mode.
-    Build,
+    /// Build the agent (with its kernel programs) and the workload, release mode; with
+    /// `--target` static binaries for x86_64-unknown-linux-musl or aarch64-unknown-linux-musl
+    /// (installs the rustup target and the C cross compiler if missing).
+    Build {
+        /// Target triple; the binaries land in target/<triple>/release.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Set up, build and run the agent; arguments after `--` go to pidfd-trace
     /// (default: `serve --events-log -`: metrics on :29100 and events as JSON lines on stdout).
     Run {
@@ -65,7 +71,11 @@ fn run() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().cmd {
         Cmd::Setup(opts) => setup::run(&opts),
-        Cmd::Build => build(&root).map(|_| ()),
+        Cmd::Build { target: None } => build(&root).map(|_| ()),
+        Cmd::Build { target: Some(t) } => {
+            setup::run(&Default::default())?;
+            cross::build(&root, &t).map(|_| ())
+        }
         Cmd::Run { args } => {
             setup::run(&Default::default())?;
             let bins = build(&root)?;
