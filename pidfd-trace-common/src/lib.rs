@@ -41,36 +41,56 @@ pub mod clone_flags {
     pub const PIDFD_CONFLICTS: u64 = CLONE_DETACHED | CLONE_THREAD | CLONE_PARENT_SETTID;
 }
 
-/// What a record or counter describes. Values are stable: they appear in map keys.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventKind {
-    Clone = 1,
-    Clone3 = 2,
-    PidfdOpen = 3,
-    PidfdGetfd = 4,
-    PidfdSendSignal = 5,
+/// Declares `EventKind` from one list: its discriminants, its contract names (the JSON
+/// `event` field, docs/events.md) and every conversion, so none is kept by hand.
+macro_rules! event_kinds {
+    ($($(#[$doc:meta])* $variant:ident = $value:literal => $name:literal,)+) => {
+        /// What a record or counter describes. Values are stable: they appear in map keys.
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum EventKind {
+            $($(#[$doc])* $variant = $value,)+
+        }
+
+        impl EventKind {
+            /// Every kind, in discriminant order.
+            pub const ALL: &'static [EventKind] = &[$(EventKind::$variant,)+];
+
+            /// The `event` value of the JSON contract (docs/events.md).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(EventKind::$variant => $name,)+
+                }
+            }
+        }
+
+        impl TryFrom<u8> for EventKind {
+            /// The unknown value.
+            type Error = u8;
+
+            fn try_from(v: u8) -> Result<Self, u8> {
+                match v {
+                    $($value => Ok(EventKind::$variant),)+
+                    other => Err(other),
+                }
+            }
+        }
+    };
 }
 
-impl EventKind {
-    pub const ALL: [EventKind; 5] = [
-        EventKind::Clone,
-        EventKind::Clone3,
-        EventKind::PidfdOpen,
-        EventKind::PidfdGetfd,
-        EventKind::PidfdSendSignal,
-    ];
-
-    pub fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            1 => Some(Self::Clone),
-            2 => Some(Self::Clone3),
-            3 => Some(Self::PidfdOpen),
-            4 => Some(Self::PidfdGetfd),
-            5 => Some(Self::PidfdSendSignal),
-            _ => None,
-        }
-    }
+event_kinds! {
+    /// clone(2) with CLONE_PIDFD.
+    Clone = 1 => "clone",
+    /// clone3(2) with CLONE_PIDFD.
+    Clone3 = 2 => "clone3",
+    /// pidfd_open(2).
+    PidfdOpen = 3 => "pidfd_open",
+    /// pidfd_getfd(2).
+    PidfdGetfd = 4 => "pidfd_getfd",
+    /// pidfd_send_signal(2).
+    PidfdSendSignal = 5 => "pidfd_send_signal",
+    /// waitid(2) with P_PIDFD.
+    Waitid = 6 => "waitid",
 }
 
 /// How an event was observed.

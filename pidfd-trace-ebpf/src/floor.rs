@@ -12,6 +12,7 @@ use aya_ebpf::{
 #[map]
 static FLOOR_RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+// prototype: syscall:*/0: any tracepoint; the floor program reads no argument [5.10-7.1]
 /// One program attached to every tracepoint the bench names (bpf_stats count per program, and
 /// the work does not depend on the tracepoint).
 #[tracepoint]

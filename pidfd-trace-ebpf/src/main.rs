@@ -3,7 +3,7 @@
 //! classifies and formats them.
 #![no_std]
 #![no_main]
-// BPF_XADD for the in-flight gate (see maps::in_flight_add).
+// BPF_XADD for the in-flight gates (see maps::gate_add).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 

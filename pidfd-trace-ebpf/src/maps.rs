@@ -32,21 +32,32 @@ pub static ENTER_STATE: LruHashMap<u64, EnterState> =
 /// word and return before any map look-up while it is zero, which is almost always.
 pub static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 
+/// Calls that use a pidfd (pidfd_getfd, pidfd_send_signal, waitid with P_PIDFD, ...) between
+/// entry and exit, host-wide. Exit programs of hot syscalls (waitid's exit fires for every
+/// wait on the host) read this word and return before any map look-up while it is zero.
+pub static USES_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
 #[inline(always)]
 pub fn in_flight() -> bool {
-    // A plain volatile load: the bpf backend cannot select LLVM's atomic load.
-    unsafe { core::ptr::read_volatile(IN_FLIGHT.as_ptr()) != 0 }
+    is_open(&IN_FLIGHT)
 }
 
-/// Adds `delta` (wrapping; pass `u64::MAX` for −1) to the in-flight count. The bpf target
-/// has no atomic read-modify-write in `core::sync::atomic`; this intrinsic with an unused
-/// result compiles to BPF_XADD, which every kernel we support accepts.
+/// Whether any call holds `gate` open.
 #[inline(always)]
-pub fn in_flight_add(delta: u64) {
-    // SAFETY: IN_FLIGHT is a valid, aligned u64 for the program's lifetime.
+pub fn is_open(gate: &AtomicU64) -> bool {
+    // A plain volatile load: the bpf backend cannot select LLVM's atomic load.
+    unsafe { core::ptr::read_volatile(gate.as_ptr()) != 0 }
+}
+
+/// Adds `delta` (wrapping; pass `u64::MAX` for −1) to a gate's in-flight count. The bpf
+/// target has no atomic read-modify-write in `core::sync::atomic`; this intrinsic with an
+/// unused result compiles to BPF_XADD, which every kernel we support accepts.
+#[inline(always)]
+pub fn gate_add(gate: &AtomicU64, delta: u64) {
+    // SAFETY: the gate is a valid, aligned u64 for the program's lifetime.
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            IN_FLIGHT.as_ptr(),
+            gate.as_ptr(),
             delta,
         );
     }

@@ -4,6 +4,7 @@ use serde_json::json;
 
 use crate::{
     cli::{CheckArgs, Output},
+    hooks,
     plan::HookPlan,
     preflight,
     session::{KernelFacts, Session},
@@ -14,6 +15,13 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let facts = KernelFacts::gather(&args.kernel);
     let btf = preflight::check_btf(&facts.btf_path);
     let tracefs = crate::tracefs::ensure_mounted();
+    // The parameter count of every kernel function a function hook attaches to here, from
+    // this kernel's BTF (docs/cli.md: the VM matrix fails a guest on `"ok": false`).
+    let prototypes =
+        match std::fs::read(&facts.btf_path).ok().and_then(|raw| crate::btf::Btf::parse(&raw).ok()) {
+            Some(b) => hooks::check_prototypes(&|f| b.has_func(f), &|f| b.func_params(f).map(|p| p.len())),
+            None => Vec::new(),
+        };
     // The plan exactly as trace/serve would carry it out: a real trial load and attach,
     // detached again when the session is dropped.
     let (plan, attach_error) = match Session::start(&args.kernel) {
@@ -38,6 +46,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 },
                 "thread_pidfd": facts.sem.thread_pidfd,
                 "plan": plan,
+                "prototypes": prototypes,
                 "attach_error": attach_error,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -65,6 +74,16 @@ pub fn run(args: CheckArgs) -> Result<()> {
             println!("  fentry/fexit {}", verdict(&facts.support.fentry));
             println!("  kprobe       {}", verdict(&facts.support.kprobe));
             println!("  tracepoint   {}", verdict(&facts.support.tracepoint));
+            println!("prototypes (parameters: expected / in BTF)");
+            for p in &prototypes {
+                let btf = p.btf_params.map_or("absent".to_string(), |n| n.to_string());
+                println!(
+                    "  {:<18} {} / {btf}{}",
+                    p.function,
+                    p.expected_params,
+                    if p.ok { "" } else { "  MISMATCH" }
+                );
+            }
             println!("attach plan");
             print_plan(&plan);
             if let Some(e) = &attach_error {

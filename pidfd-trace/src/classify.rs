@@ -4,13 +4,15 @@
 use pidfd_trace_common::{EventKind, clone_flags as cf, hints};
 use serde::Serialize;
 
+use crate::hooks::StageRule;
+
 const EAGAIN: u32 = 11;
 const EFAULT: u32 = 14;
 const EINVAL: u32 = 22;
 const ENFILE: u32 = 23;
 const EMFILE: u32 = 24;
 
-/// Failure stages of the JSON `stage` field and the metrics' `stage` label (DESIGN.md).
+/// Failure stages of the JSON `stage` field and the metrics' `stage` label (docs/events.md, README.md's metric table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
@@ -65,14 +67,14 @@ pub fn stage(kind: EventKind, errno: u32, hint_bits: u8, flags: u64, sem: Kernel
     if errno == 0 {
         return None;
     }
-    match kind {
-        EventKind::Clone | EventKind::Clone3 => Some(clone_stage(kind, errno, hint_bits, flags, sem)),
-        EventKind::PidfdOpen => Some(match errno {
+    match crate::hooks::event(kind).stage {
+        StageRule::Clone => Some(clone_stage(kind, errno, hint_bits, flags, sem)),
+        StageRule::PidfdOpen => Some(match errno {
             EINVAL => Stage::Flags,
             EMFILE | ENFILE => Stage::FdAlloc,
             _ => Stage::Other,
         }),
-        EventKind::PidfdGetfd | EventKind::PidfdSendSignal => None,
+        StageRule::None => None,
     }
 }
 
@@ -114,7 +116,7 @@ fn function_probe_stage(errno: u32, h: u8) -> Stage {
 /// copy_process and the creation step (a clone they never saw failed before copy_process,
 /// e.g. legacy clone's CLONE_PARENT_SETTID check in kernel_clone, so no pidfd existed).
 pub fn pidfd_allocated(kind: EventKind, errno: u32, hint_bits: u8, sem: KernelSemantics) -> Option<bool> {
-    (errno != 0 && sem.creation_observed && matches!(kind, EventKind::Clone | EventKind::Clone3))
+    (errno != 0 && sem.creation_observed && crate::hooks::event(kind).stage == StageRule::Clone)
         .then_some(hint_bits & hints::PIDFD_CREATED != 0)
 }
 
@@ -137,10 +139,13 @@ mod tests {
     const FN: KernelSemantics = KernelSemantics { thread_pidfd: true, creation_observed: true };
     const P: u64 = cf::CLONE_PIDFD;
 
+    /// kind, errno, hints, flags, kernel, expected stage.
+    type Case = (EventKind, u32, u8, u64, KernelSemantics, Option<Stage>);
+
     #[test]
     fn table() {
         use EventKind::*;
-        let cases: &[(EventKind, u32, u8, u64, KernelSemantics, Option<Stage>)] = &[
+        let cases: &[Case] = &[
             (Clone, 0, 0, P, NEW, None),
             (Clone, EINVAL, 0, P | cf::CLONE_PARENT_SETTID, NEW, Some(Stage::Flags)),
             (Clone3, EINVAL, 0, P | cf::CLONE_PARENT_SETTID, NEW, Some(Stage::Other)),

@@ -1,4 +1,5 @@
-//! The command line (DESIGN.md contract): `check`, `trace`, `serve`.
+//! The command line: `check`, `trace`, `serve`. The contract is docs/cli.md; a flag added
+//! here is added there.
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -11,7 +12,7 @@ use crate::plan::ModeChoice;
     version,
     about = "Watch how this host creates and uses pid file descriptors (eBPF)",
     long_about = "Watch how this host creates and uses pid file descriptors: clone()/clone3() with \
-CLONE_PIDFD, pidfd_open, pidfd_send_signal and pidfd_getfd, including every failed pidfd creation \
+CLONE_PIDFD, pidfd_open, pidfd_send_signal, pidfd_getfd and waitid(P_PIDFD), including every failed pidfd creation \
 and the step at which it failed. Needs root (or CAP_BPF + CAP_PERFMON) and a kernel with BTF."
 )]
 pub struct Cli {

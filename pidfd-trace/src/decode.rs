@@ -7,6 +7,7 @@ use pidfd_trace_common::{EventKind, EventRecord, Mode, hints};
 use crate::{
     classify::{self, KernelSemantics},
     event::Event,
+    hooks::{self, Returns, Saved},
     names,
 };
 
@@ -65,16 +66,25 @@ impl Decoder {
         }
         // SAFETY: length checked; EventRecord is plain data valid for any bit pattern.
         let r: EventRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let kind = EventKind::from_u8(r.kind).ok_or(DecodeError::Kind(r.kind))?;
+        let kind = EventKind::try_from(r.kind).map_err(DecodeError::Kind)?;
         let seq = self.seq.assign(r.cpu, r.cpu_seq);
         Ok(self.build(&r, kind, seq))
     }
 
+    /// Every field follows from the hook table row of `kind` (hooks.rs): what `ret`,
+    /// `arg0` and `arg1` mean, which flag names apply and whether a pidfd was passed.
     fn build(&self, r: &EventRecord, kind: EventKind, seq: u64) -> Event {
+        let row = hooks::event(kind);
         let errno = if r.ret < 0 { (-r.ret) as u32 } else { 0 };
         let ok = r.ret >= 0;
-        let is_clone = matches!(kind, EventKind::Clone | EventKind::Clone3);
         let comm_len = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+        let saved = |what: Saved| match (row.arg0 == what, row.arg1 == what) {
+            (true, _) => Some(r.arg0),
+            (_, true) => Some(r.arg1),
+            _ => None,
+        };
+        let passed_pidfd = saved(Saved::Pidfd).map(|v| v as i32);
+        let signal_nr = saved(Saved::Signal);
         Event {
             ts: r.ts_ns as i128 + self.boot_to_unix_ns,
             seq,
@@ -86,33 +96,32 @@ impl Decoder {
             cgroup: None,
             container_id: None,
             pod_uid: None,
+            container_runtime: None,
             flags: r.flags,
             flag_names: names::flag_names(kind, r.flags),
             ret: r.ret,
             errno: (!ok).then(|| names::errno_name(errno)),
             stage: classify::stage(kind, errno, r.hints, r.flags, self.sem),
-            pidfd: match kind {
+            pidfd: match row.returns {
                 _ if !ok => None,
-                EventKind::Clone | EventKind::Clone3 => (r.pidfd >= 0).then_some(r.pidfd),
-                EventKind::PidfdOpen => Some(r.ret as i32),
-                _ => None,
+                Returns::ChildPid => (r.pidfd >= 0).then_some(r.pidfd),
+                Returns::NewPidfd => Some(r.ret as i32),
+                Returns::Other => None,
             },
-            child_pid: (is_clone && ok).then_some(r.ret),
-            target_pid: match kind {
-                EventKind::PidfdOpen => Some(r.arg0 as i32 as i64),
-                _ => (r.target_pid > 0).then_some(r.target_pid as i64),
+            child_pid: (row.returns == Returns::ChildPid && ok).then_some(r.ret),
+            target_pid: match saved(Saved::Pid) {
+                Some(pid) => Some(pid as i32 as i64),
+                None => (r.target_pid > 0).then_some(r.target_pid as i64),
             },
-            signal: (kind == EventKind::PidfdSendSignal).then(|| names::signal_name(r.arg1)),
-            signal_nr: (kind == EventKind::PidfdSendSignal).then_some(r.arg1),
-            target_fd: (kind == EventKind::PidfdGetfd).then_some(r.arg1 as i32 as i64),
+            signal: signal_nr.map(names::signal_name),
+            signal_nr,
+            target_fd: saved(Saved::TargetFd).map(|fd| fd as i32 as i64),
             mode: mode_name(r.mode),
             duration_ns: r.duration_ns,
             pidfd_allocated: classify::pidfd_allocated(kind, errno, r.hints, self.sem),
-            copy_process_ns: (is_clone && r.hints & hints::COPY_PROCESS != 0 && r.arg0 > 0).then_some(r.arg0),
-            // Only when the kernel could not resolve it: the enricher tries /proc.
-            used_pidfd: (matches!(kind, EventKind::PidfdGetfd | EventKind::PidfdSendSignal)
-                && r.target_pid <= 0)
-                .then_some(r.arg0 as i32),
+            copy_process_ns: saved(Saved::CopyProcessNs)
+                .filter(|&ns| r.hints & hints::COPY_PROCESS != 0 && ns > 0),
+            used_pidfd: passed_pidfd,
         }
     }
 }
@@ -126,14 +135,15 @@ pub fn mode_name(mode: u8) -> &'static str {
     }
 }
 
+/// Made-up kernel records for the decode and pipeline tests.
 #[cfg(test)]
-mod tests {
-    use pidfd_trace_common::clone_flags as cf;
+pub mod testing {
+    use pidfd_trace_common::{EventKind, EventRecord, Mode};
 
-    use super::*;
-    use crate::classify::Stage;
+    use super::Decoder;
+    use crate::classify::KernelSemantics;
 
-    fn record(kind: EventKind, ret: i64, flags: u64) -> EventRecord {
+    pub fn record(kind: EventKind, ret: i64, flags: u64) -> EventRecord {
         let mut comm = [0u8; 16];
         comm[..7].copy_from_slice(b"workerx");
         EventRecord {
@@ -158,19 +168,27 @@ mod tests {
         }
     }
 
-    fn bytes(r: &EventRecord) -> Vec<u8> {
+    pub fn bytes(r: &EventRecord) -> Vec<u8> {
         unsafe {
             std::slice::from_raw_parts((r as *const EventRecord).cast::<u8>(), size_of::<EventRecord>())
         }
         .to_vec()
     }
 
-    fn decoder() -> Decoder {
+    pub fn decoder() -> Decoder {
         Decoder::new(
             1_000_000_000_000_000_000,
             KernelSemantics { thread_pidfd: true, creation_observed: false },
         )
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use pidfd_trace_common::clone_flags as cf;
+
+    use super::{testing::*, *};
+    use crate::classify::Stage;
 
     #[test]
     fn clone_success() {

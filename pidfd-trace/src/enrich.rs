@@ -1,29 +1,45 @@
 //! Adds what the kernel record does not carry, from /proc and cgroupfs, best effort: the
 //! process a pidfd refers to, and the caller's cgroup path and container. A value that
 //! cannot be found stays null.
-use std::cell::RefCell;
-
 use crate::{cgroup, event::Event};
 
-thread_local! {
-    /// One resolver (and so one bounded cache) per pipeline; the pipeline runs on one thread.
-    static CGROUPS: RefCell<Option<cgroup::Resolver>> = const { RefCell::new(None) };
+/// The enrichment stage of the pipeline: owns the cgroup resolver and its bounded caches.
+pub struct Enricher {
+    cgroups: cgroup::Resolver,
 }
 
-/// Resolves `target_pid` of pidfd_getfd / pidfd_send_signal from the caller's
-/// `/proc/<pid>/fdinfo/<pidfd>` ("Pid:" line, 5.3+). Racy by nature: if the caller already
-/// closed the pidfd the field stays null rather than guessed.
-pub fn enrich(ev: &mut Event) {
-    if let Some(fd) = ev.used_pidfd {
+impl Enricher {
+    /// An enricher for this host's cgroup mounts.
+    pub fn new() -> Self {
+        Self { cgroups: cgroup::Resolver::new() }
+    }
+
+    /// Fills in `cgroup`, `container_id`, `pod_uid` and `container_runtime`, and the
+    /// `target_pid` of a call that used a pidfd the kernel could not resolve: from the
+    /// caller's `/proc/<pid>/fdinfo/<pidfd>` ("Pid:" line, 5.3+). Racy by nature: if the caller
+    /// already closed the pidfd the field stays null rather than guessed.
+    pub fn enrich(&mut self, ev: &mut Event) {
+        enrich(&mut self.cgroups, ev);
+    }
+}
+
+fn enrich(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
+    // Only when the kernel could not resolve the pidfd at syscall entry.
+    if ev.target_pid.is_none()
+        && let Some(fd) = ev.used_pidfd
+    {
         ev.target_pid = pidfd_target(ev.pid, fd);
     }
-    let info =
-        CGROUPS.with_borrow_mut(|r| r.get_or_insert_with(cgroup::Resolver::new).lookup(ev.cgroup_id, ev.pid));
-    ev.cgroup = info.path;
+    let info = cgroups.lookup(ev.cgroup_id, ev.pid);
     if let Some(c) = info.container {
+        // The runtime is what the cgroup2 path says; a container found only through the v1
+        // hierarchies (hybrid hosts) keeps its id and no runtime.
+        let on_path = info.path.as_deref().and_then(cgroup::parse_container).is_some_and(|p| p.id == c.id);
+        ev.container_runtime = on_path.then_some(c.runtime);
         ev.container_id = Some(c.id);
         ev.pod_uid = c.pod_uid;
     }
+    ev.cgroup = info.path;
 }
 
 fn pidfd_target(pid: u32, fd: i32) -> Option<i64> {

@@ -1,14 +1,6 @@
-//! The decoded event every sink receives, and its JSON-lines schema (DESIGN.md contract).
-//!
-//! One object per line; a field that does not apply is `null`, never invented:
-//! `ts` RFC 3339 UTC with nanoseconds; `seq` per-run sequence, a gap means records were lost;
-//! `event` clone|clone3|pidfd_open|pidfd_getfd|pidfd_send_signal; `pid`/`tid`/`comm` the
-//! caller; `cgroup_id`, `cgroup`, `container_id`, `pod_uid`; `flags` raw and `flag_names`; `ret` raw and
-//! `errno` name or null; `stage` for failed pidfd creations; `pidfd` the new pidfd on success;
-//! `child_pid` (clone) / `target_pid` (the process a pidfd refers to); `signal` (name) and
-//! `signal_nr`, `target_fd`; `mode` fexit|kprobe|tracepoint; `duration_ns` entry to exit;
-//! `pidfd_allocated` whether the failure came after the pidfd existed (function probes only);
-//! `copy_process_ns` how long copy_process ran (function probes only).
+//! The decoded event every sink receives. Its JSON-lines schema is the contract in
+//! docs/events.md (one object per line, every field present, `null` when it does not apply);
+//! a field added here is added there.
 use pidfd_trace_common::EventKind;
 use serde::{Serialize, Serializer};
 
@@ -29,6 +21,10 @@ pub struct Event {
     pub container_id: Option<String>,
     /// The Kubernetes pod UID when the cgroup path runs through a pod.
     pub pod_uid: Option<String>,
+    /// The container runtime the cgroup2 path shows (`docker`, `containerd`, ...), set by the
+    /// enricher with `container_id`; a metric label only (not in the JSON schema).
+    #[serde(skip)]
+    pub container_runtime: Option<&'static str>,
     pub flags: u64,
     pub flag_names: Vec<String>,
     pub ret: i64,
@@ -45,8 +41,8 @@ pub struct Event {
     pub pidfd_allocated: Option<bool>,
     /// How long copy_process ran for this clone, when a function probe timed it.
     pub copy_process_ns: Option<u64>,
-    /// The pidfd a getfd/send_signal call passed; the enricher resolves it to `target_pid`.
-    #[serde(skip)]
+    /// The pidfd a call that uses one passed (pidfd_getfd, pidfd_send_signal, ...); when the
+    /// kernel could not resolve it to `target_pid`, the enricher tries /proc.
     pub used_pidfd: Option<i32>,
 }
 

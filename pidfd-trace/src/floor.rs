@@ -3,7 +3,7 @@
 //! tracepoints, says `attached` on stderr, and holds it there until SIGINT/SIGTERM.
 use anyhow::{Context, Result, bail};
 
-use crate::{cli::BenchFloorArgs, loader, preflight, tracefs};
+use crate::{cli::BenchFloorArgs, preflight, probes, tracefs};
 
 pub fn run(args: BenchFloorArgs) -> Result<()> {
     preflight::check_privileges(preflight::effective_caps())?;
@@ -21,7 +21,7 @@ pub fn run(args: BenchFloorArgs) -> Result<()> {
     if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
         bail!("blocking SIGINT/SIGTERM failed");
     }
-    let _floor = loader::load_floor(&tps).context("loading the floor program")?;
+    let _floor = probes::load_floor(&tps).context("loading the floor program")?;
     eprintln!("pidfd-trace: floor attached to {}", args.tracepoints.join(" "));
     let mut sig = 0;
     // SAFETY: waits for one of the blocked signals in `set`.

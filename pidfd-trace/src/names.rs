@@ -1,5 +1,5 @@
 //! Human names for the numbers the kernel hands us: errnos, signals and flag bits.
-use pidfd_trace_common::{EventKind, clone_flags as cf};
+use pidfd_trace_common::EventKind;
 
 /// Linux errno names (asm-generic/errno-base.h and errno.h, x86_64).
 const ERRNOS: &[(u32, &str)] = &[
@@ -107,53 +107,13 @@ pub fn signal_name(sig: u64) -> String {
     }
 }
 
-const CLONE_FLAG_NAMES: &[(u64, &str)] = &[
-    (cf::CLONE_VM, "CLONE_VM"),
-    (cf::CLONE_FS, "CLONE_FS"),
-    (cf::CLONE_FILES, "CLONE_FILES"),
-    (cf::CLONE_SIGHAND, "CLONE_SIGHAND"),
-    (cf::CLONE_PIDFD, "CLONE_PIDFD"),
-    (cf::CLONE_PTRACE, "CLONE_PTRACE"),
-    (cf::CLONE_VFORK, "CLONE_VFORK"),
-    (cf::CLONE_PARENT, "CLONE_PARENT"),
-    (cf::CLONE_THREAD, "CLONE_THREAD"),
-    (cf::CLONE_NEWNS, "CLONE_NEWNS"),
-    (cf::CLONE_SYSVSEM, "CLONE_SYSVSEM"),
-    (cf::CLONE_SETTLS, "CLONE_SETTLS"),
-    (cf::CLONE_PARENT_SETTID, "CLONE_PARENT_SETTID"),
-    (cf::CLONE_CHILD_CLEARTID, "CLONE_CHILD_CLEARTID"),
-    (cf::CLONE_DETACHED, "CLONE_DETACHED"),
-    (cf::CLONE_UNTRACED, "CLONE_UNTRACED"),
-    (cf::CLONE_CHILD_SETTID, "CLONE_CHILD_SETTID"),
-    (cf::CLONE_NEWCGROUP, "CLONE_NEWCGROUP"),
-    (cf::CLONE_NEWUTS, "CLONE_NEWUTS"),
-    (cf::CLONE_NEWIPC, "CLONE_NEWIPC"),
-    (cf::CLONE_NEWUSER, "CLONE_NEWUSER"),
-    (cf::CLONE_NEWPID, "CLONE_NEWPID"),
-    (cf::CLONE_NEWNET, "CLONE_NEWNET"),
-    (cf::CLONE_IO, "CLONE_IO"),
-    (cf::CLONE_CLEAR_SIGHAND, "CLONE_CLEAR_SIGHAND"),
-    (cf::CLONE_INTO_CGROUP, "CLONE_INTO_CGROUP"),
-];
-
-/// pidfd_open(2): PIDFD_NONBLOCK is O_NONBLOCK, PIDFD_THREAD (6.9+) is O_EXCL.
-const PIDFD_OPEN_FLAG_NAMES: &[(u64, &str)] = &[(0o4000, "PIDFD_NONBLOCK"), (0o200, "PIDFD_THREAD")];
-
-/// pidfd_send_signal(2), 6.9+.
-const SIGNAL_FLAG_NAMES: &[(u64, &str)] =
-    &[(1, "PIDFD_SIGNAL_THREAD"), (2, "PIDFD_SIGNAL_THREAD_GROUP"), (4, "PIDFD_SIGNAL_PROCESS_GROUP")];
-
 /// Names of the set bits of `flags` as the syscall of `kind` defines them. clone's low byte is
 /// the exit signal, not a flag, and is left out; unknown bits come out as hex.
 pub fn flag_names(kind: EventKind, flags: u64) -> Vec<String> {
-    let (table, mut rest): (&[(u64, &str)], u64) = match kind {
-        EventKind::Clone | EventKind::Clone3 => (CLONE_FLAG_NAMES, flags & !cf::CSIGNAL),
-        EventKind::PidfdOpen => (PIDFD_OPEN_FLAG_NAMES, flags),
-        EventKind::PidfdSendSignal => (SIGNAL_FLAG_NAMES, flags),
-        EventKind::PidfdGetfd => (&[], flags),
-    };
+    let table = crate::hooks::event(kind).flags;
+    let mut rest = flags & !table.not_flags;
     let mut names = Vec::new();
-    for (bit, name) in table {
+    for (bit, name) in table.names {
         if rest & bit != 0 {
             names.push((*name).to_string());
             rest &= !bit;
@@ -165,18 +125,15 @@ pub fn flag_names(kind: EventKind, flags: u64) -> Vec<String> {
     names
 }
 
+/// The JSON `event` value of `kind` (docs/events.md).
 pub fn event_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Clone => "clone",
-        EventKind::Clone3 => "clone3",
-        EventKind::PidfdOpen => "pidfd_open",
-        EventKind::PidfdGetfd => "pidfd_getfd",
-        EventKind::PidfdSendSignal => "pidfd_send_signal",
-    }
+    kind.name()
 }
 
 #[cfg(test)]
 mod tests {
+    use pidfd_trace_common::clone_flags as cf;
+
     use super::*;
 
     #[test]

@@ -1,9 +1,9 @@
-//! The event path inside the agent: ring buffer → decode → enrich → filter → sink, plus the
-//! kernel-side log channel and loss reporting, until a signal asks us to stop.
+//! The event path inside the agent: ring buffer → decode → filter → enrich → sink, plus the
+//! kernel-side log channel and loss reporting, until a signal asks us to stop. The stages are
+//! plain values held by `Pipeline`; only `run` touches the kernel (through `probes`).
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use log::warn;
 use pidfd_trace_common::stats;
 use tokio::{
@@ -11,7 +11,11 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{decode::Decoder, enrich, filter::Filter, session::Session, sink::Sink};
+pub use crate::sink::Totals;
+use crate::{
+    counters::Counters, decode::Decoder, enrich::Enricher, filter::Filter, probes::EventRing,
+    session::Session, sink::Sink,
+};
 
 /// Longest a record waits in the ring before the agent reads it: the kernel programs do not
 /// wake the agent per record (pidfd-trace-ebpf/src/emit.rs), so the agent drains on this tick.
@@ -20,61 +24,65 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Every this many one-second ticks, entry states of threads that exited mid-syscall go.
 const ENTER_SWEEP_TICKS: u64 = 10;
 
-/// Counts of one run, for the closing summary.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Totals {
-    pub delivered: u64,
-    pub shown: u64,
-    pub decode_errors: u64,
-}
-
+/// The stages every record goes through, in order, and what they counted.
 pub struct Pipeline<'a> {
+    /// Record bytes → `Event` (decode.rs).
     pub decoder: Decoder,
+    /// What the user asked to see (`trace --pid/--comm/--failures-only`).
     pub filter: Filter,
+    /// cgroup, container and `target_pid` fallback (enrich.rs).
+    pub enricher: Enricher,
+    /// Where shown events go (sink/).
     pub sink: &'a mut dyn Sink,
+    /// Counts of this run.
     pub totals: Totals,
 }
 
 impl Pipeline<'_> {
     /// Drains every record that is ready. Returns Err only when the sink cannot write.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> std::io::Result<()> {
+    fn drain(&mut self, ring: &mut EventRing) -> std::io::Result<()> {
         let mut any = false;
-        while let Some(item) = ring.next() {
-            self.totals.delivered += 1;
-            let mut ev = match self.decoder.decode(&item) {
-                Ok(ev) => ev,
-                Err(e) => {
-                    self.totals.decode_errors += 1;
-                    warn!("dropping undecodable record: {e}");
-                    continue;
-                }
-            };
-            drop(item);
-            if !self.filter.matches(&ev) {
-                continue;
-            }
-            enrich::enrich(&mut ev);
-            self.sink.event(&ev)?;
-            self.totals.shown += 1;
-            any = true;
+        while let Some(shown) = ring.next_with(|bytes| self.process(bytes)) {
+            any |= shown?;
         }
         if any { self.sink.flush() } else { Ok(()) }
+    }
+
+    /// One record through decode → filter → enrich → sink. Returns whether it reached the
+    /// sink; an undecodable record is counted and dropped; Err only when the sink cannot write.
+    pub fn process(&mut self, bytes: &[u8]) -> std::io::Result<bool> {
+        self.totals.delivered += 1;
+        let mut ev = match self.decoder.decode(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.totals.decode_errors += 1;
+                warn!("dropping undecodable record: {e}");
+                return Ok(false);
+            }
+        };
+        if !self.filter.matches(&ev) {
+            return Ok(false);
+        }
+        self.enricher.enrich(&mut ev);
+        self.sink.event(&ev)?;
+        self.totals.shown += 1;
+        Ok(true)
     }
 }
 
 /// Runs until SIGINT/SIGTERM or the sink's reader goes away (e.g. `| head`).
-pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<()> {
+pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<Counters> {
     run_with_tick(session, pipe, &mut |_, _| Ok(())).await
 }
 
-/// `run`, also calling `on_tick` once a second and once more at the end, with the session
-/// (whose kernel counters it may read) and this run's totals: how `serve` refreshes the
-/// metrics it reads from the kernel.
+/// `run`, also calling `on_tick` once a second and once more at the end, with a snapshot of
+/// the kernel counters and this run's totals: how `serve` refreshes the metrics it reads
+/// from the kernel. Returns the last snapshot (for the closing summary).
 pub async fn run_with_tick(
     session: &mut Session,
     pipe: &mut Pipeline<'_>,
-    on_tick: &mut dyn FnMut(&Session, &Totals) -> Result<()>,
-) -> Result<()> {
+    on_tick: &mut dyn FnMut(&Counters, &Totals) -> Result<()>,
+) -> Result<Counters> {
     let ring = session.probes.take_events()?;
     // SAFETY (both registrations): the AsyncFd owns the value that owns the fd, so the fd
     // cannot be closed while it is registered.
@@ -103,7 +111,7 @@ pub async fn run_with_tick(
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 if let Err(e) = pipe.drain(guard.get_inner_mut()) {
-                    return sink_closed(e);
+                    return sink_closed(e, session);
                 }
                 guard.clear_ready();
             }
@@ -114,11 +122,12 @@ pub async fn run_with_tick(
             }
             _ = drain_tick.tick() => {
                 if let Err(e) = pipe.drain(ring.get_mut()) {
-                    return sink_closed(e);
+                    return sink_closed(e, session);
                 }
             }
             _ = tick.tick() => {
-                let lost = session.probes.stats()?[stats::LOST as usize];
+                let counters = session.probes.counters()?;
+                let lost = counters.stat(stats::LOST);
                 if lost > lost_seen {
                     warn!("{} event records lost (ring buffer full), {lost} in total; counters stay exact", lost - lost_seen);
                     lost_seen = lost;
@@ -130,7 +139,7 @@ pub async fn run_with_tick(
                         log::debug!("entry states: removed {removed} of exited threads, {kept} in flight");
                     }
                 }
-                on_tick(session, &pipe.totals)?;
+                on_tick(&counters, &pipe.totals)?;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -138,14 +147,117 @@ pub async fn run_with_tick(
     }
     // Records already in the ring when the signal came are still delivered.
     if let Err(e) = pipe.drain(ring.get_mut()) {
-        return sink_closed(e);
+        return sink_closed(e, session);
     }
     if let Some(l) = logger.as_mut() {
         l.get_mut().flush();
     }
-    on_tick(session, &pipe.totals)
+    let counters = session.probes.counters()?;
+    on_tick(&counters, &pipe.totals)?;
+    Ok(counters)
 }
 
-fn sink_closed(e: std::io::Error) -> Result<()> {
-    if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e).context("writing events") }
+/// The reader of our output went away (e.g. `| head`): a normal end; any other write error
+/// is an error.
+fn sink_closed(e: std::io::Error, session: &Session) -> Result<Counters> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(session.probes.counters()?)
+    } else {
+        Err(e).context("writing events")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io, os::fd::FromRawFd};
+
+    use pidfd_trace_common::{EventKind, EventRecord};
+
+    use super::*;
+    use crate::{
+        decode::testing::{bytes, decoder, record},
+        event::Event,
+        sink::json::JsonLines,
+    };
+
+    struct Collect(Vec<Event>);
+
+    impl Sink for Collect {
+        fn event(&mut self, ev: &Event) -> io::Result<()> {
+            self.0.push(ev.clone());
+            Ok(())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A record of a call this test process made (so /proc lookups find it).
+    fn ours(kind: EventKind, ret: i64) -> EventRecord {
+        let pid = u64::from(std::process::id());
+        EventRecord { pid_tgid: (pid << 32) | pid, ..record(kind, ret, 0) }
+    }
+
+    #[test]
+    fn records_through_every_stage() {
+        // A pidfd of our own, passed by a pidfd_getfd record the kernel could not resolve:
+        // the enricher must find its target in /proc/self/fdinfo.
+        let me = std::process::id() as i32;
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, me, 0) } as i32;
+        assert!(pidfd >= 0);
+        let mut getfd = ours(EventKind::PidfdGetfd, -9);
+        getfd.arg0 = pidfd as u64;
+        getfd.cpu_seq = 2;
+        let mut unknown_kind = ours(EventKind::Clone, 1);
+        unknown_kind.kind = 200;
+        let mut sink = Collect(Vec::new());
+        let mut pipe = Pipeline {
+            decoder: decoder(),
+            filter: Filter { failures_only: true, ..Default::default() },
+            enricher: Enricher::new(),
+            sink: &mut sink,
+            totals: Totals::default(),
+        };
+        let shown: Vec<bool> = [
+            bytes(&ours(EventKind::PidfdOpen, 3)),   // a success: filtered out
+            bytes(&getfd),                           // a failure: shown, enriched
+            vec![0u8; size_of::<EventRecord>() / 2], // truncated
+            bytes(&unknown_kind),
+        ]
+        .iter()
+        .map(|b| pipe.process(b).unwrap())
+        .collect();
+        unsafe { libc::close(pidfd) };
+        assert_eq!(shown, [false, true, false, false]);
+        let t = pipe.totals;
+        assert_eq!((t.delivered, t.shown, t.decode_errors), (4, 1, 2));
+        let ev = &sink.0[0];
+        assert_eq!(
+            (ev.event, ev.errno.as_deref(), ev.used_pidfd),
+            (EventKind::PidfdGetfd, Some("EBADF"), Some(pidfd))
+        );
+        assert_eq!(ev.target_pid, Some(i64::from(me)), "enriched from /proc/self/fdinfo");
+        assert_eq!(ev.target_fd, Some(15));
+    }
+
+    #[test]
+    fn closed_stdout_is_a_broken_pipe() {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: fds[1] is a fresh fd this File now owns.
+        let out = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+        let mut sink = JsonLines::new(out);
+        let mut pipe = Pipeline {
+            decoder: decoder(),
+            filter: Filter::default(),
+            enricher: Enricher::new(),
+            sink: &mut sink,
+            totals: Totals::default(),
+        };
+        let err = pipe.process(&bytes(&ours(EventKind::PidfdOpen, 3))).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!((pipe.totals.delivered, pipe.totals.shown), (1, 0));
+    }
 }

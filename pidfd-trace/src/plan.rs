@@ -1,6 +1,5 @@
 //! The attach plan as data: for each hook, the modes we could use in order of preference, the
 //! verdict on each and the one chosen. `check` prints it, `trace`/`serve` follow it.
-use pidfd_trace_common::fn_params;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -34,42 +33,13 @@ impl AttachMode {
     }
 }
 
-/// What the running kernel lets us load, probed once at start-up.
+/// What the running kernel lets us load, probed once at start-up (`probes::program_support`).
 #[derive(Clone, Debug, Serialize)]
 pub struct ProgramSupport {
     /// `Ok(())` or why not, per mode.
     pub fentry: Result<(), String>,
     pub kprobe: Result<(), String>,
     pub tracepoint: Result<(), String>,
-}
-
-impl ProgramSupport {
-    pub fn probe() -> Self {
-        use aya::programs::ProgramType;
-        let load = |t: ProgramType, what: &str| match aya::sys::is_program_supported(t) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!("{what} programs not supported by this kernel")),
-            Err(e) => {
-                let mut why = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    why = format!("{why}: {s}");
-                    src = s.source();
-                }
-                Err(format!("{what}: load refused ({why}); lockdown or an LSM may forbid it"))
-            }
-        };
-        let kprobe = if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-            load(ProgramType::KProbe, "kprobe")
-        } else {
-            Err("kernel built without kprobes (no kprobe PMU in /sys/bus/event_source/devices)".into())
-        };
-        Self {
-            fentry: load(ProgramType::Tracing, "fentry"),
-            kprobe,
-            tracepoint: load(ProgramType::TracePoint, "tracepoint"),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -89,85 +59,7 @@ pub struct HookPlan {
     pub chosen: Option<AttachMode>,
 }
 
-/// The syscall hooks: tracepoints by nature, attached in every mode.
-pub const SYSCALL_HOOKS: &[&str] = &["clone", "clone3", "pidfd_open", "pidfd_getfd", "pidfd_send_signal"];
-
-/// Kinds of kernel program a function-probe mode needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgKind {
-    Fentry,
-    Fexit,
-    Kprobe,
-    Kretprobe,
-}
-
-/// One kernel function a function hook attaches to, with its programs per mode.
-#[derive(Clone, Debug)]
-pub struct FnTarget {
-    pub func: &'static str,
-    /// Parameter count the fexit programs were written for.
-    pub params: usize,
-    pub fexit: &'static [(&'static str, ProgKind)],
-    pub kprobe: &'static [(&'static str, ProgKind)],
-}
-
-/// A function hook: what it is for, and the kernel functions it needs.
-#[derive(Clone, Debug)]
-pub struct FnHook {
-    pub hook: &'static str,
-    pub targets: Vec<FnTarget>,
-}
-
-/// The function hooks for this kernel. The pidfd creation step moved from anon inodes to
-/// pidfs in 6.9; which one applies is read from BTF/kallsyms, never from the version.
-pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
-    use ProgKind::*;
-    use fn_params as p;
-    let creation = if has_func("pidfs_alloc_file") {
-        vec![FnTarget {
-            func: "pidfs_alloc_file",
-            params: p::PIDFS_ALLOC_FILE,
-            fexit: &[("pidfs_fexit", Fexit)],
-            kprobe: &[("pidfs_kret", Kretprobe)],
-        }]
-    } else {
-        vec![
-            FnTarget {
-                func: "anon_inode_getfile",
-                params: p::ANON_INODE,
-                fexit: &[("anon_file_fexit", Fexit)],
-                kprobe: &[("anon_kprobe", Kprobe), ("anon_file_kret", Kretprobe)],
-            },
-            FnTarget {
-                func: "anon_inode_getfd",
-                params: p::ANON_INODE,
-                fexit: &[("anon_fd_fexit", Fexit)],
-                kprobe: &[("anon_kprobe", Kprobe), ("anon_fd_kret", Kretprobe)],
-            },
-        ]
-    };
-    vec![
-        FnHook {
-            hook: "copy_process",
-            targets: vec![FnTarget {
-                func: "copy_process",
-                params: p::COPY_PROCESS,
-                fexit: &[("cp_fentry", Fentry), ("cp_fexit", Fexit)],
-                kprobe: &[("cp_kprobe", Kprobe), ("cp_kretprobe", Kretprobe)],
-            }],
-        },
-        FnHook { hook: "pidfd_creation", targets: creation },
-        FnHook {
-            hook: "cgroup_can_fork",
-            targets: vec![FnTarget {
-                func: "cgroup_can_fork",
-                params: p::CGROUP_CAN_FORK,
-                fexit: &[("cgfork_fexit", Fexit)],
-                kprobe: &[("cgfork_kret", Kretprobe)],
-            }],
-        },
-    ]
-}
+pub use crate::hooks::{FnHook, ProgKind, function_hooks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -233,11 +125,11 @@ pub fn build(
     if let Err(reason) = &support.tracepoint {
         return Err(PlanError::ForcedModeUnavailable { mode: "tracepoint", reason: reason.clone() });
     }
-    let mut plan: Vec<HookPlan> = SYSCALL_HOOKS
-        .iter()
-        .map(|hook| HookPlan {
-            hook,
-            target: format!("syscalls:sys_enter_{hook} + sys_exit_{hook}"),
+    // Every row of the hook table has its syscall tracepoints, attached in every mode.
+    let mut plan: Vec<HookPlan> = crate::hooks::events()
+        .map(|h| HookPlan {
+            hook: h.name(),
+            target: format!("syscalls:sys_enter_{0} + sys_exit_{0}", h.name()),
             candidates: vec![Candidate { mode: AttachMode::Tracepoint, refused: None }],
             chosen: Some(AttachMode::Tracepoint),
         })

@@ -6,6 +6,8 @@
 //! Which case applies is found out by trying, never from the version number.
 use log::info;
 
+use crate::probes::MapProbe;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
     #[error("dropping capabilities failed: {0}")]
@@ -32,14 +34,6 @@ struct CapData {
 
 const CAP_SYS_ADMIN: i32 = 21;
 const CAP_BPF: i32 = 39;
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-
-/// A map of ours to test reading with: its fd and the size of one (all-CPU) value.
-pub struct MapProbe {
-    pub fd: std::os::fd::RawFd,
-    pub value_size: usize,
-}
-
 /// Drops every capability of this (single-threaded) process that reading `map` does not
 /// need: no_new_privs, the bounding set, then the effective, permitted and inheritable sets.
 /// capset() changes only the calling thread, so this refuses to claim success in a process
@@ -85,7 +79,7 @@ pub fn drop_all(map: MapProbe) -> Result<(), PrivilegeError> {
             "capabilities still held after capset: CapEff {eff:#x}, CapPrm {prm:#x}"
         ))));
     }
-    // Worded without "attached": that word marks the one ready line (DESIGN.md).
+    // Worded without "attached": that word marks the one ready line (docs/cli.md).
     match keep {
         None => info!(
             "dropped all {} capabilities now that the probes are in place (CapEff was {had:#x}); the agent keeps none, no_new_privs set",
@@ -117,10 +111,7 @@ fn cap_data(mask: u64) -> [CapData; 2] {
 /// empties its capability sets and looks up key 0. The agent is single-threaded here, and
 /// the child makes only raw system calls before `_exit`.
 fn map_readable_without_caps(map: &MapProbe) -> bool {
-    let key = 0u32;
     let mut value = vec![0u8; map.value_size.max(8)];
-    // union bpf_attr for BPF_MAP_LOOKUP_ELEM: map_fd, pad, key, value, flags.
-    let attr: [u64; 4] = [map.fd as u32 as u64, &key as *const u32 as u64, value.as_mut_ptr() as u64, 0];
     let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let empty = cap_data(0);
     // SAFETY: fork in a single-threaded process; the child only calls capset, bpf and _exit
@@ -129,7 +120,7 @@ fn map_readable_without_caps(map: &MapProbe) -> bool {
         let pid = libc::fork();
         if pid == 0 {
             let ok = libc::syscall(libc::SYS_capset, &mut header, empty.as_ptr()) == 0
-                && libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, attr.as_ptr(), size_of_val(&attr)) == 0;
+                && map.lookup_raw(&mut value);
             libc::_exit(if ok { 0 } else { 1 });
         }
         if pid < 0 {

@@ -7,9 +7,9 @@ use crate::{
     btf::Btf,
     classify::KernelSemantics,
     cli::KernelArgs,
-    loader::{LoadOptions, Probes},
     plan::{self, FnFacts, FnHook, HookPlan, ModeChoice, ProgramSupport},
     preflight,
+    probes::{LoadOptions, Probes},
     symbols::Kallsyms,
     tracefs,
 };
@@ -37,7 +37,7 @@ impl KernelFacts {
                     .map(|w| w.trim_matches(['[', ']']).to_string())
                     .unwrap_or(s.trim().to_string())
             }),
-            support: ProgramSupport::probe(),
+            support: crate::probes::program_support(),
         }
     }
 }
@@ -90,7 +90,22 @@ impl Session {
         Ok(Self { facts, plan, probes })
     }
 
-    /// The one line on stderr that says we are ready (DESIGN.md contract).
+    /// The attach plan as metric rows: every candidate mode of every hook (attached = false),
+    /// then the mode each attached hook uses (attached = true).
+    pub fn plan_rows(&self) -> Vec<crate::sink::metrics::PlanRow> {
+        use crate::sink::metrics::PlanRow;
+        let candidates = self.plan.iter().flat_map(|h| {
+            h.candidates.iter().map(|c| PlanRow { hook: h.hook, mode: c.mode.as_str(), attached: false })
+        });
+        let attached = self.probes.attached.iter().map(|a| PlanRow {
+            hook: a.hook,
+            mode: a.mode.as_str(),
+            attached: true,
+        });
+        candidates.chain(attached).collect()
+    }
+
+    /// The one line on stderr that says we are ready (docs/cli.md).
     pub fn attached_line(&self) -> String {
         let hooks: Vec<String> =
             self.probes.attached.iter().map(|a| format!("{}={}", a.hook, a.mode.as_str())).collect();

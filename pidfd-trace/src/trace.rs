@@ -6,6 +6,7 @@ use anyhow::Result;
 use crate::{
     cli::{Output, TraceArgs},
     decode::Decoder,
+    enrich::Enricher,
     filter::Filter,
     pipeline::{self, Pipeline},
     session::Session,
@@ -23,17 +24,17 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let mut pipe = Pipeline {
         decoder: Decoder::new(boot_to_unix_ns(), session.facts.sem),
         filter: Filter { pids: args.pids, comms: args.comms, failures_only: args.failures_only },
+        enricher: Enricher::new(),
         sink: sink.as_mut(),
         totals: Default::default(),
     };
-    pipeline::run(&mut session, &mut pipe).await?;
-    let stats = session.probes.stats()?;
+    let counters = pipeline::run(&mut session, &mut pipe).await?;
     let t = pipe.totals;
     eprintln!(
         "pidfd-trace: {} events received, {} shown, {} lost, {} undecodable",
         t.delivered,
         t.shown,
-        stats[pidfd_trace_common::stats::LOST as usize],
+        counters.stat(pidfd_trace_common::stats::LOST),
         t.decode_errors
     );
     let _ = std::io::stderr().flush();

@@ -68,15 +68,6 @@ pub fn parse_format(text: &str) -> HashMap<String, u32> {
     out
 }
 
-/// The syscall tracepoints we attach, with the argument names (in order) we read.
-pub const SYSCALLS: &[(&str, &[&str])] = &[
-    ("clone", &["clone_flags", "newsp", "parent_tidptr"]),
-    ("clone3", &["uargs", "size"]),
-    ("pidfd_open", &["pid", "flags"]),
-    ("pidfd_getfd", &["pidfd", "fd", "flags"]),
-    ("pidfd_send_signal", &["pidfd", "sig", "info", "flags"]),
-];
-
 /// Offsets the programs use: the first syscall argument and `ret`. Every argument we read
 /// must sit at `arg0 + 8 * index`, as the programs assume; anything else is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +78,8 @@ pub struct SyscallLayout {
 
 pub fn syscall_layout(root: &Path) -> Result<SyscallLayout, TracefsError> {
     let mut layout: Option<SyscallLayout> = None;
-    for (sys, args) in SYSCALLS {
+    for hook in crate::hooks::events() {
+        let (sys, args) = (hook.name(), hook.tracepoint.args);
         let enter = field_offsets(root, "syscalls", &format!("sys_enter_{sys}"))?;
         let exit_tp = format!("sys_exit_{sys}");
         let exit = field_offsets(root, "syscalls", &exit_tp)?;

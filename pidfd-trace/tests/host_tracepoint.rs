@@ -54,6 +54,7 @@ scenarios!(
     send_signal_ebadf,
     getfd_ok,
     getfd_ebadf,
+    waitid_pidfd,
     plain_fork_silent,
     filter_comm_failures_only,
     filter_pid,

@@ -7,6 +7,7 @@ mod soak;
 mod test;
 mod util;
 mod vm;
+mod wiring;
 
 use std::{
     os::unix::process::CommandExt,
@@ -55,6 +56,9 @@ enum Cmd {
     /// Measure the agent's overhead beside the floor and the bpftrace peer (root); prints a
     /// table, `--json` for JSON, `--write` to record the run in BENCHMARKS.md.
     Bench(bench::Options),
+    /// The build-wiring test alone: in a scratch copy, a changed shared constant must change
+    /// the kernel object the agent embeds (also a step of `test`).
+    BuildWiring,
     /// N minutes of mixed pidfd load against `serve`: RSS per minute, loss and counter
     /// exactness at the end (root; not part of `test`).
     Soak(soak::Options),
@@ -87,6 +91,7 @@ fn run() -> Result<()> {
         }
         Cmd::Test(opts) => test::run(&opts, &root),
         Cmd::Bench(opts) => bench::run(&opts, &root),
+        Cmd::BuildWiring => wiring::run(&root),
         Cmd::Soak(opts) => soak::run(&opts, &root),
         Cmd::E2e => {
             setup::run(&Default::default())?;

@@ -24,9 +24,24 @@ pub fn run(opts: &Options) -> Result<()> {
     bpf_linker()?;
     tracefs()?;
     if opts.all {
+        lint_tools()?;
         crate::util::ensure_apt(TEST_PACKAGES)?;
     }
     Ok(())
+}
+
+/// clippy and rustfmt for the toolchain that builds the workspace (the lint step of `test`;
+/// a minimal rustup profile lacks them).
+fn lint_tools() -> Result<()> {
+    let comps = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    let missing: Vec<&str> =
+        ["clippy", "rustfmt"].into_iter().filter(|c| !comps.lines().any(|l| l.starts_with(c))).collect();
+    if missing.is_empty() {
+        println!("setup: clippy and rustfmt present");
+        return Ok(());
+    }
+    println!("setup: adding {}", missing.join(" "));
+    exec(Command::new("rustup").arg("component").arg("add").args(&missing))
 }
 
 /// The nightly toolchain with rust-src (build-std for the bpf target).

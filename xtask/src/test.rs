@@ -38,8 +38,22 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
         }
         steps.push((name, r, t.elapsed().as_secs_f64()));
     };
+    step("lint: cargo fmt --check, cargo clippy -D warnings", &mut || {
+        util::exec(Command::new(env!("CARGO")).current_dir(root).args(["fmt", "--all", "--", "--check"]))?;
+        util::exec(Command::new(env!("CARGO")).current_dir(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    });
     step("unit and host integration tests (cargo test)", &mut || {
         util::exec(Command::new(env!("CARGO")).current_dir(root).args(["test", "--", "--test-threads=1"]))
+    });
+    step("build wiring: a shared-layout change rebuilds the embedded kernel object", &mut || {
+        crate::wiring::run(root)
     });
     step("Prometheus end to end: serve, dashboards, promtool (cargo xtask e2e)", &mut || {
         crate::e2e::run(root)

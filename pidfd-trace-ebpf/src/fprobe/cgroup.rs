@@ -9,10 +9,11 @@ use pidfd_trace_common::{Mode, fn_params, hints};
 use super::{current_call, mark};
 use crate::task::pids_cgroup_at_limit;
 
-// 5.7+: int cgroup_can_fork(struct task_struct *child, struct kernel_clone_args *kargs)
+// Parameter count: the `// prototype:` line of each program below.
 const PARAMS: usize = fn_params::CGROUP_CAN_FORK;
 const EAGAIN: i32 = 11;
 
+// prototype: cgroup_can_fork/2: int cgroup_can_fork(struct task_struct *child, struct kernel_clone_args *kargs) [5.7-7.1]
 #[fexit(function = "cgroup_can_fork")]
 pub fn cgfork_fexit(ctx: FExitContext) -> u32 {
     // An `int` return: only the low 32 bits of the slot are meaningful.
@@ -20,6 +21,7 @@ pub fn cgfork_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
+// prototype: cgroup_can_fork/2: int cgroup_can_fork(struct task_struct *child, struct kernel_clone_args *kargs) [5.7-7.1]
 #[kretprobe]
 pub fn cgfork_kret(ctx: RetProbeContext) -> u32 {
     returned(ctx.ret::<u64>() as i32, Mode::Kprobe);

@@ -8,29 +8,32 @@ use pidfd_trace_common::{Mode, clone_flags::CLONE_PIDFD, fn_params, hints};
 
 use super::{current_call, mark};
 
-// 5.10 – 7.1: struct task_struct *copy_process(struct pid *pid, int trace, int node,
-//                                             struct kernel_clone_args *args)
-// kernel_clone_args.flags is the first member in every version (the agent checks in BTF).
+// Each program's `// prototype:` line is the kernel prototype it relies on; the agent checks
+// the parameter count against BTF (`check`'s "prototypes"). kernel_clone_args.flags is the first member in every version (the agent checks in BTF).
 const ARGS: usize = fn_params::COPY_PROCESS_ARGS;
 
+// prototype: copy_process/4: struct task_struct *copy_process(struct pid *pid, int trace, int node, struct kernel_clone_args *args) [5.10-7.1]
 #[fentry(function = "copy_process")]
 pub fn cp_fentry(ctx: FEntryContext) -> u32 {
     enter(ctx.arg::<u64>(ARGS), Mode::Fexit);
     0
 }
 
+// prototype: copy_process/4: struct task_struct *copy_process(struct pid *pid, int trace, int node, struct kernel_clone_args *args) [5.10-7.1]
 #[fexit(function = "copy_process")]
 pub fn cp_fexit(_ctx: FExitContext) -> u32 {
     exit();
     0
 }
 
+// prototype: copy_process/4: struct task_struct *copy_process(struct pid *pid, int trace, int node, struct kernel_clone_args *args) [5.10-7.1]
 #[kprobe]
 pub fn cp_kprobe(ctx: ProbeContext) -> u32 {
     enter(ctx.arg::<u64>(ARGS).unwrap_or(0), Mode::Kprobe);
     0
 }
 
+// prototype: copy_process/4: struct task_struct *copy_process(struct pid *pid, int trace, int node, struct kernel_clone_args *args) [5.10-7.1]
 #[kretprobe]
 pub fn cp_kretprobe(_ctx: RetProbeContext) -> u32 {
     exit();

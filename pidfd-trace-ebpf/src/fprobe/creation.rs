@@ -10,25 +10,25 @@ use pidfd_trace_common::{Mode, fn_params, hints};
 
 use super::{current_call, is_err_ptr, mark};
 
-// 6.9+: struct file *pidfs_alloc_file(struct pid *pid, unsigned int flags)
+// Parameter counts: the `// prototype:` line of each program below.
 const PIDFS_PARAMS: usize = fn_params::PIDFS_ALLOC_FILE;
-// 5.3 – 6.8: struct file *anon_inode_getfile(const char *name,
-//              const struct file_operations *fops, void *priv, int flags)
-//            int anon_inode_getfd(<same parameters>)
 const ANON_PARAMS: usize = fn_params::ANON_INODE;
 
+// prototype: pidfs_alloc_file/2: struct file *pidfs_alloc_file(struct pid *pid, unsigned int flags) [6.9-7.1]
 #[fexit(function = "pidfs_alloc_file")]
 pub fn pidfs_fexit(ctx: FExitContext) -> u32 {
     created(!is_err_ptr(ctx.arg::<u64>(PIDFS_PARAMS)), Mode::Fexit);
     0
 }
 
+// prototype: pidfs_alloc_file/2: struct file *pidfs_alloc_file(struct pid *pid, unsigned int flags) [6.9-7.1]
 #[kretprobe]
 pub fn pidfs_kret(ctx: RetProbeContext) -> u32 {
     created(!is_err_ptr(ctx.ret::<u64>()), Mode::Kprobe);
     0
 }
 
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
 #[fexit(function = "anon_inode_getfile")]
 pub fn anon_file_fexit(ctx: FExitContext) -> u32 {
     if is_pidfd_name(ctx.arg::<u64>(0)) {
@@ -37,6 +37,7 @@ pub fn anon_file_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
+// prototype: anon_inode_getfd/4: int anon_inode_getfd(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
 #[fexit(function = "anon_inode_getfd")]
 pub fn anon_fd_fexit(ctx: FExitContext) -> u32 {
     if is_pidfd_name(ctx.arg::<u64>(0)) {
@@ -46,6 +47,7 @@ pub fn anon_fd_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags), and anon_inode_getfd/4 with the same parameters [5.3-6.8]
 /// kprobe mode: the name is only visible at entry, the result only at return.
 #[kprobe]
 pub fn anon_kprobe(ctx: ProbeContext) -> u32 {
@@ -57,12 +59,14 @@ pub fn anon_kprobe(ctx: ProbeContext) -> u32 {
     0
 }
 
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
 #[kretprobe]
 pub fn anon_file_kret(ctx: RetProbeContext) -> u32 {
     anon_returned(!is_err_ptr(ctx.ret::<u64>()));
     0
 }
 
+// prototype: anon_inode_getfd/4: int anon_inode_getfd(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
 #[kretprobe]
 pub fn anon_fd_kret(ctx: RetProbeContext) -> u32 {
     anon_returned(ctx.ret::<u64>() as i32 >= 0);

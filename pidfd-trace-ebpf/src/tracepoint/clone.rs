@@ -17,9 +17,9 @@ const EAGAIN: i64 = 11;
 /// Offset of `pidfd` in `struct clone_args` (uapi, fixed since clone3 appeared in 5.3).
 const CLONE_ARGS_PIDFD_OFF: u64 = 8;
 
-// x86_64: SYSCALL_DEFINE5(clone, unsigned long clone_flags, unsigned long newsp,
-//                         int __user *parent_tidptr, int __user *child_tidptr, unsigned long tls)
-// With CLONE_PIDFD the pidfd number is written to parent_tidptr.
+// Argument order as on x86_64 (CONFIG_CLONE_BACKWARDS* arches differ; the agent checks the
+// tracepoint's field names). With CLONE_PIDFD the pidfd number is written to parent_tidptr.
+// prototype: syscall:clone/5: SYSCALL_DEFINE5(clone, unsigned long, clone_flags, unsigned long, newsp, int __user *, parent_tidptr, int __user *, child_tidptr, unsigned long, tls) [5.2-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_clone")]
 pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
     let flags = arg(&ctx, 0);
@@ -31,7 +31,7 @@ pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
     0
 }
 
-// SYSCALL_DEFINE2(clone3, struct clone_args __user *, uargs, size_t, size)
+// prototype: syscall:clone3/2: SYSCALL_DEFINE2(clone3, struct clone_args __user *, uargs, size_t, size) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_clone3")]
 pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     let uargs = arg(&ctx, 0);
@@ -49,12 +49,14 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     0
 }
 
+// prototype: syscall:clone/5: SYSCALL_DEFINE5(clone, unsigned long, clone_flags, unsigned long, newsp, int __user *, parent_tidptr, int __user *, child_tidptr, unsigned long, tls) [5.2-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_clone")]
 pub fn sys_exit_clone(ctx: TracePointContext) -> u32 {
     clone_exit(&ctx);
     0
 }
 
+// prototype: syscall:clone3/2: SYSCALL_DEFINE2(clone3, struct clone_args __user *, uargs, size_t, size) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_clone3")]
 pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
     clone_exit(&ctx);

@@ -10,7 +10,7 @@ use pidfd_trace_common::{EnterState, EventKind, Mode, hints, stats};
 use crate::{
     emit,
     globals::{tp_arg_off, tp_ret_off},
-    maps::{ENTER_STATE, bump_stat, in_flight_add},
+    maps::{ENTER_STATE, IN_FLIGHT, USES_IN_FLIGHT, bump_stat, gate_add, is_open},
 };
 
 /// Where every kernel we know puts a sys_enter record's first argument: after the 8-byte
@@ -43,8 +43,9 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     unsafe { ctx.read_at::<u64>(tp_arg_off(n)) }.unwrap_or(0)
 }
 
-/// Stores this thread's entry state. Calls that create pidfds also open the in-flight gate
-/// for the function probes (and the clone exit path) until their exit.
+/// Stores this thread's entry state and holds the kind's in-flight gate open until its exit:
+/// calls that create pidfds open the gate of the function probes and the clone exit path,
+/// calls that use one the gate of the use exits (`exit_use`).
 #[inline(always)]
 fn save(st: &EnterState) {
     let id = bpf_get_current_pid_tgid();
@@ -52,9 +53,7 @@ fn save(st: &EnterState) {
         bump_stat(stats::ENTER_FAILED);
         return;
     }
-    if creates_pidfd(st.kind) {
-        in_flight_add(1);
-    }
+    gate_add(gate(st.kind), 1);
 }
 
 /// Takes this thread's entry state, if its enter program stored one.
@@ -62,11 +61,14 @@ fn save(st: &EnterState) {
 fn take(id: u64) -> Option<EnterState> {
     let mut st = unsafe { ENTER_STATE.get(&id) }.copied()?;
     let _ = ENTER_STATE.remove(&id);
-    if creates_pidfd(st.kind) {
-        in_flight_add(u64::MAX);
-    }
+    gate_add(gate(st.kind), u64::MAX);
     st.hints &= !hints::ANON_PENDING;
     Some(st)
+}
+
+#[inline(always)]
+fn gate(kind: u8) -> &'static core::sync::atomic::AtomicU64 {
+    if creates_pidfd(kind) { &IN_FLIGHT } else { &USES_IN_FLIGHT }
 }
 
 #[inline(always)]
@@ -99,6 +101,17 @@ fn exit_simple(ctx: &TracePointContext) {
         return;
     };
     emit::finish(ctx, &st, id, ret(ctx), -1, 0, mode_of(&st));
+}
+
+/// Exit path of the calls that use a pidfd: returns before any map look-up unless such a
+/// call is in flight somewhere on the host (hot syscalls such as waitid exit here for every
+/// call, pidfd or not).
+#[inline(always)]
+fn exit_use(ctx: &TracePointContext) {
+    if !is_open(&USES_IN_FLIGHT) {
+        return;
+    }
+    exit_simple(ctx);
 }
 
 /// A fresh entry state as the tracepoints see a call; function probes may add to it later.

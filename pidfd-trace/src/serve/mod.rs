@@ -8,13 +8,9 @@
 //! 3. drop every capability (capset is per thread, so before any thread exists);
 //! 4. only then start the runtime whose worker threads parse what clients send.
 pub mod auth;
-pub mod cap;
 pub mod http;
 pub mod listen;
 pub mod logging;
-pub mod metrics;
-pub mod outcomes;
-pub mod sinks;
 pub mod webconfig;
 
 use std::{
@@ -30,17 +26,21 @@ use prometheus::Registry;
 
 use self::{
     http::{Limits, Site},
-    metrics::KernelMetrics,
-    sinks::{EventMetrics, EventsLog, Tee},
     webconfig::WebConfig,
 };
 use crate::{
     cli::ServeArgs,
+    counters::Counters,
     decode::Decoder,
+    enrich::Enricher,
     filter::Filter,
     pipeline::{self, Pipeline},
     session::Session,
-    sink::Sink,
+    sink::{
+        Sink, Totals,
+        events::{EventMetrics, EventsLog, Tee},
+        metrics::{self, KernelMetrics},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,7 @@ async fn serve(
 ) -> Result<()> {
     let registry = Registry::new();
     metrics::register_build_info(&registry, &session.facts.release)?;
-    metrics::register_attach_plan(&registry, &session.plan, &session.probes.attached)?;
+    metrics::register_attach_plan(&registry, &session.plan_rows())?;
     let mut kernel = KernelMetrics::register(&registry, session.facts.sem)?;
     let mut event_metrics = EventMetrics::register(&registry, usize::from(args.max_label_values))?;
     let mut events_log = match log_out {
@@ -140,21 +140,21 @@ async fn serve(
     let mut pipe = Pipeline {
         decoder: Decoder::new(crate::trace::boot_to_unix_ns(), session.facts.sem),
         filter: Filter::default(),
+        enricher: Enricher::new(),
         sink: &mut tee,
         totals: Default::default(),
     };
-    let mut refresh = |s: &Session, totals: &pipeline::Totals| -> Result<()> {
-        kernel.refresh(&s.probes.outcomes()?, &s.probes.stats()?, totals);
+    let mut refresh = |counters: &Counters, totals: &Totals| -> Result<()> {
+        kernel.refresh(counters, totals);
         Ok(())
     };
     let result = pipeline::run_with_tick(&mut session, &mut pipe, &mut refresh).await;
     let totals = pipe.totals;
     let _ = tee.flush();
     server.abort();
-    let lost = session.probes.stats().map(|s| s[pidfd_trace_common::stats::LOST as usize]).unwrap_or(0);
     // Dropping the session detaches every program.
     drop(session);
-    result?;
+    let lost = result?.stat(pidfd_trace_common::stats::LOST);
     info!(
         "stopped: {} events received, {} lost, {} undecodable; programs detached",
         totals.delivered, lost, totals.decode_errors

@@ -1,10 +1,25 @@
 //! Sinks: where decoded events go. Each only formats and delivers.
+pub mod cap;
+pub mod events;
 pub mod json;
+pub mod metrics;
+pub mod outcomes;
 pub mod text;
 
 use std::io;
 
 use crate::event::Event;
+
+/// Counts of one run, kept by the pipeline, for the closing summary and the metrics sink.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    /// Records read from the ring buffer.
+    pub delivered: u64,
+    /// Events that passed the filter and went to the sink.
+    pub shown: u64,
+    /// Records that could not be decoded (dropped).
+    pub decode_errors: u64,
+}
 
 /// One output interface for every sink.
 pub trait Sink {
@@ -32,6 +47,7 @@ mod tests {
             cgroup: None,
             container_id: None,
             pod_uid: None,
+            container_runtime: None,
             flags: 0x1000,
             flag_names: vec!["CLONE_PIDFD".into()],
             ret: -24,
@@ -82,7 +98,8 @@ mod tests {
         ] {
             assert_eq!(v[k], want, "field {k}");
         }
-        assert!(v.get("used_pidfd").is_none(), "internal fields stay out of the schema");
+        assert_eq!(v["used_pidfd"], serde_json::Value::Null);
+        assert!(v.get("container_runtime").is_none(), "metric-only fields stay out of the schema");
     }
 
     #[test]

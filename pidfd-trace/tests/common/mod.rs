@@ -30,7 +30,7 @@ pub fn spawn_collecting(cmd: &mut Command) -> (Child, Arc<Mutex<Vec<String>>>) {
     (child, lines)
 }
 
-/// Waits until a stderr line contains `attached` (DESIGN.md's ready line); panics with the
+/// Waits until a stderr line contains `attached` (the ready line of docs/cli.md); panics with the
 /// agent's stderr if it exits first or takes longer than `timeout`.
 pub fn wait_attached(child: &mut Child, lines: &Mutex<Vec<String>>, timeout: Duration) {
     let deadline = Instant::now() + timeout;

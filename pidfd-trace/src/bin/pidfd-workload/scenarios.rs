@@ -1,5 +1,5 @@
 //! Scenarios: each runs in its own process, makes real syscalls, and reports what the kernel
-//! returned as the exact events the agent must print (field subsets of DESIGN.md's JSON).
+//! returned as the exact events the agent must print (field subsets of docs/events.md).
 //! Every scenario ends with a sentinel pidfd_open of itself, so the suite knows when all of
 //! a scenario's events have arrived.
 use serde_json::{Value, json};
@@ -68,6 +68,11 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario { name: "getfd_ok", what: "pidfd_getfd of a child's fd succeeds", run: getfd_ok },
     Scenario { name: "getfd_ebadf", what: "pidfd_getfd of a closed fd → EBADF", run: getfd_ebadf },
+    Scenario {
+        name: "waitid_pidfd",
+        what: "waitid(P_PIDFD) reaps a child, then ECHILD; a P_PID wait is not recorded",
+        run: waitid_pidfd,
+    },
     Scenario {
         name: "plain_fork_silent",
         what: "fork() without CLONE_PIDFD produces no event",
@@ -312,6 +317,32 @@ fn send_signal_ebadf() -> Result<Vec<Value>, String> {
     }
     Ok(vec![
         json!({"event": "pidfd_send_signal", "ret": -9, "errno": "EBADF", "signal": "SIGTERM", "stage": null, "target_pid": null}),
+        sentinel(),
+    ])
+}
+
+fn waitid_pidfd() -> Result<Vec<Value>, String> {
+    const P_PIDFD: libc::c_long = 3;
+    let waitid = |idtype: libc::c_long, id: i64, options: i32| -> i64 {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::syscall(libc::SYS_waitid, idtype, id, &mut info, options, 0usize) };
+        if r < 0 { -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { r }
+    };
+    let child = sys::sleeper();
+    let fd = sys::pidfd_open(child, 0);
+    // Not a pidfd wait: the enter program turns it away before any map access.
+    let by_pid = waitid(libc::P_PID as libc::c_long, i64::from(child), libc::WEXITED | libc::WNOHANG);
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    let ok = waitid(P_PIDFD, fd, libc::WEXITED);
+    let gone = waitid(P_PIDFD, fd, libc::WEXITED | libc::WNOHANG);
+    unsafe { libc::close(fd as i32) };
+    if fd < 0 || by_pid != 0 || ok != 0 || gone != -libc::ECHILD as i64 {
+        return Err(format!("pidfd_open {fd}, waitid P_PID {by_pid}, P_PIDFD {ok} then {gone}"));
+    }
+    Ok(vec![
+        json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
+        json!({"event": "waitid", "ret": 0, "errno": null, "used_pidfd": fd, "target_pid": child, "flags": 4, "flag_names": ["WEXITED"], "stage": null, "pidfd": null}),
+        json!({"event": "waitid", "ret": -10, "errno": "ECHILD", "used_pidfd": fd, "target_pid": child, "flags": 5, "flag_names": ["WNOHANG", "WEXITED"], "stage": null}),
         sentinel(),
     ])
 }

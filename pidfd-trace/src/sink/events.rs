@@ -11,7 +11,7 @@ use log::warn;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use super::{cap::CappedCounter, metrics::MetricsError};
-use crate::{cgroup::parse_container, event::Event, names, sink::Sink, sink::json::JsonLines};
+use crate::{event::Event, names, sink::Sink, sink::json::JsonLines};
 
 /// How long a ranking window of the cardinality cap lasts.
 const RERANK_EVERY: Duration = Duration::from_secs(60);
@@ -124,12 +124,13 @@ impl Sink for EventMetrics {
         self.duration.with_label_values(&[event]).observe(ev.duration_ns as f64 / 1e9);
         self.processes.inc(&ev.comm, &[], &[event, outcome]);
         if let Some(id) = &ev.container_id {
-            // The path says the runtime and pod; a container found only through the v1
-            // hierarchies (hybrid hosts) keeps its id and no more.
-            let c = ev.cgroup.as_deref().and_then(parse_container).filter(|c| &c.id == id);
-            let runtime = c.as_ref().map_or("unknown", |c| c.runtime);
-            let pod = c.as_ref().and_then(|c| c.pod_uid.clone()).unwrap_or_default();
-            self.containers.inc(id, &[runtime, &pod], &[event, outcome]);
+            // The enricher sets the runtime when the cgroup2 path shows the container; one
+            // found only through the v1 hierarchies (hybrid hosts) keeps its id and no more.
+            let (runtime, pod) = match ev.container_runtime {
+                Some(runtime) => (runtime, ev.pod_uid.as_deref().unwrap_or_default()),
+                None => ("unknown", ""),
+            };
+            self.containers.inc(id, &[runtime, pod], &[event, outcome]);
         }
         Ok(())
     }

@@ -1,13 +1,14 @@
-//! The Prometheus registry of `serve` and the metrics read from the kernel: DESIGN.md's
+//! The Prometheus registry of `serve` and the metrics read from the kernel: README.md's
 //! contract names, refreshed from the per-CPU counters (exact even when ring-buffer records
 //! are lost), plus build info and the attach plan. Event-derived metrics live in `events.rs`.
 use std::collections::HashMap;
 
-use pidfd_trace_common::{CounterKey, stats};
+use pidfd_trace_common::stats;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use super::Totals;
 use super::outcomes::{self, Family};
-use crate::{classify::KernelSemantics, loader::Attached, pipeline::Totals, plan::HookPlan};
+use crate::{classify::KernelSemantics, counters::Counters};
 
 #[derive(Debug, thiserror::Error)]
 #[error("registering metric: {0}; this is a bug in pidfd-trace, please report it")]
@@ -16,7 +17,7 @@ pub struct MetricsError(#[from] prometheus::Error);
 /// Every metric read from the kernel or from the agent's own state.
 pub struct KernelMetrics {
     sem: KernelSemantics,
-    families: HashMap<Family, IntCounterVec>,
+    families: Families,
     last: HashMap<(Family, Vec<String>), u64>,
     events: IntCounter,
     lost: IntCounter,
@@ -46,6 +47,79 @@ fn counter_vec(
     Ok(c)
 }
 
+/// One counter vector per `Family`, each registered once; `get` is an exhaustive match, so
+/// a family without its metric does not build (and nothing can fail a look-up at run time).
+struct Families {
+    created: IntCounterVec,
+    create_failures: IntCounterVec,
+    getfd: IntCounterVec,
+    getfd_failures: IntCounterVec,
+    signals: IntCounterVec,
+    signal_failures: IntCounterVec,
+    uses: IntCounterVec,
+}
+
+impl Families {
+    fn register(reg: &Registry) -> Result<Self, MetricsError> {
+        Ok(Self {
+            created: counter_vec(
+                reg,
+                "pidfd_trace_pidfds_created_total",
+                "Pidfds created, by source (clone, clone3 with CLONE_PIDFD; pidfd_open). From the kernel's counters.",
+                &["source"],
+            )?,
+            create_failures: counter_vec(
+                reg,
+                "pidfd_trace_pidfd_create_failures_total",
+                "Failed pidfd creations, by source, the step that failed (stage) and errno. From the kernel's counters.",
+                &["source", "stage", "errno"],
+            )?,
+            getfd: counter_vec(
+                reg,
+                "pidfd_trace_getfd_total",
+                "pidfd_getfd calls, successful or not. From the kernel's counters.",
+                &[],
+            )?,
+            getfd_failures: counter_vec(
+                reg,
+                "pidfd_trace_getfd_failures_total",
+                "Failed pidfd_getfd calls, by errno. From the kernel's counters.",
+                &["errno"],
+            )?,
+            signals: counter_vec(
+                reg,
+                "pidfd_trace_signals_total",
+                "pidfd_send_signal calls, successful or not, by signal. From the kernel's counters.",
+                &["signal"],
+            )?,
+            signal_failures: counter_vec(
+                reg,
+                "pidfd_trace_signal_failures_total",
+                "Failed pidfd_send_signal calls, by errno. From the kernel's counters.",
+                &["errno"],
+            )?,
+            uses: counter_vec(
+                reg,
+                "pidfd_trace_pidfd_uses_total",
+                "Calls that use a pidfd (waitid with P_PIDFD, ...), by op (the event name) and outcome (ok or the errno name). From the kernel's counters.",
+                &["op", "outcome"],
+            )?,
+        })
+    }
+
+    fn get(&self, family: Family) -> &IntCounterVec {
+        match family {
+            Family::Created => &self.created,
+            Family::CreateFailures => &self.create_failures,
+            Family::Getfd => &self.getfd,
+            Family::GetfdFailures => &self.getfd_failures,
+            Family::Signals => &self.signals,
+            Family::SignalFailures => &self.signal_failures,
+            Family::Uses => &self.uses,
+        }
+    }
+}
+
 /// Adds `now - *last` to `c` and remembers `now` (kernel counters only grow).
 fn advance(c: &IntCounter, last: &mut u64, now: u64) {
     if now > *last {
@@ -56,67 +130,12 @@ fn advance(c: &IntCounter, last: &mut u64, now: u64) {
 
 impl KernelMetrics {
     pub fn register(reg: &Registry, sem: KernelSemantics) -> Result<Self, MetricsError> {
-        let families = HashMap::from([
-            (
-                Family::Created,
-                counter_vec(
-                    reg,
-                    "pidfd_trace_pidfds_created_total",
-                    "Pidfds created, by source (clone, clone3 with CLONE_PIDFD; pidfd_open). From the kernel's counters.",
-                    &["source"],
-                )?,
-            ),
-            (
-                Family::CreateFailures,
-                counter_vec(
-                    reg,
-                    "pidfd_trace_pidfd_create_failures_total",
-                    "Failed pidfd creations, by source, the step that failed (stage) and errno. From the kernel's counters.",
-                    &["source", "stage", "errno"],
-                )?,
-            ),
-            (
-                Family::Getfd,
-                counter_vec(
-                    reg,
-                    "pidfd_trace_getfd_total",
-                    "pidfd_getfd calls, successful or not. From the kernel's counters.",
-                    &[],
-                )?,
-            ),
-            (
-                Family::GetfdFailures,
-                counter_vec(
-                    reg,
-                    "pidfd_trace_getfd_failures_total",
-                    "Failed pidfd_getfd calls, by errno. From the kernel's counters.",
-                    &["errno"],
-                )?,
-            ),
-            (
-                Family::Signals,
-                counter_vec(
-                    reg,
-                    "pidfd_trace_signals_total",
-                    "pidfd_send_signal calls, successful or not, by signal. From the kernel's counters.",
-                    &["signal"],
-                )?,
-            ),
-            (
-                Family::SignalFailures,
-                counter_vec(
-                    reg,
-                    "pidfd_trace_signal_failures_total",
-                    "Failed pidfd_send_signal calls, by errno. From the kernel's counters.",
-                    &["errno"],
-                )?,
-            ),
-        ]);
+        let families = Families::register(reg)?;
         // Known label values exist from the start, so rate() has a zero to start from.
-        for source in ["clone", "clone3", "pidfd_open"] {
-            families[&Family::Created].with_label_values(&[source]);
+        for (family, labels) in outcomes::initial_series() {
+            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+            families.get(family).with_label_values(&l);
         }
-        families[&Family::Getfd].with_label_values::<&str>(&[]);
         Ok(Self {
             sem,
             families,
@@ -162,14 +181,10 @@ impl KernelMetrics {
     }
 
     /// Brings every kernel-derived series up to the kernel's current counts.
-    pub fn refresh(
-        &mut self,
-        outcomes: &[(CounterKey, u64)],
-        st: &[u64; stats::COUNT as usize],
-        totals: &Totals,
-    ) {
+    pub fn refresh(&mut self, counters: &Counters, totals: &Totals) {
+        let st = &counters.stats;
         let mut now: HashMap<(Family, Vec<String>), u64> = HashMap::new();
-        for (key, n) in outcomes {
+        for (key, n) in &counters.outcomes {
             for (family, labels) in outcomes::series(key, self.sem) {
                 *now.entry((family, labels)).or_insert(0) += n;
             }
@@ -178,7 +193,7 @@ impl KernelMetrics {
             let seen = self.last.entry((family, labels.clone())).or_insert(0);
             if n > *seen {
                 let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-                self.families[&family].with_label_values(&l).inc_by(n - *seen);
+                self.families.get(family).with_label_values(&l).inc_by(n - *seen);
                 *seen = n;
             }
         }
@@ -215,13 +230,17 @@ pub fn register_build_info(reg: &Registry, kernel: &str) -> Result<(), MetricsEr
     Ok(())
 }
 
+/// One row of `pidfd_trace_probe_attached`: a hook, one of its candidate modes, and whether
+/// it is attached in that mode.
+pub struct PlanRow {
+    pub hook: &'static str,
+    pub mode: &'static str,
+    pub attached: bool,
+}
+
 /// `pidfd_trace_probe_attached{hook,mode}`: 1 for the mode each hook is attached in, 0 for
 /// every other candidate mode of the plan, so the plan per host is one query.
-pub fn register_attach_plan(
-    reg: &Registry,
-    plan: &[HookPlan],
-    attached: &[Attached],
-) -> Result<(), MetricsError> {
+pub fn register_attach_plan(reg: &Registry, rows: &[PlanRow]) -> Result<(), MetricsError> {
     let g = IntGaugeVec::new(
         Opts::new(
             "pidfd_trace_probe_attached",
@@ -229,13 +248,11 @@ pub fn register_attach_plan(
         ),
         &["hook", "mode"],
     )?;
-    for hook in plan {
-        for c in &hook.candidates {
-            g.with_label_values(&[hook.hook, c.mode.as_str()]).set(0);
-        }
+    for r in rows.iter().filter(|r| !r.attached) {
+        g.with_label_values(&[r.hook, r.mode]).set(0);
     }
-    for a in attached {
-        g.with_label_values(&[a.hook, a.mode.as_str()]).set(1);
+    for r in rows.iter().filter(|r| r.attached) {
+        g.with_label_values(&[r.hook, r.mode]).set(1);
     }
     reg.register(Box::new(g))?;
     Ok(())

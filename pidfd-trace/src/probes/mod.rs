@@ -1,10 +1,16 @@
-//! The only module that talks to aya: loads the kernel programs with this kernel's offsets,
-//! attaches them as the plan says, and hands out the maps the agent reads.
+//! The kernel boundary: the only module that names aya. It probes which program types this
+//! kernel loads, loads the kernel programs with this kernel's offsets, attaches them as the
+//! plan says, and hands out what the agent reads: the event ring and the kernel log channel
+//! (ring.rs), a `Counters` snapshot of the per-CPU maps, and the map fd the privilege drop
+//! tests reading with (plus the raw bpf() look-up that test makes).
+mod ring;
+
+pub use ring::{EventRing, KernelLog};
 use std::collections::HashSet;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use log::{debug, warn};
@@ -12,7 +18,8 @@ use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, globals, st
 
 use crate::{
     btf::Btf,
-    plan::{AttachMode, FnHook, HookPlan, ProgKind},
+    counters::Counters,
+    plan::{AttachMode, FnHook, HookPlan, ProgKind, ProgramSupport},
     symbols::Kallsyms,
     tracefs::SyscallLayout,
 };
@@ -221,15 +228,15 @@ impl Probes {
     }
 
     /// The event ring buffer; can be taken once.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+    pub fn take_events(&mut self) -> Result<EventRing, LoadError> {
         let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|err| LoadError::Map { name: "EVENTS", err })
+        RingBuf::try_from(map).map(EventRing).map_err(|err| LoadError::Map { name: "EVENTS", err })
     }
 
     /// The kernel-side log channel (aya-log), if the object has one.
-    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+    pub fn take_logger(&mut self) -> Option<KernelLog> {
         match aya_log::EbpfLogger::init(&mut self.ebpf) {
-            Ok(l) => Some(l),
+            Ok(l) => Some(KernelLog(l)),
             Err(e) => {
                 warn!("kernel-side logging unavailable: {e}");
                 None
@@ -237,8 +244,13 @@ impl Probes {
         }
     }
 
+    /// The per-CPU counter maps now, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, LoadError> {
+        Ok(Counters { outcomes: self.outcomes()?, stats: self.stats()? })
+    }
+
     /// Every outcome counter, summed over CPUs.
-    pub fn outcomes(&self) -> Result<Vec<(CounterKey, u64)>, LoadError> {
+    fn outcomes(&self) -> Result<Vec<(CounterKey, u64)>, LoadError> {
         let map = self.ebpf.map("OUTCOMES").ok_or(LoadError::MissingMap("OUTCOMES"))?;
         let map = PerCpuHashMap::<_, CounterKey, u64>::try_from(map)
             .map_err(|err| LoadError::Map { name: "OUTCOMES", err })?;
@@ -269,7 +281,7 @@ impl Probes {
     }
 
     /// The `STATS` map, for finding out which capability reading our maps needs.
-    pub fn map_probe(&self) -> Result<crate::privileges::MapProbe, LoadError> {
+    pub fn map_probe(&self) -> Result<MapProbe, LoadError> {
         use std::os::fd::{AsFd, AsRawFd};
         let Some(aya::maps::Map::PerCpuArray(data)) = self.ebpf.map("STATS") else {
             return Err(LoadError::MissingMap("STATS"));
@@ -278,11 +290,11 @@ impl Probes {
             name: "STATS",
             err: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: err }),
         })?;
-        Ok(crate::privileges::MapProbe { fd: data.fd().as_fd().as_raw_fd(), value_size: 8 * cpus })
+        Ok(MapProbe { fd: data.fd().as_fd().as_raw_fd(), value_size: 8 * cpus })
     }
 
     /// The `STATS` slots, summed over CPUs.
-    pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
+    fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
         let map = self.ebpf.map("STATS").ok_or(LoadError::MissingMap("STATS"))?;
         let map =
             PerCpuArray::<_, u64>::try_from(map).map_err(|err| LoadError::Map { name: "STATS", err })?;
@@ -292,6 +304,58 @@ impl Probes {
                 map.get(&(i as u32), 0).map_err(|err| LoadError::Map { name: "STATS", err })?.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// A map of ours to test reading with: its fd and the size of one (all-CPU) value.
+pub struct MapProbe {
+    pub fd: std::os::fd::RawFd,
+    pub value_size: usize,
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+
+impl MapProbe {
+    /// Looks up key 0 with a raw bpf(BPF_MAP_LOOKUP_ELEM) call; true if the kernel allowed it.
+    /// Makes one system call on memory prepared by the caller and allocates nothing, so it is
+    /// safe in a child between fork and `_exit` (privileges.rs).
+    pub fn lookup_raw(&self, value: &mut [u8]) -> bool {
+        let key = 0u32;
+        if value.len() < self.value_size {
+            return false;
+        }
+        // union bpf_attr for BPF_MAP_LOOKUP_ELEM: map_fd, pad, key, value, flags.
+        let attr: [u64; 4] = [self.fd as u32 as u64, &key as *const u32 as u64, value.as_mut_ptr() as u64, 0];
+        // SAFETY: `attr` points at a live key and a value buffer of at least value_size bytes.
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, attr.as_ptr(), size_of_val(&attr)) == 0 }
+    }
+}
+
+/// Which program types this kernel lets us load, probed once at start-up.
+pub fn program_support() -> ProgramSupport {
+    use aya::programs::ProgramType;
+    let load = |t: ProgramType, what: &str| match aya::sys::is_program_supported(t) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("{what} programs not supported by this kernel")),
+        Err(e) => {
+            let mut why = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                why = format!("{why}: {s}");
+                src = s.source();
+            }
+            Err(format!("{what}: load refused ({why}); lockdown or an LSM may forbid it"))
+        }
+    };
+    let kprobe = if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        load(ProgramType::KProbe, "kprobe")
+    } else {
+        Err("kernel built without kprobes (no kprobe PMU in /sys/bus/event_source/devices)".into())
+    };
+    ProgramSupport {
+        fentry: load(ProgramType::Tracing, "fentry"),
+        kprobe,
+        tracepoint: load(ProgramType::TracePoint, "tracepoint"),
     }
 }
 

@@ -3,7 +3,11 @@
 //! and the events it counts always agree.
 use pidfd_trace_common::{CounterKey, EventKind, clone_flags};
 
-use crate::{classify::KernelSemantics, names};
+use crate::{
+    classify::KernelSemantics,
+    hooks::{self, Feeds, StageRule},
+    names,
+};
 
 /// Which contract metric a counted outcome feeds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,6 +24,8 @@ pub enum Family {
     Signals,
     /// `pidfd_trace_signal_failures_total{errno}`
     SignalFailures,
+    /// `pidfd_trace_pidfd_uses_total{op,outcome}` (outcome: `ok` or the errno name)
+    Uses,
 }
 
 /// The label values of one series (in the order the metric declares its labels).
@@ -28,34 +34,52 @@ pub type Series = (Family, Vec<String>);
 /// The series one kernel counter slot adds to. A failed pidfd_getfd or pidfd_send_signal
 /// counts as a call and as a failure.
 pub fn series(key: &CounterKey, sem: KernelSemantics) -> Vec<Series> {
-    let Some(kind) = EventKind::from_u8(key.kind) else { return Vec::new() };
+    let Ok(kind) = EventKind::try_from(key.kind) else { return Vec::new() };
+    let row = hooks::event(kind);
     let errno = (key.errno != 0).then(|| names::errno_name(key.errno));
-    match kind {
-        EventKind::Clone | EventKind::Clone3 | EventKind::PidfdOpen => {
-            let source = names::event_name(kind).to_string();
+    match row.feeds {
+        Feeds::Creation => {
+            let source = row.name().to_string();
             let Some(errno) = errno else { return vec![(Family::Created, vec![source])] };
             // Counter keys keep only the flag bits that matter for the stage; every counted
             // clone had CLONE_PIDFD (the programs count nothing else).
-            let flags = match kind {
-                EventKind::PidfdOpen => u64::from(key.flag_bits),
-                _ => u64::from(key.flag_bits) | clone_flags::CLONE_PIDFD,
+            let flags = match row.stage {
+                StageRule::Clone => u64::from(key.flag_bits) | clone_flags::CLONE_PIDFD,
+                _ => u64::from(key.flag_bits),
             };
             let stage = crate::classify::stage(kind, key.errno, key.hints, flags, sem)
                 .map_or("other", |s| s.as_str())
                 .to_string();
             vec![(Family::CreateFailures, vec![source, stage, errno])]
         }
-        EventKind::PidfdGetfd => {
+        Feeds::Getfd => {
             let mut v = vec![(Family::Getfd, vec![])];
             v.extend(errno.map(|e| (Family::GetfdFailures, vec![e])));
             v
         }
-        EventKind::PidfdSendSignal => {
+        Feeds::Signal => {
             let mut v = vec![(Family::Signals, vec![names::signal_name(u64::from(key.signal))])];
             v.extend(errno.map(|e| (Family::SignalFailures, vec![e])));
             v
         }
+        Feeds::Use => {
+            vec![(Family::Uses, vec![row.name().to_string(), errno.unwrap_or_else(|| "ok".into())])]
+        }
     }
+}
+
+/// The series that exist from start-up at 0 (docs/metrics.md: known label values are
+/// exported before the first event, so `increase()` sees it): every creation source, the
+/// getfd call counter, and `outcome="ok"` of every use.
+pub fn initial_series() -> Vec<Series> {
+    hooks::events()
+        .filter_map(|row| match row.feeds {
+            Feeds::Creation => Some((Family::Created, vec![row.name().to_string()])),
+            Feeds::Getfd => Some((Family::Getfd, vec![])),
+            Feeds::Signal => None,
+            Feeds::Use => Some((Family::Uses, vec![row.name().to_string(), "ok".to_string()])),
+        })
+        .collect()
 }
 
 #[cfg(test)]
