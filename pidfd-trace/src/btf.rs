@@ -574,7 +574,7 @@ mod tests {
         let plain = synthetic();
         let mut blob = plain.build(false);
         blob[4] = 32;
-        blob.splice(24..24, [0u8; 8]); // layout_off 0, layout_len 0
+        blob.splice(24..24, [0u8; 8]).for_each(drop); // layout_off 0, layout_len 0
         check_synthetic(&Btf::parse(&blob).unwrap());
         // A layout section outside the blob is malformed.
         let mut bad = blob.clone();

@@ -92,10 +92,6 @@ impl KernelSpec {
                 .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()));
         num_ok && tag_ok
     }
-
-    fn search_regex(&self) -> String {
-        format!("^linux-image-{}\\..*-cloud-{}$", regex_escape(self.series), self.arch)
-    }
 }
 
 const BACKPORTS: &[&str] = &["trixie-backports", "sid"];
@@ -491,6 +487,10 @@ pub fn ensure_kernels(root: &Path, specs: &[KernelSpec]) -> Result<Vec<Resolved>
         apt.archs.iter().map(|a| a.deb()).collect::<Vec<_>>().join(",")
     );
     let (indexed, why) = apt.update(&uri, &names)?;
+    let all = candidates(&apt, &apt.archs).unwrap_or_else(|e| {
+        eprintln!("vm setup: cannot list the archive's kernels: {e:#}");
+        Vec::new()
+    });
     let mut out = Vec::new();
     for spec in specs {
         let old = cached(root, spec);
@@ -498,7 +498,7 @@ pub fn ensure_kernels(root: &Path, specs: &[KernelSpec]) -> Result<Vec<Resolved>
         let newest = if present.is_empty() {
             Err(format!("suite(s) {} unreadable: {why}", spec.suites.join(" ")))
         } else {
-            newest_package(&apt, spec).map_err(|e| format!("{e:#}"))
+            newest_package(&all, spec).map_err(|e| format!("{e:#}"))
         };
         let r = match (newest, old) {
             (Ok((name, version)), Some(old)) if old.package == format!("{name} {version}") => Ok(old),
@@ -617,42 +617,51 @@ pub fn busybox(root: &Path, arch: Arch) -> Result<PathBuf> {
     Ok(dst)
 }
 
-/// Newest (by candidate version) package of the series in the spec's suites.
-fn newest_package(apt: &PrivateApt, spec: &KernelSpec) -> Result<(String, String)> {
-    let (ok, out, err) = apt.run("apt-cache", &["search", "--names-only", &spec.search_regex()], None)?;
+/// Every cloud kernel package the private lists know for `archs`, with its candidate version:
+/// one `apt-cache search` and one `apt-cache policy` (each reads all the lists, seconds apiece).
+fn candidates(apt: &PrivateApt, archs: &[Arch]) -> Result<Vec<(String, Arch, String)>> {
+    let alt: Vec<&str> = archs.iter().map(|a| a.deb()).collect();
+    let regex = format!("^linux-image-[0-9].*-cloud-({})$", alt.join("|"));
+    let (ok, out, err) = apt.run("apt-cache", &["search", "--names-only", &regex], None)?;
     if !ok {
         bail!("apt-cache search failed: {}", last_error_line(&err, &out));
     }
-    let mut names: Vec<String> = out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| spec.matches(n))
-        .map(str::to_string)
-        .collect();
+    let mut names: Vec<(String, Arch)> = Vec::new();
+    for n in out.lines().filter_map(|l| l.split_whitespace().next()) {
+        if let Some(a) = archs.iter().copied().find(|a| n.ends_with(&format!("-cloud-{a}"))) {
+            names.push((n.to_string(), a));
+        }
+    }
     names.sort();
     names.dedup();
     if names.is_empty() {
-        bail!("no matching kernel package: nothing named {} in {}", spec.glob(), spec.suites.join(" "));
+        return Ok(Vec::new());
     }
     let mut args = vec!["policy".to_string()];
-    args.extend(names.iter().map(|n| format!("{n}:{}", spec.arch)));
+    args.extend(names.iter().map(|(n, a)| format!("{n}:{a}")));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, out, err) = apt.run("apt-cache", &args, None)?;
     if !ok {
         bail!("apt-cache policy failed: {}", last_error_line(&err, &out));
     }
-    let candidates = parse_policy(&out);
-    candidates
+    Ok(parse_policy(&out)
         .into_iter()
-        .map(|(n, v)| (n.split(':').next().unwrap_or_default().to_string(), v))
-        .filter(|(n, _)| spec.matches(n))
-        .max_by(|a, b| deb_version_cmp(&a.1, &b.1).then_with(|| a.0.cmp(&b.0)))
+        .filter_map(|(n, v)| {
+            let name = n.split(':').next().unwrap_or_default().to_string();
+            let arch = names.iter().find(|(m, _)| *m == name).map(|(_, a)| *a)?;
+            Some((name, arch, v))
+        })
+        .collect())
+}
+
+/// Newest (by candidate version) package of the spec's series among `all`.
+fn newest_package(all: &[(String, Arch, String)], spec: &KernelSpec) -> Result<(String, String)> {
+    all.iter()
+        .filter(|(n, a, _)| *a == spec.arch && spec.matches(n))
+        .max_by(|a, b| deb_version_cmp(&a.2, &b.2).then_with(|| a.0.cmp(&b.0)))
+        .map(|(n, _, v)| (n.clone(), v.clone()))
         .ok_or_else(|| {
-            anyhow!(
-                "no matching kernel package: no installable candidate for {} in {}",
-                spec.glob(),
-                spec.suites.join(" ")
-            )
+            anyhow!("no matching kernel package: nothing named {} in {}", spec.glob(), spec.suites.join(" "))
         })
 }
 
@@ -673,17 +682,6 @@ fn parse_policy(text: &str) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-fn regex_escape(s: &str) -> String {
-    let mut o = String::new();
-    for c in s.chars() {
-        if ".+*?()[]{}|^$\\".contains(c) {
-            o.push('\\');
-        }
-        o.push(c);
-    }
-    o
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -788,6 +786,23 @@ mod tests {
         assert!(!k73.matches("linux-image-7.3-cloud-arm64"), "experimental's meta package");
         assert!(!k73.matches("linux-image-7.3.4+deb13-cloud-amd64"));
         assert!(!spec("7.1", Arch::Amd64).unwrap().matches("linux-image-7.10.2+deb13-cloud-amd64"));
+    }
+
+    #[test]
+    fn newest_of_a_series() {
+        let row = |n: &str, a, v: &str| (n.to_string(), a, v.to_string());
+        let all = vec![
+            row("linux-image-7.2.12+deb13-cloud-amd64", Arch::Amd64, "7.2.12-1~bpo13+1"),
+            row("linux-image-7.2.13+deb14-cloud-amd64", Arch::Amd64, "7.2.13-1"),
+            row("linux-image-7.2.9+deb13-cloud-amd64", Arch::Amd64, "7.2.9-1~bpo13+1"),
+            row("linux-image-7.2.14+deb14-cloud-arm64", Arch::Arm64, "7.2.14-1"),
+            row("linux-image-7.3-cloud-amd64", Arch::Amd64, "7.3~rc7-1~exp1"),
+        ];
+        let newest = |series, arch| newest_package(&all, &spec(series, arch).unwrap()).map(|(n, _)| n);
+        assert_eq!(newest("7.2", Arch::Amd64).unwrap(), "linux-image-7.2.13+deb14-cloud-amd64");
+        assert_eq!(newest("7.2", Arch::Arm64).unwrap(), "linux-image-7.2.14+deb14-cloud-arm64");
+        let gone = newest("7.3", Arch::Amd64).unwrap_err().to_string();
+        assert!(gone.contains("nothing named linux-image-7.3.*-cloud-amd64"), "{gone}");
     }
 
     #[test]
