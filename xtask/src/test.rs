@@ -14,7 +14,7 @@ pub struct Options {
     #[arg(long, default_value = "all")]
     pub kernel: String,
     /// Guests of the matrix booted at the same time.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     pub vm_jobs: usize,
 }
 
