@@ -69,7 +69,8 @@ enum Cmd {
     Deb(deb::Options),
     /// Regenerate deploy/kubernetes/prometheusrule.yaml from the Prometheus rule file.
     Manifests(kube::Options),
-    /// Boot Debian kernels in qemu and run the scenario suite in each mode.
+    /// Boot Debian kernels (amd64 5.10 to 7.3, arm64 6.1 to 7.3) in qemu and run the scenario
+    /// suite in each mode; writes the table to target/vm/matrix.md.
     Vm(vm::Options),
     /// Measure the agent's overhead beside the floor and the bpftrace peer (root); prints a
     /// table, `--json` for JSON, `--write` to record the run in BENCHMARKS.md.
@@ -134,9 +135,7 @@ fn run() -> Result<()> {
         }
         Cmd::Vm(mut opts) => {
             setup::run(&Default::default())?;
-            let bins = build(&root)?;
-            opts.agent.get_or_insert(bins.agent);
-            opts.workload.get_or_insert(bins.workload);
+            opts.build_binaries(&root)?;
             vm::run(&opts, &root)
         }
     }

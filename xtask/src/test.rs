@@ -10,9 +10,12 @@ pub struct Options {
     /// Skip the kernel matrix in qemu (the slowest layer).
     #[arg(long)]
     pub skip_vm: bool,
-    /// Kernels for the matrix: 5.10, 6.1, 6.12 or all.
+    /// Kernels for the matrix (see `cargo xtask vm --help`) or all.
     #[arg(long, default_value = "all")]
     pub kernel: String,
+    /// Guests of the matrix booted at the same time.
+    #[arg(long, default_value_t = 2)]
+    pub vm_jobs: usize,
 }
 
 pub fn run(opts: &Options, root: &Path) -> Result<()> {
@@ -66,15 +69,10 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
         crate::deb::test(root)
     });
     if !opts.skip_vm {
-        step("kernel matrix in qemu (cargo xtask vm)", &mut || {
-            let bins = crate::build(root)?;
-            let vm_opts = vm::Options {
-                kernel: opts.kernel.clone(),
-                modes: "fentry,kprobe,tracepoint".into(),
-                timeout: 420,
-                agent: Some(bins.agent),
-                workload: Some(bins.workload),
-            };
+        step("kernel matrix in qemu, amd64 and arm64 (cargo xtask vm)", &mut || {
+            let mut vm_opts = vm::Options::full_matrix(&opts.kernel);
+            vm_opts.jobs = opts.vm_jobs;
+            vm_opts.build_binaries(root)?;
             vm::run(&vm_opts, root)
         });
     }
