@@ -38,6 +38,10 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().collect();
+    if serve::logging::json_requested(&raw) {
+        serve::logging::force_json();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -58,7 +62,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pidfd-trace: error: {e:#}");
+            serve::logging::fatal(&format!("pidfd-trace: error: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -102,6 +106,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let first = parts.next().unwrap_or("invalid arguments").trim_start_matches("error: ");
     let extra: Vec<&str> = parts.filter(|l| l.starts_with('[') || l.starts_with("tip:")).collect();
     let extra = if extra.is_empty() { String::new() } else { format!(" {}", extra.join(" ")) };
-    eprintln!("pidfd-trace: error: {first}{extra}; see pidfd-trace --help");
+    serve::logging::fatal(&format!("pidfd-trace: error: {first}{extra}; see pidfd-trace --help"));
     ExitCode::from(2)
 }
