@@ -110,14 +110,16 @@ fn risky_use(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
         }
     }
     if ev.event == EventKind::PidfdGetfd && !reasons.is_empty() {
+        let outcome = match ev.errno.as_deref() {
+            Some(e) => format!("was refused it ({e})"),
+            None => format!("got it as fd {}", ev.ret),
+        };
         warn!(
-            "risky pidfd_getfd: pid {} ({}) took fd {} of pid {} as fd {} (errno {}): risk [{}], file_kind {}, file_path {}",
+            "risky pidfd_getfd: pid {} ({}) asked for fd {} of pid {} and {outcome}: risk [{}], file_kind {}, file_path {}",
             ev.pid,
             ev.comm,
             ev.target_fd.unwrap_or(-1),
             ev.target_pid.unwrap_or(0),
-            ev.ret,
-            ev.errno.as_deref().unwrap_or("none"),
             reasons.join(","),
             ev.file_kind.unwrap_or("unknown"),
             ev.file_path.as_deref().unwrap_or("unknown"),
