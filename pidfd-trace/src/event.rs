@@ -15,6 +15,8 @@ pub struct Event {
     pub event: EventKind,
     pub pid: u32,
     pub tid: u32,
+    /// The caller's real uid (initial user namespace), read in the kernel at exit.
+    pub uid: u32,
     pub comm: String,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,

@@ -70,7 +70,8 @@ impl Pipeline<'_> {
     }
 }
 
-/// Runs until SIGINT/SIGTERM or the sink's reader goes away (e.g. `| head`).
+/// Runs until SIGINT/SIGTERM or the sink's reader goes away (e.g. `| head`); SIGHUP reopens
+/// the sink's files and goes on.
 pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<Counters> {
     run_with_tick(session, pipe, &mut |_, _| Ok(())).await
 }
@@ -98,6 +99,8 @@ pub async fn run_with_tick(
     };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // SIGHUP reopens the events log (serve) and never stops the agent (docs/cli.md).
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The kernel programs wake us only once the ring is a quarter full (emit.rs); this tick
     // drains it otherwise, so no record waits longer than DRAIN_INTERVAL.
@@ -140,6 +143,14 @@ pub async fn run_with_tick(
                     }
                 }
                 on_tick(&counters, &pipe.totals)?;
+            }
+            _ = sighup.recv() => {
+                if let Err(e) = pipe.drain(ring.get_mut()) {
+                    return sink_closed(e, session);
+                }
+                if let Err(e) = pipe.sink.reopen() {
+                    return sink_closed(e, session);
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

@@ -108,7 +108,19 @@ async fn serve(
     let mut kernel = KernelMetrics::register(&registry, session.facts.sem)?;
     let mut event_metrics = EventMetrics::register(&registry, usize::from(args.max_label_values))?;
     let mut events_log = match log_out {
-        Some(out) => Some(EventsLog::new(out, &registry)?),
+        Some(out) => {
+            let log = EventsLog::new(out, &registry)?;
+            match args.events_log.clone().filter(|p| p.as_os_str() != "-") {
+                // SIGHUP (logrotate's postrotate) opens the path again.
+                Some(path) => Some(log.reopen_with(Box::new(move || {
+                    open_events_log(&path).map_err(|e| match e {
+                        ServeError::EventsLog { err, .. } => err,
+                        other => std::io::Error::other(other.to_string()),
+                    })
+                }))),
+                None => Some(log),
+            }
+        }
         None => None,
     };
 
