@@ -37,6 +37,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if matches!(cli.command, Command::Serve(_) | Command::Trace(_)) {
+        // SIGHUP never stops trace or serve (docs/cli.md): ignored while loading, then the
+        // pipeline's handler reopens the events log.
+        // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    }
     if let Command::Serve(args) = &cli.command {
         serve::logging::init(args.log_format, args.log_level);
     } else {

@@ -43,7 +43,7 @@ pub fn cargo_build(cmd: &mut Command) -> Result<()> {
                 if last.elapsed() >= QUIET && !done.load(Ordering::Relaxed) {
                     let s = started.elapsed().as_secs();
                     eprintln!(
-                        "xtask: still building ({}m{:02}s); the kernel programs build in a nested cargo that prints nothing until it is done",
+                        "xtask: still building ({}m{:02}s); cargo says nothing while a large crate, or the nested build of the kernel programs, compiles",
                         s / 60,
                         s % 60
                     );
