@@ -6,20 +6,31 @@ use serde::{Serialize, Serializer};
 
 use crate::classify::Stage;
 
+/// One observed call, decoded and enriched. Field meanings, units and JSON shapes:
+/// docs/events.md.
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
+    /// When the call returned, ns since the Unix epoch (JSON: RFC 3339).
     #[serde(serialize_with = "rfc3339")]
     pub ts: i128,
+    /// Run-wide sequence number from 1; gaps are lost records.
     pub seq: u64,
+    /// What was called (JSON: its name).
     #[serde(serialize_with = "event_name")]
     pub event: EventKind,
+    /// The caller's process (host pid namespace).
     pub pid: u32,
+    /// The calling thread.
     pub tid: u32,
     /// The caller's real uid (initial user namespace), read in the kernel at exit.
     pub uid: u32,
+    /// The calling thread's command name.
     pub comm: String,
+    /// The caller's cgroup2 id.
     pub cgroup_id: u64,
+    /// The caller's cgroup2 path, set by the enricher.
     pub cgroup: Option<String>,
+    /// The container the caller runs in, set by the enricher.
     pub container_id: Option<String>,
     /// The Kubernetes pod UID when the cgroup path runs through a pod.
     pub pod_uid: Option<String>,
@@ -27,28 +38,47 @@ pub struct Event {
     /// enricher with `container_id`; a metric label only (not in the JSON schema).
     #[serde(skip)]
     pub container_runtime: Option<&'static str>,
+    /// The raw flags argument (waitid: options).
     pub flags: u64,
+    /// Names of the set bits of `flags`; unknown bits as one hex string.
     pub flag_names: Vec<String>,
+    /// The raw return value.
     pub ret: i64,
+    /// The errno name of a failure.
     pub errno: Option<String>,
+    /// Failed pidfd creations: the step that failed.
     pub stage: Option<Stage>,
+    /// The new pidfd on success.
     pub pidfd: Option<i32>,
+    /// clone/clone3: the new child.
     pub child_pid: Option<i64>,
+    /// The process a pidfd refers to.
     pub target_pid: Option<i64>,
+    /// pidfd_send_signal: the signal's name.
     pub signal: Option<String>,
+    /// pidfd_send_signal: the signal's number.
     pub signal_nr: Option<u64>,
+    /// pidfd_getfd: the fd number in the target.
     pub target_fd: Option<i64>,
+    /// How it was observed: `fexit`, `kprobe` or `tracepoint`.
     pub mode: &'static str,
+    /// Syscall entry to exit, ns.
     pub duration_ns: u64,
+    /// Failed clones, function-probe modes: whether the pidfd existed when it failed.
     pub pidfd_allocated: Option<bool>,
     /// How long copy_process ran for this clone, when a function probe timed it.
     pub copy_process_ns: Option<u64>,
+    /// For a creation that failed for want of an fd (`stage` fd_alloc: EMFILE/ENFILE): how
+    /// many pidfds the caller held, counted from its `/proc/<pid>/fd` when the agent enriched
+    /// the record (docs/events.md, README "Open pidfds").
+    pub caller_open_pidfds: Option<usize>,
     /// The pidfd a call that uses one passed (pidfd_getfd, pidfd_send_signal, ...); when the
     /// kernel could not resolve it to `target_pid`, the enricher tries /proc.
     pub used_pidfd: Option<i32>,
 }
 
 impl Event {
+    /// Whether the call failed (`ret` < 0).
     pub fn failed(&self) -> bool {
         self.ret < 0
     }

@@ -83,6 +83,7 @@ fn check_schema() -> Value {
         "tracefs": { "ok": "bool", "path": "string|null", "mounted_by_check": "bool", "reason": "string|null" },
         "program_types": { "fentry": support, "kprobe": support, "tracepoint": support },
         "thread_pidfd": "bool",
+        "close_tracking": "string",
         "plan": [{
             "hook": "string",
             "kind": "string",

@@ -9,12 +9,14 @@ use crate::{cli::Timestamps, event::Event};
 /// How the TIME column is written, fixed at start.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
+    /// Local, UTC or relative (`trace --timestamps`).
     pub which: Timestamps,
     /// Unix time (ns) the relative column counts from: when the agent attached.
     pub start_unix_ns: i128,
 }
 
 impl Clock {
+    /// A clock of kind `which`; relative times count from `start_unix_ns`.
     pub fn new(which: Timestamps, start_unix_ns: i128) -> Self {
         Self { which, start_unix_ns }
     }
@@ -98,6 +100,7 @@ fn broken_down(unix_ns: i128, local: bool) -> BrokenDown {
     }
 }
 
+/// The column sink of `trace --output text`; writes the header before the first event.
 pub struct Text<W: Write> {
     out: W,
     clock: Clock,
@@ -105,6 +108,7 @@ pub struct Text<W: Write> {
 }
 
 impl<W: Write> Text<W> {
+    /// Writes to `out`, times per `clock`.
     pub fn new(out: W, clock: Clock) -> Self {
         Self { out, clock, header_done: false }
     }
@@ -121,6 +125,7 @@ impl<W: Write> Text<W> {
     }
 }
 
+/// The column header line.
 pub fn header(clock: &Clock) -> String {
     format!(
         "{:<w$} {:<16} {:>7} {:>7} {:>6} {:<17} {:<12} {}",
