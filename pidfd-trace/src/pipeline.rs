@@ -44,6 +44,9 @@ type Result<T> = std::result::Result<T, PipelineError>;
 /// wake the agent per record (pidfd-trace-ebpf/src/emit.rs), so the agent drains on this tick.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Records handled per turn of the event loop (see `Pipeline::drain`).
+const DRAIN_BUDGET: usize = 4096;
+
 /// Every this many one-second ticks, entry states of threads that exited mid-syscall go.
 const ENTER_SWEEP_TICKS: u64 = 10;
 
@@ -62,13 +65,30 @@ pub struct Pipeline<'a> {
 }
 
 impl Pipeline<'_> {
-    /// Drains every record that is ready. Returns Err only when the sink cannot write.
-    fn drain(&mut self, ring: &mut EventRing) -> std::io::Result<()> {
+    /// Drains the records that are ready, at most `DRAIN_BUDGET` of them, so that under a
+    /// storm signals (SIGHUP, SIGTERM) and ticks still get their turn. Returns whether the
+    /// ring is empty; Err only when the sink cannot write.
+    fn drain(&mut self, ring: &mut EventRing) -> std::io::Result<bool> {
         let mut any = false;
-        while let Some(shown) = ring.next_with(|bytes| self.process(bytes)) {
-            any |= shown?;
+        for _ in 0..DRAIN_BUDGET {
+            match ring.next_with(|bytes| self.process(bytes)) {
+                Some(shown) => any |= shown?,
+                None => {
+                    if any {
+                        self.sink.flush()?;
+                    }
+                    return Ok(true);
+                }
+            }
         }
-        if any { self.sink.flush() } else { Ok(()) }
+        self.sink.flush()?;
+        Ok(false)
+    }
+
+    /// Drains until the ring is empty (before reopening files, and at the end).
+    fn drain_all(&mut self, ring: &mut EventRing) -> std::io::Result<()> {
+        while !self.drain(ring)? {}
+        Ok(())
     }
 
     /// One record through decode → filter → enrich → sink. Returns whether it reached the
@@ -136,10 +156,13 @@ pub async fn run_with_tick(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|err| PipelineError::Poll { what: "event ring buffer", err })?;
-                if let Err(e) = pipe.drain(guard.get_inner_mut()) {
-                    return sink_closed(e, session);
+                match pipe.drain(guard.get_inner_mut()) {
+                    Err(e) => return sink_closed(e, session),
+                    // Records left over: stay ready, so the next turn comes back at once
+                    // (after any signal or tick that is also ready).
+                    Ok(false) => {}
+                    Ok(true) => guard.clear_ready(),
                 }
-                guard.clear_ready();
             }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
                 let mut guard = guard.map_err(|err| PipelineError::Poll { what: "kernel log channel", err })?;
@@ -168,7 +191,7 @@ pub async fn run_with_tick(
                 on_tick(&counters, &pipe.totals);
             }
             _ = sighup.recv() => {
-                if let Err(e) = pipe.drain(ring.get_mut()) {
+                if let Err(e) = pipe.drain_all(ring.get_mut()) {
                     return sink_closed(e, session);
                 }
                 if let Err(e) = pipe.sink.reopen() {
@@ -180,7 +203,7 @@ pub async fn run_with_tick(
         }
     }
     // Records already in the ring when the signal came are still delivered.
-    if let Err(e) = pipe.drain(ring.get_mut()) {
+    if let Err(e) = pipe.drain_all(ring.get_mut()) {
         return sink_closed(e, session);
     }
     if let Some(l) = logger.as_mut() {
