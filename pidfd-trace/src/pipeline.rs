@@ -85,7 +85,7 @@ impl Pipeline<'_> {
         Ok(false)
     }
 
-    /// Drains until the ring is empty (before reopening files, and at the end).
+    /// Drains until the ring is empty (at the end).
     fn drain_all(&mut self, ring: &mut EventRing) -> std::io::Result<()> {
         while !self.drain(ring)? {}
         Ok(())
@@ -190,10 +190,9 @@ pub async fn run_with_tick(
                 }
                 on_tick(&counters, &pipe.totals);
             }
+            // Reopen at once: what is still in the ring goes to the new file (no line is lost
+            // either way); draining first could take as long as a storm lasts.
             _ = sighup.recv() => {
-                if let Err(e) = pipe.drain_all(ring.get_mut()) {
-                    return sink_closed(e, session);
-                }
                 if let Err(e) = pipe.sink.reopen() {
                     return sink_closed(e, session);
                 }
