@@ -37,6 +37,10 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().collect();
+    if serve::logging::json_requested(&raw) {
+        serve::logging::force_json();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -64,7 +68,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `check --output json` has already put its error document on stdout.
-            eprintln!("pidfd-trace: error: {e:#}");
+            serve::logging::fatal(&format!("pidfd-trace: error: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -112,7 +116,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     if wants_check_json(std::env::args().skip(1)) {
         check::print_error_document(&message, 2);
     }
-    eprintln!("pidfd-trace: error: {message}");
+    serve::logging::fatal(&format!("pidfd-trace: error: {message}"));
     ExitCode::from(2)
 }
 

@@ -151,7 +151,8 @@ pub async fn run_with_tick(
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_seen = 0u64;
     let mut sweeps = 0u64;
-    eprintln!("{}", session.attached_line());
+    // The ready line (docs/cli.md, "Output and exit status"); a JSON object under `serve --log-format json`.
+    crate::serve::logging::status(&session.attached_line());
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {

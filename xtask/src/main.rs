@@ -1,7 +1,12 @@
-//! Project tasks: `cargo xtask setup | build | run | test | e2e | vm`.
+//! Project tasks: `cargo xtask setup | build | run | test | rules | e2e | image | deb | manifests | vm`.
 mod bench;
 mod bench_inventory;
+mod cross;
+mod deb;
 mod e2e;
+mod image;
+mod kube;
+mod rules;
 mod setup;
 mod soak;
 mod test;
@@ -30,8 +35,14 @@ enum Cmd {
     /// Install what is missing: nightly rust-src, bpf-linker (against the nightly's LLVM),
     /// tracefs; with --all also the Debian packages the tests use (the VM step fetches its own).
     Setup(setup::Options),
-    /// Build the agent (with its kernel programs) and the workload, release mode.
-    Build,
+    /// Build the agent (with its kernel programs) and the workload, release mode; with
+    /// `--target` static binaries for x86_64-unknown-linux-musl or aarch64-unknown-linux-musl
+    /// (installs the rustup target and the C cross compiler if missing).
+    Build {
+        /// Target triple; the binaries land in target/<triple>/release.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Set up, build and run the agent; arguments after `--` go to pidfd-trace
     /// (default: `trace`, the live column view of every pidfd event; `-- serve` for metrics).
     Run {
@@ -39,12 +50,27 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Set up, then run every test (root): unit, host integration, CLI errors, faults, serve,
-    /// the Prometheus end-to-end test and the kernel matrix in qemu.
+    /// the alert rules (promtool), the Prometheus/Alertmanager end-to-end test, the Kubernetes
+    /// manifests, the container image under podman, the Debian package and the kernel matrix
+    /// in qemu.
     Test(test::Options),
+    /// The alert rules: `promtool check rules` and `promtool test rules` on deploy/prometheus/,
+    /// and every alert's for/severity/summary/description/runbook section (no root).
+    Rules,
     /// A real Prometheus scrapes `serve` while the workload runs; every dashboard query must
-    /// return data and the counters must match (root).
+    /// return data, the counters must match, and the failure alerts must reach a real
+    /// Alertmanager (root).
     E2e,
-    /// Boot Debian kernels in qemu and run the scenario suite in each mode.
+    /// OCI images (amd64, arm64) of the static agent on an empty base, built offline with
+    /// buildah, plus a manifest list; archives in target/images.
+    Image(image::Options),
+    /// Debian packages (amd64, arm64): binary, hardened systemd unit, /etc/default file,
+    /// dashboard; in target/debian.
+    Deb(deb::Options),
+    /// Regenerate deploy/kubernetes/prometheusrule.yaml from the Prometheus rule file.
+    Manifests(kube::Options),
+    /// Boot Debian kernels (amd64 5.10 to 7.3, arm64 6.1 to 7.3) in qemu and run the scenario
+    /// suite in each mode; writes the table to target/vm/matrix.md.
     Vm(vm::Options),
     /// Measure the agent's overhead beside the floor and the bpftrace peer (root); prints a
     /// table, `--json` for JSON, `--write` to record the run in BENCHMARKS.md.
@@ -71,7 +97,11 @@ fn run() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().cmd {
         Cmd::Setup(opts) => setup::run(&opts),
-        Cmd::Build => build(&root).map(|_| ()),
+        Cmd::Build { target: None } => build(&root).map(|_| ()),
+        Cmd::Build { target: Some(t) } => {
+            setup::run(&Default::default())?;
+            cross::build(&root, &t).map(|_| ())
+        }
         Cmd::Run { args } => {
             println!("xtask run: 1/3 checking the toolchain (nightly rust-src, bpf-linker) and tracefs");
             setup::run(&Default::default())?;
@@ -88,10 +118,20 @@ fn run() -> Result<()> {
             let err = Command::new(&bins.agent).args(&args).exec();
             Err(err).with_context(|| format!("cannot start {}", bins.agent.display()))
         }
+        Cmd::Image(opts) => {
+            setup::run(&Default::default())?;
+            image::run(&opts, &root)
+        }
+        Cmd::Deb(opts) => {
+            setup::run(&Default::default())?;
+            deb::run(&opts, &root)
+        }
+        Cmd::Manifests(opts) => kube::run(&opts, &root),
         Cmd::Test(opts) => test::run(&opts, &root),
         Cmd::Bench(opts) => bench::run(&opts, &root),
         Cmd::BuildWiring => wiring::run(&root),
         Cmd::Soak(opts) => soak::run(&opts, &root),
+        Cmd::Rules => rules::run(&root),
         Cmd::BenchInventory(opts) => {
             setup::run(&Default::default())?;
             bench_inventory::run(&opts, &build(&root)?)
@@ -102,9 +142,7 @@ fn run() -> Result<()> {
         }
         Cmd::Vm(mut opts) => {
             setup::run(&Default::default())?;
-            let bins = build(&root)?;
-            opts.agent.get_or_insert(bins.agent);
-            opts.workload.get_or_insert(bins.workload);
+            opts.build_binaries(&root)?;
             vm::run(&opts, &root)
         }
     }
