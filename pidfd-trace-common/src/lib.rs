@@ -183,6 +183,10 @@ pub struct EventRecord {
     /// read from the caller's fd table at entry; 0 when unknown.
     pub target_pid: i32,
     pub comm: [u8; 16],
+    /// The caller's real uid (initial user namespace) at exit, from
+    /// `bpf_get_current_uid_gid`.
+    pub uid: u32,
+    pub _pad2: u32,
     /// pidfd_getfd / pidfd_send_signal: what the kernel saw of the target at syscall entry
     /// (risk.rs); all zero for other kinds.
     pub facts: TargetFacts,

@@ -3,7 +3,10 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, generated},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
+        generated,
+    },
 };
 use aya_log_ebpf::warn;
 use pidfd_trace_common::{CounterKey, EnterState, EventRecord, Mode, clone_flags, stats};
@@ -59,6 +62,9 @@ pub fn finish<C: EbpfContext>(
         (*rec).hints = hints;
         (*rec)._pad = 0;
         (*rec).target_pid = st.target_pid;
+        // The low half is the real uid (current_cred()->uid, initial user namespace).
+        (*rec).uid = bpf_get_current_uid_gid() as u32;
+        (*rec)._pad2 = 0;
         (*rec).facts = st.facts;
         crate::risk::file_path(&mut (*rec).path, st, ret);
         // Zero-fills the buffer itself if it fails, so nothing uninitialised leaves.

@@ -105,6 +105,7 @@ impl Decoder {
             event: kind,
             pid: (r.pid_tgid >> 32) as u32,
             tid: r.pid_tgid as u32,
+            uid: r.uid,
             comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
             cgroup_id: r.cgroup_id,
             cgroup: None,
@@ -186,6 +187,8 @@ pub mod testing {
             _pad: 0,
             target_pid: 0,
             comm,
+            uid: 1000,
+            _pad2: 0,
             facts: Default::default(),
             path: Default::default(),
         }

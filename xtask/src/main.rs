@@ -44,7 +44,7 @@ enum Cmd {
         target: Option<String>,
     },
     /// Set up, build and run the agent; arguments after `--` go to pidfd-trace
-    /// (default: `serve --events-log -`: metrics on :29100 and events as JSON lines on stdout).
+    /// (default: `trace`, the live column view of every pidfd event; `-- serve` for metrics).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -103,11 +103,18 @@ fn run() -> Result<()> {
             cross::build(&root, &t).map(|_| ())
         }
         Cmd::Run { args } => {
+            println!("xtask run: 1/3 checking the toolchain (nightly rust-src, bpf-linker) and tracefs");
             setup::run(&Default::default())?;
+            println!("xtask run: 2/3 building the agent and its kernel programs (release)");
+            let started = std::time::Instant::now();
             let bins = build(&root)?;
-            // serve, with every event also on stdout so a first run shows something at once.
-            let args =
-                if args.is_empty() { vec!["serve".into(), "--events-log".into(), "-".into()] } else { args };
+            println!("xtask run: built in {:.0?}", started.elapsed());
+            // A person-readable live view by default (README: Two commands).
+            let args = if args.is_empty() { vec!["trace".into()] } else { args };
+            println!(
+                "xtask run: 3/3 starting `pidfd-trace {}` (Ctrl-C stops it; `cargo xtask run -- serve` serves metrics)",
+                args.join(" ")
+            );
             let err = Command::new(&bins.agent).args(&args).exec();
             Err(err).with_context(|| format!("cannot start {}", bins.agent.display()))
         }
@@ -148,7 +155,7 @@ pub struct Binaries {
 
 /// `cargo build --release -p pidfd-trace`: the agent and the workload.
 pub fn build(root: &Path) -> Result<Binaries> {
-    util::exec(Command::new(env!("CARGO")).current_dir(root).args([
+    util::cargo_build(Command::new(env!("CARGO")).current_dir(root).args([
         "build",
         "--release",
         "-p",

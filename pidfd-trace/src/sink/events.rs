@@ -46,6 +46,10 @@ impl Sink for Tee<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.flush())
     }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.reopen())
+    }
 }
 
 /// The events log. A failing write (disk full, closed stdout) must not stop the metrics,
@@ -54,7 +58,12 @@ pub struct EventsLog {
     out: JsonLines<io::BufWriter<Box<dyn Write + Send>>>,
     errors: IntCounter,
     warned: bool,
+    /// Opens the log again on SIGHUP (a file, not stdout).
+    reopen: Option<Reopen>,
 }
+
+/// Opens the events log file again, after rotation.
+pub type Reopen = Box<dyn FnMut() -> io::Result<Box<dyn Write + Send>> + Send>;
 
 impl EventsLog {
     pub fn new(out: Box<dyn Write + Send>, reg: &Registry) -> Result<Self, MetricsError> {
@@ -63,7 +72,18 @@ impl EventsLog {
             "Writes to the events log that failed (events missing from the log).",
         )?;
         reg.register(Box::new(errors.clone()))?;
-        Ok(Self { out: JsonLines::new(io::BufWriter::with_capacity(64 * 1024, out)), errors, warned: false })
+        Ok(Self {
+            out: JsonLines::new(io::BufWriter::with_capacity(64 * 1024, out)),
+            errors,
+            warned: false,
+            reopen: None,
+        })
+    }
+
+    /// How to open the log again on SIGHUP (`serve --events-log PATH`).
+    pub fn reopen_with(mut self, reopen: Reopen) -> Self {
+        self.reopen = Some(reopen);
+        self
     }
 
     fn failed(&mut self, e: io::Error) {
@@ -86,6 +106,23 @@ impl Sink for EventsLog {
     fn flush(&mut self) -> io::Result<()> {
         if let Err(e) = self.out.flush() {
             self.failed(e);
+        }
+        Ok(())
+    }
+
+    /// Everything buffered goes to the old file first (renamed by logrotate, still open), then
+    /// new lines go to a fresh file at the path; if that cannot be opened the old one is kept,
+    /// so no line is lost either way.
+    fn reopen(&mut self) -> io::Result<()> {
+        self.flush()?;
+        let Some(reopen) = self.reopen.as_mut() else { return Ok(()) };
+        match reopen() {
+            Ok(out) => {
+                self.out = JsonLines::new(io::BufWriter::with_capacity(64 * 1024, out));
+                self.warned = false;
+                log::info!("SIGHUP: events log reopened");
+            }
+            Err(e) => warn!("SIGHUP: cannot reopen the events log ({e}); still writing to the old file"),
         }
         Ok(())
     }

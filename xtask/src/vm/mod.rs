@@ -34,10 +34,8 @@ pub struct Options {
     /// Modes to run in each guest (comma separated), default: fentry,kprobe,tracepoint
     #[arg(long, default_value = "fentry,kprobe,tracepoint")]
     pub modes: String,
-    /// Per-guest timeout in seconds (arm64 guests, emulated more slowly, get twice this). Each
-    /// mode gets an equal share after 60 s for booting; a 5.10 guest on a loaded 2-core host
-    /// needed up to 129 s per mode for the suite with the risky-use scenarios.
-    #[arg(long, default_value_t = 660)]
+    /// Per-guest timeout in seconds (arm64 guests, emulated more slowly, get twice this)
+    #[arg(long, default_value_t = 420)]
     pub timeout: u64,
     /// Guests booted at the same time (each is a qemu with --smp vCPUs)
     #[arg(long, default_value_t = 1)]
@@ -64,7 +62,7 @@ impl Options {
             kernel: kernel.to_string(),
             arch: "all".into(),
             modes: "fentry,kprobe,tracepoint".into(),
-            timeout: 660,
+            timeout: 420,
             // Measured on the 2-core machine: two guests at once each took about as long as
             // one alone (63-117 s against 70-75 s), so two at a time nearly halve the matrix.
             jobs: 2,
