@@ -57,22 +57,22 @@ unsafe fn fd_file(task: *const u8, fd: u64) -> Option<*const u8> {
     }
 }
 
-/// The task behind the caller's `pidfd`, if that fd really is a pidfd: a pidfs file (6.9+)
-/// or an anon inode named `[pidfd]` (before).
+/// The `struct pid` behind `file`, if it really is a pidfd: a pidfs file (6.9+) or an anon
+/// inode named `[pidfd]` (before). Anything else (a `/dev/null`, a socket, a sysfs file) is
+/// `None`: its `i_private` / `private_data` is not a `struct pid` and must never be read as one.
 #[inline(always)]
-unsafe fn pidfd_task(pidfd: u64) -> Option<*const u8> {
+pub unsafe fn pidfd_pid(file: *const u8) -> Option<*const u8> {
     let fo = fd_pid_offsets();
     let ro = risk_offsets();
     unsafe {
-        let file = fd_file(bpf_get_current_task() as *const u8, pidfd)?;
         let inode = read_ptr(file, fo.file_f_inode)?;
         let sb = read_ptr(inode, ro.inode_i_sb)?;
         let magic = read::<u64>(sb, ro.sb_s_magic)? as u32;
-        let pid = if fo.via_inode != 0 {
+        if fo.via_inode != 0 {
             if magic != PIDFS_MAGIC {
                 return None;
             }
-            read_ptr(inode, fo.inode_i_private)?
+            read_ptr(inode, fo.inode_i_private)
         } else {
             if magic != ANON_INODE_FS_MAGIC {
                 return None;
@@ -82,8 +82,18 @@ unsafe fn pidfd_task(pidfd: u64) -> Option<*const u8> {
             if read::<[u8; 8]>(name, 0)? != *b"[pidfd]\0" {
                 return None;
             }
-            read_ptr(file, fo.file_private_data)?
-        };
+            read_ptr(file, fo.file_private_data)
+        }
+    }
+}
+
+/// The task behind the caller's `pidfd`, if that fd really is a pidfd.
+#[inline(always)]
+unsafe fn pidfd_task(pidfd: u64) -> Option<*const u8> {
+    let ro = risk_offsets();
+    unsafe {
+        let file = fd_file(bpf_get_current_task() as *const u8, pidfd)?;
+        let pid = pidfd_pid(file)?;
         // pid->tasks[PIDTYPE_PID].first is &task->pid_links[PIDTYPE_PID].
         let node = read_ptr(pid, ro.pid_tasks)?;
         Some(node.wrapping_sub(ro.task_pid_links as usize))

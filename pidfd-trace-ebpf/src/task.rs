@@ -28,15 +28,8 @@ pub fn pidfd_target(fd: u64) -> i32 {
         }
         let Some(fds) = read_ptr(fdt, off.fdt_fd) else { return 0 };
         let Some(file) = read_ptr(fds, (fd as u32).wrapping_mul(8)) else { return 0 };
-        let pid = if off.via_inode != 0 {
-            match read_ptr(file, off.file_f_inode) {
-                Some(inode) => read_ptr(inode, off.inode_i_private),
-                None => None,
-            }
-        } else {
-            read_ptr(file, off.file_private_data)
-        };
-        let Some(pid) = pid else { return 0 };
+        // Only a real pidfd's file leads to a struct pid (a /dev/null's inode does not).
+        let Some(pid) = crate::risk::pidfd_pid(file) else { return 0 };
         bpf_probe_read_kernel(pid.add(off.pid_numbers_nr as usize) as *const i32).unwrap_or(0)
     }
 }
