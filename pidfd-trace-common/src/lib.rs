@@ -91,6 +91,20 @@ event_kinds! {
     PidfdSendSignal = 5 => "pidfd_send_signal",
     /// waitid(2) with P_PIDFD.
     Waitid = 6 => "waitid",
+    // Creation paths other than clone and pidfd_open (issue 11). Values from 20 so that the
+    // uses added beside them (7 upwards) never take the same number.
+    /// getsockopt(SOL_SOCKET, SO_PEERPIDFD) on a connected unix socket (6.5+).
+    SoPeerpidfd = 20 => "so_peerpidfd",
+    /// recvmsg(2) delivering an SCM_PIDFD control message (SO_PASSPIDFD, 6.5+).
+    ScmPidfd = 21 => "scm_pidfd",
+    /// open_by_handle_at(2) of a pidfs file handle.
+    PidfsHandle = 22 => "pidfs_handle",
+    /// read(2) of a fanotify group made with FAN_REPORT_PIDFD (5.15+).
+    Fanotify = 23 => "fanotify",
+    /// open(2)/openat(2) of a `/proc/<pid>/fd/<n>` link to a pidfd: a new pidfd.
+    Reopen = 24 => "reopen",
+    /// The pidfd the kernel gives a `core_pattern = |helper %F` coredump helper.
+    Coredump = 25 => "coredump",
 }
 
 /// How an event was observed, and how a hook is attached (the agent's attach plan).
@@ -276,11 +290,16 @@ pub mod exit_facts {
     /// `SIGTRAP | PTRACE_EVENT_EXIT << 8`): do_exit() has begun, nothing else shows it yet
     /// on 5.10 when a single-threaded process called exit_group().
     pub const EXIT_STOP: u8 = 1 << 5;
+    /// A new pidfd's process had already been reaped when the pidfd was made
+    /// (`pid->tasks[PIDTYPE_PID]` empty): its pid number may belong to another process now.
+    pub const REAPED: u8 = 1 << 6;
 }
 
 /// What the kernel saw of a pidfd's target (and, for pidfd_getfd, of the file taken) at
 /// syscall entry, while the caller's pidfd pinned the target. Raw facts: the agent names
-/// them. Zero when not gathered.
+/// them. Zero when not gathered. For the creation paths (so_peerpidfd, pidfs_handle, reopen,
+/// pidfd_open) only `file_ino`, `file_magic` (of the new pidfd's inode) and
+/// `exit_facts::REAPED` are filled, at syscall exit from the installed file.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetFacts {
@@ -404,9 +423,14 @@ pub struct CounterKey {
     pub _pad: u8,
     /// Positive errno of a failure; 0 on success.
     pub errno: u32,
-    /// `flags & clone_flags::PIDFD_CONFLICTS` for clone/clone3; 0 otherwise.
+    /// `flags & clone_flags::PIDFD_CONFLICTS` for clone/clone3; for pidfd_getfd
+    /// `GETFD_COPIED_PIDFD` when the fd it installed is a pidfd; 0 otherwise.
     pub flag_bits: u32,
 }
+
+/// `CounterKey::flag_bits` of a successful pidfd_getfd whose new fd is a pidfd: counted as a
+/// created pidfd too (`pidfd_trace_pidfds_created_total{source="pidfd_getfd"}`).
+pub const GETFD_COPIED_PIDFD: u32 = 1;
 
 /// Size of the outcome map; the agent reports a full map through `STAT_OUTCOMES_FULL`.
 pub const OUTCOMES_MAX_ENTRIES: u32 = 4096;

@@ -108,7 +108,16 @@ fn count_outcome<C: EbpfContext>(ctx: &C, kind: u8, hints: u8, st: &EnterState, 
         signal,
         _pad: 0,
         errno: if ret < 0 { (-ret) as u32 } else { 0 },
-        flag_bits: if is_clone { (st.flags & clone_flags::PIDFD_CONFLICTS) as u32 } else { 0 },
+        flag_bits: if is_clone {
+            (st.flags & clone_flags::PIDFD_CONFLICTS) as u32
+        } else if kind == pidfd_trace_common::EventKind::PidfdGetfd as u8
+            && ret >= 0
+            && crate::risk::took_pidfd(&st.facts)
+        {
+            pidfd_trace_common::GETFD_COPIED_PIDFD
+        } else {
+            0
+        },
     };
     if let Some(v) = OUTCOMES.get_ptr_mut(&key) {
         unsafe { *v += 1 };

@@ -87,6 +87,46 @@ pub unsafe fn pidfd_pid(file: *const u8) -> Option<*const u8> {
     }
 }
 
+/// The caller's fd `fd`, just installed by a creation path, if it is a pidfd: the pid
+/// (initial namespace) it refers to, or 0 when that process was already reaped (then
+/// `exit_facts::REAPED` is set); `facts.file_ino` / `file_magic` get its inode number and
+/// filesystem magic (the pidfs inode number is `pidfd_ino`, 6.9+). `None` for any other file:
+/// the hot openat exit relies on this costing only probe reads, never a map access.
+#[inline(always)]
+pub fn installed_pidfd(fd: u64, facts: &mut TargetFacts) -> Option<i32> {
+    let fo = fd_pid_offsets();
+    let ro = risk_offsets();
+    if ro.valid == 0 {
+        return None;
+    }
+    // SAFETY: probe reads only; a bad pointer reads as None.
+    unsafe {
+        let file = fd_file(bpf_get_current_task() as *const u8, fd)?;
+        let pid = pidfd_pid(file)?;
+        if let Some(inode) = read_ptr(file, fo.file_f_inode) {
+            facts.file_ino = read::<u64>(inode, ro.inode_i_ino).unwrap_or(0);
+            if let Some(sb) = read_ptr(inode, ro.inode_i_sb) {
+                facts.file_magic = read::<u64>(sb, ro.sb_s_magic).unwrap_or(0) as u32;
+            }
+        }
+        // pid->tasks[PIDTYPE_PID].first: NULL once release_task() has detached the task.
+        if read::<u64>(pid, ro.pid_tasks).unwrap_or(1) == 0 {
+            facts.exit |= exit_facts::REAPED;
+            return Some(0);
+        }
+        Some(read::<i32>(pid, fo.pid_numbers_nr).unwrap_or(0))
+    }
+}
+
+/// pidfd_getfd: whether the file the entry program found at the target's fd (`FILE_SEEN`)
+/// is a pidfd, so that a successful call installed a copy of a pidfd.
+#[inline(always)]
+pub fn took_pidfd(facts: &TargetFacts) -> bool {
+    facts.risk & risk::FILE_SEEN != 0
+        && (facts.file_magic == PIDFS_MAGIC
+            || (facts.file_magic == ANON_INODE_FS_MAGIC && facts.file_name[..8] == *b"[pidfd]\0"))
+}
+
 /// The task behind the caller's `pidfd`, if that fd really is a pidfd.
 #[inline(always)]
 unsafe fn pidfd_task(pidfd: u64) -> Option<*const u8> {

@@ -148,10 +148,17 @@ pub fn print_error_document(message: &str, exit_status: i32) {
 /// One hook of the plan: the keys the VM matrix reads (`hook`, `target`, `chosen`,
 /// `candidates[].mode/refused`), plus `kind`, `candidates[].ok` and `cannot_see`.
 fn plan_entry(h: &HookPlan) -> serde_json::Value {
-    let function = !crate::hooks::events().any(|e| e.name() == h.hook);
+    let row = crate::hooks::events().find(|e| e.name() == h.hook);
+    let function = row.is_none();
+    // `path`: a creation path no syscall tracepoint sees (hooks.rs `blind`).
+    let kind = match row {
+        None => "function",
+        Some(r) if r.tracepoint.syscalls.is_empty() => "path",
+        Some(_) => "syscall",
+    };
     json!({
         "hook": h.hook,
-        "kind": if function { "function" } else { "syscall" },
+        "kind": kind,
         "target": h.target,
         "chosen": h.chosen.map(|m| m.name()),
         "candidates": h.candidates.iter().map(|c| json!({
@@ -159,13 +166,18 @@ fn plan_entry(h: &HookPlan) -> serde_json::Value {
             "ok": c.refused.is_none(),
             "refused": c.refused.as_ref().map(|r| r.to_string()),
         })).collect::<Vec<_>>(),
-        "cannot_see": if function && h.chosen.is_none() { cannot_see(h.hook) } else { &[] },
+        "cannot_see": if (function || kind == "path") && h.chosen.is_none() { cannot_see(h.hook) } else { &[] },
     })
 }
 
-/// What is missing from events when a function hook is not attached (tracepoints only).
-/// With it attached (fexit or kprobe) nothing is missing; syscall hooks see every call.
+/// What is missing from events when a function hook is not attached (tracepoints only), or,
+/// for a creation path no syscall tracepoint sees (`kind` `path`), why it is not visible.
+/// With a function hook attached (fexit or kprobe) nothing is missing; syscall hooks see
+/// every call.
 pub fn cannot_see(hook: &str) -> &'static [&'static str] {
+    if let Some(row) = crate::hooks::events().find(|e| e.name() == hook && !e.blind.is_empty()) {
+        return row.blind;
+    }
     match hook {
         "copy_process" => &[
             "copy_process_ns: how long copy_process ran",

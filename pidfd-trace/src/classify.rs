@@ -81,6 +81,11 @@ pub fn stage(kind: EventKind, errno: u32, hint_bits: u8, flags: u64, sem: Kernel
             EMFILE | ENFILE => Stage::FdAlloc,
             _ => Stage::Other,
         }),
+        StageRule::Path => Some(match errno {
+            EMFILE | ENFILE => Stage::FdAlloc,
+            EFAULT => Stage::UserMemory,
+            _ => Stage::Other,
+        }),
         StageRule::None => None,
     }
 }

@@ -2,12 +2,12 @@
 //! Pure apart from the clock offset it is given; enrichment from /proc happens later.
 use std::collections::HashMap;
 
-use pidfd_trace_common::{EventKind, EventRecord, Mode, hints};
+use pidfd_trace_common::{EventKind, EventRecord, Mode, TargetFacts, exit_facts, hints};
 
 use crate::{
     classify::{self, KernelSemantics},
     event::Event,
-    hooks::{self, Returns, Saved},
+    hooks::{self, Feeds, Returns, Saved},
     names, risk,
 };
 
@@ -121,6 +121,7 @@ impl Decoder {
                 _ if !ok => None,
                 Returns::ChildPid => (r.pidfd >= 0).then_some(r.pidfd),
                 Returns::NewPidfd => Some(r.ret as i32),
+                Returns::InstalledPidfd => (r.pidfd >= 0).then_some(r.pidfd),
                 Returns::Other => None,
             },
             child_pid: (row.returns == Returns::ChildPid && ok).then_some(r.ret),
@@ -128,6 +129,9 @@ impl Decoder {
                 Some(pid) => Some(pid as i32 as i64),
                 None => (r.target_pid > 0).then_some(r.target_pid as i64),
             },
+            target_reason: (row.feeds == Feeds::Creation && f.exit & exit_facts::REAPED != 0)
+                .then_some("reaped"),
+            pidfd_ino: pidfd_ino(row.feeds, ok, &f),
             signal: signal_nr.map(names::signal_name),
             signal_nr,
             target_fd: saved(Saved::TargetFd).map(|fd| fd as i32 as i64),
@@ -149,6 +153,18 @@ impl Decoder {
             facts: f,
         }
     }
+}
+
+/// `pidfd_ino`: the pidfs inode number of the pidfd a successful call made (creations: read
+/// from the installed file at exit) or copied (pidfd_getfd of a pidfd: the taken file, read at
+/// entry). Only pidfs inodes (6.9+) count: before, every pidfd shares one anon inode.
+fn pidfd_ino(feeds: Feeds, ok: bool, f: &TargetFacts) -> Option<u64> {
+    let made = match feeds {
+        Feeds::Creation => true,
+        Feeds::Getfd => risk::file_kind(f) == Some("pidfd"),
+        _ => false,
+    };
+    (made && ok && f.file_magic == risk::PIDFS_MAGIC && f.file_ino != 0).then_some(f.file_ino)
 }
 
 /// The JSON `mode` of a record's raw mode byte (`unknown` for a value no build writes).

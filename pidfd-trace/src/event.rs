@@ -54,6 +54,12 @@ pub struct Event {
     pub child_pid: Option<i64>,
     /// The process a pidfd refers to.
     pub target_pid: Option<i64>,
+    /// Why `target_pid` is null although a pidfd was made: `reaped` (its process had already
+    /// been reaped, e.g. a reopen of a pidfd whose process is gone).
+    pub target_reason: Option<&'static str>,
+    /// The new (or copied) pidfd's pidfs inode number (6.9+): unique for the system's lifetime,
+    /// the process id systemd and util-linux use. Null before 6.9 and where no pidfd was made.
+    pub pidfd_ino: Option<u64>,
     /// pidfd_send_signal: the signal's name.
     pub signal: Option<String>,
     /// pidfd_send_signal: the signal's number.

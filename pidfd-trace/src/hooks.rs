@@ -9,10 +9,16 @@
 //! exhaustive match, so a kind without a row does not build.
 use pidfd_trace_common::{EventKind, clone_flags as cf, fn_params};
 
-/// How a syscall is traced: its tracepoints `syscalls:sys_{enter,exit}_<name>`.
+/// How a row is traced: the tracepoints `syscalls:sys_{enter,exit}_<syscall>` of each of its
+/// syscalls.
 #[derive(Clone, Copy, Debug)]
 pub struct Tracepoint {
-    /// Argument names of `sys_enter_<name>` in order, as its tracefs format file lists them,
+    /// The syscalls whose tracepoints carry this row; empty when no syscall tracepoint can see
+    /// the path (`EventHook::blind` says why).
+    pub syscalls: &'static [&'static str],
+    /// Whether `sys_enter_<syscall>` has a program too (false: exit only, no argument read).
+    pub enter: bool,
+    /// Argument names of `sys_enter_<syscall>` in order, as its tracefs format file lists them,
     /// up to the last one the program reads. Checked at start-up: each must sit at
     /// `arg0 + 8 * index` (tracefs.rs), as the programs assume.
     pub args: &'static [&'static str],
@@ -42,6 +48,9 @@ pub enum Returns {
     ChildPid,
     /// The new pidfd (`pidfd`).
     NewPidfd,
+    /// The kernel program found the new pidfd in the caller's fd table and put its number in
+    /// the record's `pidfd` (getsockopt returns 0; an open returns the fd itself).
+    InstalledPidfd,
     /// Anything else (0, or an fd that is not a pidfd).
     Other,
 }
@@ -53,6 +62,9 @@ pub enum StageRule {
     Clone,
     /// pidfd_open: flag checks, fd allocation, other.
     PidfdOpen,
+    /// The other creation paths: fd allocation (EMFILE/ENFILE), user memory (EFAULT: the
+    /// kernel could not write the pidfd number back), other.
+    Path,
     /// Not a creation: no stage.
     None,
 }
@@ -99,12 +111,42 @@ pub struct EventHook {
     pub stage: StageRule,
     /// The metric family its counted outcomes feed.
     pub feeds: Feeds,
+    /// Rows no syscall tracepoint can see (`tracepoint.syscalls` empty): why, for `check`
+    /// (`cannot_see`) and the plan's refusal. Empty for rows with tracepoints.
+    pub blind: &'static [&'static str],
 }
 
 impl EventHook {
     /// The contract name: JSON `event`, metric `source`/`op`, attach-plan `hook`.
     pub fn name(&self) -> &'static str {
         self.kind.name()
+    }
+
+    /// The tracepoints this row attaches, as the plan shows them
+    /// (`syscalls:sys_enter_clone + sys_exit_clone`); `None` for a row no tracepoint sees.
+    pub fn tracepoint_target(&self) -> Option<String> {
+        let tp = self.tracepoint;
+        if tp.syscalls.is_empty() {
+            return None;
+        }
+        let one = |sys: &&str| match tp.enter {
+            true => format!("syscalls:sys_enter_{sys} + sys_exit_{sys}"),
+            false => format!("syscalls:sys_exit_{sys}"),
+        };
+        Some(tp.syscalls.iter().map(one).collect::<Vec<_>>().join(" + "))
+    }
+
+    /// The tracepoint program names (`sys_enter_<syscall>`, `sys_exit_<syscall>`) of this row.
+    pub fn tracepoint_programs(&self) -> Vec<String> {
+        let tp = self.tracepoint;
+        let mut v = Vec::new();
+        for sys in tp.syscalls {
+            if tp.enter {
+                v.push(format!("sys_enter_{sys}"));
+            }
+            v.push(format!("sys_exit_{sys}"));
+        }
+        v
     }
 }
 
@@ -161,61 +203,162 @@ const NO_FLAGS: FlagTable = FlagTable { names: &[], not_flags: 0 };
 
 const CLONE: EventHook = EventHook {
     kind: EventKind::Clone,
-    tracepoint: Tracepoint { args: &["clone_flags", "newsp", "parent_tidptr"] },
+    tracepoint: Tracepoint {
+        syscalls: &["clone"],
+        enter: true,
+        args: &["clone_flags", "newsp", "parent_tidptr"],
+    },
     flags: FlagTable { names: CLONE_FLAGS, not_flags: cf::CSIGNAL },
     arg0: Saved::CopyProcessNs,
     arg1: Saved::Unused,
     returns: Returns::ChildPid,
     stage: StageRule::Clone,
     feeds: Feeds::Creation,
+    blind: &[],
 };
 
-const CLONE3: EventHook =
-    EventHook { kind: EventKind::Clone3, tracepoint: Tracepoint { args: &["uargs", "size"] }, ..CLONE };
+const CLONE3: EventHook = EventHook {
+    kind: EventKind::Clone3,
+    tracepoint: Tracepoint { syscalls: &["clone3"], enter: true, args: &["uargs", "size"] },
+    ..CLONE
+};
 
 const PIDFD_OPEN: EventHook = EventHook {
     kind: EventKind::PidfdOpen,
-    tracepoint: Tracepoint { args: &["pid", "flags"] },
+    tracepoint: Tracepoint { syscalls: &["pidfd_open"], enter: true, args: &["pid", "flags"] },
     flags: FlagTable { names: PIDFD_OPEN_FLAGS, not_flags: 0 },
     arg0: Saved::Pid,
     arg1: Saved::Unused,
     returns: Returns::NewPidfd,
     stage: StageRule::PidfdOpen,
     feeds: Feeds::Creation,
+    blind: &[],
 };
 
 const PIDFD_GETFD: EventHook = EventHook {
     kind: EventKind::PidfdGetfd,
-    tracepoint: Tracepoint { args: &["pidfd", "fd", "flags"] },
+    tracepoint: Tracepoint { syscalls: &["pidfd_getfd"], enter: true, args: &["pidfd", "fd", "flags"] },
     flags: NO_FLAGS,
     arg0: Saved::Pidfd,
     arg1: Saved::TargetFd,
     returns: Returns::Other,
     stage: StageRule::None,
     feeds: Feeds::Getfd,
+    blind: &[],
 };
 
 const PIDFD_SEND_SIGNAL: EventHook = EventHook {
     kind: EventKind::PidfdSendSignal,
-    tracepoint: Tracepoint { args: &["pidfd", "sig", "info", "flags"] },
+    tracepoint: Tracepoint {
+        syscalls: &["pidfd_send_signal"],
+        enter: true,
+        args: &["pidfd", "sig", "info", "flags"],
+    },
     flags: FlagTable { names: SIGNAL_FLAGS, not_flags: 0 },
     arg0: Saved::Pidfd,
     arg1: Saved::Signal,
     returns: Returns::Other,
     stage: StageRule::None,
     feeds: Feeds::Signal,
+    blind: &[],
 };
 
 /// waitid(P_PIDFD, pidfd, infop, options, ru): only P_PIDFD calls are recorded.
 const WAITID: EventHook = EventHook {
     kind: EventKind::Waitid,
-    tracepoint: Tracepoint { args: &["which", "upid", "infop", "options"] },
+    tracepoint: Tracepoint {
+        syscalls: &["waitid"],
+        enter: true,
+        args: &["which", "upid", "infop", "options"],
+    },
     flags: FlagTable { names: WAIT_OPTIONS, not_flags: 0 },
     arg0: Saved::Pidfd,
     arg1: Saved::Unused,
     returns: Returns::Other,
     stage: StageRule::None,
     feeds: Feeds::Use,
+    blind: &[],
+};
+
+/// open(2) flags an open_by_handle_at of a pidfs handle may carry (include/uapi/asm-generic/
+/// fcntl.h, x86_64/arm64 values).
+pub const OPEN_FLAGS: &[(u64, &str)] = &[
+    (0o1, "O_WRONLY"),
+    (0o2, "O_RDWR"),
+    (0o200, "O_EXCL"),
+    (0o4000, "O_NONBLOCK"),
+    (0o2000000, "O_CLOEXEC"),
+    (0o10000000, "O_PATH"),
+];
+
+/// getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, ...) (6.5+): a pidfd for the unix socket's peer.
+/// The enter program returns before any map access unless level/optname are exactly these.
+const SO_PEERPIDFD: EventHook = EventHook {
+    kind: EventKind::SoPeerpidfd,
+    tracepoint: Tracepoint {
+        syscalls: &["getsockopt"],
+        enter: true,
+        args: &["fd", "level", "optname", "optval"],
+    },
+    flags: NO_FLAGS,
+    arg0: Saved::Unused,
+    arg1: Saved::Unused,
+    returns: Returns::InstalledPidfd,
+    stage: StageRule::Path,
+    feeds: Feeds::Creation,
+    blind: &[],
+};
+
+/// recvmsg(2) of an SCM_PIDFD control message (SO_PASSPIDFD, 6.5+).
+const SCM_PIDFD: EventHook = EventHook {
+    kind: EventKind::ScmPidfd,
+    tracepoint: Tracepoint { syscalls: &[], enter: false, args: &[] },
+    blind: &[
+        "scm_pidfd: the pidfd is installed inside recvmsg (scm_pidfd_recv) and its number is only in the caller's control buffer: seeing it from recvmsg's tracepoints means parsing every recvmsg's msghdr on the host (README: Every way a pidfd is born)",
+    ],
+    ..SO_PEERPIDFD
+};
+
+/// open_by_handle_at(2) of a pidfs file handle (name_to_handle_at of a pidfd).
+const PIDFS_HANDLE: EventHook = EventHook {
+    kind: EventKind::PidfsHandle,
+    tracepoint: Tracepoint {
+        syscalls: &["open_by_handle_at"],
+        enter: true,
+        args: &["mountdirfd", "handle", "flags"],
+    },
+    flags: FlagTable { names: OPEN_FLAGS, not_flags: 0 },
+    returns: Returns::InstalledPidfd,
+    ..SO_PEERPIDFD
+};
+
+/// read(2) of a fanotify group made with FAN_REPORT_PIDFD (5.15+).
+const FANOTIFY: EventHook = EventHook {
+    kind: EventKind::Fanotify,
+    tracepoint: Tracepoint { syscalls: &[], enter: false, args: &[] },
+    blind: &[
+        "fanotify: the pidfd is made inside read(2) of a FAN_REPORT_PIDFD group and its number is only in the event buffer: seeing it from read's tracepoints means inspecting every read on the host (README: Every way a pidfd is born)",
+    ],
+    ..SO_PEERPIDFD
+};
+
+/// open/openat/openat2 of a `/proc/<pid>/fd/<n>` link to a pidfd: a new pidfd (new file) for
+/// the same process. Seen at the exit of openat and openat2 only (no enter program).
+const REOPEN: EventHook = EventHook {
+    kind: EventKind::Reopen,
+    tracepoint: Tracepoint { syscalls: &["openat", "openat2"], enter: false, args: &[] },
+    returns: Returns::InstalledPidfd,
+    ..SO_PEERPIDFD
+};
+
+/// The pidfd a `core_pattern = |helper %F` coredump helper finds at its fd 3.
+const COREDUMP: EventHook = EventHook {
+    kind: EventKind::Coredump,
+    tracepoint: Tracepoint { syscalls: &[], enter: false, args: &[] },
+    blind: &[
+        "coredump: the kernel installs the pidfd in the usermode helper it starts (umh_coredump_setup), with no syscall by anyone (README: Every way a pidfd is born)",
+    ],
+    ..SO_PEERPIDFD
 };
 
 /// The row of `kind`. Exhaustive: a new `EventKind` does not build until it has a row.
@@ -227,6 +370,12 @@ pub const fn event(kind: EventKind) -> &'static EventHook {
         EventKind::PidfdGetfd => &PIDFD_GETFD,
         EventKind::PidfdSendSignal => &PIDFD_SEND_SIGNAL,
         EventKind::Waitid => &WAITID,
+        EventKind::SoPeerpidfd => &SO_PEERPIDFD,
+        EventKind::ScmPidfd => &SCM_PIDFD,
+        EventKind::PidfsHandle => &PIDFS_HANDLE,
+        EventKind::Fanotify => &FANOTIFY,
+        EventKind::Reopen => &REOPEN,
+        EventKind::Coredump => &COREDUMP,
     }
 }
 
@@ -423,7 +572,9 @@ mod tests {
                     if sys == "*" {
                         continue;
                     }
-                    let row = events().find(|r| r.name() == sys).unwrap_or_else(|| panic!("{where_}: {sys}"));
+                    let row = events()
+                        .find(|r| r.tracepoint.syscalls.contains(&sys))
+                        .unwrap_or_else(|| panic!("{where_}: {sys}"));
                     assert!(row.tracepoint.args.len() <= n, "{where_}: {sys} reads more than {n} arguments");
                     assert!(rest.contains(&format!("SYSCALL_DEFINE{n}({sys},")), "{where_}");
                     syscalls_seen.insert(sys.to_string());
@@ -435,8 +586,8 @@ mod tests {
         }
         assert!(programs > 0);
         assert_eq!(programs, protos, "one prototype line per program, no stray ones");
-        for row in events() {
-            assert!(syscalls_seen.contains(row.name()), "no program carries syscall:{}", row.name());
+        for sys in events().flat_map(|r| r.tracepoint.syscalls) {
+            assert!(syscalls_seen.contains(*sys), "no program carries syscall:{sys}");
         }
     }
 

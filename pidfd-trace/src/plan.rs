@@ -68,6 +68,9 @@ pub enum Refusal {
     /// Function hooks cannot be tracepoints.
     #[error("not a tracepoint")]
     NotATracepoint,
+    /// A creation path no syscall tracepoint sees, and no function probe covers yet.
+    #[error("not visible to syscall tracepoints, and no function probe covers this path yet")]
+    NotVisible,
     /// The user chose `--mode tracepoint`.
     #[error("--mode tracepoint")]
     TracepointOnly,
@@ -209,12 +212,25 @@ pub fn build(
         return Err(ForcedModeError { mode: "tracepoint", hook: None, reason: reason.clone() });
     }
     // Every row of the hook table has its syscall tracepoints, attached in every mode.
+    // Rows no syscall tracepoint sees are in the plan too, attached nowhere, so `check` and
+    // `pidfd_trace_probe_attached{hook,mode="tracepoint"} 0` say so.
     let mut plan: Vec<HookPlan> = crate::hooks::events()
-        .map(|h| HookPlan {
-            hook: h.name(),
-            target: format!("syscalls:sys_enter_{0} + sys_exit_{0}", h.name()),
-            candidates: vec![Candidate { mode: AttachMode::Tracepoint, refused: None }],
-            chosen: Some(AttachMode::Tracepoint),
+        .map(|h| match h.tracepoint_target() {
+            Some(target) => HookPlan {
+                hook: h.name(),
+                target,
+                candidates: vec![Candidate { mode: AttachMode::Tracepoint, refused: None }],
+                chosen: Some(AttachMode::Tracepoint),
+            },
+            None => HookPlan {
+                hook: h.name(),
+                target: "none".to_string(),
+                candidates: vec![Candidate {
+                    mode: AttachMode::Tracepoint,
+                    refused: Some(Refusal::NotVisible),
+                }],
+                chosen: None,
+            },
         })
         .collect();
     let modes: &[AttachMode] = match choice {

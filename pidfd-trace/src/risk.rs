@@ -14,7 +14,8 @@ pub const CROSS_CONTAINER: &str = "cross_container";
 
 /// include/uapi/linux/magic.h
 const ANON_INODE_FS_MAGIC: u32 = 0x0904_1934;
-const PIDFS_MAGIC: u32 = 0x5049_4446;
+/// include/uapi/linux/magic.h: the pidfs superblock magic (6.9+).
+pub const PIDFS_MAGIC: u32 = 0x5049_4446;
 const DMA_BUF_MAGIC: u32 = 0x444d_4142;
 const TMPFS_MAGIC: u32 = 0x0102_1994;
 const HUGETLBFS_MAGIC: u32 = 0x9584_58f6;

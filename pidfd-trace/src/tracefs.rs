@@ -143,17 +143,26 @@ pub struct SyscallLayout {
 /// tracefs root). Errors name the tracepoint and field.
 pub fn syscall_layout(root: &Path) -> Result<SyscallLayout, TracefsError> {
     let mut layout: Option<SyscallLayout> = None;
-    for hook in crate::hooks::events() {
-        let (sys, args) = (hook.name(), hook.tracepoint.args);
-        let enter = field_offsets(root, "syscalls", &format!("sys_enter_{sys}"))?;
+    let rows = crate::hooks::events().flat_map(|h| h.tracepoint.syscalls.iter().map(move |s| (h, *s)));
+    // Rows with an enter program first: they fix arg0's offset.
+    let (with_enter, exit_only): (Vec<_>, Vec<_>) = rows.partition(|(h, _)| h.tracepoint.enter);
+    for (hook, sys) in with_enter.into_iter().chain(exit_only) {
+        let args = if hook.tracepoint.enter { hook.tracepoint.args } else { &[] };
         let exit_tp = format!("sys_exit_{sys}");
         let exit = field_offsets(root, "syscalls", &exit_tp)?;
-        let arg0 = *enter.get(args[0]).ok_or_else(|| {
-            TracefsError::MissingTracepoint(format!("syscalls:sys_enter_{sys} field {}", args[0]))
-        })?;
         let ret = *exit
             .get("ret")
             .ok_or_else(|| TracefsError::MissingTracepoint(format!("syscalls:{exit_tp} field ret")))?;
+        let enter = match args.is_empty() {
+            true => Default::default(),
+            false => field_offsets(root, "syscalls", &format!("sys_enter_{sys}"))?,
+        };
+        let arg0 = match args.first() {
+            Some(a0) => *enter.get(*a0).ok_or_else(|| {
+                TracefsError::MissingTracepoint(format!("syscalls:sys_enter_{sys} field {a0}"))
+            })?,
+            None => layout.map_or(0, |l| l.arg0),
+        };
         let want = *layout.get_or_insert(SyscallLayout { arg0, ret });
         for (i, a) in args.iter().enumerate() {
             let found = enter.get(*a).copied().unwrap_or(u32::MAX);

@@ -130,8 +130,9 @@ impl Probes {
         let mut probes = Probes { ebpf, attached: Vec::new(), aya_btf: None, loaded: HashSet::new() };
         for hook in plan.iter() {
             if hook.chosen == Some(AttachMode::Tracepoint) {
-                for dir in ["enter", "exit"] {
-                    probes.attach_tracepoint(&format!("sys_{dir}_{}", hook.hook))?;
+                let row = crate::hooks::events().find(|r| r.name() == hook.hook);
+                for prog in row.map(|r| r.tracepoint_programs()).unwrap_or_default() {
+                    probes.attach_tracepoint(&prog)?;
                 }
                 probes.attached.push(Attached { hook: hook.hook, mode: AttachMode::Tracepoint });
             }

@@ -68,6 +68,8 @@ mod tests {
             pidfd: None,
             child_pid: None,
             target_pid: None,
+            target_reason: None,
+            pidfd_ino: None,
             signal: None,
             signal_nr: None,
             target_fd: None,

@@ -1,7 +1,7 @@
 //! Kernel outcome counters → the contract metrics' label sets. Pure: each `OUTCOMES` key is
 //! named with the same functions (classify::stage, names::*) that label events, so a metric
 //! and the events it counts always agree.
-use pidfd_trace_common::{CounterKey, EventKind, clone_flags};
+use pidfd_trace_common::{CounterKey, EventKind, GETFD_COPIED_PIDFD, clone_flags};
 
 use crate::{
     classify::KernelSemantics,
@@ -55,6 +55,10 @@ pub fn series(key: &CounterKey, sem: KernelSemantics) -> Vec<Series> {
         Feeds::Getfd => {
             let mut v = vec![(Family::Getfd, vec![])];
             v.extend(errno.map(|e| (Family::GetfdFailures, vec![e])));
+            // A copy of a pidfd is a new pidfd too (README "Every way a pidfd is born").
+            if key.errno == 0 && key.flag_bits & GETFD_COPIED_PIDFD != 0 {
+                v.push((Family::Created, vec![row.name().to_string()]));
+            }
             v
         }
         Feeds::Signal => {
@@ -125,10 +129,13 @@ pub fn initial_series(sem: KernelSemantics) -> Vec<Series> {
     };
     let clone_flag_sets =
         [0, clone_flags::CLONE_DETACHED, clone_flags::CLONE_THREAD, clone_flags::CLONE_PARENT_SETTID];
-    for row in hooks::events() {
+    // Paths no syscall tracepoint sees get no series: a 0 would claim none happened.
+    for row in hooks::events().filter(|r| !r.tracepoint.syscalls.is_empty()) {
         let kind = row.kind;
         add(key(kind, 0, 0, 0, 0));
         match row.feeds {
+            // Exit-only rows (reopen) see successes only: no failure series.
+            Feeds::Creation if !row.tracepoint.enter => {}
             Feeds::Creation => {
                 for errno in crate::classify::NAMED_ERRNOS {
                     match row.stage {
@@ -148,6 +155,7 @@ pub fn initial_series(sem: KernelSemantics) -> Vec<Series> {
                 }
             }
             Feeds::Getfd => {
+                add(key(kind, 0, 0, 0, u64::from(GETFD_COPIED_PIDFD)));
                 for errno in GETFD_ERRNOS {
                     add(key(kind, errno, 0, 0, 0));
                 }
