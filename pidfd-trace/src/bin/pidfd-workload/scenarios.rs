@@ -98,6 +98,31 @@ pub const ALL: &[Scenario] = &[
         what: "fork() without CLONE_PIDFD produces no event",
         run: plain_fork_silent,
     },
+    Scenario {
+        name: "so_peerpidfd",
+        what: "getsockopt(SO_PEERPIDFD): ok, ENODATA, EFAULT (user_memory); SO_PEERCRED not recorded",
+        run: crate::paths::so_peerpidfd,
+    },
+    Scenario {
+        name: "pidfs_handle",
+        what: "open_by_handle_at of a pidfs handle: ok, ESTALE once reaped; a cgroupfs handle not recorded",
+        run: crate::paths::pidfs_handle,
+    },
+    Scenario {
+        name: "reopen",
+        what: "open/openat2 of /proc/self/fd/<pidfd>: live and reaped target; /dev/null not recorded",
+        run: crate::paths::reopen,
+    },
+    Scenario {
+        name: "scm_pidfd_blind",
+        what: "recvmsg SCM_PIDFD makes a pidfd that tracepoint mode declares blind: no event",
+        run: crate::paths::scm_pidfd_blind,
+    },
+    Scenario {
+        name: "getfd_pidfd_copy",
+        what: "pidfd_getfd of a child's pidfd: a copied pidfd (file_kind pidfd, pidfd_ino)",
+        run: crate::paths::getfd_pidfd_copy,
+    },
 ];
 
 /// Building blocks of the filter checks, not scenarios of their own.
