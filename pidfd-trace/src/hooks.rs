@@ -615,6 +615,63 @@ mod tests {
     }
 
     #[test]
+    fn creation_path_rows() {
+        use pidfd_trace_common::{CounterKey, GETFD_COPIED_PIDFD};
+
+        use crate::sink::outcomes::{Family, initial_series, series};
+        let key = |kind: EventKind, errno, flag_bits| CounterKey {
+            kind: kind as u8,
+            hints: 0,
+            signal: 0,
+            _pad: 0,
+            errno,
+            flag_bits,
+        };
+        let created = |src: &str| (Family::Created, vec![src.to_string()]);
+        let failed = |src: &str, stage: &str, errno: &str| {
+            (Family::CreateFailures, vec![src.to_string(), stage.to_string(), errno.to_string()])
+        };
+        assert_eq!(series(&key(EventKind::SoPeerpidfd, 0, 0), Default::default()), [created("so_peerpidfd")]);
+        assert_eq!(
+            series(&key(EventKind::SoPeerpidfd, 14, 0), Default::default()),
+            [failed("so_peerpidfd", "user_memory", "EFAULT")]
+        );
+        assert_eq!(
+            series(&key(EventKind::PidfsHandle, 116, 0), Default::default()),
+            [failed("pidfs_handle", "other", "ESTALE")]
+        );
+        // A pidfd_getfd is a getfd; a successful copy of a pidfd is a created pidfd too.
+        let getfd = series(&key(EventKind::PidfdGetfd, 0, GETFD_COPIED_PIDFD), Default::default());
+        assert_eq!(getfd, [(Family::Getfd, vec![]), created("pidfd_getfd")]);
+        assert_eq!(series(&key(EventKind::PidfdGetfd, 0, 0), Default::default()), [(Family::Getfd, vec![])]);
+        let init = initial_series(Default::default());
+        for src in ["so_peerpidfd", "pidfs_handle", "reopen", "pidfd_getfd"] {
+            assert!(init.contains(&created(src)), "{src} from zero");
+        }
+        for blind in ["scm_pidfd", "fanotify", "coredump"] {
+            assert!(!init.contains(&created(blind)), "{blind}: nothing sees it, no series");
+        }
+        assert!(
+            !init.iter().any(|(f, l)| *f == Family::CreateFailures && l[0] == "reopen"),
+            "reopen: successes only"
+        );
+        // Rows and their tracepoints, as the plan and check show them.
+        assert_eq!(
+            event(EventKind::Reopen).tracepoint_target().as_deref(),
+            Some("syscalls:sys_exit_openat + syscalls:sys_exit_openat2")
+        );
+        assert_eq!(
+            event(EventKind::SoPeerpidfd).tracepoint_programs(),
+            ["sys_enter_getsockopt", "sys_exit_getsockopt"]
+        );
+        for k in [EventKind::ScmPidfd, EventKind::Fanotify, EventKind::Coredump] {
+            assert_eq!(event(k).tracepoint_target(), None);
+            assert!(event(k).blind[0].starts_with(k.name()), "{}", k.name());
+        }
+        assert_eq!(crate::names::flag_names(EventKind::PidfsHandle, 0o2000000), ["O_CLOEXEC"]);
+    }
+
+    #[test]
     fn prototype_checks() {
         let btf = |f: &str| match f {
             "copy_process" => Some(4),

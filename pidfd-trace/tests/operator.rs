@@ -135,7 +135,14 @@ fn check_json_follows_the_documented_schema() {
     let plan = doc["plan"].as_array().unwrap();
     for h in plan {
         let kind = h["kind"].as_str().unwrap();
-        assert!(kind == "syscall" || kind == "function", "{h}");
+        assert!(kind == "syscall" || kind == "function" || kind == "path", "{h}");
+        if kind == "path" {
+            // A creation path no tracepoint sees: attached nowhere, and check says why.
+            assert!(h["chosen"].is_null(), "{h}");
+            assert!(!h["cannot_see"].as_array().unwrap().is_empty(), "{h}");
+            assert_eq!(h["candidates"][0]["mode"], "tracepoint", "{h}");
+            assert_eq!(h["candidates"][0]["ok"], false, "{h}");
+        }
         if kind == "syscall" {
             assert_eq!(h["chosen"], "tracepoint", "syscall hooks attach in every mode: {h}");
             assert!(h["cannot_see"].as_array().unwrap().is_empty(), "{h}");
@@ -152,6 +159,29 @@ fn check_json_follows_the_documented_schema() {
     }
     for hook in ["clone", "clone3", "pidfd_open", "pidfd_getfd", "pidfd_send_signal", "waitid"] {
         assert!(plan.iter().any(|h| h["hook"] == hook), "{hook} in the plan");
+    }
+    // Issue 11's creation paths: the ones a syscall tracepoint sees attach in every mode; the
+    // others are declared not visible, by name, in the JSON and in the text report.
+    let kind_of = |hook: &str| {
+        plan.iter().find(|h| h["hook"] == hook).unwrap_or_else(|| panic!("{hook} not in the plan"))["kind"]
+            .clone()
+    };
+    for hook in ["so_peerpidfd", "pidfs_handle", "reopen"] {
+        assert_eq!(kind_of(hook), "syscall", "{hook}");
+    }
+    let text = Command::new(AGENT).arg("check").output().expect("run check");
+    let text = String::from_utf8_lossy(&text.stdout);
+    for hook in ["scm_pidfd", "fanotify", "coredump"] {
+        assert_eq!(kind_of(hook), "path", "{hook}");
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(hook))
+            .unwrap_or_else(|| panic!("{hook}: {text}"));
+        assert!(line.contains("none"), "{line}");
+        assert!(
+            text.contains(&format!("cannot see: {hook}: ")),
+            "{hook} declared in the text report:\n{text}"
+        );
     }
     // No Rust shapes leak: no {"Ok": ..}/{"Err": ..} objects, no "yes"/"no: .." verdicts.
     let text = doc.to_string();

@@ -153,8 +153,16 @@ fn fresh_serve_exports_every_known_series_at_start() {
     let body = metrics(&serve.addr);
     let have = samples(&body);
     let mut want: Vec<String> = Vec::new();
-    for s in ["clone", "clone3", "pidfd_open"] {
+    // Every creation path this mode sees, and pidfd_getfd copies of pidfds (issue 11).
+    for s in ["clone", "clone3", "pidfd_open", "so_peerpidfd", "pidfs_handle", "reopen", "pidfd_getfd"] {
         want.push(format!("pidfd_trace_pidfds_created_total{{source=\"{s}\"}}"));
+    }
+    for src in ["so_peerpidfd", "pidfs_handle"] {
+        for (stage, errno) in [("fd_alloc", "EMFILE"), ("fd_alloc", "ENFILE"), ("user_memory", "EFAULT")] {
+            want.push(format!(
+                "pidfd_trace_pidfd_create_failures_total{{source=\"{src}\",stage=\"{stage}\",errno=\"{errno}\"}}"
+            ));
+        }
     }
     // Every (stage, errno) the classifier names (docs/events.md's stages), per source.
     let clone_stages = [
@@ -230,6 +238,23 @@ fn fresh_serve_exports_every_known_series_at_start() {
     let have_norm: BTreeMap<String, f64> = have.iter().map(|(k, v)| (norm(k), *v)).collect();
     let missing: Vec<&String> = want.iter().filter(|w| !have_norm.contains_key(&norm(w))).collect();
     assert!(missing.is_empty(), "series missing from a fresh serve: {missing:#?}\n{body}");
+    // Paths this mode cannot see: attached nowhere (0), and no created series claiming none
+    // happened (README "Every way a pidfd is born").
+    let tracepoint_only =
+        plan["program_types"]["fentry"]["ok"] == false && plan["program_types"]["kprobe"]["ok"] == false;
+    for blind in ["scm_pidfd", "fanotify", "coredump"] {
+        let attached = norm(&format!("pidfd_trace_probe_attached{{hook=\"{blind}\",mode=\"tracepoint\"}}"));
+        assert_eq!(have_norm.get(&attached), Some(&0.0), "{attached}\n{body}");
+        if tracepoint_only {
+            let created = format!("pidfd_trace_pidfds_created_total{{source=\"{blind}\"}}");
+            assert!(!have_norm.contains_key(&norm(&created)), "{created} exported for a path nothing sees");
+        }
+    }
+    // The paths this mode sees are attached in it.
+    for seen in ["so_peerpidfd", "pidfs_handle", "reopen"] {
+        let attached = norm(&format!("pidfd_trace_probe_attached{{hook=\"{seen}\",mode=\"tracepoint\"}}"));
+        assert_eq!(have_norm.get(&attached), Some(&1.0), "{attached}\n{body}");
+    }
     println!("fresh serve: {} series, all {} expected present; first lines:", have.len(), want.len());
     for l in body.lines().filter(|l| !l.starts_with('#')).take(12) {
         println!("  {l}");
