@@ -513,6 +513,13 @@ pub struct FdPidOffsets {
     /// 1: the struct pid hangs off the inode (pidfs); 0: off `file.private_data`.
     pub via_inode: u32,
     pub pid_numbers_nr: u32,
+    /// `file.f_op`: every pidfd's file has the same operations (pidfs_file_operations, or
+    /// pidfd_fops before 6.9), so the hot openat exit can turn other files away by it.
+    pub file_f_op: u32,
+    /// `files_struct.fdtab` and `files_struct.fd_array`: while `files->fdt` is the embedded
+    /// `fdtab` (fewer than 64 fds ever open), the fd array is `fd_array`, one read shorter.
+    pub files_fdtab: u32,
+    pub files_fd_array: u32,
     pub valid: u32,
 }
 

@@ -49,6 +49,9 @@ static FD_PID_OFFSETS: FdPidOffsets = FdPidOffsets {
     inode_i_private: 0,
     via_inode: 0,
     pid_numbers_nr: 0,
+    file_f_op: 0,
+    files_fdtab: 0,
+    files_fd_array: 0,
     valid: 0,
 };
 

@@ -87,35 +87,89 @@ pub unsafe fn pidfd_pid(file: *const u8) -> Option<*const u8> {
     }
 }
 
-/// The caller's fd `fd`, just installed by a creation path, if it is a pidfd: the pid
-/// (initial namespace) it refers to, or 0 when that process was already reaped (then
-/// `exit_facts::REAPED` is set); `facts.file_ino` / `file_magic` get its inode number and
-/// filesystem magic (the pidfs inode number is `pidfd_ino`, 6.9+). `None` for any other file:
-/// the hot openat exit relies on this costing only probe reads, never a map access.
+/// `file.f_op` of pidfds, learnt from the first pidfd `installed_pidfd` proved to be one
+/// (every pidfd's file shares it); 0 until then. Kernel data symbols (pidfs_file_operations)
+/// are not in /proc/kallsyms on kernels without CONFIG_KALLSYMS_ALL, so the agent cannot pass
+/// it in.
+static mut PIDFD_FOPS: u64 = 0;
+
+/// include/linux/fdtable.h: the size of `files_struct.fd_array` (BITS_PER_LONG).
+const NR_OPEN_DEFAULT: u64 = 64;
+
+/// A pidfd the current call just installed in the caller's fd table (`new_pidfd`).
+pub struct NewPidfd {
+    file: *const u8,
+    pid: *const u8,
+}
+
+/// The caller's fd `fd`, just installed by a creation path, if it is a pidfd. `None` for any
+/// other file: the hot openat exit calls this first and relies on it costing a few probe
+/// reads, no helper beyond them, no map and no stack set-up.
 #[inline(always)]
-pub fn installed_pidfd(fd: u64, facts: &mut TargetFacts) -> Option<i32> {
+pub fn new_pidfd(fd: u64) -> Option<NewPidfd> {
     let fo = fd_pid_offsets();
-    let ro = risk_offsets();
-    if ro.valid == 0 {
+    if fo.valid == 0 || risk_offsets().valid == 0 {
         return None;
     }
     // SAFETY: probe reads only; a bad pointer reads as None.
     unsafe {
-        let file = fd_file(bpf_get_current_task() as *const u8, fd)?;
+        // `fd` was just installed by this call, so it is below max_fds: no bound read.
+        let files = read_ptr(bpf_get_current_task() as *const u8, fo.task_files)?;
+        let fdt = read_ptr(files, fo.files_fdt)?;
+        let file = if fdt == files.add(fo.files_fdtab as usize) && fd < NR_OPEN_DEFAULT {
+            // The table was never expanded: its array is files->fd_array.
+            read_ptr(files, fo.files_fd_array + (fd as u32) * 8)?
+        } else {
+            let fds = read_ptr(fdt, fo.fdt_fd)?;
+            read_ptr(fds, (fd as u32).wrapping_mul(8))?
+        };
+        // Fast refusal once a pidfd's operations are known: four reads for any other file
+        // (five in a process that ever had 64 fds open).
+        let fop = read::<u64>(file, fo.file_f_op).unwrap_or(0);
+        let known = core::ptr::read_volatile(&raw const PIDFD_FOPS);
+        if known != 0 && fop != known {
+            return None;
+        }
         let pid = pidfd_pid(file)?;
-        if let Some(inode) = read_ptr(file, fo.file_f_inode) {
-            facts.file_ino = read::<u64>(inode, ro.inode_i_ino).unwrap_or(0);
-            if let Some(sb) = read_ptr(inode, ro.inode_i_sb) {
-                facts.file_magic = read::<u64>(sb, ro.sb_s_magic).unwrap_or(0) as u32;
-            }
+        if known == 0 && fop != 0 {
+            // Learnt from a file the full check (filesystem magic, name) proved a pidfd.
+            core::ptr::write_volatile(&raw mut PIDFD_FOPS, fop);
         }
-        // pid->tasks[PIDTYPE_PID].first: NULL once release_task() has detached the task.
-        if read::<u64>(pid, ro.pid_tasks).unwrap_or(1) == 0 {
-            facts.exit |= exit_facts::REAPED;
-            return Some(0);
-        }
-        Some(read::<i32>(pid, fo.pid_numbers_nr).unwrap_or(0))
+        Some(NewPidfd { file, pid })
     }
+}
+
+impl NewPidfd {
+    /// The pid (initial namespace) the pidfd refers to, or 0 when that process was already
+    /// reaped (then `exit_facts::REAPED` is set); `facts.file_ino` / `file_magic` get its
+    /// inode number and filesystem magic (the pidfs inode number is `pidfd_ino`, 6.9+).
+    #[inline(always)]
+    pub fn facts(&self, facts: &mut TargetFacts) -> i32 {
+        let fo = fd_pid_offsets();
+        let ro = risk_offsets();
+        // SAFETY: probe reads only.
+        unsafe {
+            if let Some(inode) = read_ptr(self.file, fo.file_f_inode) {
+                facts.file_ino = read::<u64>(inode, ro.inode_i_ino).unwrap_or(0);
+                if let Some(sb) = read_ptr(inode, ro.inode_i_sb) {
+                    facts.file_magic = read::<u64>(sb, ro.sb_s_magic).unwrap_or(0) as u32;
+                }
+            }
+            // pid->tasks[PIDTYPE_PID].first: NULL once release_task() has detached the task.
+            if read::<u64>(self.pid, ro.pid_tasks).unwrap_or(1) == 0 {
+                facts.exit |= exit_facts::REAPED;
+                return 0;
+            }
+            read::<i32>(self.pid, fo.pid_numbers_nr).unwrap_or(0)
+        }
+    }
+}
+
+/// `new_pidfd` and its facts in one: `Some(target pid)` when `fd` is a new pidfd.
+#[inline(always)]
+pub fn installed_pidfd(fd: u64, facts: &mut TargetFacts) -> Option<i32> {
+    let p = new_pidfd(fd)?;
+    Some(p.facts(facts))
 }
 
 /// pidfd_getfd: whether the file the entry program found at the target's fd (`FILE_SEEN`)

@@ -11,7 +11,12 @@ use aya_ebpf::{
 use pidfd_trace_common::{EventKind, Mode};
 
 use super::{arg, entry, mode_of, ret, save, take};
-use crate::{emit, maps::in_flight, risk::installed_pidfd, task::pidfd_target};
+use crate::{
+    emit,
+    maps::in_flight,
+    risk::{installed_pidfd, new_pidfd},
+    task::pidfd_target,
+};
 
 /// include/uapi/asm-generic/socket.h (the same on every architecture we build for).
 const SOL_SOCKET: u32 = 1;
@@ -117,15 +122,16 @@ pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
 
 /// openat/openat2 exit: HOT (every open on the host). No enter program and no map access
 /// for anything but a new pidfd: a failed open returns at once, a successful one costs the
-/// probe reads from the fd table to the file's superblock magic (`installed_pidfd`).
+/// probe reads from the fd table to the file's operations (`new_pidfd`).
 #[inline(always)]
 fn reopen_exit(ctx: &TracePointContext) {
     let r = ret(ctx);
     if r < 0 {
         return;
     }
+    // Everything but a new pidfd leaves here, before any clock read or stack set-up.
+    let Some(p) = new_pidfd(r as u64) else { return };
     let mut st = entry(EventKind::Reopen, 0, 0, 0, 0, 0);
-    let Some(target) = installed_pidfd(r as u64, &mut st.facts) else { return };
-    st.target_pid = target;
+    st.target_pid = p.facts(&mut st.facts);
     emit::finish(ctx, &st, bpf_get_current_pid_tgid(), r, r as i32, 0, Mode::Tracepoint);
 }

@@ -455,6 +455,9 @@ fn fd_pid_offsets(btf: &Btf) -> FdPidOffsets {
             // 6.9+ keeps the struct pid in the pidfs inode, earlier kernels in the file.
             via_inode: u32::from(btf.has_func("pidfs_alloc_file")),
             pid_numbers_nr: btf.member_offset("pid", "numbers")? + btf.member_offset("upid", "nr")?,
+            file_f_op: btf.member_offset("file", "f_op")?,
+            files_fdtab: btf.member_offset("files_struct", "fdtab")?,
+            files_fd_array: btf.member_offset("files_struct", "fd_array")?,
             valid: 1,
         })
     };

@@ -322,26 +322,28 @@ pub fn scm_pidfd_blind() -> Result<Vec<Value>, String> {
 /// pidfd_getfd of a pidfd a child holds: a copy of a pidfd, so also a created pidfd
 /// (`pidfds_created_total{source="pidfd_getfd"}`), with the same `pidfd_ino`.
 pub fn getfd_pidfd_copy() -> Result<Vec<Value>, String> {
-    let me = std::process::id() as i64;
-    // The child inherits a pidfd of this process at `held`.
-    let held = sys::pidfd_open(me as i32, 0);
-    let child = sys::sleeper();
-    let fd = sys::pidfd_open(child, 0);
+    // The holder inherits, at `held`, a pidfd of another child (not of this process: a
+    // pidfd_open of ourselves is the suite's end-of-scenario sentinel).
+    let other = sys::sleeper();
+    let held = sys::pidfd_open(other, 0);
+    let holder = sys::sleeper();
+    let fd = sys::pidfd_open(holder, 0);
     let copy = sys::pidfd_getfd(fd as i32, held as i32);
     let ino = pidfd_ino(held);
-    sys::reap(child);
+    sys::reap(holder);
+    sys::reap(other);
     for r in [copy, fd, held] {
         if r >= 0 {
             unsafe { libc::close(r as i32) };
         }
     }
     if copy < 0 {
-        return Err(format!("pidfd_getfd of the child's pidfd {held}: {copy}"));
+        return Err(format!("pidfd_getfd of the holder's pidfd {held}: {copy}"));
     }
     Ok(vec![
-        json!({"event": "pidfd_open", "ret": held, "target_pid": me}),
-        json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
-        json!({"event": "pidfd_getfd", "ret": copy, "errno": null, "target_fd": held, "target_pid": child,
+        json!({"event": "pidfd_open", "ret": held, "target_pid": other}),
+        json!({"event": "pidfd_open", "ret": fd, "target_pid": holder}),
+        json!({"event": "pidfd_getfd", "ret": copy, "errno": null, "target_fd": held, "target_pid": holder,
                "file_kind": "pidfd", "pidfd_ino": ino}),
         sentinel(),
     ])
