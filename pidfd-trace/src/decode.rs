@@ -280,6 +280,35 @@ mod tests {
     }
 
     #[test]
+    fn creation_paths() {
+        let mut d = decoder();
+        // so_peerpidfd: ret 0, the pidfd is the one the program found in the fd table.
+        let mut r = record(EventKind::SoPeerpidfd, 0, 0);
+        r.target_pid = 321;
+        r.facts.file_magic = crate::risk::PIDFS_MAGIC;
+        r.facts.file_ino = 4711;
+        let e = d.decode(&bytes(&r)).unwrap();
+        assert_eq!(
+            (e.pidfd, e.target_pid, e.target_reason, e.pidfd_ino),
+            (Some(5), Some(321), None, Some(4711))
+        );
+        // A reopen of a reaped process's pidfd: no target_pid, and why.
+        let mut r = record(EventKind::Reopen, 9, 0);
+        r.cpu_seq = 2;
+        r.pidfd = 9;
+        r.facts.exit = pidfd_trace_common::exit_facts::REAPED;
+        let e = d.decode(&bytes(&r)).unwrap();
+        assert_eq!((e.pidfd, e.target_pid, e.target_reason), (Some(9), None, Some("reaped")));
+        assert_eq!(e.pidfd_ino, None, "not a pidfs inode (before 6.9)");
+        // A failed pidfs_handle: no pidfd, no pidfd_ino, stage from the path rule.
+        let mut r = record(EventKind::PidfsHandle, -14, 0);
+        r.cpu_seq = 3;
+        r.pidfd = -1;
+        let e = d.decode(&bytes(&r)).unwrap();
+        assert_eq!((e.pidfd, e.pidfd_ino, e.stage), (None, None, Some(Stage::UserMemory)));
+    }
+
+    #[test]
     fn bad_records() {
         assert_eq!(
             decoder().decode(&[0u8; 10]).unwrap_err(),
