@@ -64,6 +64,7 @@ scenarios!(
     pidfs_handle,
     reopen,
     scm_pidfd_blind,
+    fanotify_blind,
     getfd_pidfd_copy,
     risky_counter,
     filter_comm_failures_only,

@@ -119,6 +119,11 @@ pub const ALL: &[Scenario] = &[
         run: crate::paths::scm_pidfd_blind,
     },
     Scenario {
+        name: "fanotify_blind",
+        what: "a FAN_REPORT_PIDFD fanotify read makes a pidfd that tracepoint mode declares blind: no event",
+        run: crate::paths::fanotify_blind,
+    },
+    Scenario {
         name: "getfd_pidfd_copy",
         what: "pidfd_getfd of a child's pidfd: a copied pidfd (file_kind pidfd, pidfd_ino)",
         run: crate::paths::getfd_pidfd_copy,
