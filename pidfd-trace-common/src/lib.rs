@@ -480,6 +480,7 @@ pub mod globals {
     pub const PIDS_LIMIT: &str = "PIDS_LIMIT_OFFSETS";
     pub const FD_PID: &str = "FD_PID_OFFSETS";
     pub const RISK: &str = "RISK_OFFSETS";
+    pub const NEW_FD: &str = "NEW_FD_OFFSETS";
 }
 
 /// Offsets (from the kernel's BTF) needed to read the caller's pids cgroup counter and limit:
@@ -513,11 +514,21 @@ pub struct FdPidOffsets {
     /// 1: the struct pid hangs off the inode (pidfs); 0: off `file.private_data`.
     pub via_inode: u32,
     pub pid_numbers_nr: u32,
+    pub valid: u32,
+}
+
+/// Offsets (from BTF) for the hot openat exit's look at the fd it just installed
+/// (`new_pidfd` in the kernel programs), kept apart from `FdPidOffsets` so that the programs
+/// reading those do not copy these too. `valid == 0` disables the reopen path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewFdOffsets {
     /// `file.f_op`: every pidfd's file has the same operations (pidfs_file_operations, or
     /// pidfd_fops before 6.9), so the hot openat exit can turn other files away by it.
     pub file_f_op: u32,
     /// `files_struct.fdtab` and `files_struct.fd_array`: while `files->fdt` is the embedded
-    /// `fdtab` (fewer than 64 fds ever open), the fd array is `fd_array`, one read shorter.
+    /// `fdtab` (the table was never expanded past 64 fds), the fd array is `fd_array`, one
+    /// read shorter.
     pub files_fdtab: u32,
     pub files_fd_array: u32,
     pub valid: u32,
@@ -541,4 +552,5 @@ mod user {
     unsafe impl aya::Pod for super::FdPidOffsets {}
     unsafe impl aya::Pod for super::RiskOffsets {}
     unsafe impl aya::Pod for super::RiskKey {}
+    unsafe impl aya::Pod for super::NewFdOffsets {}
 }

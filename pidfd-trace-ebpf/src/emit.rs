@@ -24,10 +24,39 @@ pub fn finish<C: EbpfContext>(
     hints: u8,
     mode: Mode,
 ) {
+    finish_as::<C, true>(ctx, st, pid_tgid, ret, pidfd, hints, mode);
+}
+
+/// `finish` for a program that never handles a pidfd_getfd (the creation paths): the
+/// getfd-only work (risky counters, the taken file's path walk) is left out at compile time,
+/// so the verifier does not walk it in every such program (older verifiers, 6.1, took too
+/// long over programs that carried it).
+#[inline(always)]
+pub fn finish_creation<C: EbpfContext>(
+    ctx: &C,
+    st: &EnterState,
+    pid_tgid: u64,
+    ret: i64,
+    pidfd: i32,
+    mode: Mode,
+) {
+    finish_as::<C, false>(ctx, st, pid_tgid, ret, pidfd, 0, mode);
+}
+
+#[inline(always)]
+fn finish_as<C: EbpfContext, const GETFD: bool>(
+    ctx: &C,
+    st: &EnterState,
+    pid_tgid: u64,
+    ret: i64,
+    pidfd: i32,
+    hints: u8,
+    mode: Mode,
+) {
     let kind = st.kind;
     let hints = st.hints | hints;
-    count_outcome(ctx, kind, hints, st, ret);
-    if kind == pidfd_trace_common::EventKind::PidfdGetfd as u8 {
+    count_outcome::<C, GETFD>(ctx, kind, hints, st, ret);
+    if GETFD && kind == pidfd_trace_common::EventKind::PidfdGetfd as u8 {
         crate::risk::count(&st.facts);
     }
 
@@ -66,7 +95,13 @@ pub fn finish<C: EbpfContext>(
         (*rec).uid = bpf_get_current_uid_gid() as u32;
         (*rec)._pad2 = 0;
         (*rec).facts = st.facts;
-        crate::risk::file_path(&mut (*rec).path, st, ret);
+        if GETFD {
+            crate::risk::file_path(&mut (*rec).path, st, ret);
+        } else {
+            (*rec).path.depth = 0;
+            (*rec).path.cut = 0;
+            (*rec).path.more = 0;
+        }
         // Zero-fills the buffer itself if it fails, so nothing uninitialised leaves.
         let comm = core::ptr::addr_of_mut!((*rec).comm);
         generated::bpf_get_current_comm(comm.cast(), size_of::<[u8; 16]>() as u32);
@@ -94,7 +129,7 @@ fn wakeup_flags() -> u64 {
 }
 
 #[inline(always)]
-fn count_outcome<C: EbpfContext>(ctx: &C, kind: u8, hints: u8, st: &EnterState, ret: i64) {
+fn count_outcome<C: EbpfContext, const GETFD: bool>(ctx: &C, kind: u8, hints: u8, st: &EnterState, ret: i64) {
     let signal = if kind == pidfd_trace_common::EventKind::PidfdSendSignal as u8 {
         if st.arg1 > 255 { 255 } else { st.arg1 as u8 }
     } else {
@@ -110,7 +145,8 @@ fn count_outcome<C: EbpfContext>(ctx: &C, kind: u8, hints: u8, st: &EnterState, 
         errno: if ret < 0 { (-ret) as u32 } else { 0 },
         flag_bits: if is_clone {
             (st.flags & clone_flags::PIDFD_CONFLICTS) as u32
-        } else if kind == pidfd_trace_common::EventKind::PidfdGetfd as u8
+        } else if GETFD
+            && kind == pidfd_trace_common::EventKind::PidfdGetfd as u8
             && ret >= 0
             && crate::risk::took_pidfd(&st.facts)
         {

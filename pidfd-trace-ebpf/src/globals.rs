@@ -1,6 +1,6 @@
 //! Values the agent fills in at load time from the running kernel (tracepoint format files,
 //! BTF). Rust eBPF has no CO-RE relocations, so nothing here may be trusted at its default.
-use pidfd_trace_common::{FdPidOffsets, PidsLimitOffsets, RiskOffsets};
+use pidfd_trace_common::{FdPidOffsets, NewFdOffsets, PidsLimitOffsets, RiskOffsets};
 
 /// Byte offsets of the syscall tracepoint fields, from
 /// `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`: every sys_enter record places its
@@ -49,11 +49,18 @@ static FD_PID_OFFSETS: FdPidOffsets = FdPidOffsets {
     inode_i_private: 0,
     via_inode: 0,
     pid_numbers_nr: 0,
-    file_f_op: 0,
-    files_fdtab: 0,
-    files_fd_array: 0,
     valid: 0,
 };
+
+/// The openat exit's offsets (risk.rs `new_pidfd`), from BTF; `valid == 0` when unknown.
+#[unsafe(no_mangle)]
+static NEW_FD_OFFSETS: NewFdOffsets =
+    NewFdOffsets { file_f_op: 0, files_fdtab: 0, files_fd_array: 0, valid: 0 };
+
+#[inline(always)]
+pub fn new_fd_offsets() -> NewFdOffsets {
+    unsafe { core::ptr::read_volatile(&NEW_FD_OFFSETS) }
+}
 
 #[inline(always)]
 pub fn fd_pid_offsets() -> FdPidOffsets {

@@ -38,9 +38,11 @@ pub static ENTER_STATE: LruHashMap<u64, EnterState> =
 /// word and return before any map look-up while it is zero, which is almost always.
 pub static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 
-/// Calls that use a pidfd (pidfd_getfd, pidfd_send_signal, waitid with P_PIDFD, ...) between
-/// entry and exit, host-wide. Exit programs of hot syscalls (waitid's exit fires for every
-/// wait on the host) read this word and return before any map look-up while it is zero.
+/// Calls that use a pidfd (pidfd_getfd, pidfd_send_signal, waitid with P_PIDFD, ...), and
+/// the creation paths with an entry program (getsockopt SO_PEERPIDFD, open_by_handle_at of a
+/// pidfs handle), between entry and exit, host-wide. Exit programs of hot syscalls (waitid's
+/// and getsockopt's exits fire for every call on the host) read this word and return before
+/// any map look-up while it is zero.
 pub static USES_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 
 #[inline(always)]

@@ -13,7 +13,7 @@ use pidfd_trace_common::{
 };
 
 use crate::{
-    globals::{fd_pid_offsets, risk_offsets},
+    globals::{fd_pid_offsets, new_fd_offsets, risk_offsets},
     maps::{RISKY, bump_stat},
 };
 
@@ -107,6 +107,10 @@ pub struct NewPidfd {
 /// reads, no helper beyond them, no map and no stack set-up.
 #[inline(always)]
 pub fn new_pidfd(fd: u64) -> Option<NewPidfd> {
+    let no = new_fd_offsets();
+    if no.valid == 0 {
+        return None;
+    }
     let fo = fd_pid_offsets();
     if fo.valid == 0 || risk_offsets().valid == 0 {
         return None;
@@ -116,16 +120,16 @@ pub fn new_pidfd(fd: u64) -> Option<NewPidfd> {
         // `fd` was just installed by this call, so it is below max_fds: no bound read.
         let files = read_ptr(bpf_get_current_task() as *const u8, fo.task_files)?;
         let fdt = read_ptr(files, fo.files_fdt)?;
-        let file = if fdt == files.add(fo.files_fdtab as usize) && fd < NR_OPEN_DEFAULT {
+        let file = if fdt == files.add(no.files_fdtab as usize) && fd < NR_OPEN_DEFAULT {
             // The table was never expanded: its array is files->fd_array.
-            read_ptr(files, fo.files_fd_array + (fd as u32) * 8)?
+            read_ptr(files, no.files_fd_array + (fd as u32) * 8)?
         } else {
             let fds = read_ptr(fdt, fo.fdt_fd)?;
             read_ptr(fds, (fd as u32).wrapping_mul(8))?
         };
         // Fast refusal once a pidfd's operations are known: four reads for any other file
         // (five in a process that ever had 64 fds open).
-        let fop = read::<u64>(file, fo.file_f_op).unwrap_or(0);
+        let fop = read::<u64>(file, no.file_f_op).unwrap_or(0);
         let known = core::ptr::read_volatile(&raw const PIDFD_FOPS);
         if known != 0 && fop != known {
             return None;

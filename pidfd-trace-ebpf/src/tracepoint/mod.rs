@@ -74,11 +74,10 @@ fn gate(kind: u8) -> &'static core::sync::atomic::AtomicU64 {
 
 #[inline(always)]
 fn creates_pidfd(kind: u8) -> bool {
-    kind == EventKind::Clone as u8
-        || kind == EventKind::Clone3 as u8
-        || kind == EventKind::PidfdOpen as u8
-        || kind == EventKind::SoPeerpidfd as u8
-        || kind == EventKind::PidfsHandle as u8
+    // Only the calls the function probes inside copy_process and the creation step look for.
+    // so_peerpidfd and pidfs_handle ride the other gate: a wider test here made the verifier
+    // walk every program that saves or takes entry state about a quarter longer.
+    kind == EventKind::Clone as u8 || kind == EventKind::Clone3 as u8 || kind == EventKind::PidfdOpen as u8
 }
 
 /// The mode the record reports: upgraded by a function probe that saw the call.
@@ -102,15 +101,10 @@ fn ret(ctx: &TracePointContext) -> i64 {
 #[inline(always)]
 fn exit_simple(ctx: &TracePointContext) {
     let id = bpf_get_current_pid_tgid();
-    let Some(mut st) = take(id) else {
+    let Some(st) = take(id) else {
         return;
     };
-    let r = ret(ctx);
-    if st.kind == EventKind::PidfdOpen as u8 && r >= 0 {
-        // pidfd_ino and whether the target was already reaped, from the installed file.
-        let _ = crate::risk::installed_pidfd(r as u64, &mut st.facts);
-    }
-    emit::finish(ctx, &st, id, r, -1, 0, mode_of(&st));
+    emit::finish(ctx, &st, id, ret(ctx), -1, 0, mode_of(&st));
 }
 
 /// Exit path of the calls that use a pidfd: returns before any map look-up unless such a

@@ -13,7 +13,7 @@ use pidfd_trace_common::{EventKind, Mode};
 use super::{arg, entry, mode_of, ret, save, take};
 use crate::{
     emit,
-    maps::in_flight,
+    maps::{USES_IN_FLIGHT, is_open},
     risk::{installed_pidfd, new_pidfd},
     task::pidfd_target,
 };
@@ -44,8 +44,8 @@ pub fn sys_enter_getsockopt(ctx: TracePointContext) -> u32 {
 // prototype: syscall:getsockopt/5: SYSCALL_DEFINE5(getsockopt, int, fd, int, level, int, optname, char __user *, optval, int __user *, optlen) [2.6-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_getsockopt")]
 pub fn sys_exit_getsockopt(ctx: TracePointContext) -> u32 {
-    // Gated: one load of the creation gate, no map look-up, while no creation is in flight.
-    if in_flight() {
+    // Gated: one load of the gate, no map look-up, while no such call is in flight.
+    if is_open(&USES_IN_FLIGHT) {
         exit_created(&ctx, EventKind::SoPeerpidfd);
     }
     0
@@ -72,7 +72,7 @@ pub fn sys_enter_open_by_handle_at(ctx: TracePointContext) -> u32 {
 // prototype: syscall:open_by_handle_at/3: SYSCALL_DEFINE3(open_by_handle_at, int, mountdirfd, struct file_handle __user *, handle, int, flags) [2.6-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_open_by_handle_at")]
 pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
-    if in_flight() {
+    if is_open(&USES_IN_FLIGHT) {
         exit_created(&ctx, EventKind::PidfsHandle);
     }
     0
@@ -103,7 +103,7 @@ fn exit_created(ctx: &TracePointContext, kind: EventKind) {
             pidfd = fd as i32;
         }
     }
-    emit::finish(ctx, &st, id, r, pidfd, 0, mode_of(&st));
+    emit::finish_creation(ctx, &st, id, r, pidfd, mode_of(&st));
 }
 
 // prototype: syscall:openat/4: SYSCALL_DEFINE4(openat, int, dfd, const char __user *, filename, int, flags, umode_t, mode) [2.6-7.1]
@@ -133,5 +133,5 @@ fn reopen_exit(ctx: &TracePointContext) {
     let Some(p) = new_pidfd(r as u64) else { return };
     let mut st = entry(EventKind::Reopen, 0, 0, 0, 0, 0);
     st.target_pid = p.facts(&mut st.facts);
-    emit::finish(ctx, &st, bpf_get_current_pid_tgid(), r, r as i32, 0, Mode::Tracepoint);
+    emit::finish_creation(ctx, &st, bpf_get_current_pid_tgid(), r, r as i32, Mode::Tracepoint);
 }

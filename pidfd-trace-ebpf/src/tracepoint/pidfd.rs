@@ -3,8 +3,10 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use pidfd_trace_common::EventKind;
 
-use super::{arg, entry, exit_simple, exit_use, save};
-use crate::{risk, task::pidfd_target};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+
+use super::{arg, entry, exit_use, mode_of, ret, save, take};
+use crate::{emit, risk, task::pidfd_target};
 
 #[inline(always)]
 fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
@@ -30,7 +32,15 @@ pub fn sys_enter_pidfd_open(ctx: TracePointContext) -> u32 {
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_open")]
 pub fn sys_exit_pidfd_open(ctx: TracePointContext) -> u32 {
-    exit_simple(&ctx);
+    let id = bpf_get_current_pid_tgid();
+    let Some(mut st) = take(id) else { return 0 };
+    let r = ret(&ctx);
+    if r >= 0 {
+        // pidfd_ino (and whether the target was already reaped) from the installed file.
+        let _ = crate::risk::installed_pidfd(r as u64, &mut st.facts);
+    }
+    // Never a pidfd_getfd: the getfd-only work stays out of this program.
+    emit::finish_creation(&ctx, &st, id, r, -1, mode_of(&st));
     0
 }
 

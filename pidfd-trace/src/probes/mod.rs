@@ -14,7 +14,9 @@ use aya::{
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use log::{debug, warn};
-use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, globals, stats};
+use pidfd_trace_common::{
+    CounterKey, FdPidOffsets, NewFdOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, globals, stats,
+};
 
 use crate::{
     btf::Btf,
@@ -116,13 +118,15 @@ impl Probes {
         let pids = pids_limit_offsets(opts.btf);
         let fd_pid = fd_pid_offsets(opts.btf);
         let risk = risk_offsets(opts.btf);
+        let new_fd = new_fd_offsets(opts.btf);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::TP_ARG0, &opts.layout.arg0, true)
             .override_global(globals::TP_RET, &opts.layout.ret, true)
             .override_global(globals::PIDS_LIMIT, &pids, true)
             .override_global(globals::FD_PID, &fd_pid, true)
-            .override_global(globals::RISK, &risk, true);
+            .override_global(globals::RISK, &risk, true)
+            .override_global(globals::NEW_FD, &new_fd, true);
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -455,9 +459,6 @@ fn fd_pid_offsets(btf: &Btf) -> FdPidOffsets {
             // 6.9+ keeps the struct pid in the pidfs inode, earlier kernels in the file.
             via_inode: u32::from(btf.has_func("pidfs_alloc_file")),
             pid_numbers_nr: btf.member_offset("pid", "numbers")? + btf.member_offset("upid", "nr")?,
-            file_f_op: btf.member_offset("file", "f_op")?,
-            files_fdtab: btf.member_offset("files_struct", "fdtab")?,
-            files_fd_array: btf.member_offset("files_struct", "fd_array")?,
             valid: 1,
         })
     };
@@ -473,6 +474,23 @@ fn fd_pid_offsets(btf: &Btf) -> FdPidOffsets {
             FdPidOffsets::default()
         }
     }
+}
+
+/// Offsets for the openat exit's look at the fd it installed (reopen of a pidfd). Without
+/// them no reopen is recorded, and the start-up log says so.
+fn new_fd_offsets(btf: &Btf) -> NewFdOffsets {
+    let read = || -> Result<NewFdOffsets, crate::btf::BtfError> {
+        Ok(NewFdOffsets {
+            file_f_op: btf.member_offset("file", "f_op")?,
+            files_fdtab: btf.member_offset("files_struct", "fdtab")?,
+            files_fd_array: btf.member_offset("files_struct", "fd_array")?,
+            valid: 1,
+        })
+    };
+    read().unwrap_or_else(|e| {
+        warn!("cannot see reopened pidfds on this kernel ({e}); reopen events will be missing");
+        NewFdOffsets::default()
+    })
 }
 
 /// Offsets for the target facts of pidfd_getfd / pidfd_send_signal (risk.rs in the kernel
