@@ -437,7 +437,7 @@ impl CounterWatch {
     }
 }
 
-fn wait_addr(lines: &std::sync::Mutex<Vec<String>>, timeout: Duration) -> Result<String, String> {
+pub fn wait_addr(lines: &std::sync::Mutex<Vec<String>>, timeout: Duration) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
     loop {
         {
@@ -460,7 +460,7 @@ fn wait_addr(lines: &std::sync::Mutex<Vec<String>>, timeout: Duration) -> Result
     }
 }
 
-fn scrape(addr: &str) -> Result<String, String> {
+pub fn scrape(addr: &str) -> Result<String, String> {
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;

@@ -262,6 +262,9 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
             if let Some(r) = watched.or_else(|| watch.map(|w| w.and_then(|w| w.finish()))) {
                 outcomes.push(outcome("risky_counter", r));
             }
+            if wanted("close_tracking") {
+                outcomes.push(outcome("close_tracking", crate::closes::check(agent_bin, mode, timeout)));
+            }
             if wanted("agent_stops_cleanly") {
                 outcomes.push(outcome("agent_stops_cleanly", agent.stop()));
             } else {
