@@ -1,5 +1,5 @@
 //! Close tracking (README "Open pidfds: close tracking"): a `serve` beside the suite's trace
-//! agent, and pidfds of known lifetimes made and closed by this process, by both creation
+//! agent (the risky-counter one when it runs), and pidfds of known lifetimes made and closed by this process, by both creation
 //! paths (pidfd_open, clone with CLONE_PIDFD). In function-probe modes
 //! `pidfd_trace_pidfds_closed_total` must rise by at least ours and the lifetime histogram's
 //! buckets must hold ours exactly, give or take the closes of other processes that the same
@@ -129,7 +129,8 @@ pub fn check(agent: &Path, mode: &str, timeout: Duration) -> Result<(), String> 
     r.map_err(|e| format!("{e}; serve said: {}", lines.lock().unwrap().join(" | ")))
 }
 
-fn run(addr: &str, mode: &str, timeout: Duration) -> Result<(), String> {
+/// The checks against a running `serve` at `addr` in `mode`.
+pub fn run(addr: &str, mode: &str, timeout: Duration) -> Result<(), String> {
     let rows = release_rows(addr)?;
     let function_mode = matches!(mode, "fentry" | "kprobe");
     let attached: Vec<&str> = rows.iter().filter(|(_, v)| *v == 1).map(|(m, _)| m.as_str()).collect();

@@ -412,6 +412,11 @@ impl CounterWatch {
         }
     }
 
+    /// The `serve` metrics address (host:port), for other checks that need a serve.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// The verdict; stops serve.
     pub fn finish(mut self) -> Result<(), String> {
         let err = match self.error.take() {
