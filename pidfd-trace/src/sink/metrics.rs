@@ -457,9 +457,9 @@ mod tests {
         s[closes::BUCKET0 as usize + 4] = 2; // (1 s, 10 s]
         s[closes::BUCKET0 as usize + closes::BUCKETS_NS.len()] = 1; // > 1 day
         let h = LifetimeHistogram::proto(&s);
-        assert_eq!(h.sample_count(), 6);
-        assert_eq!(h.sample_sum(), 7.5);
-        let b: Vec<(f64, u64)> = h.bucket.iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+        assert_eq!(h.get_sample_count(), 6);
+        assert_eq!(h.get_sample_sum(), 7.5);
+        let b: Vec<(f64, u64)> = h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
         assert_eq!(
             b,
             [
