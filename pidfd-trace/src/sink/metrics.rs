@@ -459,7 +459,8 @@ mod tests {
         let h = LifetimeHistogram::proto(&s);
         assert_eq!(h.get_sample_count(), 6);
         assert_eq!(h.get_sample_sum(), 7.5);
-        let b: Vec<(f64, u64)> = h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+        let b: Vec<(f64, u64)> =
+            h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
         assert_eq!(
             b,
             [
