@@ -67,6 +67,7 @@ scenarios!(
     fanotify_blind,
     getfd_pidfd_copy,
     risky_counter,
+    close_tracking,
     filter_comm_failures_only,
     filter_pid,
     agent_stops_cleanly,
