@@ -84,6 +84,7 @@ fn check_schema() -> Value {
         "program_types": { "fentry": support, "kprobe": support, "tracepoint": support },
         "thread_pidfd": "bool",
         "close_tracking": "string",
+        "closes_traced": "bool",
         "plan": [{
             "hook": "string",
             "kind": "string",
