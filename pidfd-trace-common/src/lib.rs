@@ -135,6 +135,30 @@ pub mod hints {
     pub const ANON_PENDING: u8 = 1 << 7;
 }
 
+/// More facts, bits of `EventRecord::xhints` and `CounterKey::xhints` (issue kernel-truth).
+pub mod xhints {
+    /// The call came through the 32-bit (ia32) syscall entry: the JSON `compat`.
+    pub const COMPAT: u8 = 1 << 0;
+    /// The syscall exit fired without its entry: seccomp or a tracer refused the call
+    /// before the syscall ran (stage `denied`). The arguments are unknown.
+    pub const DENIED: u8 = 1 << 1;
+    /// The arguments themselves were refused before anything was allocated (stage `args`):
+    /// pidfd_open's pid <= 0; clone3's struct clone_args or set_tid unreadable.
+    pub const ARGS: u8 = 1 << 2;
+    /// task:task_newtask fired for this clone: the child exists, its host pid and the
+    /// flags the kernel acted on are in the record.
+    pub const NEWTASK: u8 = 1 << 3;
+    /// The kernel checked the used fd (pidfd or /proc/<pid> directory): `target_pid` 0 then
+    /// means "not a process fd", not "unknown".
+    pub const TARGET_CHECKED: u8 = 1 << 4;
+    /// clone succeeded but no pidfd for the child was found in the caller's fd table (it was
+    /// closed by another thread, or lies beyond the scanned range): `pidfd` is null.
+    pub const PIDFD_NOT_FOUND: u8 = 1 << 5;
+    /// The pidfd number in user memory was not the fd the kernel installed (overwritten
+    /// between the kernel's write and the syscall's return).
+    pub const PIDFD_SLOT_FORGED: u8 = 1 << 6;
+}
+
 /// One record in the `EVENTS` ring buffer, written at syscall exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -167,9 +191,26 @@ pub struct EventRecord {
     pub hints: u8,
     pub _pad: u8,
     /// pidfd_getfd / pidfd_send_signal: the pid (initial namespace) the pidfd refers to,
-    /// read from the caller's fd table at entry; 0 when unknown.
+    /// read from the caller's fd table at entry; pidfd_open: the pid behind the pidfd the
+    /// kernel installed, read at exit; 0 when unknown.
     pub target_pid: i32,
+    /// The process's name (thread-group leader's comm); the calling thread's when the
+    /// leader could not be read.
     pub comm: [u8; 16],
+    /// The calling thread's name.
+    pub thread_comm: [u8; 16],
+    /// clone/clone3: the child's pid in the initial namespace (task:task_newtask); 0 unknown.
+    pub child_pid: i32,
+    /// The caller's process id in its own pid namespace; 0 when that namespace is the
+    /// initial one (or unknown).
+    pub ns_pid: i32,
+    /// clone/clone3: the child's pid in the caller's namespace (the return value);
+    /// pidfd_open / pidfd_send_signal / pidfd_getfd / waitid: the target's pid in the
+    /// caller's namespace; 0 when the caller is in the initial namespace or unknown.
+    pub ns_other: i32,
+    /// `xhints` bits.
+    pub xhints: u8,
+    pub _pad2: [u8; 3],
 }
 
 /// Per-thread state kept between syscall entry and exit (`ENTER_STATE` map).
@@ -187,6 +228,18 @@ pub struct EnterState {
     pub mode: u8,
     pub _pad: u8,
     pub target_pid: i32,
+    /// clone/clone3: the flags the kernel acted on (task:task_newtask), else 0.
+    pub kflags: u64,
+    /// clone3: the `struct clone_args` user pointer and the size argument.
+    pub uargs: u64,
+    pub usize: u64,
+    /// clone/clone3: the child's host pid (task:task_newtask), else 0.
+    pub child_pid: i32,
+    /// The target's pid in the caller's namespace (see `EventRecord::ns_other`).
+    pub ns_other: i32,
+    /// `xhints` bits gathered so far.
+    pub xhints: u8,
+    pub _pad2: [u8; 7],
 }
 
 /// Key of the `OUTCOMES` per-CPU counter map: one slot per distinct outcome. Every field has
@@ -198,7 +251,8 @@ pub struct CounterKey {
     pub hints: u8,
     /// pidfd_send_signal's signal (0..=64, anything larger is clamped to 255).
     pub signal: u8,
-    pub _pad: u8,
+    /// `xhints` bits that change how the outcome is named (COMPAT, DENIED, ARGS).
+    pub xhints: u8,
     /// Positive errno of a failure; 0 on success.
     pub errno: u32,
     /// `flags & clone_flags::PIDFD_CONFLICTS` for clone/clone3; 0 otherwise.
@@ -250,6 +304,39 @@ pub mod globals {
     pub const TP_RET: &str = "TP_RET_OFF";
     pub const PIDS_LIMIT: &str = "PIDS_LIMIT_OFFSETS";
     pub const FD_PID: &str = "FD_PID_OFFSETS";
+    pub const TRUTH: &str = "TRUTH_OFFSETS";
+}
+
+/// Offsets (from BTF) behind the facts the caller cannot forge: whether a file is a pidfd or
+/// a `/proc/<pid>` directory, pid namespaces, and the process name. `valid == 0` disables
+/// them (the fields stay unknown).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TruthOffsets {
+    /// file.f_path.dentry
+    pub file_dentry: u32,
+    /// dentry.d_name.name
+    pub dentry_name: u32,
+    /// dentry.d_parent
+    pub dentry_parent: u32,
+    /// inode.i_sb, inode.i_mode
+    pub inode_sb: u32,
+    pub inode_mode: u32,
+    /// super_block.s_magic, super_block.s_root
+    pub sb_magic: u32,
+    pub sb_root: u32,
+    /// offsetof(proc_inode, pid) - offsetof(proc_inode, vfs_inode), as a signed number.
+    pub proc_pid_from_inode: i32,
+    /// pid.level, pid.numbers, sizeof(struct upid), upid.nr
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_size: u32,
+    pub upid_nr: u32,
+    /// task_struct.group_leader, task_struct.comm, task_struct.thread_pid
+    pub task_group_leader: u32,
+    pub task_comm: u32,
+    pub task_thread_pid: u32,
+    pub valid: u32,
 }
 
 /// Offsets (from the kernel's BTF) needed to read the caller's pids cgroup counter and limit:
@@ -295,4 +382,5 @@ mod user {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::PidsLimitOffsets {}
     unsafe impl aya::Pod for super::FdPidOffsets {}
+    unsafe impl aya::Pod for super::TruthOffsets {}
 }

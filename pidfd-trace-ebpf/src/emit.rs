@@ -6,9 +6,15 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, generated},
 };
 use aya_log_ebpf::warn;
-use pidfd_trace_common::{CounterKey, EnterState, EventRecord, Mode, clone_flags, stats};
+use pidfd_trace_common::{CounterKey, EnterState, EventKind, EventRecord, Mode, clone_flags, stats, xhints};
 
-use crate::maps::{EVENTS, OUTCOMES, bump_stat};
+use crate::{
+    maps::{EVENTS, OUTCOMES, bump_stat},
+    task::{caller_ns, leader_comm},
+};
+
+/// The `xhints` bits that name an outcome (its stage, its ABI) and so go into counter keys.
+const COUNTED_XHINTS: u8 = xhints::COMPAT | xhints::DENIED | xhints::ARGS;
 
 /// Counts the outcome and sends the record. `ret` is the syscall's raw return value.
 #[inline(always)]
@@ -55,9 +61,22 @@ pub fn finish<C: EbpfContext>(
         (*rec).hints = hints;
         (*rec)._pad = 0;
         (*rec).target_pid = st.target_pid;
+        (*rec).child_pid = st.child_pid;
+        let (level, ns_pid) = caller_ns();
+        (*rec).ns_pid = ns_pid;
+        let is_clone = kind == EventKind::Clone as u8 || kind == EventKind::Clone3 as u8;
+        // A clone's return value is the child's pid in the caller's namespace.
+        (*rec).ns_other = if is_clone && level > 0 && ret > 0 { ret as i32 } else { st.ns_other };
+        (*rec).xhints = st.xhints;
+        (*rec)._pad2 = [0; 3];
         // Zero-fills the buffer itself if it fails, so nothing uninitialised leaves.
+        let thread_comm = core::ptr::addr_of_mut!((*rec).thread_comm);
+        generated::bpf_get_current_comm(thread_comm.cast(), size_of::<[u8; 16]>() as u32);
+        // The process's name is its thread-group leader's; the thread's when unreadable.
         let comm = core::ptr::addr_of_mut!((*rec).comm);
-        generated::bpf_get_current_comm(comm.cast(), size_of::<[u8; 16]>() as u32);
+        if !leader_comm(comm.cast()) {
+            generated::bpf_get_current_comm(comm.cast(), size_of::<[u8; 16]>() as u32);
+        }
     }
     entry.submit(wakeup_flags());
 }
@@ -94,9 +113,15 @@ fn count_outcome<C: EbpfContext>(ctx: &C, kind: u8, hints: u8, st: &EnterState, 
         kind,
         hints,
         signal,
-        _pad: 0,
+        xhints: st.xhints & COUNTED_XHINTS,
         errno: if ret < 0 { (-ret) as u32 } else { 0 },
-        flag_bits: if is_clone { (st.flags & clone_flags::PIDFD_CONFLICTS) as u32 } else { 0 },
+        flag_bits: if is_clone {
+            (st.flags & clone_flags::PIDFD_CONFLICTS) as u32
+        } else if kind == EventKind::PidfdOpen as u8 {
+            pidfd_open_flag_bits(st.flags)
+        } else {
+            0
+        },
     };
     if let Some(v) = OUTCOMES.get_ptr_mut(&key) {
         unsafe { *v += 1 };
@@ -112,4 +137,14 @@ fn count_outcome<C: EbpfContext>(ctx: &C, kind: u8, hints: u8, st: &EnterState, 
     }
     bump_stat(stats::OUTCOMES_FULL);
     warn!(ctx, "outcome counter map full: kind {} errno {} not counted", kind, key.errno);
+}
+
+/// pidfd_open's flags as a counter key keeps them: PIDFD_THREAD (refused before 6.9) and one
+/// bit for "any flag no kernel accepts", so the key space stays at four values.
+#[inline(always)]
+fn pidfd_open_flag_bits(flags: u64) -> u32 {
+    const PIDFD_NONBLOCK: u64 = 0o4000;
+    const PIDFD_THREAD: u64 = 0o200;
+    let unknown = if flags & !(PIDFD_NONBLOCK | PIDFD_THREAD) != 0 { 0x8000_0000 } else { 0 };
+    (flags & PIDFD_THREAD) as u32 | unknown
 }

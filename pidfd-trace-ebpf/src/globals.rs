@@ -1,6 +1,6 @@
 //! Values the agent fills in at load time from the running kernel (tracepoint format files,
 //! BTF). Rust eBPF has no CO-RE relocations, so nothing here may be trusted at its default.
-use pidfd_trace_common::{FdPidOffsets, PidsLimitOffsets};
+use pidfd_trace_common::{FdPidOffsets, PidsLimitOffsets, TruthOffsets};
 
 /// Byte offsets of the syscall tracepoint fields, from
 /// `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`: every sys_enter record places its
@@ -55,4 +55,31 @@ static FD_PID_OFFSETS: FdPidOffsets = FdPidOffsets {
 #[inline(always)]
 pub fn fd_pid_offsets() -> FdPidOffsets {
     unsafe { core::ptr::read_volatile(&FD_PID_OFFSETS) }
+}
+
+/// Offsets behind the facts a caller cannot forge (file kinds, pid namespaces, process
+/// name), from BTF; `valid == 0` when unknown.
+#[unsafe(no_mangle)]
+static TRUTH_OFFSETS: TruthOffsets = TruthOffsets {
+    file_dentry: 0,
+    dentry_name: 0,
+    dentry_parent: 0,
+    inode_sb: 0,
+    inode_mode: 0,
+    sb_magic: 0,
+    sb_root: 0,
+    proc_pid_from_inode: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_size: 0,
+    upid_nr: 0,
+    task_group_leader: 0,
+    task_comm: 0,
+    task_thread_pid: 0,
+    valid: 0,
+};
+
+#[inline(always)]
+pub fn truth_offsets() -> TruthOffsets {
+    unsafe { core::ptr::read_volatile(&TRUTH_OFFSETS) }
 }

@@ -1,43 +1,225 @@
 //! Reads inside kernel structures, only through offsets the agent took from this kernel's
 //! BTF (there are no CO-RE relocations in Rust eBPF). Every read can fail; failure means
 //! "unknown", never a guess.
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated};
+use pidfd_trace_common::{FdPidOffsets, TruthOffsets};
 
-use crate::globals::{fd_pid_offsets, pids_limit_offsets};
+use crate::globals::{fd_pid_offsets, pids_limit_offsets, truth_offsets};
 
 #[inline(always)]
 unsafe fn read_ptr(base: *const u8, off: u32) -> Option<*const u8> {
     unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const *const u8) }.ok().filter(|p| !p.is_null())
 }
 
+/// `super_block.s_magic` of pidfs (include/uapi/linux/magic.h PID_FS_MAGIC, 6.9+).
+const PID_FS_MAGIC: u64 = 0x5049_4446;
+/// `super_block.s_magic` of procfs (PROC_SUPER_MAGIC).
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+/// The dentry name anon_inode_getfile() gives a pidfd before 6.9 (`anon_inode:[pidfd]`).
+const ANON_PIDFD_NAME: [u8; 8] = *b"[pidfd]\0";
+const S_IFMT: u16 = 0o170000;
+const S_IFDIR: u16 = 0o040000;
+/// Deepest pid namespace nesting the kernel allows (MAX_PID_NS_LEVEL is 32).
+const PID_NS_LEVEL_MASK: u32 = 31;
+/// How many fds of the caller a clone exit scans for the child's pidfd when the number in
+/// user memory is not it. The kernel installs the lowest free fd, so a real pidfd lies
+/// beyond this only in a process holding this many fds open.
+pub const PIDFD_SCAN_FDS: u32 = 256;
+
+/// The current task's open file array and its size.
+#[inline(always)]
+unsafe fn fd_array(off: &FdPidOffsets) -> Option<(*const u8, u32)> {
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let files = read_ptr(task, off.task_files)?;
+        let fdt = read_ptr(files, off.files_fdt)?;
+        let max = bpf_probe_read_kernel(fdt.add(off.fdt_max_fds as usize) as *const u32).ok()?;
+        Some((read_ptr(fdt, off.fdt_fd)?, max))
+    }
+}
+
+/// The struct pid of `file` if it is a pidfd, checked by the file's kind (pidfs superblock
+/// on 6.9+, the anon inode's "[pidfd]" dentry before): an fd that is not a pidfd never
+/// yields a pid read from some other structure.
+#[inline(always)]
+unsafe fn pidfd_pid(file: *const u8, off: &FdPidOffsets, t: &TruthOffsets) -> Option<*const u8> {
+    unsafe {
+        if off.via_inode != 0 {
+            let inode = read_ptr(file, off.file_f_inode)?;
+            let sb = read_ptr(inode, t.inode_sb)?;
+            let magic = bpf_probe_read_kernel(sb.add(t.sb_magic as usize) as *const u64).ok()?;
+            if magic != PID_FS_MAGIC {
+                return None;
+            }
+            read_ptr(inode, off.inode_i_private)
+        } else {
+            let dentry = read_ptr(file, t.file_dentry)?;
+            let name = read_ptr(dentry, t.dentry_name)?;
+            let bytes = bpf_probe_read_kernel(name as *const [u8; 8]).ok()?;
+            if bytes != ANON_PIDFD_NAME {
+                return None;
+            }
+            read_ptr(file, off.file_private_data)
+        }
+    }
+}
+
+/// The struct pid of a `/proc/<pid>` directory (what pidfd_send_signal also accepts, through
+/// tgid_pidfd_to_pid): a procfs directory right below its mount's root whose proc_inode
+/// carries a pid. Other proc files and directories yield None.
+#[inline(always)]
+unsafe fn proc_dir_pid(file: *const u8, off: &FdPidOffsets, t: &TruthOffsets) -> Option<*const u8> {
+    unsafe {
+        let inode = read_ptr(file, off.file_f_inode)?;
+        let sb = read_ptr(inode, t.inode_sb)?;
+        let magic = bpf_probe_read_kernel(sb.add(t.sb_magic as usize) as *const u64).ok()?;
+        let mode = bpf_probe_read_kernel(inode.add(t.inode_mode as usize) as *const u16).ok()?;
+        if magic != PROC_SUPER_MAGIC || mode & S_IFMT != S_IFDIR {
+            return None;
+        }
+        let dentry = read_ptr(file, t.file_dentry)?;
+        let parent = read_ptr(dentry, t.dentry_parent)?;
+        let root = read_ptr(sb, t.sb_root)?;
+        if parent != root {
+            return None;
+        }
+        let slot = inode.wrapping_offset(t.proc_pid_from_inode as isize) as *const *const u8;
+        bpf_probe_read_kernel(slot).ok().filter(|p| !p.is_null())
+    }
+}
+
+/// `pid->numbers[level].nr`, or 0 when the pid is not visible at that level.
+#[inline(always)]
+unsafe fn pid_nr_at(pid: *const u8, level: u32, t: &TruthOffsets) -> i32 {
+    unsafe {
+        let Ok(own) = bpf_probe_read_kernel(pid.add(t.pid_level as usize) as *const u32) else { return 0 };
+        let level = level & PID_NS_LEVEL_MASK;
+        if level > own {
+            return 0;
+        }
+        let at = t.pid_numbers as usize + (level * t.upid_size) as usize + t.upid_nr as usize;
+        bpf_probe_read_kernel(pid.add(at) as *const i32).unwrap_or(0)
+    }
+}
+
+/// The pid behind `fd` in the current task's fd table, in the initial namespace and in
+/// `level` (the caller's namespace; 0 means "not needed"). `proc_dirs` also resolves
+/// `/proc/<pid>` directories (pidfd_send_signal accepts them). `checked` tells whether the
+/// kernel could check the file's kind at all.
+#[derive(Clone, Copy, Default)]
+pub struct FdTarget {
+    pub host: i32,
+    pub ns: i32,
+    pub checked: bool,
+}
+
+#[inline(always)]
+pub fn fd_target(fd: u64, proc_dirs: bool, level: u32) -> FdTarget {
+    let off = fd_pid_offsets();
+    let t = truth_offsets();
+    let mut out = FdTarget::default();
+    if off.valid == 0 || t.valid == 0 {
+        return out;
+    }
+    unsafe {
+        let Some((fds, max)) = fd_array(&off) else { return out };
+        out.checked = true;
+        if fd >= max as u64 {
+            return out;
+        }
+        let Some(file) = read_ptr(fds, (fd as u32).wrapping_mul(8)) else { return out };
+        let pid = match pidfd_pid(file, &off, &t) {
+            Some(p) => Some(p),
+            None if proc_dirs => proc_dir_pid(file, &off, &t),
+            None => None,
+        };
+        let Some(pid) = pid else { return out };
+        out.host = bpf_probe_read_kernel(pid.add(off.pid_numbers_nr as usize) as *const i32).unwrap_or(0);
+        if level > 0 {
+            out.ns = pid_nr_at(pid, level, &t);
+        }
+    }
+    out
+}
+
 /// The pid (initial namespace) behind `fd` in the current task's fd table, if `fd` is a
-/// pidfd the caller holds. Called at syscall entry, before the fd could go away.
+/// pidfd the caller holds; 0 otherwise or when the kernel's shapes are unknown. Called at
+/// syscall entry, before the fd could go away.
+#[allow(dead_code)] // the stable entry point for other programs (issue 13's use facts)
 #[inline(always)]
 pub fn pidfd_target(fd: u64) -> i32 {
+    fd_target(fd, false, 0).host
+}
+
+/// The fd of the caller's pidfd for the task with host pid `child`: `hint` (the number the
+/// kernel wrote to user memory, which the caller may since have changed) if that fd is it,
+/// else the lowest such fd among the first `PIDFD_SCAN_FDS`. None when there is none or the
+/// kernel's shapes are unknown.
+#[inline(always)]
+pub fn installed_pidfd(hint: i64, child: i32) -> Option<i32> {
     let off = fd_pid_offsets();
-    if off.valid == 0 {
-        return 0;
+    let t = truth_offsets();
+    if off.valid == 0 || t.valid == 0 || child <= 0 {
+        return None;
+    }
+    unsafe {
+        let (fds, max) = fd_array(&off)?;
+        let is_child = |fd: u32| -> bool {
+            let Some(file) = read_ptr(fds, fd.wrapping_mul(8)) else { return false };
+            let Some(pid) = pidfd_pid(file, &off, &t) else { return false };
+            bpf_probe_read_kernel(pid.add(off.pid_numbers_nr as usize) as *const i32) == Ok(child)
+        };
+        if hint >= 0 && hint < max as i64 && is_child(hint as u32) {
+            return Some(hint as i32);
+        }
+        let mut fd = 0u32;
+        while fd < PIDFD_SCAN_FDS {
+            if fd >= max {
+                return None;
+            }
+            if is_child(fd) {
+                return Some(fd as i32);
+            }
+            fd += 1;
+        }
+        None
+    }
+}
+
+/// The caller's pid namespace level and its process id there (0, 0 in the initial
+/// namespace or when unknown).
+#[inline(always)]
+pub fn caller_ns() -> (u32, i32) {
+    let t = truth_offsets();
+    if t.valid == 0 {
+        return (0, 0);
     }
     unsafe {
         let task = bpf_get_current_task() as *const u8;
-        let Some(files) = read_ptr(task, off.task_files) else { return 0 };
-        let Some(fdt) = read_ptr(files, off.files_fdt) else { return 0 };
-        let max = bpf_probe_read_kernel(fdt.add(off.fdt_max_fds as usize) as *const u32).unwrap_or(0);
-        if fd >= max as u64 {
-            return 0;
-        }
-        let Some(fds) = read_ptr(fdt, off.fdt_fd) else { return 0 };
-        let Some(file) = read_ptr(fds, (fd as u32).wrapping_mul(8)) else { return 0 };
-        let pid = if off.via_inode != 0 {
-            match read_ptr(file, off.file_f_inode) {
-                Some(inode) => read_ptr(inode, off.inode_i_private),
-                None => None,
-            }
-        } else {
-            read_ptr(file, off.file_private_data)
+        let Some(leader) = read_ptr(task, t.task_group_leader) else { return (0, 0) };
+        let Some(pid) = read_ptr(leader, t.task_thread_pid) else { return (0, 0) };
+        let Ok(level) = bpf_probe_read_kernel(pid.add(t.pid_level as usize) as *const u32) else {
+            return (0, 0);
         };
-        let Some(pid) = pid else { return 0 };
-        bpf_probe_read_kernel(pid.add(off.pid_numbers_nr as usize) as *const i32).unwrap_or(0)
+        if level == 0 {
+            return (0, 0);
+        }
+        (level & PID_NS_LEVEL_MASK, pid_nr_at(pid, level, &t))
+    }
+}
+
+/// Copies the process's name (the thread-group leader's comm) into `dst`; false when it
+/// cannot be read.
+#[inline(always)]
+pub fn leader_comm(dst: *mut u8) -> bool {
+    let t = truth_offsets();
+    if t.valid == 0 {
+        return false;
+    }
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Some(leader) = read_ptr(task, t.task_group_leader) else { return false };
+        generated::bpf_probe_read_kernel_str(dst.cast(), 16, leader.add(t.task_comm as usize).cast()) > 0
     }
 }
 
@@ -57,4 +239,10 @@ pub fn pids_cgroup_at_limit() -> bool {
         let limit = bpf_probe_read_kernel(css.add(off.pids_limit as usize) as *const i64).unwrap_or(i64::MAX);
         counter >= limit
     }
+}
+
+/// Whether the fd-table walk can check file kinds on this kernel (offsets known).
+#[inline(always)]
+pub fn fd_walk_known() -> bool {
+    fd_pid_offsets().valid != 0 && truth_offsets().valid != 0
 }

@@ -24,8 +24,10 @@ impl Enricher {
 }
 
 fn enrich(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
-    // Only when the kernel could not resolve the pidfd at syscall entry.
+    // Only when the kernel could not check the fd at syscall entry (a checked fd that is not
+    // a pidfd has no target, whatever the fd number means in /proc by now).
     if ev.target_pid.is_none()
+        && !ev.target_checked
         && let Some(fd) = ev.used_pidfd
     {
         ev.target_pid = pidfd_target(ev.pid, fd);

@@ -13,9 +13,17 @@ pub struct Event {
     pub seq: u64,
     #[serde(serialize_with = "event_name")]
     pub event: EventKind,
+    /// Host (initial pid namespace) process and thread ids.
     pub pid: u32,
     pub tid: u32,
+    /// The caller's process id in its own pid namespace, when that is not the initial one.
+    pub ns_pid: Option<i64>,
+    /// The process's name (its thread-group leader's comm); `--comm` matches this.
     pub comm: String,
+    /// The calling thread's name.
+    pub thread_comm: String,
+    /// The call came through the 32-bit (ia32) syscall entry.
+    pub compat: bool,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
     pub container_id: Option<String>,
@@ -31,8 +39,16 @@ pub struct Event {
     pub errno: Option<String>,
     pub stage: Option<Stage>,
     pub pidfd: Option<i32>,
+    /// The new child, host pid namespace.
     pub child_pid: Option<i64>,
+    /// The child's pid in the caller's namespace (the clone's return value), when the caller
+    /// is not in the initial namespace.
+    pub ns_child_pid: Option<i64>,
+    /// The process the call targets, host pid namespace.
     pub target_pid: Option<i64>,
+    /// The target's pid in the caller's namespace, when the caller is not in the initial
+    /// namespace.
+    pub ns_target_pid: Option<i64>,
     pub signal: Option<String>,
     pub signal_nr: Option<u64>,
     pub target_fd: Option<i64>,
@@ -44,6 +60,10 @@ pub struct Event {
     /// The pidfd a call that uses one passed (pidfd_getfd, pidfd_send_signal, ...); when the
     /// kernel could not resolve it to `target_pid`, the enricher tries /proc.
     pub used_pidfd: Option<i32>,
+    /// The kernel checked what the used fd is, so a null `target_pid` is a fact ("not a
+    /// process fd"), which the enricher must not fill from /proc.
+    #[serde(skip)]
+    pub target_checked: bool,
 }
 
 impl Event {

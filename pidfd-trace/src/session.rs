@@ -73,7 +73,14 @@ impl Session {
         let ring_bytes = args.ring_kib.map(|k| k * 1024);
         let forced = matches!(args.mode, ModeChoice::Fentry | ModeChoice::Kprobe);
         let probes = Probes::load(
-            &LoadOptions { layout, btf: &btf, kallsyms: &kallsyms, forced, ring_bytes },
+            &LoadOptions {
+                layout,
+                btf: &btf,
+                kallsyms: &kallsyms,
+                forced,
+                ring_bytes,
+                newtask: tracefs::newtask_layout(&root),
+            },
             &mut plan,
             &fns,
         )?;

@@ -114,6 +114,16 @@ pub fn syscall_layout(root: &Path) -> Result<SyscallLayout, TracefsError> {
     layout.ok_or_else(|| TracefsError::MissingTracepoint("syscalls".into()))
 }
 
+/// Whether `task:task_newtask` has the layout its program reads: `pid` at 8 and an 8-byte
+/// `clone_flags` at 32 (5.10 through 6.18).
+pub fn newtask_layout(root: &Path) -> Result<(), String> {
+    let fields = field_offsets(root, "task", "task_newtask").map_err(|e| e.to_string())?;
+    match (fields.get("pid"), fields.get("clone_flags")) {
+        (Some(8), Some(32)) => Ok(()),
+        (p, f) => Err(format!("task_newtask fields pid at {p:?}, clone_flags at {f:?}; expected 8 and 32")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

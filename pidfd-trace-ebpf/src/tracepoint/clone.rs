@@ -4,16 +4,21 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use pidfd_trace_common::{EventKind, clone_flags::CLONE_PIDFD, hints, stats};
+use pidfd_trace_common::{
+    EventKind,
+    clone_flags::{CLONE_PIDFD, CSIGNAL},
+    hints, stats, xhints,
+};
 
 use super::{arg, entry, mode_of, ret, save, take};
 use crate::{
     emit,
     maps::{bump_stat, in_flight},
-    task::pids_cgroup_at_limit,
+    task::{fd_walk_known, installed_pidfd, pids_cgroup_at_limit},
 };
 
 const EAGAIN: i64 = 11;
+const EFAULT: i64 = 14;
 /// Offset of `pidfd` in `struct clone_args` (uapi, fixed since clone3 appeared in 5.3).
 const CLONE_ARGS_PIDFD_OFF: u64 = 8;
 
@@ -37,15 +42,24 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     let uargs = arg(&ctx, 0);
     let Ok(flags) = (unsafe { bpf_probe_read_user(uargs as *const u64) }) else {
         // Unreadable args: either the call fails with EFAULT before any pidfd work, or the
-        // page was not resident and we cannot know the flags. Counted, never guessed.
+        // page was not resident yet (an untouched file mapping) and the kernel will fault it
+        // in. Counted, and followed to the exit: task_newtask then says what the kernel did.
         bump_stat(stats::CLONE3_ARGS_UNREADABLE);
+        let mut st = entry(EventKind::Clone3, 0, 0, 0, 0, 0);
+        st.hints = hints::UARGS_FAULT;
+        st.uargs = uargs;
+        st.usize = arg(&ctx, 1);
+        save(&st);
         return 0;
     };
     if flags & CLONE_PIDFD == 0 {
         return 0;
     }
     let uptr = unsafe { bpf_probe_read_user((uargs + CLONE_ARGS_PIDFD_OFF) as *const u64) }.unwrap_or(0);
-    save(&entry(EventKind::Clone3, flags, 0, 0, uptr, 0));
+    let mut st = entry(EventKind::Clone3, flags, 0, 0, uptr, 0);
+    st.uargs = uargs;
+    st.usize = arg(&ctx, 1);
+    save(&st);
     0
 }
 
@@ -73,19 +87,94 @@ fn clone_exit(ctx: &TracePointContext) {
         return;
     }
     let id = bpf_get_current_pid_tgid();
-    let Some(st) = take(id) else {
+    let Some(mut st) = take(id) else {
         return;
     };
     let ret = ret(ctx);
+    let newtask = st.xhints & xhints::NEWTASK != 0;
+    if st.hints & hints::UARGS_FAULT != 0 {
+        // clone3 whose flags were unreadable at entry: what the kernel acted on, else the
+        // flags as they read now (the kernel faulted the page in), else nothing to report.
+        if newtask {
+            st.flags = st.kflags;
+        } else if let Ok(f) = unsafe { bpf_probe_read_user(st.uargs as *const u64) } {
+            st.flags = f;
+        }
+        if st.flags & CLONE_PIDFD == 0 {
+            return;
+        }
+        st.hints &= !hints::UARGS_FAULT;
+    }
+    if st.uptr == 0 && st.kind == EventKind::Clone3 as u8 {
+        st.uptr =
+            unsafe { bpf_probe_read_user((st.uargs + CLONE_ARGS_PIDFD_OFF) as *const u64) }.unwrap_or(0);
+    }
     let mut extra = 0u8;
     let mut pidfd = -1i32;
     if ret > 0 {
-        match unsafe { bpf_probe_read_user(st.uptr as *const i32) } {
-            Ok(fd) => pidfd = fd,
-            Err(_) => extra |= hints::PIDFD_READBACK_FAULT,
+        // The number in user memory is only a hint: the caller (or a CLONE_VM child) may
+        // have overwritten it since the kernel wrote it. The pidfd is the fd in the caller's
+        // table whose struct pid is the child the kernel created.
+        let hint = unsafe { bpf_probe_read_user(st.uptr as *const i32) };
+        if newtask && fd_walk_known() {
+            match installed_pidfd(hint.map_or(-1, i64::from), st.child_pid) {
+                Some(fd) => {
+                    pidfd = fd;
+                    if hint != Ok(fd) {
+                        st.xhints |= xhints::PIDFD_SLOT_FORGED;
+                    }
+                }
+                None => st.xhints |= xhints::PIDFD_NOT_FOUND,
+            }
+        } else {
+            match hint {
+                Ok(fd) => pidfd = fd,
+                Err(_) => extra |= hints::PIDFD_READBACK_FAULT,
+            }
+        }
+        if newtask {
+            // The flags the kernel acted on; the exit signal (CSIGNAL) is not among them.
+            st.flags = st.kflags | (st.flags & CSIGNAL);
         }
     } else if ret == -EAGAIN && pids_cgroup_at_limit() {
         extra |= hints::PIDS_AT_LIMIT;
+    } else if ret == -EFAULT
+        && st.kind == EventKind::Clone3 as u8
+        && st.hints & hints::COPY_PROCESS == 0
+        && clone3_args_unreadable(&st)
+    {
+        // copy_clone_args_from_user refused the arguments: no pid, no pidfd ever existed.
+        st.xhints |= xhints::ARGS;
     }
     emit::finish(ctx, &st, id, ret, pidfd, extra, mode_of(&st));
+}
+
+/// Offsets in `struct clone_args` (uapi): `set_tid` and `set_tid_size` (CLONE_ARGS_SIZE_VER1).
+const CLONE_ARGS_SET_TID_OFF: u64 = 64;
+const CLONE_ARGS_SET_TID_SIZE_OFF: u64 = 72;
+/// The largest `struct clone_args` the kernel reads (VER2, 5.7+); bigger sizes must be zero.
+const CLONE_ARGS_MAX: u64 = 88;
+
+/// Whether clone3's argument memory (the struct, then its set_tid array) is unreadable now:
+/// what makes copy_clone_args_from_user fail with EFAULT before copy_process. Memory the
+/// kernel read is resident at exit, so a read that fails here failed for the kernel too.
+#[inline(always)]
+fn clone3_args_unreadable(st: &pidfd_trace_common::EnterState) -> bool {
+    let size = if st.usize > CLONE_ARGS_MAX { CLONE_ARGS_MAX } else { st.usize };
+    if size == 0 {
+        return false;
+    }
+    let readable = |p: u64| unsafe { bpf_probe_read_user(p as *const u8) }.is_ok();
+    if !readable(st.uargs) || !readable(st.uargs + size - 1) {
+        return true;
+    }
+    if size < CLONE_ARGS_SET_TID_SIZE_OFF + 8 {
+        return false;
+    }
+    let set_tid =
+        unsafe { bpf_probe_read_user((st.uargs + CLONE_ARGS_SET_TID_OFF) as *const u64) }.unwrap_or(0);
+    let n =
+        unsafe { bpf_probe_read_user((st.uargs + CLONE_ARGS_SET_TID_SIZE_OFF) as *const u64) }.unwrap_or(0);
+    // More than MAX_PID_NS_LEVEL (32) entries is EINVAL, not EFAULT.
+    n > 0 && n <= 32 && (!readable(set_tid) || !readable(set_tid + 4 * n - 1))
 }

@@ -2,10 +2,11 @@
 //! hosts that refuse fentry and lack kprobes. Each syscall has an enter program that saves its
 //! arguments per thread and an exit program that emits the outcome.
 mod clone;
+mod newtask;
 mod pidfd;
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
-use pidfd_trace_common::{EnterState, EventKind, Mode, hints, stats};
+use pidfd_trace_common::{EnterState, EventKind, Mode, hints, stats, xhints};
 
 use crate::{
     emit,
@@ -94,13 +95,37 @@ fn ret(ctx: &TracePointContext) -> i64 {
 }
 
 /// Exit path shared by the pidfd_* syscalls, which need nothing beyond their arguments.
+/// A failed call whose entry never fired was refused before the syscall ran (seccomp, a
+/// tracer): it is reported as `denied` (`kind` names the syscall; `Waitid` never is, its exit
+/// is hot and its entry filters on the id type).
 #[inline(always)]
-fn exit_simple(ctx: &TracePointContext) {
+fn exit_simple(ctx: &TracePointContext, kind: EventKind) {
     let id = bpf_get_current_pid_tgid();
-    let Some(st) = take(id) else {
+    let ret = ret(ctx);
+    let Some(mut st) = take(id) else {
+        if ret < 0 && kind != EventKind::Waitid {
+            emit::finish(ctx, &denied(kind), id, ret, -1, 0, Mode::Tracepoint);
+        }
         return;
     };
-    emit::finish(ctx, &st, id, ret(ctx), -1, 0, mode_of(&st));
+    if kind == EventKind::PidfdOpen && ret >= 0 {
+        // The target as the kernel resolved it: the pid behind the pidfd it installed.
+        let (level, _) = crate::task::caller_ns();
+        let t = crate::task::fd_target(ret as u64, false, level);
+        if t.checked {
+            st.target_pid = t.host;
+            st.xhints |= xhints::TARGET_CHECKED;
+        }
+    }
+    emit::finish(ctx, &st, id, ret, -1, 0, mode_of(&st));
+}
+
+/// The state of a call whose entry never ran: nothing but its kind is known.
+#[inline(always)]
+fn denied(kind: EventKind) -> EnterState {
+    let mut st = entry(kind, 0, 0, 0, 0, 0);
+    st.xhints = xhints::DENIED;
+    st
 }
 
 /// Exit path of the calls that use a pidfd: returns before any map look-up unless such a
@@ -111,7 +136,7 @@ fn exit_use(ctx: &TracePointContext) {
     if !is_open(&USES_IN_FLIGHT) {
         return;
     }
-    exit_simple(ctx);
+    exit_simple(ctx, EventKind::Waitid);
 }
 
 /// A fresh entry state as the tracepoints see a call; function probes may add to it later.
@@ -128,6 +153,13 @@ fn entry(kind: EventKind, flags: u64, arg0: u64, arg1: u64, uptr: u64, target_pi
         mode: Mode::Tracepoint as u8,
         _pad: 0,
         target_pid,
+        kflags: 0,
+        uargs: 0,
+        usize: 0,
+        child_pid: 0,
+        ns_other: 0,
+        xhints: 0,
+        _pad2: [0; 7],
     }
 }
 

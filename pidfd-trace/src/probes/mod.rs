@@ -14,7 +14,7 @@ use aya::{
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use log::{debug, warn};
-use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, globals, stats};
+use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, TruthOffsets, globals, stats};
 
 use crate::{
     btf::Btf,
@@ -56,6 +56,9 @@ pub struct LoadOptions<'a> {
     pub kallsyms: &'a Kallsyms,
     /// A forced function-probe mode fails the start instead of falling back.
     pub forced: bool,
+    /// `task:task_newtask` has the record layout its program reads (tracefs.rs); `Err`
+    /// says why not, and the program is not attached.
+    pub newtask: Result<(), String>,
     /// Ring-buffer size in bytes (power of two); `None` keeps the built-in default.
     pub ring_bytes: Option<u32>,
 }
@@ -70,6 +73,9 @@ pub struct Attached {
 pub struct Probes {
     ebpf: Ebpf,
     pub attached: Vec<Attached>,
+    /// What the running configuration cannot see or check, one line each (`check`'s
+    /// "blind_spots"); empty when nothing is known to be missing.
+    pub blind_spots: Vec<String>,
     /// aya's view of the kernel BTF, needed to load fentry/fexit; read on first use.
     aya_btf: Option<aya::Btf>,
     loaded: HashSet<&'static str>,
@@ -82,17 +88,26 @@ impl Probes {
     pub fn load(opts: &LoadOptions<'_>, plan: &mut [HookPlan], fns: &[FnHook]) -> Result<Self, LoadError> {
         let pids = pids_limit_offsets(opts.btf);
         let fd_pid = fd_pid_offsets(opts.btf);
+        let truth = truth_offsets(opts.btf);
+        let mut blind_spots = Vec::new();
+        if fd_pid.valid == 0 || truth.valid == 0 {
+            blind_spots.push(
+                "fd kinds: the kernel's file/dentry/pid shapes are not in BTF; a clone's pidfd is the number in user memory (forgeable), target_pid comes from /proc, comm is the thread's and no ns_* fields".to_string(),
+            );
+        }
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::TP_ARG0, &opts.layout.arg0, true)
             .override_global(globals::TP_RET, &opts.layout.ret, true)
             .override_global(globals::PIDS_LIMIT, &pids, true)
-            .override_global(globals::FD_PID, &fd_pid, true);
+            .override_global(globals::FD_PID, &fd_pid, true)
+            .override_global(globals::TRUTH, &truth, true);
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let ebpf = loader.load(OBJECT)?;
-        let mut probes = Probes { ebpf, attached: Vec::new(), aya_btf: None, loaded: HashSet::new() };
+        let mut probes =
+            Probes { ebpf, attached: Vec::new(), blind_spots, aya_btf: None, loaded: HashSet::new() };
         for hook in plan.iter() {
             if hook.chosen == Some(AttachMode::Tracepoint) {
                 for dir in ["enter", "exit"] {
@@ -100,6 +115,13 @@ impl Probes {
                 }
                 probes.attached.push(Attached { hook: hook.hook, mode: AttachMode::Tracepoint });
             }
+        }
+        // The child and the flags as the kernel created them (clone pidfds, their flags).
+        match &opts.newtask {
+            Ok(()) => probes.attach_event_tracepoint(NEWTASK_PROG, "task", "task_newtask")?,
+            Err(why) => probes.blind_spots.push(format!(
+                "task:task_newtask unusable ({why}): a clone's pidfd is the number in user memory and its flags are the caller's"
+            )),
         }
         for f in fns {
             let Some(hp) = plan.iter_mut().find(|h| h.hook == f.hook) else { continue };
@@ -208,6 +230,23 @@ impl Probes {
                 p.attach(symbol, 0).map_err(|e| format!("attach: {e}"))?;
             }
         }
+        Ok(())
+    }
+
+    /// Loads program `name` and attaches it to the tracepoint `category:event`.
+    fn attach_event_tracepoint(&mut self, name: &str, category: &str, event: &str) -> Result<(), LoadError> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::MissingProgram(name.into()))?
+            .try_into()
+            .map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
+        prog.load().map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
+        prog.attach(category, event).map_err(|err| LoadError::Attach {
+            name: name.into(),
+            target: format!("{category}:{event}"),
+            err: Box::new(err),
+        })?;
         Ok(())
     }
 
@@ -418,6 +457,45 @@ fn fd_pid_offsets(btf: &Btf) -> FdPidOffsets {
                 "cannot resolve pidfds in the kernel on this kernel ({e}); target_pid comes from /proc and may be missing"
             );
             FdPidOffsets::default()
+        }
+    }
+}
+
+/// The program on `task:task_newtask` (pidfd-trace-ebpf/src/tracepoint/newtask.rs).
+const NEWTASK_PROG: &str = "task_newtask";
+
+/// Offsets behind the facts a caller cannot forge: file kinds (pidfs superblock, anon-inode
+/// dentry name, /proc/<pid> directories), pid namespaces and the process name.
+fn truth_offsets(btf: &Btf) -> TruthOffsets {
+    let read = || -> Result<TruthOffsets, crate::btf::BtfError> {
+        Ok(TruthOffsets {
+            file_dentry: btf.member_offset("file", "f_path")? + btf.member_offset("path", "dentry")?,
+            dentry_name: btf.member_offset("dentry", "d_name")? + btf.member_offset("qstr", "name")?,
+            dentry_parent: btf.member_offset("dentry", "d_parent")?,
+            inode_sb: btf.member_offset("inode", "i_sb")?,
+            inode_mode: btf.member_offset("inode", "i_mode")?,
+            sb_magic: btf.member_offset("super_block", "s_magic")?,
+            sb_root: btf.member_offset("super_block", "s_root")?,
+            proc_pid_from_inode: btf.member_offset("proc_inode", "pid")? as i32
+                - btf.member_offset("proc_inode", "vfs_inode")? as i32,
+            pid_level: btf.member_offset("pid", "level")?,
+            pid_numbers: btf.member_offset("pid", "numbers")?,
+            upid_size: btf.struct_size("upid")?,
+            upid_nr: btf.member_offset("upid", "nr")?,
+            task_group_leader: btf.member_offset("task_struct", "group_leader")?,
+            task_comm: btf.member_offset("task_struct", "comm")?,
+            task_thread_pid: btf.member_offset("task_struct", "thread_pid")?,
+            valid: 1,
+        })
+    };
+    match read() {
+        Ok(o) => {
+            debug!("fd kind / pid namespace offsets from BTF: {o:?}");
+            o
+        }
+        Err(e) => {
+            warn!("cannot check fd kinds or pid namespaces on this kernel ({e}); see `pidfd-trace check`");
+            TruthOffsets::default()
         }
     }
 }

@@ -42,7 +42,10 @@ mod tests {
             event: EventKind::Clone3,
             pid: 4242,
             tid: 4243,
+            ns_pid: None,
             comm: "worker".into(),
+            thread_comm: "worker-1".into(),
+            compat: false,
             cgroup_id: 1,
             cgroup: None,
             container_id: None,
@@ -55,7 +58,9 @@ mod tests {
             stage: Some(Stage::FdAlloc),
             pidfd: None,
             child_pid: None,
+            ns_child_pid: None,
             target_pid: None,
+            ns_target_pid: None,
             signal: None,
             signal_nr: None,
             target_fd: None,
@@ -64,6 +69,7 @@ mod tests {
             pidfd_allocated: None,
             copy_process_ns: None,
             used_pidfd: None,
+            target_checked: false,
         }
     }
 
