@@ -211,7 +211,15 @@ pub struct EventRecord {
     /// `xhints` bits.
     pub xhints: u8,
     pub _pad2: [u8; 3],
+    /// The name of the caller's cgroup2 directory (its kernfs node), read while the caller
+    /// was in the kernel: it names the container (`docker-<id>.scope`) even when the cgroup
+    /// is gone by the time the agent looks. NUL-terminated, truncated to fit; empty if unknown.
+    pub cgroup_name: [u8; CGROUP_NAME_BYTES],
 }
+
+/// Room for a cgroup directory name in a record: `cri-containerd-<64 hex>.scope` is 85
+/// bytes, kubelet's `kubepods-…-pod<uid>.slice:cri-containerd:<id>` about 120.
+pub const CGROUP_NAME_BYTES: usize = 128;
 
 /// Per-thread state kept between syscall entry and exit (`ENTER_STATE` map).
 #[repr(C)]
@@ -336,6 +344,15 @@ pub struct TruthOffsets {
     pub task_group_leader: u32,
     pub task_comm: u32,
     pub task_thread_pid: u32,
+    /// x86: offset of `task_struct.thread_info.status` (TS_COMPAT lives there) and whether
+    /// it is known (0 on other architectures: compat calls cannot be told apart).
+    pub task_ti_status: u32,
+    pub ti_status_valid: u32,
+    /// task_struct.cgroups → css_set.dfl_cgrp → cgroup.kn → kernfs_node.name; 0 if unknown.
+    pub cset_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kn_name: u32,
+    pub kn_valid: u32,
     pub valid: u32,
 }
 
@@ -350,6 +367,8 @@ pub struct PidsLimitOffsets {
     pub pids_cgrp_id: u32,
     pub pids_counter: u32,
     pub pids_limit: u32,
+    /// cgroup_subsys_state.parent: the walk up to the ancestors, whose limits also apply.
+    pub css_parent: u32,
     pub valid: u32,
 }
 

@@ -6,11 +6,13 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, generated},
 };
 use aya_log_ebpf::warn;
-use pidfd_trace_common::{CounterKey, EnterState, EventKind, EventRecord, Mode, clone_flags, stats, xhints};
+use pidfd_trace_common::{
+    CGROUP_NAME_BYTES, CounterKey, EnterState, EventKind, EventRecord, Mode, clone_flags, stats, xhints,
+};
 
 use crate::{
     maps::{EVENTS, OUTCOMES, bump_stat},
-    task::{caller_ns, leader_comm},
+    task::{caller_ns, cgroup_name, leader_comm},
 };
 
 /// The `xhints` bits that name an outcome (its stage, its ABI) and so go into counter keys.
@@ -69,6 +71,8 @@ pub fn finish<C: EbpfContext>(
         (*rec).ns_other = if is_clone && level > 0 && ret > 0 { ret as i32 } else { st.ns_other };
         (*rec).xhints = st.xhints;
         (*rec)._pad2 = [0; 3];
+        let cg = core::ptr::addr_of_mut!((*rec).cgroup_name);
+        cgroup_name(cg.cast(), CGROUP_NAME_BYTES as u32);
         // Zero-fills the buffer itself if it fails, so nothing uninitialised leaves.
         let thread_comm = core::ptr::addr_of_mut!((*rec).thread_comm);
         generated::bpf_get_current_comm(thread_comm.cast(), size_of::<[u8; 16]>() as u32);

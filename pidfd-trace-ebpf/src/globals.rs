@@ -19,6 +19,7 @@ static PIDS_LIMIT_OFFSETS: PidsLimitOffsets = PidsLimitOffsets {
     pids_cgrp_id: 0,
     pids_counter: 0,
     pids_limit: 0,
+    css_parent: 0,
     valid: 0,
 };
 
@@ -76,6 +77,12 @@ static TRUTH_OFFSETS: TruthOffsets = TruthOffsets {
     task_group_leader: 0,
     task_comm: 0,
     task_thread_pid: 0,
+    task_ti_status: 0,
+    ti_status_valid: 0,
+    cset_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kn_name: 0,
+    kn_valid: 0,
     valid: 0,
 };
 

@@ -223,8 +223,13 @@ pub fn leader_comm(dst: *mut u8) -> bool {
     }
 }
 
-/// Whether the current task's pids cgroup has reached pids.max. Only read on an EAGAIN
-/// failure.
+/// How many pids cgroups, from the caller's up, are checked for a reached limit: the kernel
+/// charges every level but the root (pids_try_charge), and real hierarchies are shallow.
+const PIDS_DEPTH: u32 = 16;
+
+/// Whether the current task's pids cgroup, or one of its ancestors, has no room for another
+/// task (counter >= pids.max): the pids controller refuses a fork when any level is full.
+/// Only read on an EAGAIN failure, after the kernel undid its charge.
 #[inline(always)]
 pub fn pids_cgroup_at_limit() -> bool {
     let off = pids_limit_offsets();
@@ -234,10 +239,22 @@ pub fn pids_cgroup_at_limit() -> bool {
     unsafe {
         let task = bpf_get_current_task() as *const u8;
         let Some(cset) = read_ptr(task, off.task_cgroups) else { return false };
-        let Some(css) = read_ptr(cset, off.css_set_subsys + 8 * off.pids_cgrp_id) else { return false };
-        let counter = bpf_probe_read_kernel(css.add(off.pids_counter as usize) as *const i64).unwrap_or(0);
-        let limit = bpf_probe_read_kernel(css.add(off.pids_limit as usize) as *const i64).unwrap_or(i64::MAX);
-        counter >= limit
+        let Some(mut css) = read_ptr(cset, off.css_set_subsys + 8 * off.pids_cgrp_id) else { return false };
+        let mut depth = 0;
+        while depth < PIDS_DEPTH {
+            // The root has no parent and no limit: it is never checked.
+            let Some(parent) = read_ptr(css, off.css_parent) else { return false };
+            let counter =
+                bpf_probe_read_kernel(css.add(off.pids_counter as usize) as *const i64).unwrap_or(0);
+            let limit =
+                bpf_probe_read_kernel(css.add(off.pids_limit as usize) as *const i64).unwrap_or(i64::MAX);
+            if counter >= limit {
+                return true;
+            }
+            css = parent;
+            depth += 1;
+        }
+        false
     }
 }
 
@@ -245,4 +262,44 @@ pub fn pids_cgroup_at_limit() -> bool {
 #[inline(always)]
 pub fn fd_walk_known() -> bool {
     fd_pid_offsets().valid != 0 && truth_offsets().valid != 0
+}
+
+/// x86 `TS_COMPAT` in `thread_info.status`: set while a 32-bit syscall runs, from its entry
+/// until the return to user space (after the sys_exit tracepoints).
+const TS_COMPAT: u32 = 0x0002;
+
+/// Whether the current syscall came through the 32-bit entry (x86 in_ia32_syscall()).
+#[inline(always)]
+pub fn in_compat_syscall() -> bool {
+    let t = truth_offsets();
+    if t.ti_status_valid == 0 {
+        return false;
+    }
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        bpf_probe_read_kernel(task.add(t.task_ti_status as usize) as *const u32)
+            .is_ok_and(|s| s & TS_COMPAT != 0)
+    }
+}
+
+/// Copies the name of the caller's cgroup2 directory into `dst` (`len` bytes, NUL-terminated);
+/// leaves `dst[0] = 0` when unknown.
+#[inline(always)]
+pub fn cgroup_name(dst: *mut u8, len: u32) {
+    let t = truth_offsets();
+    let p = pids_limit_offsets();
+    unsafe {
+        *dst = 0;
+        if t.kn_valid == 0 {
+            return;
+        }
+        let task = bpf_get_current_task() as *const u8;
+        let Some(cset) = read_ptr(task, p.task_cgroups) else { return };
+        let Some(cgrp) = read_ptr(cset, t.cset_dfl_cgrp) else { return };
+        let Some(kn) = read_ptr(cgrp, t.cgroup_kn) else { return };
+        let Some(name) = read_ptr(kn, t.kn_name) else { return };
+        if generated::bpf_probe_read_kernel_str(dst.cast(), len, name.cast()) < 0 {
+            *dst = 0;
+        }
+    }
 }

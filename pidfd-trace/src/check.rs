@@ -24,9 +24,9 @@ pub fn run(args: CheckArgs) -> Result<()> {
         };
     // The plan exactly as trace/serve would carry it out: a real trial load and attach,
     // detached again when the session is dropped.
-    let (plan, attach_error) = match Session::start(&args.kernel) {
-        Ok(s) => (s.plan.clone(), None),
-        Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+    let (plan, blind_spots, attach_error) = match Session::start(&args.kernel) {
+        Ok(s) => (s.plan.clone(), s.blind_spots(), None),
+        Err(e) => (Vec::new(), Vec::new(), Some(format!("{e:#}"))),
     };
     let verdict = |r: &Result<(), String>| match r {
         Ok(()) => "yes".to_string(),
@@ -47,6 +47,8 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 "thread_pidfd": facts.sem.thread_pidfd,
                 "plan": plan,
                 "prototypes": prototypes,
+                // What this configuration cannot see (README "What the agent cannot see").
+                "blind_spots": blind_spots,
                 "attach_error": attach_error,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -88,6 +90,10 @@ pub fn run(args: CheckArgs) -> Result<()> {
             print_plan(&plan);
             if let Some(e) = &attach_error {
                 println!("  cannot attach: {e}");
+            }
+            println!("blind spots (what this configuration cannot see)");
+            for b in &blind_spots {
+                println!("  - {b}");
             }
         }
     }

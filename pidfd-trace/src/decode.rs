@@ -141,6 +141,7 @@ impl Decoder {
                 .filter(|&ns| r.hints & hints::COPY_PROCESS != 0 && ns > 0),
             used_pidfd: passed_pidfd,
             target_checked: x & xhints::TARGET_CHECKED != 0,
+            cgroup_leaf: Some(c_string(&r.cgroup_name)).filter(|s| !s.is_empty()),
         }
     }
 }
@@ -196,6 +197,7 @@ pub mod testing {
             ns_other: 0,
             xhints: 0,
             _pad2: [0; 3],
+            cgroup_name: [0; pidfd_trace_common::CGROUP_NAME_BYTES],
         }
     }
 

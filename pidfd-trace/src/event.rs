@@ -64,6 +64,10 @@ pub struct Event {
     /// process fd"), which the enricher must not fill from /proc.
     #[serde(skip)]
     pub target_checked: bool,
+    /// The caller's cgroup2 directory name as the kernel had it during the call; names the
+    /// container when the cgroup is gone before the enricher looks (not in the JSON schema).
+    #[serde(skip)]
+    pub cgroup_leaf: Option<String>,
 }
 
 impl Event {

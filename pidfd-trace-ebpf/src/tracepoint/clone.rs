@@ -27,19 +27,33 @@ const CLONE_ARGS_PIDFD_OFF: u64 = 8;
 // prototype: syscall:clone/5: SYSCALL_DEFINE5(clone, unsigned long, clone_flags, unsigned long, newsp, int __user *, parent_tidptr, int __user *, child_tidptr, unsigned long, tls) [5.2-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_clone")]
 pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
-    let flags = arg(&ctx, 0);
+    clone_enter(&ctx);
+    0
+}
+
+/// clone's entry, also for 32-bit callers (compat.rs): ia32 clone has the same first three
+/// arguments (flags, newsp, parent_tidptr).
+#[inline(always)]
+pub(super) fn clone_enter(ctx: &TracePointContext) {
+    let flags = arg(ctx, 0);
     // Hot path: every fork on the host lands here; bail before touching any map.
     if flags & CLONE_PIDFD == 0 {
-        return 0;
+        return;
     }
-    save(&entry(EventKind::Clone, flags, 0, 0, arg(&ctx, 2), 0));
-    0
+    save(&entry(EventKind::Clone, flags, 0, 0, arg(ctx, 2), 0));
 }
 
 // prototype: syscall:clone3/2: SYSCALL_DEFINE2(clone3, struct clone_args __user *, uargs, size_t, size) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_clone3")]
 pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
-    let uargs = arg(&ctx, 0);
+    clone3_enter(&ctx);
+    0
+}
+
+/// clone3's entry, also for 32-bit callers (the struct is the same for both ABIs).
+#[inline(always)]
+pub(super) fn clone3_enter(ctx: &TracePointContext) {
+    let uargs = arg(ctx, 0);
     let Ok(flags) = (unsafe { bpf_probe_read_user(uargs as *const u64) }) else {
         // Unreadable args: either the call fails with EFAULT before any pidfd work, or the
         // page was not resident yet (an untouched file mapping) and the kernel will fault it
@@ -48,19 +62,18 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
         let mut st = entry(EventKind::Clone3, 0, 0, 0, 0, 0);
         st.hints = hints::UARGS_FAULT;
         st.uargs = uargs;
-        st.usize = arg(&ctx, 1);
+        st.usize = arg(ctx, 1);
         save(&st);
-        return 0;
+        return;
     };
     if flags & CLONE_PIDFD == 0 {
-        return 0;
+        return;
     }
     let uptr = unsafe { bpf_probe_read_user((uargs + CLONE_ARGS_PIDFD_OFF) as *const u64) }.unwrap_or(0);
     let mut st = entry(EventKind::Clone3, flags, 0, 0, uptr, 0);
     st.uargs = uargs;
-    st.usize = arg(&ctx, 1);
+    st.usize = arg(ctx, 1);
     save(&st);
-    0
 }
 
 // prototype: syscall:clone/5: SYSCALL_DEFINE5(clone, unsigned long, clone_flags, unsigned long, newsp, int __user *, parent_tidptr, int __user *, child_tidptr, unsigned long, tls) [5.2-7.1]
@@ -80,7 +93,7 @@ pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
 /// Parent side of a CLONE_PIDFD clone: the child also returns through this tracepoint, but
 /// with its own pid_tgid, which has no entry state.
 #[inline(always)]
-fn clone_exit(ctx: &TracePointContext) {
+pub(super) fn clone_exit(ctx: &TracePointContext) {
     // Hot path: every fork returns through here, twice; no CLONE_PIDFD call in flight
     // anywhere means no entry state to look up.
     if !in_flight() {

@@ -2,6 +2,7 @@
 //! hosts that refuse fentry and lack kprobes. Each syscall has an enter program that saves its
 //! arguments per thread and an exit program that emits the outcome.
 mod clone;
+mod compat;
 mod newtask;
 mod pidfd;
 
@@ -99,15 +100,18 @@ fn ret(ctx: &TracePointContext) -> i64 {
 /// tracer): it is reported as `denied` (`kind` names the syscall; `Waitid` never is, its exit
 /// is hot and its entry filters on the id type).
 #[inline(always)]
-fn exit_simple(ctx: &TracePointContext, kind: EventKind) {
+fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
     let id = bpf_get_current_pid_tgid();
     let ret = ret(ctx);
     let Some(mut st) = take(id) else {
         if ret < 0 && kind != EventKind::Waitid {
-            emit::finish(ctx, &denied(kind), id, ret, -1, 0, Mode::Tracepoint);
+            let mut st = denied(kind);
+            st.xhints |= x;
+            emit::finish(ctx, &st, id, ret, -1, 0, Mode::Tracepoint);
         }
         return;
     };
+    st.xhints |= x;
     if kind == EventKind::PidfdOpen && ret >= 0 {
         // The target as the kernel resolved it: the pid behind the pidfd it installed.
         let (level, _) = crate::task::caller_ns();
@@ -136,7 +140,7 @@ fn exit_use(ctx: &TracePointContext) {
     if !is_open(&USES_IN_FLIGHT) {
         return;
     }
-    exit_simple(ctx, EventKind::Waitid);
+    exit_simple(ctx, EventKind::Waitid, 0);
 }
 
 /// A fresh entry state as the tracepoints see a call; function probes may add to it later.

@@ -34,21 +34,37 @@ fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_open")]
 pub fn sys_enter_pidfd_open(ctx: TracePointContext) -> u32 {
-    enter(EventKind::PidfdOpen, arg(&ctx, 1), arg(&ctx, 0), 0);
+    open_enter(&ctx);
     0
+}
+
+/// pidfd_open's entry, also for 32-bit callers (compat.rs): same argument slots.
+#[inline(always)]
+pub(super) fn open_enter(ctx: &TracePointContext) {
+    enter(EventKind::PidfdOpen, arg(ctx, 1), arg(ctx, 0), 0);
+}
+
+#[inline(always)]
+pub(super) fn getfd_enter(ctx: &TracePointContext) {
+    enter(EventKind::PidfdGetfd, arg(ctx, 2), arg(ctx, 0), arg(ctx, 1));
+}
+
+#[inline(always)]
+pub(super) fn send_signal_enter(ctx: &TracePointContext) {
+    enter(EventKind::PidfdSendSignal, arg(ctx, 3), arg(ctx, 0), arg(ctx, 1));
 }
 
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_open")]
 pub fn sys_exit_pidfd_open(ctx: TracePointContext) -> u32 {
-    exit_simple(&ctx, EventKind::PidfdOpen);
+    exit_simple(&ctx, EventKind::PidfdOpen, 0);
     0
 }
 
 // prototype: syscall:pidfd_getfd/3: SYSCALL_DEFINE3(pidfd_getfd, int, pidfd, int, fd, unsigned int, flags) [5.6-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_getfd")]
 pub fn sys_enter_pidfd_getfd(ctx: TracePointContext) -> u32 {
-    enter(EventKind::PidfdGetfd, arg(&ctx, 2), arg(&ctx, 0), arg(&ctx, 1));
+    getfd_enter(&ctx);
     0
 }
 
@@ -56,14 +72,14 @@ pub fn sys_enter_pidfd_getfd(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_getfd")]
 pub fn sys_exit_pidfd_getfd(ctx: TracePointContext) -> u32 {
     // Not gated: pidfd_getfd is rare, and an exit without entry is a refused call.
-    exit_simple(&ctx, EventKind::PidfdGetfd);
+    exit_simple(&ctx, EventKind::PidfdGetfd, 0);
     0
 }
 
 // prototype: syscall:pidfd_send_signal/4: SYSCALL_DEFINE4(pidfd_send_signal, int, pidfd, int, sig, siginfo_t __user *, info, unsigned int, flags) [5.1-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_send_signal")]
 pub fn sys_enter_pidfd_send_signal(ctx: TracePointContext) -> u32 {
-    enter(EventKind::PidfdSendSignal, arg(&ctx, 3), arg(&ctx, 0), arg(&ctx, 1));
+    send_signal_enter(&ctx);
     0
 }
 
@@ -71,7 +87,7 @@ pub fn sys_enter_pidfd_send_signal(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_send_signal")]
 pub fn sys_exit_pidfd_send_signal(ctx: TracePointContext) -> u32 {
     // Not gated: pidfd_send_signal is rare, and an exit without entry is a refused call.
-    exit_simple(&ctx, EventKind::PidfdSendSignal);
+    exit_simple(&ctx, EventKind::PidfdSendSignal, 0);
     0
 }
 

@@ -59,6 +59,9 @@ pub struct LoadOptions<'a> {
     /// `task:task_newtask` has the record layout its program reads (tracefs.rs); `Err`
     /// says why not, and the program is not attached.
     pub newtask: Result<(), String>,
+    /// `--compat-syscalls`: attach the raw_syscalls programs for 32-bit callers; `Err` when
+    /// raw_syscalls does not have the layout they read.
+    pub compat_syscalls: Option<Result<(), String>>,
     /// Ring-buffer size in bytes (power of two); `None` keeps the built-in default.
     pub ring_bytes: Option<u32>,
 }
@@ -76,6 +79,8 @@ pub struct Probes {
     /// What the running configuration cannot see or check, one line each (`check`'s
     /// "blind_spots"); empty when nothing is known to be missing.
     pub blind_spots: Vec<String>,
+    /// The raw_syscalls programs for 32-bit callers are attached.
+    pub compat_attached: bool,
     /// aya's view of the kernel BTF, needed to load fentry/fexit; read on first use.
     aya_btf: Option<aya::Btf>,
     loaded: HashSet<&'static str>,
@@ -106,8 +111,14 @@ impl Probes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let ebpf = loader.load(OBJECT)?;
-        let mut probes =
-            Probes { ebpf, attached: Vec::new(), blind_spots, aya_btf: None, loaded: HashSet::new() };
+        let mut probes = Probes {
+            ebpf,
+            attached: Vec::new(),
+            blind_spots,
+            compat_attached: false,
+            aya_btf: None,
+            loaded: HashSet::new(),
+        };
         for hook in plan.iter() {
             if hook.chosen == Some(AttachMode::Tracepoint) {
                 for dir in ["enter", "exit"] {
@@ -122,6 +133,19 @@ impl Probes {
             Err(why) => probes.blind_spots.push(format!(
                 "task:task_newtask unusable ({why}): a clone's pidfd is the number in user memory and its flags are the caller's"
             )),
+        }
+        match &opts.compat_syscalls {
+            None => {}
+            Some(Err(why)) => probes.blind_spots.push(format!("--compat-syscalls refused: {why}")),
+            Some(Ok(())) if truth.ti_status_valid == 0 => probes.blind_spots.push(
+                "--compat-syscalls refused: this kernel's BTF has no thread_info.status (TS_COMPAT), so 32-bit calls cannot be told from 64-bit ones".into(),
+            ),
+            Some(Ok(())) => {
+                for (prog, event) in [(COMPAT_ENTER_PROG, "sys_enter"), (COMPAT_EXIT_PROG, "sys_exit")] {
+                    probes.attach_event_tracepoint(prog, "raw_syscalls", event)?;
+                }
+                probes.compat_attached = true;
+            }
         }
         for f in fns {
             let Some(hp) = plan.iter_mut().find(|h| h.hook == f.hook) else { continue };
@@ -412,6 +436,7 @@ fn pids_limit_offsets(btf: &Btf) -> PidsLimitOffsets {
             pids_cgrp_id: btf.enum_value("cgroup_subsys_id", "pids_cgrp_id")? as u32,
             pids_counter: btf.member_offset("pids_cgroup", "counter")?,
             pids_limit: btf.member_offset("pids_cgroup", "limit")?,
+            css_parent: btf.member_offset("cgroup_subsys_state", "parent")?,
             valid: 1,
         })
     };
@@ -463,12 +488,38 @@ fn fd_pid_offsets(btf: &Btf) -> FdPidOffsets {
 
 /// The program on `task:task_newtask` (pidfd-trace-ebpf/src/tracepoint/newtask.rs).
 const NEWTASK_PROG: &str = "task_newtask";
+/// The raw_syscalls programs for 32-bit callers (pidfd-trace-ebpf/src/tracepoint/compat.rs).
+const COMPAT_ENTER_PROG: &str = "compat_sys_enter";
+const COMPAT_EXIT_PROG: &str = "compat_sys_exit";
 
 /// Offsets behind the facts a caller cannot forge: file kinds (pidfs superblock, anon-inode
 /// dentry name, /proc/<pid> directories), pid namespaces and the process name.
 fn truth_offsets(btf: &Btf) -> TruthOffsets {
+    // x86 only: TS_COMPAT in thread_info.status (thread_info embedded in task_struct).
+    let ti_status = btf
+        .member_offset("task_struct", "thread_info")
+        .and_then(|ti| Ok(ti + btf.member_offset("thread_info", "status")?))
+        .ok()
+        .filter(|_| cfg!(target_arch = "x86_64"));
+    // The caller's cgroup2 directory name (container ids of short-lived containers).
+    let kn = (|| -> Result<(u32, u32, u32), crate::btf::BtfError> {
+        // pids_limit_offsets supplies task_struct.cgroups; it must be valid too.
+        btf.member_offset("task_struct", "cgroups")?;
+        Ok((
+            btf.member_offset("css_set", "dfl_cgrp")?,
+            btf.member_offset("cgroup", "kn")?,
+            btf.member_offset("kernfs_node", "name")?,
+        ))
+    })()
+    .ok();
     let read = || -> Result<TruthOffsets, crate::btf::BtfError> {
         Ok(TruthOffsets {
+            cset_dfl_cgrp: kn.map_or(0, |k| k.0),
+            cgroup_kn: kn.map_or(0, |k| k.1),
+            kn_name: kn.map_or(0, |k| k.2),
+            kn_valid: u32::from(kn.is_some()),
+            task_ti_status: ti_status.unwrap_or(0),
+            ti_status_valid: u32::from(ti_status.is_some()),
             file_dentry: btf.member_offset("file", "f_path")? + btf.member_offset("path", "dentry")?,
             dentry_name: btf.member_offset("dentry", "d_name")? + btf.member_offset("qstr", "name")?,
             dentry_parent: btf.member_offset("dentry", "d_parent")?,

@@ -70,6 +70,7 @@ mod tests {
             copy_process_ns: None,
             used_pidfd: None,
             target_checked: false,
+            cgroup_leaf: None,
         }
     }
 

@@ -117,6 +117,22 @@ pub const ALL: &[Scenario] = &[
         what: "clone3 args in an untouched MAP_SHARED file mapping: the event with its pidfd",
         run: truth::clone3_args_not_resident,
     },
+    #[cfg(target_arch = "x86_64")]
+    Scenario {
+        name: "compat_calls",
+        what: "ia32 (int $0x80) pidfd_open, pidfd_send_signal, pidfd_getfd, clone, clone3 → compat: true",
+        run: truth::compat_calls,
+    },
+    Scenario {
+        name: "clone_pids_ancestor_limit",
+        what: "caller in a/b, a/pids.max=1, b/pids.max=max → EAGAIN, stage pids_cgroup",
+        run: truth::clone_pids_ancestor_limit,
+    },
+    Scenario {
+        name: "short_lived_container",
+        what: "docker-<id>.scope cgroup removed right after its only process's pidfd_open calls: container_id kept",
+        run: truth::short_lived_container,
+    },
     Scenario {
         name: "clone3_args_efault",
         what: "clone3 set_tid on PROT_NONE, args straddling into PROT_NONE → EFAULT, stage args",

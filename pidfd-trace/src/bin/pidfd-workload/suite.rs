@@ -206,7 +206,8 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
     let timeout = Duration::from_secs(timeout);
     let wanted = |n: &str| only.is_empty() || only.iter().any(|o| o == n);
     let mut outcomes = Vec::new();
-    let mode_arg = ["--mode", mode];
+    // --compat-syscalls: the compat_calls scenario's 32-bit callers are seen only with it.
+    let mode_arg = ["--mode", mode, "--compat-syscalls"];
     match Agent::start(agent_bin, &mode_arg, timeout) {
         Err(e) => {
             // A mode this kernel cannot do is a skip, said with the agent's reason.

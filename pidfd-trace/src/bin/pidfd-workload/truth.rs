@@ -438,3 +438,180 @@ fn raw_clone3(args: *mut u8, size: usize) -> i64 {
     }
     if r < 0 { -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { r }
 }
+
+/// A 32-bit (ia32) syscall from this 64-bit process: `int $0x80` with the ia32 number and
+/// arguments in ebx, ecx, edx, esi, edi. Returns the kernel's value (negative errno).
+#[cfg(target_arch = "x86_64")]
+fn int80(nr: i64, a: u64, b: u64, c: u64, d: u64, e: u64) -> i64 {
+    let mut r = nr;
+    // SAFETY: a syscall with plain integer arguments; rbx is saved and restored around it
+    // (LLVM reserves it). A fork-like clone's child returns here too and exits at once.
+    unsafe {
+        std::arch::asm!(
+            "xchg {a}, rbx",
+            "int 0x80",
+            "xchg {a}, rbx",
+            a = inout(reg) a => _,
+            inout("rax") r,
+            in("rcx") b,
+            in("rdx") c,
+            in("rsi") d,
+            in("rdi") e,
+            options(nostack)
+        );
+    }
+    r as i32 as i64
+}
+
+/// Memory below 4 GiB, which 32-bit pointers can reach.
+#[cfg(target_arch = "x86_64")]
+fn low_page() -> Result<*mut u8, String> {
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED || p as u64 >= 1 << 32 {
+        return Err("mmap(MAP_32BIT) failed".into());
+    }
+    Ok(p.cast())
+}
+
+/// Input 1: 32-bit callers. pidfd_open (ia32 434), pidfd_send_signal (424), pidfd_getfd
+/// (438), clone with CLONE_PIDFD (120, the pidfd pointer in edx) and clone3 (435) through
+/// `int $0x80`: every call reported with `compat: true` (the agent runs with
+/// --compat-syscalls in the suite).
+#[cfg(target_arch = "x86_64")]
+pub fn compat_calls() -> Result<Vec<Value>, String> {
+    let low = low_page()?;
+    let child = sys::sleeper();
+    let fd = int80(434, child as u64, 0, 0, 0, 0);
+    let sig = int80(424, fd as u64, 0, 0, 0, 0);
+    let got = int80(438, fd as u64, 1, 0, 0, 0);
+    sys::reap(child);
+    // clone(flags, newsp, parent_tidptr, tls, child_tidptr): the pidfd goes to parent_tidptr.
+    let slot = low as *mut i32;
+    let c = int80(120, CLONE_PIDFD | SIGCHLD, 0, slot as u64, 0, 0);
+    if c == 0 {
+        unsafe { libc::_exit(0) };
+    }
+    let clone_fd = unsafe { slot.read() };
+    let clone_real = fdinfo_pid(i64::from(clone_fd));
+    sys::wait_child(c);
+    let slot3 = unsafe { low.add(8) } as *mut i32;
+    let args = unsafe { low.add(64) } as *mut CloneArgs;
+    unsafe {
+        args.write(CloneArgs {
+            flags: CLONE_PIDFD,
+            pidfd: slot3 as u64,
+            exit_signal: SIGCHLD,
+            ..Default::default()
+        })
+    };
+    let c3 = int80(435, args as u64, size_of::<CloneArgs>() as u64, 0, 0, 0);
+    if c3 == 0 {
+        unsafe { libc::_exit(0) };
+    }
+    let clone3_fd = unsafe { slot3.read() };
+    let clone3_real = fdinfo_pid(i64::from(clone3_fd));
+    sys::wait_child(c3);
+    if fd < 0 || sig != 0 || got < 0 || c <= 0 || c3 <= 0 || clone_real != Some(c) || clone3_real != Some(c3)
+    {
+        return Err(format!(
+            "ia32 pidfd_open {fd}, send_signal {sig}, getfd {got}, clone {c} (fd {clone_fd} {clone_real:?}), clone3 {c3} (fd {clone3_fd} {clone3_real:?})"
+        ));
+    }
+    for f in [fd, got, i64::from(clone_fd), i64::from(clone3_fd)] {
+        unsafe { libc::close(f as i32) };
+    }
+    Ok(vec![
+        json!({"event": "pidfd_open", "compat": true, "ret": fd, "pidfd": fd, "target_pid": child, "errno": null}),
+        json!({"event": "pidfd_send_signal", "compat": true, "ret": 0, "target_pid": child, "signal_nr": 0}),
+        json!({"event": "pidfd_getfd", "compat": true, "ret": got, "target_pid": child, "target_fd": 1}),
+        json!({"event": "clone", "compat": true, "ret": c, "child_pid": c, "pidfd": clone_fd, "errno": null,
+               "stage": null, "flag_names_include": ["CLONE_PIDFD"]}),
+        json!({"event": "clone3", "compat": true, "ret": c3, "child_pid": c3, "pidfd": clone3_fd, "errno": null,
+               "stage": null, "flag_names_include": ["CLONE_PIDFD"]}),
+        sentinel(),
+    ])
+}
+
+/// Input 6: the caller is in `a/b`, `a/pids.max` = 1 (the caller itself), `b/pids.max` =
+/// max: the pids controller refuses the clone at the ancestor. Stage `pids_cgroup`.
+pub fn clone_pids_ancestor_limit() -> Result<Vec<Value>, String> {
+    let cg = crate::cgroup::NestedPids::create(1)?;
+    cg.enter()?;
+    let mut pidfd: i32 = -1;
+    let r = sys::clone_fork(CLONE_PIDFD | SIGCHLD, &mut pidfd);
+    cg.leave()?;
+    let refused = cg.max_events();
+    drop(cg);
+    if r != -11 {
+        sys::wait_child(r);
+        return Err(format!("clone in a/b with a/pids.max=1 returned {r}, want -11"));
+    }
+    if refused == Some(0) {
+        return Err("pids.events of a and b show no refusal: the EAGAIN came from elsewhere".into());
+    }
+    Ok(vec![
+        json!({"event": "clone", "ret": -11, "errno": "EAGAIN", "stage": "pids_cgroup", "pidfd": null,
+               "child_pid": null, "flag_names_include": ["CLONE_PIDFD"]}),
+        sentinel(),
+    ])
+}
+
+/// The cgroup2 mount point, if any.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split(' ').next() == Some("cgroup2")).then(|| pre.split(' ').nth(4).unwrap_or("").into())
+    })
+}
+
+/// Input 11: a container-shaped cgroup (`…/docker-<64 hex>.scope`) whose only process
+/// calls pidfd_open twice and exits; the cgroup is removed right after. Both events carry
+/// the container id, taken while the caller was in the kernel.
+pub fn short_lived_container() -> Result<Vec<Value>, String> {
+    let root = cgroup2_root().ok_or("no cgroup2 mount")?;
+    let me = std::process::id();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let id = format!("{:032x}{:032x}", now, u128::from(me) * 0x9e37_79b9_7f4a_7c15);
+    let slice = root.join(format!("pidfd-trace-test-{me}.slice"));
+    let scope = slice.join(format!("docker-{id}.scope"));
+    std::fs::create_dir_all(&scope).map_err(|e| format!("mkdir {}: {e}", scope.display()))?;
+    let mut fds = [0i32; 2];
+    unsafe { libc::pipe(fds.as_mut_ptr()) };
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        unsafe { libc::close(fds[0]) };
+        let moved = std::fs::write(scope.join("cgroup.procs"), std::process::id().to_string());
+        let pid = std::process::id() as i32;
+        let a = sys::pidfd_open(pid, 0);
+        let b = sys::pidfd_open(pid, 0);
+        let out = json!({"moved": moved.is_ok(), "a": a, "b": b});
+        let mut w = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+        let _ = w.write_all(out.to_string().as_bytes());
+        unsafe { libc::_exit(0) };
+    }
+    unsafe { libc::close(fds[1]) };
+    let mut text = String::new();
+    let mut r = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+    let _ = r.read_to_string(&mut text);
+    sys::wait_child(i64::from(child));
+    // Gone before the agent is likely to have looked.
+    let removed = std::fs::remove_dir(&scope).is_ok() && std::fs::remove_dir(&slice).is_ok();
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| format!("container child reported nothing: {e}"))?;
+    if v["moved"] != true || !removed || v["a"].as_i64().is_none_or(|a| a < 0) {
+        return Err(format!("container cgroup: child {v}, removed {removed}"));
+    }
+    REPORT_PID.store(child as u32, Ordering::Relaxed);
+    let ev = |fd: &Value| json!({"event": "pidfd_open", "ret": fd, "target_pid": child, "container_id": id});
+    Ok(vec![ev(&v["a"]), ev(&v["b"])])
+}
