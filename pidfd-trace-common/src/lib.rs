@@ -353,6 +353,17 @@ pub struct TruthOffsets {
     pub cgroup_kn: u32,
     pub kn_name: u32,
     pub kn_valid: u32,
+    /// x86_64: the saved user registers, `task->stack + THREAD_SIZE - padding -
+    /// sizeof(pt_regs)` (THREAD_SIZE 16 or 32 KiB, padding 0 or 16: not in BTF, so the
+    /// programs try each and accept the one whose `orig_ax` is the syscall and `cs` the
+    /// 64-bit user segment): offsets of task_struct.stack, sizeof(struct pt_regs),
+    /// pt_regs.di, pt_regs.orig_ax and pt_regs.cs; `regs_valid` 0 elsewhere.
+    pub task_stack: u32,
+    pub regs_cs: u32,
+    pub pt_regs_size: u32,
+    pub regs_di: u32,
+    pub regs_orig_ax: u32,
+    pub regs_valid: u32,
     pub valid: u32,
 }
 

@@ -83,10 +83,21 @@ static TRUTH_OFFSETS: TruthOffsets = TruthOffsets {
     cgroup_kn: 0,
     kn_name: 0,
     kn_valid: 0,
+    task_stack: 0,
+    regs_cs: 0,
+    pt_regs_size: 0,
+    regs_di: 0,
+    regs_orig_ax: 0,
+    regs_valid: 0,
     valid: 0,
 };
 
+/// A reference, not a copy: the struct is large and the programs that use it are near the
+/// 512-byte BPF stack limit. The pointer goes through a volatile read so the compiler cannot
+/// fold the fields to their defaults (the agent overrides them at load).
 #[inline(always)]
-pub fn truth_offsets() -> TruthOffsets {
-    unsafe { core::ptr::read_volatile(&TRUTH_OFFSETS) }
+pub fn truth_offsets() -> &'static TruthOffsets {
+    let p: *const TruthOffsets = &TRUTH_OFFSETS;
+    // SAFETY: a valid pointer to a static; the volatile read only hides its value.
+    unsafe { &*core::ptr::read_volatile(&p) }
 }

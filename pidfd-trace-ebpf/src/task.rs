@@ -128,15 +128,15 @@ pub fn fd_target(fd: u64, proc_dirs: bool, level: u32) -> FdTarget {
             return out;
         }
         let Some(file) = read_ptr(fds, (fd as u32).wrapping_mul(8)) else { return out };
-        let pid = match pidfd_pid(file, &off, &t) {
+        let pid = match pidfd_pid(file, &off, t) {
             Some(p) => Some(p),
-            None if proc_dirs => proc_dir_pid(file, &off, &t),
+            None if proc_dirs => proc_dir_pid(file, &off, t),
             None => None,
         };
         let Some(pid) = pid else { return out };
         out.host = bpf_probe_read_kernel(pid.add(off.pid_numbers_nr as usize) as *const i32).unwrap_or(0);
         if level > 0 {
-            out.ns = pid_nr_at(pid, level, &t);
+            out.ns = pid_nr_at(pid, level, t);
         }
     }
     out
@@ -166,7 +166,7 @@ pub fn installed_pidfd(hint: i64, child: i32) -> Option<i32> {
         let (fds, max) = fd_array(&off)?;
         let is_child = |fd: u32| -> bool {
             let Some(file) = read_ptr(fds, fd.wrapping_mul(8)) else { return false };
-            let Some(pid) = pidfd_pid(file, &off, &t) else { return false };
+            let Some(pid) = pidfd_pid(file, &off, t) else { return false };
             bpf_probe_read_kernel(pid.add(off.pid_numbers_nr as usize) as *const i32) == Ok(child)
         };
         if hint >= 0 && hint < max as i64 && is_child(hint as u32) {
@@ -204,7 +204,7 @@ pub fn caller_ns() -> (u32, i32) {
         if level == 0 {
             return (0, 0);
         }
-        (level & PID_NS_LEVEL_MASK, pid_nr_at(pid, level, &t))
+        (level & PID_NS_LEVEL_MASK, pid_nr_at(pid, level, t))
     }
 }
 
@@ -301,5 +301,36 @@ pub fn cgroup_name(dst: *mut u8, len: u32) {
         if generated::bpf_probe_read_kernel_str(dst.cast(), len, name.cast()) < 0 {
             *dst = 0;
         }
+    }
+}
+
+/// x86_64 `__USER_CS`: the code segment of a 64-bit user task's saved registers.
+const USER_CS: u64 = 0x33;
+/// THREAD_SIZE (16 KiB; 32 KiB with KASAN) and TOP_OF_KERNEL_STACK_PADDING (0; 16 with
+/// FRED) are not in BTF: each combination is tried.
+const STACK_LAYOUTS: [(u32, u32); 4] = [(16384, 0), (16384, 16), (32768, 0), (32768, 16)];
+
+/// The first argument register (x86_64 `di`) of the current syscall as the caller made it,
+/// from the task's saved user registers: the candidate frame whose `orig_ax` is syscall `nr`
+/// and whose `cs` is the 64-bit user segment. Only read on rare paths (a failed clone whose
+/// entry never fired).
+#[inline(always)]
+pub fn user_arg0(nr: u64) -> Option<u64> {
+    let t = truth_offsets();
+    if t.regs_valid == 0 {
+        return None;
+    }
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let stack = read_ptr(task, t.task_stack)?;
+        for (size, pad) in STACK_LAYOUTS {
+            let regs = stack.add((size - pad - t.pt_regs_size) as usize);
+            if bpf_probe_read_kernel(regs.add(t.regs_orig_ax as usize) as *const u64) == Ok(nr)
+                && bpf_probe_read_kernel(regs.add(t.regs_cs as usize) as *const u64).map(|c| c & 0xffff) == Ok(USER_CS)
+            {
+                return bpf_probe_read_kernel(regs.add(t.regs_di as usize) as *const u64).ok();
+            }
+        }
+        None
     }
 }

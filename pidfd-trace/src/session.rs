@@ -99,7 +99,7 @@ impl Session {
     /// "blind_spots", README "What the agent cannot see").
     pub fn blind_spots(&self) -> Vec<String> {
         let mut v = vec![
-            "clone/clone3 refused by seccomp or a tracer before they ran: not reported (pidfd_open, pidfd_getfd and pidfd_send_signal are, as stage denied)".to_string(),
+            "32-bit callers refused by seccomp before a clone ran: not reported (64-bit clones and every pidfd_open, pidfd_getfd and pidfd_send_signal are, as stage denied)".to_string(),
         ];
         if !self.probes.compat_attached {
             v.push("32-bit (ia32) callers: the syscalls:sys_* tracepoints skip compat syscalls, so their pidfd calls are not reported; run with --compat-syscalls to see them".to_string());

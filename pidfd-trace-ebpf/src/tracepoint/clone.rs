@@ -14,7 +14,7 @@ use super::{arg, entry, mode_of, ret, save, take};
 use crate::{
     emit,
     maps::{bump_stat, in_flight},
-    task::{fd_walk_known, installed_pidfd, pids_cgroup_at_limit},
+    task::{fd_walk_known, installed_pidfd, pids_cgroup_at_limit, user_arg0},
 };
 
 const EAGAIN: i64 = 11;
@@ -79,31 +79,62 @@ pub(super) fn clone3_enter(ctx: &TracePointContext) {
 // prototype: syscall:clone/5: SYSCALL_DEFINE5(clone, unsigned long, clone_flags, unsigned long, newsp, int __user *, parent_tidptr, int __user *, child_tidptr, unsigned long, tls) [5.2-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_clone")]
 pub fn sys_exit_clone(ctx: TracePointContext) -> u32 {
-    clone_exit(&ctx);
+    clone_exit::<true>(&ctx, NR_CLONE);
     0
 }
 
 // prototype: syscall:clone3/2: SYSCALL_DEFINE2(clone3, struct clone_args __user *, uargs, size_t, size) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_clone3")]
 pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
-    clone_exit(&ctx);
+    clone_exit::<true>(&ctx, NR_CLONE3);
     0
+}
+
+/// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl), to recognise the saved
+/// user registers of the call that is returning.
+const NR_CLONE: u64 = 56;
+const NR_CLONE3: u64 = 435;
+
+/// A failed clone whose entry never fired: refused before it ran (seccomp, a tracer). Its
+/// flags come from the caller's saved registers (clone: the first argument; clone3: the
+/// struct it points to, as it reads now); reported, as stage `denied`, only with CLONE_PIDFD.
+#[inline(always)]
+fn denied_clone(ctx: &TracePointContext, id: u64, ret: i64, nr: u64) {
+    let Some(a0) = user_arg0(nr) else { return };
+    let (kind, flags) = if nr == NR_CLONE {
+        (EventKind::Clone, a0)
+    } else {
+        (EventKind::Clone3, unsafe { bpf_probe_read_user(a0 as *const u64) }.unwrap_or(0))
+    };
+    if flags & CLONE_PIDFD == 0 {
+        return;
+    }
+    let mut st = entry(kind, flags, 0, 0, 0, 0);
+    st.xhints = xhints::DENIED;
+    emit::finish(ctx, &st, id, ret, -1, 0, pidfd_trace_common::Mode::Tracepoint);
 }
 
 /// Parent side of a CLONE_PIDFD clone: the child also returns through this tracepoint, but
 /// with its own pid_tgid, which has no entry state.
 #[inline(always)]
-pub(super) fn clone_exit(ctx: &TracePointContext) {
-    // Hot path: every fork returns through here, twice; no CLONE_PIDFD call in flight
-    // anywhere means no entry state to look up.
-    if !in_flight() {
+pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
+    // Hot path: every fork returns through here, twice. A success with no CLONE_PIDFD call
+    // in flight anywhere has no entry state to look up: two loads and out.
+    let ret = ret(ctx);
+    let open = in_flight();
+    if ret >= 0 && !open {
         return;
     }
     let id = bpf_get_current_pid_tgid();
-    let Some(mut st) = take(id) else {
+    let Some(mut st) = (if open { take(id) } else { None }) else {
+        // A failed fork without entry state (rare): refused before it ran if it asked for
+        // a pidfd. `DENIED` false: not checked (32-bit callers keep their arguments in other
+        // registers; and that copy of this path must stay within the BPF stack).
+        if DENIED && ret < 0 {
+            denied_clone(ctx, id, ret, nr);
+        }
         return;
     };
-    let ret = ret(ctx);
     let newtask = st.xhints & xhints::NEWTASK != 0;
     if st.hints & hints::UARGS_FAULT != 0 {
         // clone3 whose flags were unreadable at entry: what the kernel acted on, else the

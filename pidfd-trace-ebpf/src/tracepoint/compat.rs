@@ -69,11 +69,16 @@ pub fn compat_sys_exit(ctx: TracePointContext) -> u32 {
     if !ours(id) || !in_compat_syscall() {
         return 0;
     }
-    match id {
-        NR32_CLONE | NR32_CLONE3 => clone::clone_exit(&ctx),
-        NR32_PIDFD_OPEN => exit_simple(&ctx, EventKind::PidfdOpen, xhints::COMPAT),
-        NR32_PIDFD_GETFD => exit_simple(&ctx, EventKind::PidfdGetfd, xhints::COMPAT),
-        _ => exit_simple(&ctx, EventKind::PidfdSendSignal, xhints::COMPAT),
+    // One inlined copy of each exit path: the BPF stack is 512 bytes.
+    if id == NR32_CLONE || id == NR32_CLONE3 {
+        clone::clone_exit::<false>(&ctx, 0);
+        return 0;
     }
+    let kind = match id {
+        NR32_PIDFD_OPEN => EventKind::PidfdOpen,
+        NR32_PIDFD_GETFD => EventKind::PidfdGetfd,
+        _ => EventKind::PidfdSendSignal,
+    };
+    exit_simple(&ctx, kind, xhints::COMPAT);
     0
 }

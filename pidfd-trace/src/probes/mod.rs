@@ -512,8 +512,26 @@ fn truth_offsets(btf: &Btf) -> TruthOffsets {
         ))
     })()
     .ok();
+    // x86_64: the saved user registers (arguments of a clone refused before it ran).
+    let regs = (|| -> Result<[u32; 5], crate::btf::BtfError> {
+        Ok([
+            btf.member_offset("task_struct", "stack")?,
+            btf.member_offset("pt_regs", "cs")?,
+            btf.struct_size("pt_regs")?,
+            btf.member_offset("pt_regs", "di")?,
+            btf.member_offset("pt_regs", "orig_ax")?,
+        ])
+    })()
+    .ok()
+    .filter(|_| cfg!(target_arch = "x86_64"));
     let read = || -> Result<TruthOffsets, crate::btf::BtfError> {
         Ok(TruthOffsets {
+            task_stack: regs.map_or(0, |r| r[0]),
+            regs_cs: regs.map_or(0, |r| r[1]),
+            pt_regs_size: regs.map_or(0, |r| r[2]),
+            regs_di: regs.map_or(0, |r| r[3]),
+            regs_orig_ax: regs.map_or(0, |r| r[4]),
+            regs_valid: u32::from(regs.is_some()),
             cset_dfl_cgrp: kn.map_or(0, |k| k.0),
             cgroup_kn: kn.map_or(0, |k| k.1),
             kn_name: kn.map_or(0, |k| k.2),

@@ -264,25 +264,37 @@ pub fn pidfd_open_bad_pid() -> Result<Vec<Value>, String> {
     Ok(want)
 }
 
-/// Input 2: a seccomp filter on one thread returns EPERM for pidfd_open, pidfd_getfd and
-/// pidfd_send_signal: their sys_enter never fires. Each is a failed event, stage `denied`.
+/// Input 2: a seccomp filter on one thread returns EPERM for pidfd_open, pidfd_getfd,
+/// pidfd_send_signal, clone and clone3: their sys_enter never fires. Each is a failed event,
+/// stage `denied` (clones only with CLONE_PIDFD).
 pub fn seccomp_denied() -> Result<Vec<Value>, String> {
     let child = sys::sleeper();
     let pidfd = sys::pidfd_open(child, 0);
-    let results = std::thread::spawn(move || -> Result<[i64; 3], String> {
+    let results = std::thread::spawn(move || -> Result<[i64; 6], String> {
         install_eperm_filter()?;
+        let mut slot: i32 = -1;
+        let mut args = CloneArgs {
+            flags: CLONE_PIDFD,
+            pidfd: &mut slot as *mut i32 as u64,
+            exit_signal: SIGCHLD,
+            ..Default::default()
+        };
         Ok([
             sys::pidfd_open(child, 0),
             sys::pidfd_getfd(pidfd as i32, 0),
             sys::pidfd_send_signal(pidfd as i32, 9),
+            sys::clone_fork(CLONE_PIDFD | SIGCHLD, &mut slot),
+            sys::clone3_fork(&mut args),
+            // Not CLONE_PIDFD: refused too, but no event.
+            sys::clone_fork(SIGCHLD, &mut slot),
         ])
     })
     .join()
     .map_err(|_| "filtered thread panicked")??;
     sys::reap(child);
     unsafe { libc::close(pidfd as i32) };
-    if results != [-1, -1, -1] {
-        return Err(format!("seccomp: want EPERM thrice, got {results:?}"));
+    if results != [-1; 6] {
+        return Err(format!("seccomp: want EPERM six times, got {results:?}"));
     }
     let denied = |event: &str| json!({"event": event, "ret": -1, "errno": "EPERM", "stage": "denied", "pidfd": null, "target_pid": null});
     Ok(vec![
@@ -290,12 +302,17 @@ pub fn seccomp_denied() -> Result<Vec<Value>, String> {
         denied("pidfd_open"),
         denied("pidfd_getfd"),
         denied("pidfd_send_signal"),
+        json!({"event": "clone", "ret": -1, "errno": "EPERM", "stage": "denied", "pidfd": null, "child_pid": null,
+               "flag_names_include": ["CLONE_PIDFD"]}),
+        json!({"event": "clone3", "ret": -1, "errno": "EPERM", "stage": "denied", "pidfd": null, "child_pid": null,
+               "flag_names_include": ["CLONE_PIDFD"]}),
         sentinel(),
     ])
 }
 
 /// A classic-BPF seccomp filter for this thread only: EPERM for pidfd_open (434),
-/// pidfd_getfd (438) and pidfd_send_signal (424) of the x86_64 ABI, everything else allowed.
+/// pidfd_getfd (438), pidfd_send_signal (424), clone (56) and clone3 (435) of the x86_64
+/// ABI, everything else allowed.
 fn install_eperm_filter() -> Result<(), String> {
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     const RET_ALLOW: u32 = 0x7fff_0000;
@@ -307,9 +324,11 @@ fn install_eperm_filter() -> Result<(), String> {
         jeq(AUDIT_ARCH_X86_64, 1, 0),
         stmt(0x06, RET_ALLOW),
         stmt(0x20, 0), // ld nr
-        jeq(434, 3, 0),
-        jeq(438, 2, 0),
-        jeq(424, 1, 0),
+        jeq(434, 5, 0),
+        jeq(438, 4, 0),
+        jeq(424, 3, 0),
+        jeq(56, 2, 0),
+        jeq(435, 1, 0),
         stmt(0x06, RET_ALLOW),
         stmt(0x06, RET_ERRNO_EPERM),
     ];
