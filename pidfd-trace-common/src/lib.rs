@@ -93,16 +93,29 @@ event_kinds! {
     Waitid = 6 => "waitid",
 }
 
-/// How an event was observed.
+/// How an event was observed, and how a hook is attached (the agent's attach plan).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
+    /// Syscall tracepoints (every kernel with tracefs).
     Tracepoint = 1,
+    /// kprobes/kretprobes on kernel functions.
     Kprobe = 2,
+    /// fentry/fexit programs on kernel functions (`--mode fentry`).
     Fexit = 3,
 }
 
 impl Mode {
+    /// The contract name: JSON `mode`, the plan's and `pidfd_trace_probe_attached`'s `mode`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Tracepoint => "tracepoint",
+            Mode::Kprobe => "kprobe",
+            Mode::Fexit => "fexit",
+        }
+    }
+
+    /// The mode with discriminant `v`, if any.
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Tracepoint),
@@ -401,6 +414,13 @@ pub struct FdPidOffsets {
     pub via_inode: u32,
     pub pid_numbers_nr: u32,
     pub valid: u32,
+}
+
+#[cfg(feature = "user")]
+impl serde::Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
 }
 
 #[cfg(feature = "user")]

@@ -55,12 +55,16 @@ pub fn is_open(gate: &AtomicU64) -> bool {
 #[inline(always)]
 pub fn gate_add(gate: &AtomicU64, delta: u64) {
     // SAFETY: the gate is a valid, aligned u64 for the program's lifetime.
+    #[cfg(target_arch = "bpf")]
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
             gate.as_ptr(),
             delta,
         );
     }
+    // Host builds (lint only) have the ordinary atomic.
+    #[cfg(not(target_arch = "bpf"))]
+    gate.fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// Adds one to this CPU's slot `idx` of `STATS` and returns the new value (0 if the slot is

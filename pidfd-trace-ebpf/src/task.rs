@@ -326,7 +326,8 @@ pub fn user_arg0(nr: u64) -> Option<u64> {
         for (size, pad) in STACK_LAYOUTS {
             let regs = stack.add((size - pad - t.pt_regs_size) as usize);
             if bpf_probe_read_kernel(regs.add(t.regs_orig_ax as usize) as *const u64) == Ok(nr)
-                && bpf_probe_read_kernel(regs.add(t.regs_cs as usize) as *const u64).map(|c| c & 0xffff) == Ok(USER_CS)
+                && bpf_probe_read_kernel(regs.add(t.regs_cs as usize) as *const u64).map(|c| c & 0xffff)
+                    == Ok(USER_CS)
             {
                 return bpf_probe_read_kernel(regs.add(t.regs_di as usize) as *const u64).ok();
             }

@@ -34,8 +34,10 @@ const DECL_TAG: u32 = 17;
 const TYPE_TAG: u32 = 18;
 const ENUM64: u32 = 19;
 
+/// Why a kernel BTF blob could not be read or lacks what the agent needs.
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
+    /// The blob does not parse (what was wrong).
     #[error("malformed BTF: {0}; the blob is truncated or corrupt, use the kernel's own {VMLINUX}")]
     Malformed(String),
     /// (kind, name)
@@ -91,6 +93,8 @@ struct Found {
     type_id: u32,
 }
 
+/// The parts of a kernel BTF blob the agent reads: types by name, struct member offsets
+/// and sizes, enum values and function prototypes.
 pub struct Btf {
     /// The type section; parse checked that every record lies inside it.
     types: Vec<u8>,

@@ -32,10 +32,12 @@ pub enum Stage {
     PidsCgroup,
     /// RLIMIT_NPROC / threads-max, or an EAGAIN we cannot pin on the pids cgroup.
     TaskLimit,
+    /// Any other failure.
     Other,
 }
 
 impl Stage {
+    /// The JSON `stage` value and metric label (docs/events.md).
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Denied => "denied",

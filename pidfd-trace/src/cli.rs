@@ -1,5 +1,8 @@
 //! The command line: `check`, `trace`, `serve`. The contract is docs/cli.md; a flag added
 //! here is added there.
+// clap turns doc comments on these types into --help text, so an item documented here for
+// rustdoc would change --help; the flags' own help strings and docs/cli.md document them.
+#![allow(missing_docs)]
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -29,6 +32,9 @@ pub enum Command {
     /// Run as a service: Prometheus metrics over HTTP and a JSON-lines event log, until
     /// SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// List every open pidfd on the host now (holder, target, state), from /proc; works
+    /// with or without an agent running. Needs root to see other users' processes.
+    Ls(LsArgs),
     /// Benchmark floor for `cargo xtask bench`: attach a per-CPU counter program to the
     /// given tracepoints and wait for SIGTERM.
     #[command(hide = true)]
@@ -89,6 +95,22 @@ pub struct TraceArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Output format: columns with a total line, or one JSON object per pidfd.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Only pidfds held by this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only pidfds held by processes whose command name is exactly NAME (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Only stale pidfds: their process has exited and been reaped.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address to serve metrics on: HOST:PORT, [IPv6]:PORT or :PORT (all IPv4 interfaces).
     #[arg(
@@ -127,8 +149,38 @@ pub struct ServeArgs {
     /// the rest summed under `other`.
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=10000))]
     pub max_label_values: u16,
+    /// How often the open-pidfd inventory (the `pidfd_trace_open_pidfds` and
+    /// `pidfd_trace_stale_pidfds` gauges, leak detection) re-reads /proc: 500ms, 30s, 5m, ...
+    /// [default: 30s, stretched on hosts where one scan costs more than 1% of it in CPU; a
+    /// value given here is kept as is]
+    #[arg(long, value_name = "DURATION", value_parser = crate::inventory::refresh::parse_duration)]
+    pub inventory_interval: Option<std::time::Duration>,
+    /// Leak detection window W: a process is suspected when its open (or stale) pidfds rose by
+    /// at least --leak-min-growth over W and in both halves of W; cleared when they did not
+    /// rise over the last W/2.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::inventory::refresh::parse_duration)]
+    pub leak_window: std::time::Duration,
+    /// Leak detection: the least rise over the window that counts as growing.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub leak_min_growth: u64,
     #[command(flatten)]
     pub kernel: KernelArgs,
+}
+
+impl ServeArgs {
+    /// Checks what one flag's parser cannot: how flags relate. Err is the usage error.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::inventory::refresh::{DEFAULT_INTERVAL, humanize};
+        let interval = self.inventory_interval.unwrap_or(DEFAULT_INTERVAL);
+        if self.leak_window < interval * 2 {
+            return Err(format!(
+                "--leak-window {} must be at least twice --inventory-interval {}: the leak rule compares counts a window and half a window apart",
+                humanize(self.leak_window),
+                humanize(interval)
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

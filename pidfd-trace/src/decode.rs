@@ -11,10 +11,13 @@ use crate::{
     names,
 };
 
+/// A ring-buffer record that cannot become an `Event`; the pipeline counts and drops it.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
+    /// (bytes received, bytes expected)
     #[error("record of {0} bytes, expected {1}: agent and kernel programs are from different builds")]
     Size(usize, usize),
+    /// A `kind` byte no `EventKind` has.
     #[error("record with unknown event kind {0}")]
     Kind(u8),
 }
@@ -30,6 +33,8 @@ pub struct SeqTracker {
 }
 
 impl SeqTracker {
+    /// The run-wide `seq` of the record numbered `cpu_seq` on `cpu`; a jump counts the
+    /// records in between as lost (`gaps`).
     pub fn assign(&mut self, cpu: u32, cpu_seq: u64) -> u64 {
         let last = self.last.entry(cpu).or_insert(0);
         if cpu_seq > *last {
@@ -47,18 +52,24 @@ impl SeqTracker {
     }
 }
 
+/// Ring-buffer bytes → `Event`: layout check, clock conversion, names, stage, sequence.
 pub struct Decoder {
     /// CLOCK_REALTIME - CLOCK_BOOTTIME at start-up, in ns.
     boot_to_unix_ns: i128,
     sem: KernelSemantics,
+    /// Sequence numbers and lost-record gaps so far.
     pub seq: SeqTracker,
 }
 
 impl Decoder {
+    /// `boot_to_unix_ns`: CLOCK_REALTIME − CLOCK_BOOTTIME in ns (trace::boot_to_unix_ns);
+    /// `sem`: what the running kernel does with pidfds.
     pub fn new(boot_to_unix_ns: i128, sem: KernelSemantics) -> Self {
         Self { boot_to_unix_ns, sem, seq: SeqTracker::default() }
     }
 
+    /// One record. Errors: too short (`Size`, agent and programs from different builds) or an
+    /// unknown kind (`Kind`).
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Event, DecodeError> {
         let want = size_of::<EventRecord>();
         if bytes.len() < want {
@@ -139,6 +150,7 @@ impl Decoder {
             pidfd_allocated: classify::pidfd_allocated(kind, errno, r.hints, self.sem),
             copy_process_ns: saved(Saved::CopyProcessNs)
                 .filter(|&ns| r.hints & hints::COPY_PROCESS != 0 && ns > 0),
+            caller_open_pidfds: None,
             used_pidfd: passed_pidfd,
             target_checked: x & xhints::TARGET_CHECKED != 0,
             cgroup_leaf: Some(c_string(&r.cgroup_name)).filter(|s| !s.is_empty()),
@@ -152,13 +164,9 @@ fn c_string(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..len]).into_owned()
 }
 
+/// The JSON `mode` of a record's raw mode byte (`unknown` for a value no build writes).
 pub fn mode_name(mode: u8) -> &'static str {
-    match Mode::from_u8(mode) {
-        Some(Mode::Tracepoint) => "tracepoint",
-        Some(Mode::Kprobe) => "kprobe",
-        Some(Mode::Fexit) => "fexit",
-        None => "unknown",
-    }
+    Mode::from_u8(mode).map_or("unknown", Mode::name)
 }
 
 /// Made-up kernel records for the decode and pipeline tests.
@@ -169,6 +177,7 @@ pub mod testing {
     use super::Decoder;
     use crate::classify::KernelSemantics;
 
+    /// A record of `kind` from caller 4242/4243 (`workerx`), arg0 99, arg1 15, pidfd 5.
     pub fn record(kind: EventKind, ret: i64, flags: u64) -> EventRecord {
         let mut comm = [0u8; 16];
         comm[..7].copy_from_slice(b"workerx");
@@ -201,6 +210,7 @@ pub mod testing {
         }
     }
 
+    /// The bytes the ring buffer would hold for `r`.
     pub fn bytes(r: &EventRecord) -> Vec<u8> {
         unsafe {
             std::slice::from_raw_parts((r as *const EventRecord).cast::<u8>(), size_of::<EventRecord>())
@@ -208,6 +218,7 @@ pub mod testing {
         .to_vec()
     }
 
+    /// A decoder for a 6.9+ kernel without function probes.
     pub fn decoder() -> Decoder {
         Decoder::new(
             1_000_000_000_000_000_000,

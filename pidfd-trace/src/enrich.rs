@@ -1,25 +1,75 @@
 //! Adds what the kernel record does not carry, from /proc and cgroupfs, best effort: the
 //! process a pidfd refers to, and the caller's cgroup path and container. A value that
 //! cannot be found stays null.
-use crate::{cgroup, event::Event};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use crate::{cgroup, classify::Stage, event::Event, inventory::helper::Helper};
+
+/// The inventory helper that counts a caller's pidfds for an agent without capabilities;
+/// without one (tests) the agent reads `/proc` itself.
+static COUNTER: OnceLock<Arc<Helper>> = OnceLock::new();
+
+/// How long one count of a caller's pidfds is reused for its next fd_alloc failures, so a
+/// process failing in a tight loop costs one /proc walk per interval, not one per failure.
+const COUNT_REUSE: Duration = Duration::from_millis(100);
+
+/// Sets the helper that counts callers' pidfds (`trace` and `serve`, before they drop their
+/// capabilities).
+pub fn set_counter(h: Arc<Helper>) {
+    let _ = COUNTER.set(h);
+}
 
 /// The enrichment stage of the pipeline: owns the cgroup resolver and its bounded caches.
 pub struct Enricher {
     cgroups: cgroup::Resolver,
+    /// pid → (when counted, pidfds held): see COUNT_REUSE.
+    counts: HashMap<u32, (Instant, Option<usize>)>,
+}
+
+impl Default for Enricher {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Enricher {
     /// An enricher for this host's cgroup mounts.
     pub fn new() -> Self {
-        Self { cgroups: cgroup::Resolver::new() }
+        Self { cgroups: cgroup::Resolver::new(), counts: HashMap::new() }
     }
 
     /// Fills in `cgroup`, `container_id`, `pod_uid` and `container_runtime`, and the
     /// `target_pid` of a call that used a pidfd the kernel could not resolve: from the
     /// caller's `/proc/<pid>/fdinfo/<pidfd>` ("Pid:" line, 5.3+). Racy by nature: if the caller
     /// already closed the pidfd the field stays null rather than guessed.
+    /// A creation that failed at `fd_alloc` (EMFILE/ENFILE) also gets `caller_open_pidfds`.
     pub fn enrich(&mut self, ev: &mut Event) {
+        if ev.stage == Some(Stage::FdAlloc) {
+            ev.caller_open_pidfds = self.caller_pidfds(ev.pid);
+        }
         enrich(&mut self.cgroups, ev);
+    }
+
+    /// How many pidfds `pid` holds now; None if it is gone or unreadable.
+    fn caller_pidfds(&mut self, pid: u32) -> Option<usize> {
+        if let Some((at, n)) = self.counts.get(&pid)
+            && at.elapsed() < COUNT_REUSE
+        {
+            return *n;
+        }
+        let n = match COUNTER.get() {
+            Some(h) => h.count(pid).ok(),
+            None => crate::inventory::count_pidfds(pid).ok(),
+        };
+        if self.counts.len() >= 4096 {
+            self.counts.retain(|_, (at, _)| at.elapsed() < COUNT_REUSE);
+        }
+        self.counts.insert(pid, (Instant::now(), n));
+        n
     }
 }
 

@@ -6,15 +6,21 @@ use serde::{Serialize, Serializer};
 
 use crate::classify::Stage;
 
+/// One observed call, decoded and enriched. Field meanings, units and JSON shapes:
+/// docs/events.md.
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
+    /// When the call returned, ns since the Unix epoch (JSON: RFC 3339).
     #[serde(serialize_with = "rfc3339")]
     pub ts: i128,
+    /// Run-wide sequence number from 1; gaps are lost records.
     pub seq: u64,
+    /// What was called (JSON: its name).
     #[serde(serialize_with = "event_name")]
     pub event: EventKind,
-    /// Host (initial pid namespace) process and thread ids.
+    /// The caller's process (host pid namespace).
     pub pid: u32,
+    /// The calling thread.
     pub tid: u32,
     /// The caller's process id in its own pid namespace, when that is not the initial one.
     pub ns_pid: Option<i64>,
@@ -24,8 +30,11 @@ pub struct Event {
     pub thread_comm: String,
     /// The call came through the 32-bit (ia32) syscall entry.
     pub compat: bool,
+    /// The caller's cgroup2 id.
     pub cgroup_id: u64,
+    /// The caller's cgroup2 path, set by the enricher.
     pub cgroup: Option<String>,
+    /// The container the caller runs in, set by the enricher.
     pub container_id: Option<String>,
     /// The Kubernetes pod UID when the cgroup path runs through a pod.
     pub pod_uid: Option<String>,
@@ -33,11 +42,17 @@ pub struct Event {
     /// enricher with `container_id`; a metric label only (not in the JSON schema).
     #[serde(skip)]
     pub container_runtime: Option<&'static str>,
+    /// The raw flags argument (waitid: options).
     pub flags: u64,
+    /// Names of the set bits of `flags`; unknown bits as one hex string.
     pub flag_names: Vec<String>,
+    /// The raw return value.
     pub ret: i64,
+    /// The errno name of a failure.
     pub errno: Option<String>,
+    /// Failed pidfd creations: the step that failed.
     pub stage: Option<Stage>,
+    /// The new pidfd on success.
     pub pidfd: Option<i32>,
     /// The new child, host pid namespace.
     pub child_pid: Option<i64>,
@@ -49,14 +64,24 @@ pub struct Event {
     /// The target's pid in the caller's namespace, when the caller is not in the initial
     /// namespace.
     pub ns_target_pid: Option<i64>,
+    /// pidfd_send_signal: the signal's name.
     pub signal: Option<String>,
+    /// pidfd_send_signal: the signal's number.
     pub signal_nr: Option<u64>,
+    /// pidfd_getfd: the fd number in the target.
     pub target_fd: Option<i64>,
+    /// How it was observed: `fexit`, `kprobe` or `tracepoint`.
     pub mode: &'static str,
+    /// Syscall entry to exit, ns.
     pub duration_ns: u64,
+    /// Failed clones, function-probe modes: whether the pidfd existed when it failed.
     pub pidfd_allocated: Option<bool>,
     /// How long copy_process ran for this clone, when a function probe timed it.
     pub copy_process_ns: Option<u64>,
+    /// For a creation that failed for want of an fd (`stage` fd_alloc: EMFILE/ENFILE): how
+    /// many pidfds the caller held, counted from its `/proc/<pid>/fd` when the agent enriched
+    /// the record (docs/events.md, README "Open pidfds").
+    pub caller_open_pidfds: Option<usize>,
     /// The pidfd a call that uses one passed (pidfd_getfd, pidfd_send_signal, ...); when the
     /// kernel could not resolve it to `target_pid`, the enricher tries /proc.
     pub used_pidfd: Option<i32>,
@@ -71,6 +96,7 @@ pub struct Event {
 }
 
 impl Event {
+    /// Whether the call failed (`ret` < 0).
     pub fn failed(&self) -> bool {
         self.ret < 0
     }

@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cli::BenchFloorArgs, preflight, probes, tracefs};
 
+/// `pidfd-trace bench-floor`: holds the floor program attached until SIGINT/SIGTERM.
 pub fn run(args: BenchFloorArgs) -> Result<()> {
     preflight::check_privileges(preflight::effective_caps())?;
     let mut tps = Vec::new();

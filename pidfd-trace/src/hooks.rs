@@ -89,11 +89,15 @@ pub struct EventHook {
     pub tracepoint: Tracepoint,
     /// What `flags` holds is named with this table.
     pub flags: FlagTable,
-    /// What the record's `arg0` and `arg1` hold.
+    /// What the record's `arg0` holds.
     pub arg0: Saved,
+    /// See `arg0`.
     pub arg1: Saved,
+    /// What `ret` means on success.
     pub returns: Returns,
+    /// How a failure is staged.
     pub stage: StageRule,
+    /// The metric family its counted outcomes feed.
     pub feeds: Feeds,
 }
 
@@ -234,9 +238,13 @@ pub fn events() -> impl Iterator<Item = &'static EventHook> {
 /// Kinds of kernel program a function-probe mode needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgKind {
+    /// fentry (function entry, BTF).
     Fentry,
+    /// fexit (function exit with arguments and return value, BTF).
     Fexit,
+    /// kprobe (function entry, kallsyms).
     Kprobe,
+    /// kretprobe (function return, kallsyms).
     Kretprobe,
 }
 
@@ -257,7 +265,9 @@ pub struct FnTarget {
 /// A function hook: what it is for (its name in the plan) and the kernel functions it needs.
 #[derive(Clone, Debug)]
 pub struct FnHook {
+    /// Its name in the plan and `pidfd_trace_probe_attached{hook}`.
     pub hook: &'static str,
+    /// The kernel functions it needs, all attached in the same mode.
     pub targets: Vec<FnTarget>,
 }
 

@@ -1,30 +1,34 @@
 //! pidfd-trace: the agent binary. Parses the command line and runs one command; every error
 //! becomes one line on stderr and a non-zero exit.
-mod btf;
-mod cgroup;
-mod check;
-mod classify;
-mod cli;
-mod counters;
-mod decode;
-mod enrich;
-mod event;
-mod filter;
-mod floor;
-mod hooks;
-
-mod names;
-mod pipeline;
-mod plan;
-mod preflight;
-mod privileges;
-mod probes;
-mod serve;
-mod session;
-mod sink;
-mod symbols;
-mod trace;
-mod tracefs;
+#![warn(missing_docs)]
+pub mod btf;
+pub mod cgroup;
+pub mod check;
+pub mod classify;
+pub mod cli;
+pub mod counters;
+pub mod decode;
+pub mod enrich;
+pub mod event;
+pub mod filter;
+pub mod floor;
+pub mod hooks;
+pub mod inventory;
+pub mod ls;
+pub mod names;
+pub mod pipeline;
+pub mod plan;
+pub mod preflight;
+pub mod privileges;
+pub mod probes;
+// serve/ is being changed on another branch (alerting); its rustdoc comes with that merge.
+#[allow(missing_docs)]
+pub mod serve;
+pub mod session;
+pub mod sink;
+pub mod symbols;
+pub mod trace;
+pub mod tracefs;
 
 use std::process::ExitCode;
 
@@ -37,6 +41,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if let Command::Serve(args) = &cli.command
+        && let Err(e) = args.validate()
+    {
+        eprintln!("pidfd-trace: error: {e}; see pidfd-trace --help");
+        return ExitCode::from(2);
+    }
     if let Command::Serve(args) = &cli.command {
         serve::logging::init(args.log_format, args.log_level);
     } else {
@@ -59,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace(args) => runtime()?.block_on(trace::run(args)),
         Command::BenchFloor(args) => floor::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Ls(args) => ls::run(args),
     }
 }
 

@@ -3,7 +3,6 @@
 //! plain values held by `Pipeline`; only `run` touches the kernel (through `probes`).
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use log::warn;
 use pidfd_trace_common::stats;
 use tokio::{
@@ -16,6 +15,30 @@ use crate::{
     counters::Counters, decode::Decoder, enrich::Enricher, filter::Filter, probes::EventRing,
     session::Session, sink::Sink,
 };
+
+/// Why the event loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Reading the kernel maps failed.
+    #[error(transparent)]
+    Probes(#[from] crate::probes::LoadError),
+    /// Polling a kernel fd failed.
+    #[error("polling the {what}: {err}")]
+    Poll {
+        /// `event ring buffer` or `kernel log channel`.
+        what: &'static str,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// SIGINT/SIGTERM handlers could not be installed.
+    #[error("installing the SIGINT/SIGTERM handlers: {0}")]
+    Signals(std::io::Error),
+    /// The sink could not write (anything but a closed reader).
+    #[error("writing events: {0}; check the output (disk full? a reader that stopped?)")]
+    Write(std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, PipelineError>;
 
 /// Longest a record waits in the ring before the agent reads it: the kernel programs do not
 /// wake the agent per record (pidfd-trace-ebpf/src/emit.rs), so the agent drains on this tick.
@@ -72,7 +95,7 @@ impl Pipeline<'_> {
 
 /// Runs until SIGINT/SIGTERM or the sink's reader goes away (e.g. `| head`).
 pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<Counters> {
-    run_with_tick(session, pipe, &mut |_, _| Ok(())).await
+    run_with_tick(session, pipe, &mut |_, _| {}).await
 }
 
 /// `run`, also calling `on_tick` once a second and once more at the end, with a snapshot of
@@ -81,23 +104,23 @@ pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<Count
 pub async fn run_with_tick(
     session: &mut Session,
     pipe: &mut Pipeline<'_>,
-    on_tick: &mut dyn FnMut(&Counters, &Totals) -> Result<()>,
+    on_tick: &mut dyn FnMut(&Counters, &Totals),
 ) -> Result<Counters> {
     let ring = session.probes.take_events()?;
     // SAFETY (both registrations): the AsyncFd owns the value that owns the fd, so the fd
     // cannot be closed while it is registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .context("polling the event ring buffer")?;
+        .map_err(|err| PipelineError::Poll { what: "event ring buffer", err: err.into() })?;
     let logger = session.probes.take_logger();
     let mut logger = match logger {
         Some(l) => Some(
             unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
-                .context("polling the kernel log channel")?,
+                .map_err(|err| PipelineError::Poll { what: "kernel log channel", err: err.into() })?,
         ),
         None => None,
     };
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(PipelineError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(PipelineError::Signals)?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The kernel programs wake us only once the ring is a quarter full (emit.rs); this tick
     // drains it otherwise, so no record waits longer than DRAIN_INTERVAL.
@@ -109,14 +132,14 @@ pub async fn run_with_tick(
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
-                let mut guard = guard?;
+                let mut guard = guard.map_err(|err| PipelineError::Poll { what: "event ring buffer", err })?;
                 if let Err(e) = pipe.drain(guard.get_inner_mut()) {
                     return sink_closed(e, session);
                 }
                 guard.clear_ready();
             }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
-                let mut guard = guard?;
+                let mut guard = guard.map_err(|err| PipelineError::Poll { what: "kernel log channel", err })?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
@@ -139,7 +162,7 @@ pub async fn run_with_tick(
                         log::debug!("entry states: removed {removed} of exited threads, {kept} in flight");
                     }
                 }
-                on_tick(&counters, &pipe.totals)?;
+                on_tick(&counters, &pipe.totals);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -153,7 +176,7 @@ pub async fn run_with_tick(
         l.get_mut().flush();
     }
     let counters = session.probes.counters()?;
-    on_tick(&counters, &pipe.totals)?;
+    on_tick(&counters, &pipe.totals);
     Ok(counters)
 }
 
@@ -163,7 +186,7 @@ fn sink_closed(e: std::io::Error, session: &Session) -> Result<Counters> {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         Ok(session.probes.counters()?)
     } else {
-        Err(e).context("writing events")
+        Err(PipelineError::Write(e))
     }
 }
 

@@ -2,6 +2,7 @@
 //! verdict on each and the one chosen. `check` prints it, `trace`/`serve` follow it.
 use serde::Serialize;
 
+/// `--mode`: the attach mode the user asked for (docs/cli.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ModeChoice {
@@ -15,71 +16,156 @@ pub enum ModeChoice {
     Tracepoint,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    Fexit,
-    Kprobe,
-    Tracepoint,
+/// How a hook is attached: the same `Mode` the kernel records carry.
+pub use pidfd_trace_common::Mode as AttachMode;
+
+/// Why a mode cannot be used for a hook (or at all) on this kernel. Serialised as its message
+/// (`check --output json`, `refused`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The kernel loads no program of this type.
+    #[error("{what} programs not supported by this kernel")]
+    Unsupported {
+        /// `fentry`, `kprobe` or `tracepoint`.
+        what: &'static str,
+    },
+    /// Loading a test program failed (lockdown, an LSM, a sysctl).
+    #[error("{what}: load refused ({why}); lockdown or an LSM may forbid it")]
+    LoadRefused {
+        /// `fentry`, `kprobe` or `tracepoint`.
+        what: &'static str,
+        /// The kernel's answer, with its causes.
+        why: String,
+    },
+    /// No kprobe PMU.
+    #[error("kernel built without kprobes (no kprobe PMU in /sys/bus/event_source/devices)")]
+    NoKprobes,
+    /// The function is not in BTF (fexit needs its BTF id).
+    #[error("{func} not in BTF (inlined or absent)")]
+    NotInBtf {
+        /// The kernel function.
+        func: &'static str,
+    },
+    /// The function's parameter count differs from what the programs were written for.
+    #[error("{func}: BTF shows {btf} parameters, programs expect {expected}")]
+    Params {
+        /// The kernel function.
+        func: &'static str,
+        /// Parameters in this kernel's BTF.
+        btf: usize,
+        /// Parameters the programs were written for.
+        expected: usize,
+    },
+    /// copy_process probes read kernel_clone_args.flags at offset 0.
+    #[error("kernel_clone_args.flags is not at offset 0 (pre-5.3 copy_process?)")]
+    CloneArgsLayout,
+    /// kprobes need the symbol.
+    #[error("{func} not in /proc/kallsyms")]
+    NotInKallsyms {
+        /// The kernel function.
+        func: &'static str,
+    },
+    /// Function hooks cannot be tracepoints.
+    #[error("not a tracepoint")]
+    NotATracepoint,
+    /// The user chose `--mode tracepoint`.
+    #[error("--mode tracepoint")]
+    TracepointOnly,
+    /// The trial load or attach failed (first line of the kernel's or aya's message).
+    #[error("{0}")]
+    Trial(String),
 }
 
-impl AttachMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttachMode::Fexit => "fexit",
-            AttachMode::Kprobe => "kprobe",
-            AttachMode::Tracepoint => "tracepoint",
-        }
+impl Serialize for Refusal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
 /// What the running kernel lets us load, probed once at start-up (`probes::program_support`).
 #[derive(Clone, Debug, Serialize)]
 pub struct ProgramSupport {
-    /// `Ok(())` or why not, per mode.
-    pub fentry: Result<(), String>,
-    pub kprobe: Result<(), String>,
-    pub tracepoint: Result<(), String>,
+    /// fentry/fexit (BPF_PROG_TYPE_TRACING): `Ok(())` or why not.
+    pub fentry: Result<(), Refusal>,
+    /// kprobe/kretprobe.
+    pub kprobe: Result<(), Refusal>,
+    /// Tracepoints.
+    pub tracepoint: Result<(), Refusal>,
 }
 
+/// One mode the plan considered for a hook.
 #[derive(Clone, Debug, Serialize)]
 pub struct Candidate {
+    /// The mode.
     pub mode: AttachMode,
     /// Why this mode was not used; `None` for the chosen one (and untried worse ones).
     /// Filled in before loading from BTF/kallsyms, and by the trial load.
-    pub refused: Option<String>,
+    pub refused: Option<Refusal>,
 }
 
+/// One hook of the plan (`check` prints these; JSON shape in docs/cli.md).
 #[derive(Clone, Debug, Serialize)]
 pub struct HookPlan {
+    /// The hook's name: an event name (syscall hooks) or a function hook's name.
     pub hook: &'static str,
     /// Where it attaches in the chosen mode, e.g. `syscalls:sys_enter_clone + sys_exit_clone`.
     pub target: String,
+    /// The modes considered, best first.
     pub candidates: Vec<Candidate>,
+    /// The mode it is attached in; `None` when every candidate was refused.
     pub chosen: Option<AttachMode>,
 }
 
-pub use crate::hooks::{FnHook, ProgKind, function_hooks};
-
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("--mode {mode} is not possible here: {reason}")]
-    ForcedModeUnavailable { mode: &'static str, reason: String },
+/// A mode the user forced (`--mode fentry|kprobe`, or tracepoints themselves) that this
+/// kernel cannot do: the one error for it, from the plan or from the trial load.
+#[derive(Debug)]
+pub struct ForcedModeError {
+    /// As the user spelled it: `fentry`, `kprobe` or `tracepoint`.
+    pub mode: &'static str,
+    /// The hook that cannot be attached, if it is one hook's fault.
+    pub hook: Option<&'static str>,
+    /// Why this kernel cannot do it.
+    pub reason: Refusal,
 }
+
+impl std::fmt::Display for ForcedModeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--mode {} is not possible here: ", self.mode)?;
+        match self.hook {
+            Some(hook) => write!(
+                f,
+                "{hook}: {}; run with --mode auto to use the best mode this kernel allows",
+                self.reason
+            ),
+            // Tracepoints carry every syscall hook in every mode.
+            None => write!(
+                f,
+                "{}; every mode needs syscall tracepoints: lift the lockdown or LSM policy that forbids them",
+                self.reason
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ForcedModeError {}
+
+pub use crate::hooks::{FnHook, ProgKind, function_hooks};
 
 /// What the kernel offers for function probes, read once at start-up.
 pub struct FnFacts<'a> {
+    /// Which program types load at all.
     pub support: &'a ProgramSupport,
     /// BTF: (has FUNC, parameter count) of a kernel function.
     pub btf_params: &'a dyn Fn(&str) -> Option<usize>,
     /// BTF: whether kernel_clone_args.flags is at offset 0, as copy_process probes assume.
     pub clone_args_flags_at_0: bool,
+    /// Symbols for kprobes.
     pub kallsyms: &'a crate::symbols::Kallsyms,
 }
 
 impl FnFacts<'_> {
     /// Why `mode` cannot work for `hook` before trying to load anything; `None` if it may.
-    pub fn refuse(&self, hook: &FnHook, mode: AttachMode) -> Option<String> {
+    pub fn refuse(&self, hook: &FnHook, mode: AttachMode) -> Option<Refusal> {
         match mode {
             AttachMode::Fexit => {
                 if let Err(e) = &self.support.fentry {
@@ -87,18 +173,15 @@ impl FnFacts<'_> {
                 }
                 for t in &hook.targets {
                     match (self.btf_params)(t.func) {
-                        None => return Some(format!("{} not in BTF (inlined or absent)", t.func)),
+                        None => return Some(Refusal::NotInBtf { func: t.func }),
                         Some(n) if n != t.params => {
-                            return Some(format!(
-                                "{}: BTF shows {n} parameters, programs expect {}",
-                                t.func, t.params
-                            ));
+                            return Some(Refusal::Params { func: t.func, btf: n, expected: t.params });
                         }
                         Some(_) => {}
                     }
                 }
                 (hook.hook == "copy_process" && !self.clone_args_flags_at_0)
-                    .then(|| "kernel_clone_args.flags is not at offset 0 (pre-5.3 copy_process?)".to_string())
+                    .then_some(Refusal::CloneArgsLayout)
             }
             AttachMode::Kprobe => {
                 if let Err(e) = &self.support.kprobe {
@@ -107,9 +190,9 @@ impl FnFacts<'_> {
                 hook.targets
                     .iter()
                     .find(|t| self.kallsyms.symbol(t.func).is_none())
-                    .map(|t| format!("{} not in /proc/kallsyms", t.func))
+                    .map(|t| Refusal::NotInKallsyms { func: t.func })
             }
-            AttachMode::Tracepoint => Some("not a tracepoint".into()),
+            AttachMode::Tracepoint => Some(Refusal::NotATracepoint),
         }
     }
 }
@@ -121,9 +204,9 @@ pub fn build(
     support: &ProgramSupport,
     fns: &[FnHook],
     facts: &FnFacts<'_>,
-) -> Result<Vec<HookPlan>, PlanError> {
+) -> Result<Vec<HookPlan>, ForcedModeError> {
     if let Err(reason) = &support.tracepoint {
-        return Err(PlanError::ForcedModeUnavailable { mode: "tracepoint", reason: reason.clone() });
+        return Err(ForcedModeError { mode: "tracepoint", hook: None, reason: reason.clone() });
     }
     // Every row of the hook table has its syscall tracepoints, attached in every mode.
     let mut plan: Vec<HookPlan> = crate::hooks::events()
@@ -142,7 +225,7 @@ pub fn build(
     };
     for f in fns {
         let candidates: Vec<Candidate> = if modes.is_empty() {
-            vec![Candidate { mode: AttachMode::Fexit, refused: Some("--mode tracepoint".into()) }]
+            vec![Candidate { mode: AttachMode::Fexit, refused: Some(Refusal::TracepointOnly) }]
         } else {
             modes.iter().map(|&m| Candidate { mode: m, refused: facts.refuse(f, m) }).collect()
         };
@@ -150,9 +233,10 @@ pub fn build(
             && choice != ModeChoice::Tracepoint
             && let Some(reason) = &candidates[0].refused
         {
-            return Err(PlanError::ForcedModeUnavailable {
+            return Err(ForcedModeError {
                 mode: if choice == ModeChoice::Fentry { "fentry" } else { "kprobe" },
-                reason: format!("{}: {reason}", f.hook),
+                hook: Some(f.hook),
+                reason: reason.clone(),
             });
         }
         plan.push(HookPlan {
@@ -163,4 +247,29 @@ pub fn build(
         });
     }
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_mode_errors_name_the_fix() {
+        let hook = ForcedModeError {
+            mode: "fentry",
+            hook: Some("copy_process"),
+            reason: Refusal::NotInBtf { func: "copy_process" },
+        };
+        assert_eq!(
+            hook.to_string(),
+            "--mode fentry is not possible here: copy_process: copy_process not in BTF (inlined or absent); run with --mode auto to use the best mode this kernel allows"
+        );
+        let tp = ForcedModeError {
+            mode: "tracepoint",
+            hook: None,
+            reason: Refusal::Unsupported { what: "tracepoint" },
+        };
+        assert!(tp.to_string().contains("lift the lockdown or LSM policy"), "{tp}");
+        assert_eq!(serde_json::to_value(Refusal::TracepointOnly).unwrap(), "--mode tracepoint");
+    }
 }

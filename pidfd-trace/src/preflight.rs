@@ -1,19 +1,23 @@
 //! Checks that turn a doomed start into one clear line: privileges and kernel BTF.
 use std::path::{Path, PathBuf};
 
+/// Where the running kernel exposes its BTF (`--btf`, PIDFD_TRACE_BTF, overrides it).
 pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
+/// A start that cannot work, said before anything is loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
+    /// The capabilities missing, e.g. `CAP_BPF+CAP_PERFMON`.
     #[error("missing capabilities {0}: run pidfd-trace as root (sudo) or grant CAP_BPF and CAP_PERFMON")]
     Privileges(String),
     #[error(
         "kernel BTF not found at {0}: this kernel was built without CONFIG_DEBUG_INFO_BTF; use a kernel with BTF (most distribution kernels since 5.4 have it)"
     )]
+    /// No BTF file at this path.
     NoBtf(PathBuf),
 }
 
@@ -43,6 +47,7 @@ pub fn check_privileges(caps: u64) -> Result<(), PreflightError> {
     Err(PreflightError::Privileges(missing.join("+")))
 }
 
+/// Whether the kernel BTF file exists (`NoBtf` if not).
 pub fn check_btf(path: &Path) -> Result<(), PreflightError> {
     if path.is_file() { Ok(()) } else { Err(PreflightError::NoBtf(path.to_path_buf())) }
 }

@@ -8,10 +8,13 @@ use log::info;
 
 use crate::probes::MapProbe;
 
+/// Dropping capabilities after attaching failed; the agent stops rather than run privileged.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
+    /// prctl/capset failed, or capabilities remained afterwards.
     #[error("dropping capabilities failed: {0}")]
     Capset(std::io::Error),
+    /// The process already runs this many threads (capset is per thread).
     #[error("capabilities dropped but the agent runs {0} threads: drop them before starting threads")]
     Threads(usize),
 }

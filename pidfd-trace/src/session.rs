@@ -1,6 +1,5 @@
 //! Start-up shared by every command that attaches: preflight, kernel facts, the plan, and
 //! the loaded programs.
-use anyhow::{Context, Result};
 use log::debug;
 
 use crate::{
@@ -14,16 +13,58 @@ use crate::{
     tracefs,
 };
 
+/// Why the agent could not start tracing; each message names the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Privileges or BTF missing.
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    /// tracefs or a syscall tracepoint missing or unusable.
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    /// The BTF file exists but cannot be read.
+    #[error("reading kernel BTF {path}: {err}; point --btf (PIDFD_TRACE_BTF) at a readable vmlinux BTF")]
+    ReadBtf {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The BTF file does not parse or lacks what the agent needs.
+    #[error("parsing kernel BTF {path}: {err}")]
+    ParseBtf {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong (names its own fix).
+        err: crate::btf::BtfError,
+    },
+    /// A forced mode this kernel cannot do.
+    #[error(transparent)]
+    ForcedMode(#[from] plan::ForcedModeError),
+    /// Loading or attaching the programs failed.
+    #[error(transparent)]
+    Load(#[from] crate::probes::LoadError),
+    /// Dropping capabilities after attaching failed.
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
+}
+
 /// Facts about the running kernel that `check` reports and the attach path uses.
 pub struct KernelFacts {
+    /// `uname -r`.
     pub release: String,
+    /// Where the kernel BTF is read from.
     pub btf_path: std::path::PathBuf,
+    /// The active lockdown mode, when securityfs shows it.
     pub lockdown: Option<String>,
+    /// Which program types load.
     pub support: ProgramSupport,
+    /// What the kernel does with pidfds (and what we watch).
     pub sem: KernelSemantics,
 }
 
 impl KernelFacts {
+    /// Reads the facts (no error: what cannot be read is reported as such).
     pub fn gather(args: &KernelArgs) -> Self {
         let release = uname_release();
         Self {
@@ -42,20 +83,26 @@ impl KernelFacts {
     }
 }
 
+/// The running kernel's release (`unknown` if unreadable).
 pub fn uname_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// An attached agent: the facts, the plan as carried out, and the loaded programs.
 pub struct Session {
+    /// The running kernel.
     pub facts: KernelFacts,
+    /// The plan, with `chosen` filled in.
     pub plan: Vec<HookPlan>,
+    /// The loaded programs (dropping the session detaches them).
     pub probes: Probes,
 }
 
 impl Session {
-    pub fn start(args: &KernelArgs) -> Result<Self> {
+    /// Preflight, tracefs, BTF, the plan, then load and attach: every error names its fix.
+    pub fn start(args: &KernelArgs) -> Result<Self, SessionError> {
         preflight::check_privileges(preflight::effective_caps())?;
         preflight::check_btf(&args.btf)?;
         let (root, mounted) = tracefs::ensure_mounted()?;
@@ -67,8 +114,8 @@ impl Session {
         let layout = tracefs::syscall_layout(&root)?;
         debug!("syscall tracepoint layout: {layout:?}");
         let raw =
-            std::fs::read(&args.btf).with_context(|| format!("reading kernel BTF {}", args.btf.display()))?;
-        let btf = Btf::parse(&raw).with_context(|| format!("parsing kernel BTF {}", args.btf.display()))?;
+            std::fs::read(&args.btf).map_err(|err| SessionError::ReadBtf { path: args.btf.clone(), err })?;
+        let btf = Btf::parse(&raw).map_err(|err| SessionError::ParseBtf { path: args.btf.clone(), err })?;
         let (mut plan, fns, kallsyms) = plan_for(args, &facts, &btf)?;
         let ring_bytes = args.ring_kib.map(|k| k * 1024);
         let forced = matches!(args.mode, ModeChoice::Fentry | ModeChoice::Kprobe);
@@ -108,16 +155,23 @@ impl Session {
         v
     }
 
+    /// Gives up every capability the agent no longer needs now that the programs are
+    /// attached (privileges.rs). Call while the process has one thread.
+    pub fn drop_privileges(&self) -> Result<(), SessionError> {
+        crate::privileges::drop_all(self.probes.map_probe()?)?;
+        Ok(())
+    }
+
     /// The attach plan as metric rows: every candidate mode of every hook (attached = false),
     /// then the mode each attached hook uses (attached = true).
     pub fn plan_rows(&self) -> Vec<crate::sink::metrics::PlanRow> {
         use crate::sink::metrics::PlanRow;
         let candidates = self.plan.iter().flat_map(|h| {
-            h.candidates.iter().map(|c| PlanRow { hook: h.hook, mode: c.mode.as_str(), attached: false })
+            h.candidates.iter().map(|c| PlanRow { hook: h.hook, mode: c.mode.name(), attached: false })
         });
         let attached = self.probes.attached.iter().map(|a| PlanRow {
             hook: a.hook,
-            mode: a.mode.as_str(),
+            mode: a.mode.name(),
             attached: true,
         });
         candidates.chain(attached).collect()
@@ -126,7 +180,7 @@ impl Session {
     /// The one line on stderr that says we are ready (docs/cli.md).
     pub fn attached_line(&self) -> String {
         let hooks: Vec<String> =
-            self.probes.attached.iter().map(|a| format!("{}={}", a.hook, a.mode.as_str())).collect();
+            self.probes.attached.iter().map(|a| format!("{}={}", a.hook, a.mode.name())).collect();
         format!("pidfd-trace: attached {} hooks: {}", hooks.len(), hooks.join(" "))
     }
 }
@@ -136,7 +190,7 @@ fn plan_for(
     args: &KernelArgs,
     facts: &KernelFacts,
     btf: &Btf,
-) -> Result<(Vec<HookPlan>, Vec<FnHook>, Kallsyms)> {
+) -> Result<(Vec<HookPlan>, Vec<FnHook>, Kallsyms), plan::ForcedModeError> {
     let fns = plan::function_hooks(&|f| btf.has_func(f));
     let wanted: Vec<&str> = fns.iter().flat_map(|h| h.targets.iter().map(|t| t.func)).collect();
     let kallsyms = Kallsyms::read(&wanted);

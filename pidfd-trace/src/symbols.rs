@@ -3,6 +3,7 @@
 //! `copy_process.isra.0` count, with their real symbol name kept for attaching.
 use std::collections::HashMap;
 
+/// Kernel functions found in /proc/kallsyms, by the name the agent asked for.
 #[derive(Debug, Default, Clone)]
 pub struct Kallsyms {
     /// Wanted name → the symbol to attach to (itself, or a suffixed local copy).
@@ -15,6 +16,7 @@ impl Kallsyms {
         Self::parse(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default(), wanted)
     }
 
+    /// From the text of /proc/kallsyms, keeping only `wanted`.
     pub fn parse(text: &str, wanted: &[&str]) -> Self {
         let mut found: HashMap<String, String> = HashMap::new();
         for line in text.lines() {

@@ -13,9 +13,12 @@ use crate::{
     sink::{Sink, json::JsonLines, text::Text},
 };
 
+/// `pidfd-trace trace`: events on stdout until SIGINT/SIGTERM or a closed stdout.
 pub async fn run(args: TraceArgs) -> Result<()> {
     let mut session = Session::start(&args.kernel)?;
-    crate::privileges::drop_all(session.probes.map_probe()?)?;
+    // Before the capabilities go: the helper keeps what counting a caller's pidfds needs.
+    crate::enrich::set_counter(std::sync::Arc::new(crate::inventory::helper::Helper::spawn()?));
+    session.drop_privileges()?;
     let stdout = BufWriter::new(std::io::stdout().lock());
     let mut sink: Box<dyn Sink> = match args.output {
         Output::Text => Box::new(Text::new(stdout)),

@@ -6,20 +6,39 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// tracefs or a tracepoint format file the agent needs is missing or unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error(
         "tracefs is not mounted and mounting it at /sys/kernel/tracing failed ({0}); mount it with `mount -t tracefs tracefs /sys/kernel/tracing` or run as root"
     )]
+    /// No tracefs, and mounting one failed.
     Mount(std::io::Error),
+    /// `category:name` (or a field of it) absent.
     #[error("tracepoint {0} not found in tracefs: this kernel lacks it (CONFIG_FTRACE_SYSCALLS off?)")]
     MissingTracepoint(String),
-    #[error("cannot read {path}: {err}")]
-    Read { path: PathBuf, err: std::io::Error },
+    /// A format file could not be read.
+    #[error("cannot read {path}: {err}; run as root (tracefs is readable by root only)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
     #[error(
         "tracepoint {tp}: field `{field}` is at offset {found}, expected {expected}; this kernel's syscall record layout is not supported"
     )]
-    Layout { tp: String, field: String, found: u32, expected: u32 },
+    /// A syscall argument is not where the programs read it.
+    Layout {
+        /// `syscalls:sys_enter_<name>`.
+        tp: String,
+        /// The argument's field name.
+        field: String,
+        /// Its offset in the format file, bytes.
+        found: u32,
+        /// Where the programs read it, bytes.
+        expected: u32,
+    },
 }
 
 const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -72,10 +91,14 @@ pub fn parse_format(text: &str) -> HashMap<String, u32> {
 /// must sit at `arg0 + 8 * index`, as the programs assume; anything else is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyscallLayout {
+    /// Byte offset of argument 0 in every sys_enter record.
     pub arg0: u32,
+    /// Byte offset of `ret` in every sys_exit record.
     pub ret: u32,
 }
 
+/// Reads and checks the format files of every hook table row's tracepoints (`root`: the
+/// tracefs root). Errors name the tracepoint and field.
 pub fn syscall_layout(root: &Path) -> Result<SyscallLayout, TracefsError> {
     let mut layout: Option<SyscallLayout> = None;
     for hook in crate::hooks::events() {

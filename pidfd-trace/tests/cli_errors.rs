@@ -20,7 +20,7 @@ fn one_line_error(out: &Output, code: i32, needle: &str) {
     assert!(out.stdout.is_empty(), "nothing on stdout");
 }
 
-/// `trace` and `check` flags; `serve`'s have their table in tests/serve.rs.
+/// `trace`, `check` and `ls` flags; `serve`'s have their table in tests/serve.rs.
 #[test]
 fn bad_flag_values() {
     let cases: &[(&[&str], &str)] = &[
@@ -34,6 +34,10 @@ fn bad_flag_values() {
         (&["trace", "--ring-kib", "x"], "not a number"),
         (&["trace", "--comm"], "a value is required"),
         (&["check", "--mode", "fexit"], "invalid value 'fexit'"),
+        (&["ls", "--output", "xml"], "invalid value 'xml'"),
+        (&["ls", "--pid", "abc"], "invalid value 'abc'"),
+        (&["ls", "--comm"], "a value is required"),
+        (&["ls", "--stale", "yes"], "unexpected argument 'yes'"),
     ];
     for (args, needle) in cases {
         one_line_error(&agent(args, &[]), 2, needle);

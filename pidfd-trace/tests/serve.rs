@@ -49,6 +49,14 @@ fn bad_flag_values() {
         (&["serve", "--mode", "uprobe"], "invalid value 'uprobe'"),
         (&["serve", "--events-log"], "a value is required"),
         (&["serve", "--web.config.file"], "a value is required"),
+        (&["serve", "--inventory-interval", "5x"], "is not a duration like 500ms, 30s, 5m or 1h"),
+        (&["serve", "--inventory-interval", "10ms"], "must be between 100ms and 24h"),
+        (
+            &["serve", "--leak-window", "40s"],
+            "--leak-window 40s must be at least twice --inventory-interval 30s",
+        ),
+        (&["serve", "--leak-window", "1m", "--inventory-interval", "45s"], "must be at least twice"),
+        (&["serve", "--leak-min-growth", "0"], "0 is not in 1.."),
     ];
     for (args, needle) in cases {
         one_line_error(&agent(args), 2, needle);

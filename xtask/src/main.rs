@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | run | test | e2e | vm`.
 mod bench;
+mod bench_inventory;
 mod e2e;
 mod setup;
 mod soak;
@@ -51,6 +52,9 @@ enum Cmd {
     /// The build-wiring test alone: in a scratch copy, a changed shared constant must change
     /// the kernel object the agent embeds (also a step of `test`).
     BuildWiring,
+    /// What one open-pidfd inventory scan costs (`ls` and a `serve` refresh) on a made host of
+    /// many processes holding many fds (root; figures only, not part of `test`).
+    BenchInventory(bench_inventory::Options),
     /// N minutes of mixed pidfd load against `serve`: RSS per minute, loss and counter
     /// exactness at the end (root; not part of `test`).
     Soak(soak::Options),
@@ -81,6 +85,10 @@ fn run() -> Result<()> {
         Cmd::Bench(opts) => bench::run(&opts, &root),
         Cmd::BuildWiring => wiring::run(&root),
         Cmd::Soak(opts) => soak::run(&opts, &root),
+        Cmd::BenchInventory(opts) => {
+            setup::run(&Default::default())?;
+            bench_inventory::run(&opts, &build(&root)?)
+        }
         Cmd::E2e => {
             setup::run(&Default::default())?;
             e2e::run(&root)

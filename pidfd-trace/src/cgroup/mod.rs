@@ -34,9 +34,11 @@ const WALK_MAX_DIRS: usize = 200_000;
 pub struct CgroupInfo {
     /// The cgroup v2 path, as /proc/<pid>/cgroup's `0::` line shows it.
     pub path: Option<String>,
+    /// The container the path (or /proc/<pid>/cgroup) shows, if any.
     pub container: Option<Container>,
 }
 
+/// cgroup id → path and container, with bounded caches; one per pipeline (the enricher).
 pub struct Resolver {
     mounts: CgroupMounts,
     /// The cgroup2 mount point, open, for open_by_handle_at.
@@ -47,11 +49,19 @@ pub struct Resolver {
     last_walk: Option<Instant>,
 }
 
+impl Default for Resolver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Resolver {
+    /// A resolver for this host's cgroup mounts (/proc/self/mountinfo).
     pub fn new() -> Self {
         Self::with_mounts(CgroupMounts::read())
     }
 
+    /// A resolver for the given mounts (tests).
     pub fn with_mounts(mounts: CgroupMounts) -> Self {
         let mount_dir = mounts.v2.as_ref().and_then(|(p, _)| File::open(p).ok());
         debug!("cgroup2 for cgroup ids: {:?}; v1 hierarchies: {}", mounts.v2, mounts.has_v1);

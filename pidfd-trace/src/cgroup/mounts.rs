@@ -15,6 +15,7 @@ pub struct CgroupMounts {
 }
 
 impl CgroupMounts {
+    /// The mounts of this process (/proc/self/mountinfo; none if unreadable).
     pub fn read() -> Self {
         Self::parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
     }

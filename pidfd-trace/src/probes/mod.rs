@@ -19,7 +19,7 @@ use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, TruthOffset
 use crate::{
     btf::Btf,
     counters::Counters,
-    plan::{AttachMode, FnHook, HookPlan, ProgKind, ProgramSupport},
+    plan::{AttachMode, FnHook, ForcedModeError, HookPlan, ProgKind, ProgramSupport, Refusal},
     symbols::Kallsyms,
     tracefs::SyscallLayout,
 };
@@ -32,27 +32,56 @@ impl From<aya::EbpfError> for LoadError {
     }
 }
 
+/// Loading, attaching or reading the kernel programs failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The embedded object was refused (maps, BTF, relocations).
     #[error("loading the eBPF object failed: {0}")]
     Object(Box<aya::EbpfError>),
+    /// A program the plan names is not in the object.
     #[error("program {0} missing from the eBPF object: agent and kernel programs are from different builds")]
     MissingProgram(String),
+    /// The verifier or the kernel refused a tracepoint program.
     #[error("loading program {name} failed: {err}")]
-    Load { name: String, err: Box<aya::programs::ProgramError> },
+    Load {
+        /// The program.
+        name: String,
+        /// aya's error (the verifier log's first lines).
+        err: Box<aya::programs::ProgramError>,
+    },
+    /// A tracepoint program loaded but could not be attached.
     #[error("attaching {name} to {target} failed: {err}")]
-    Attach { name: String, target: String, err: Box<aya::programs::ProgramError> },
+    Attach {
+        /// The program.
+        name: String,
+        /// `category:name`.
+        target: String,
+        /// aya's error.
+        err: Box<aya::programs::ProgramError>,
+    },
+    /// A map the agent reads is not in the object.
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
+    /// Reading a map failed.
     #[error("map {name}: {err}")]
-    Map { name: &'static str, err: aya::maps::MapError },
-    #[error("--mode {mode} is not possible here: {hook}: {reason}")]
-    ForcedModeFailed { mode: &'static str, hook: &'static str, reason: String },
+    Map {
+        /// The map.
+        name: &'static str,
+        /// aya's error.
+        err: aya::maps::MapError,
+    },
+    /// `--mode fentry|kprobe` and the trial load failed for a hook.
+    #[error(transparent)]
+    ForcedMode(#[from] ForcedModeError),
 }
 
+/// What loading needs from the rest of start-up.
 pub struct LoadOptions<'a> {
+    /// Tracepoint field offsets, checked against tracefs.
     pub layout: SyscallLayout,
+    /// The kernel BTF, for struct offsets.
     pub btf: &'a Btf,
+    /// Symbols, for kprobes.
     pub kallsyms: &'a Kallsyms,
     /// A forced function-probe mode fails the start instead of falling back.
     pub forced: bool,
@@ -69,12 +98,16 @@ pub struct LoadOptions<'a> {
 /// A hook that is attached, as reported on the `attached` line and in metrics.
 #[derive(Clone, Debug)]
 pub struct Attached {
+    /// The hook (plan name).
     pub hook: &'static str,
+    /// Its mode.
     pub mode: AttachMode,
 }
 
+/// The loaded programs; dropping it detaches and unloads all of them.
 pub struct Probes {
     ebpf: Ebpf,
+    /// What is attached, in plan order (the `attached` line).
     pub attached: Vec<Attached>,
     /// What the running configuration cannot see or check, one line each (`check`'s
     /// "blind_spots"); empty when nothing is known to be missing.
@@ -157,22 +190,21 @@ impl Probes {
                         break;
                     }
                     Err(reason) => {
-                        warn!("{}: {} refused: {reason}", f.hook, cand.mode.as_str());
-                        cand.refused = Some(reason);
+                        warn!("{}: {} refused: {reason}", f.hook, cand.mode.name());
+                        cand.refused = Some(Refusal::Trial(reason));
                     }
                 }
             }
-            if opts.forced && hp.chosen.is_none() {
-                let c = hp.candidates.first();
-                return Err(LoadError::ForcedModeFailed {
+            if opts.forced
+                && hp.chosen.is_none()
+                && let Some(c) = hp.candidates.first()
+            {
+                return Err(LoadError::ForcedMode(ForcedModeError {
                     // As the user spelled it: --mode fentry attaches fentry/fexit programs.
-                    mode: c.map_or(
-                        "?",
-                        |c| if c.mode == AttachMode::Fexit { "fentry" } else { c.mode.as_str() },
-                    ),
-                    hook: f.hook,
-                    reason: c.and_then(|c| c.refused.clone()).unwrap_or_default(),
-                });
+                    mode: if c.mode == AttachMode::Fexit { "fentry" } else { c.mode.name() },
+                    hook: Some(f.hook),
+                    reason: c.refused.clone().unwrap_or(Refusal::Trial("no reason recorded".into())),
+                }));
             }
         }
         // Only loading needed aya's copy of the kernel BTF.
@@ -372,7 +404,9 @@ impl Probes {
 
 /// A map of ours to test reading with: its fd and the size of one (all-CPU) value.
 pub struct MapProbe {
+    /// The map's fd (owned by `Probes`).
     pub fd: std::os::fd::RawFd,
+    /// Bytes of one value, all CPUs together.
     pub value_size: usize,
 }
 
@@ -397,9 +431,9 @@ impl MapProbe {
 /// Which program types this kernel lets us load, probed once at start-up.
 pub fn program_support() -> ProgramSupport {
     use aya::programs::ProgramType;
-    let load = |t: ProgramType, what: &str| match aya::sys::is_program_supported(t) {
+    let load = |t: ProgramType, what: &'static str| match aya::sys::is_program_supported(t) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(format!("{what} programs not supported by this kernel")),
+        Ok(false) => Err(Refusal::Unsupported { what }),
         Err(e) => {
             let mut why = e.to_string();
             let mut src = std::error::Error::source(&e);
@@ -407,13 +441,13 @@ pub fn program_support() -> ProgramSupport {
                 why = format!("{why}: {s}");
                 src = s.source();
             }
-            Err(format!("{what}: load refused ({why}); lockdown or an LSM may forbid it"))
+            Err(Refusal::LoadRefused { what, why })
         }
     };
     let kprobe = if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         load(ProgramType::KProbe, "kprobe")
     } else {
-        Err("kernel built without kprobes (no kprobe PMU in /sys/bus/event_source/devices)".into())
+        Err(Refusal::NoKprobes)
     };
     ProgramSupport {
         fentry: load(ProgramType::Tracing, "fentry"),

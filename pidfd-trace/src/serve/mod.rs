@@ -69,7 +69,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // Loading and attaching is the only step that needs privileges; the process has one
     // thread here, so dropping them afterwards covers every thread it will ever run.
     let session = Session::start(&args.kernel)?;
-    crate::privileges::drop_all(session.probes.map_probe()?)?;
+    // Before the capabilities go: the inventory helper keeps the two that reading other
+    // processes' fds needs, in a process of its own (inventory/helper.rs).
+    let helper = std::sync::Arc::new(crate::inventory::helper::Helper::spawn()?);
+    crate::enrich::set_counter(helper.clone());
+    session.drop_privileges()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         // The pipeline runs on this thread (block_on); HTTP on the workers, so a scrape or a
         // misbehaving client never delays draining the ring buffer.
@@ -79,7 +83,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .thread_name("pidfd-trace-http")
         .enable_all()
         .build()?;
-    rt.block_on(serve(args, session, listener, log_out, web))
+    rt.block_on(serve(args, session, listener, log_out, web, helper))
 }
 
 fn open_events_log(path: &Path) -> Result<Box<dyn Write + Send>, ServeError> {
@@ -101,16 +105,35 @@ async fn serve(
     listener: std::net::TcpListener,
     log_out: Option<Box<dyn Write + Send>>,
     web: WebConfig,
+    helper: std::sync::Arc<crate::inventory::helper::Helper>,
 ) -> Result<()> {
     let registry = Registry::new();
     metrics::register_build_info(&registry, &session.facts.release)?;
     metrics::register_attach_plan(&registry, &session.plan_rows())?;
     let mut kernel = KernelMetrics::register(&registry, session.facts.sem)?;
     let mut event_metrics = EventMetrics::register(&registry, usize::from(args.max_label_values))?;
-    let mut events_log = match log_out {
-        Some(out) => Some(EventsLog::new(out, &registry)?),
+    // The events log is shared with the inventory thread's leak records, whole lines only.
+    let shared_log = log_out.map(crate::inventory::refresh::SharedLines::new);
+    let mut events_log = match &shared_log {
+        Some(out) => Some(EventsLog::new(Box::new(out.writer()), &registry)?),
         None => None,
     };
+    let mut ledger = crate::inventory::ledger::Ledger::default();
+    crate::inventory::refresh::start(
+        helper,
+        &registry,
+        crate::inventory::refresh::Config {
+            interval: args.inventory_interval.unwrap_or(crate::inventory::refresh::DEFAULT_INTERVAL),
+            fixed_interval: args.inventory_interval.is_some(),
+            rule: crate::inventory::leak::LeakRule {
+                window: args.leak_window,
+                min_growth: args.leak_min_growth,
+            },
+            max_label_values: usize::from(args.max_label_values),
+        },
+        ledger.clone(),
+        shared_log,
+    )?;
 
     let rejected = http::Rejected::register(&registry)?;
     let attached = session.attached_line();
@@ -132,7 +155,7 @@ async fn serve(
         http::spawn(listener, site, tls, Limits::default()).context("starting the metrics server")?;
     info!("serving metrics on {scheme}://{addr}{} ({})", args.telemetry_path, web.summary);
 
-    let mut sinks: Vec<&mut dyn Sink> = vec![&mut event_metrics];
+    let mut sinks: Vec<&mut dyn Sink> = vec![&mut event_metrics, &mut ledger];
     if let Some(l) = events_log.as_mut() {
         sinks.push(l);
     }
@@ -144,10 +167,7 @@ async fn serve(
         sink: &mut tee,
         totals: Default::default(),
     };
-    let mut refresh = |counters: &Counters, totals: &Totals| -> Result<()> {
-        kernel.refresh(counters, totals);
-        Ok(())
-    };
+    let mut refresh = |counters: &Counters, totals: &Totals| kernel.refresh(counters, totals);
     let result = pipeline::run_with_tick(&mut session, &mut pipe, &mut refresh).await;
     let totals = pipe.totals;
     let _ = tee.flush();

@@ -5,17 +5,20 @@ use std::io::{self, Write};
 use super::Sink;
 use crate::event::{Event, format_rfc3339};
 
+/// The column sink of `trace --output text`; writes the header before the first event.
 pub struct Text<W: Write> {
     out: W,
     header_done: bool,
 }
 
 impl<W: Write> Text<W> {
+    /// Writes to `out`.
     pub fn new(out: W) -> Self {
         Self { out, header_done: false }
     }
 }
 
+/// The column header line.
 pub fn header() -> String {
     format!("{:<12} {:<16} {:>7} {:<17} {:<12} {}", "TIME", "COMM", "PID", "EVENT", "RESULT", "DETAIL")
 }

@@ -1,6 +1,7 @@
 //! pidfd-workload: the in-tree workload that produces every pidfd outcome for real, and the
 //! suite that runs it against a live agent and checks the exact events (host tests and VMs).
 mod cgroup;
+mod holders;
 mod scenarios;
 mod suite;
 mod sys;
@@ -41,6 +42,51 @@ enum Cmd {
     CloneStorm { seconds: u64 },
     /// N short-lived threads (in batches), each doing one pidfd_open + close before exiting.
     Threads { n: u64 },
+    /// Hold pidfds of each kind (to a live child, to reaped and zombie children, thread
+    /// pidfds, nonblocking ones), print them as JSON, keep them until stdin closes.
+    Hold {
+        #[arg(long, default_value_t = 0)]
+        live: u32,
+        #[arg(long, default_value_t = 0)]
+        reaped: u32,
+        #[arg(long, default_value_t = 0)]
+        zombie: u32,
+        /// pidfd_open(tid, PIDFD_THREAD): 6.9+ only (fd is -22 before).
+        #[arg(long, default_value_t = 0)]
+        thread: u32,
+        #[arg(long, default_value_t = 0)]
+        nonblock: u32,
+        #[arg(long)]
+        comm: Option<String>,
+    },
+    /// Leak pidfds in one of the patterns seen in production; prints JSON, holds until stdin
+    /// closes.
+    Leak {
+        #[arg(long, value_enum)]
+        pattern: holders::Pattern,
+        /// Pause between two leaks (ms).
+        #[arg(long, default_value_t = 100)]
+        every_ms: u64,
+        /// Leak for this long, then hold.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// RLIMIT_NOFILE for the emfile pattern.
+        #[arg(long, default_value_t = 128)]
+        nofile: u64,
+        /// How many pidfds the steady pattern holds.
+        #[arg(long, default_value_t = 300)]
+        steady: u32,
+        #[arg(long)]
+        comm: Option<String>,
+    },
+    /// PROCS processes holding FDS fds each (one a pidfd): the host for the inventory's cost
+    /// figures. Holds until stdin closes.
+    FdHost {
+        #[arg(long, default_value_t = 10_000)]
+        procs: u32,
+        #[arg(long, default_value_t = 10)]
+        fds: u32,
+    },
     /// Start the agent, run every scenario, and compare its events with what happened.
     Suite {
         /// The pidfd-trace binary.
@@ -125,6 +171,19 @@ fn main() -> ExitCode {
             println!("{ok}");
             ExitCode::SUCCESS
         }
+        Cmd::Hold { live, reaped, zombie, thread, nonblock, comm } => {
+            if let Some(c) = comm {
+                sys::set_comm(&c);
+            }
+            holders::hold(&holders::HoldSpec { live, reaped, zombie, thread, nonblock })
+        }
+        Cmd::Leak { pattern, every_ms, seconds, nofile, steady, comm } => {
+            if let Some(c) = comm {
+                sys::set_comm(&c);
+            }
+            holders::leak(pattern, std::time::Duration::from_millis(every_ms), seconds, nofile, steady)
+        }
+        Cmd::FdHost { procs, fds } => holders::fd_host(procs, fds),
         Cmd::Suite { agent, mode, json, only, timeout } => suite::run(&agent, &mode, json, &only, timeout),
     }
 }
