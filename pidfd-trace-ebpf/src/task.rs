@@ -172,18 +172,65 @@ pub fn installed_pidfd(hint: i64, child: i32) -> Option<i32> {
         if hint >= 0 && hint < max as i64 && is_child(hint as u32) {
             return Some(hint as i32);
         }
-        let mut fd = 0u32;
-        while fd < PIDFD_SCAN_FDS {
-            if fd >= max {
-                return None;
-            }
-            if is_child(fd) {
+        if off.via_inode != 0 {
+            scan_for_pidfd::<true>(fds, max, child, off, t)
+        } else {
+            scan_for_pidfd::<false>(fds, max, child, off, t)
+        }
+    }
+}
+
+/// A kernel word at `base + off`, 0 when unreadable (the helper zero-fills on failure): no
+/// branch, so a loop over these stays cheap for the verifier (old kernels under emulation
+/// took minutes over a loop with a branch per read).
+#[inline(always)]
+unsafe fn word(base: u64, off: u32) -> u64 {
+    let mut v = 0u64;
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            (&mut v as *mut u64).cast(),
+            8,
+            (base.wrapping_add(u64::from(off))) as *const core::ffi::c_void,
+        );
+    }
+    v
+}
+
+/// The lowest fd among the first `PIDFD_SCAN_FDS` that is a pidfd of host pid `child`.
+/// One loop per kernel family (`VIA_INODE`: pidfs, else anon inode), two branches per fd.
+#[inline(always)]
+unsafe fn scan_for_pidfd<const VIA_INODE: bool>(
+    fds: *const u8,
+    max: u32,
+    child: i32,
+    off: FdPidOffsets,
+    t: &TruthOffsets,
+) -> Option<i32> {
+    let fds = fds as u64;
+    let child = child as u32 as u64;
+    let name = u64::from_le_bytes(ANON_PIDFD_NAME);
+    let mut fd = 0u32;
+    while fd < PIDFD_SCAN_FDS {
+        if fd >= max {
+            return None;
+        }
+        unsafe {
+            let file = word(fds, fd * 8);
+            let (kind_ok, pid) = if VIA_INODE {
+                let inode = word(file, off.file_f_inode);
+                (word(word(inode, t.inode_sb), t.sb_magic) == PID_FS_MAGIC, word(inode, off.inode_i_private))
+            } else {
+                let dentry = word(file, t.file_dentry);
+                (word(word(dentry, t.dentry_name), 0) == name, word(file, off.file_private_data))
+            };
+            let nr = word(pid, off.pid_numbers_nr) & 0xffff_ffff;
+            if kind_ok & (nr == child) & (pid != 0) {
                 return Some(fd as i32);
             }
-            fd += 1;
         }
-        None
+        fd += 1;
     }
+    None
 }
 
 /// The caller's pid namespace level and its process id there (0, 0 in the initial
