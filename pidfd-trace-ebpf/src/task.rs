@@ -286,16 +286,17 @@ pub fn pids_cgroup_at_limit() -> bool {
     unsafe {
         let task = bpf_get_current_task() as *const u8;
         let Some(cset) = read_ptr(task, off.task_cgroups) else { return false };
-        let Some(mut css) = read_ptr(cset, off.css_set_subsys + 8 * off.pids_cgrp_id) else { return false };
+        let Some(css) = read_ptr(cset, off.css_set_subsys + 8 * off.pids_cgrp_id) else { return false };
+        // Straight-line reads (0 when unreadable, see `word`): one branch per level keeps
+        // the verifier fast on old kernels.
+        let mut css = css as u64;
         let mut depth = 0;
         while depth < PIDS_DEPTH {
             // The root has no parent and no limit: it is never checked.
-            let Some(parent) = read_ptr(css, off.css_parent) else { return false };
-            let counter =
-                bpf_probe_read_kernel(css.add(off.pids_counter as usize) as *const i64).unwrap_or(0);
-            let limit =
-                bpf_probe_read_kernel(css.add(off.pids_limit as usize) as *const i64).unwrap_or(i64::MAX);
-            if counter >= limit {
+            let parent = word(css, off.css_parent);
+            let counter = word(css, off.pids_counter) as i64;
+            let limit = word(css, off.pids_limit) as i64;
+            if (css != 0) & (parent != 0) & (counter >= limit) {
                 return true;
             }
             css = parent;
