@@ -24,7 +24,7 @@ const PID_NS_LEVEL_MASK: u32 = 31;
 /// How many fds of the caller a clone exit scans for the child's pidfd when the number in
 /// user memory is not it. The kernel installs the lowest free fd, so a real pidfd lies
 /// beyond this only in a process holding this many fds open.
-pub const PIDFD_SCAN_FDS: u32 = 256;
+pub const PIDFD_SCAN_FDS: u32 = 32;
 
 /// The current task's open file array and its size.
 #[inline(always)]
@@ -272,7 +272,7 @@ pub fn leader_comm(dst: *mut u8) -> bool {
 
 /// How many pids cgroups, from the caller's up, are checked for a reached limit: the kernel
 /// charges every level but the root (pids_try_charge), and real hierarchies are shallow.
-const PIDS_DEPTH: u32 = 16;
+const PIDS_DEPTH: u32 = 8;
 
 /// Whether the current task's pids cgroup, or one of its ancestors, has no room for another
 /// task (counter >= pids.max): the pids controller refuses a fork when any level is full.
