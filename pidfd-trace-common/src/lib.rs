@@ -210,6 +210,10 @@ pub struct EventRecord {
     /// The process's name (thread-group leader's comm); the calling thread's when the
     /// leader could not be read.
     pub comm: [u8; 16],
+    /// The caller's real uid (initial user namespace) at exit, from
+    /// `bpf_get_current_uid_gid`.
+    pub uid: u32,
+    pub _pad2: u32,
     /// The calling thread's name.
     pub thread_comm: [u8; 16],
     /// clone/clone3: the child's pid in the initial namespace (task:task_newtask); 0 unknown.
@@ -223,7 +227,7 @@ pub struct EventRecord {
     pub ns_other: i32,
     /// `xhints` bits.
     pub xhints: u8,
-    pub _pad2: [u8; 3],
+    pub _pad3: [u8; 3],
     /// The name of the caller's cgroup2 directory (its kernfs node), read while the caller
     /// was in the kernel: it names the container (`docker-<id>.scope`) even when the cgroup
     /// is gone by the time the agent looks. NUL-terminated, truncated to fit; empty if unknown.

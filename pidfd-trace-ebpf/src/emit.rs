@@ -3,7 +3,10 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, generated},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
+        generated,
+    },
 };
 use aya_log_ebpf::warn;
 use pidfd_trace_common::{
@@ -63,6 +66,9 @@ pub fn finish<C: EbpfContext>(
         (*rec).hints = hints;
         (*rec)._pad = 0;
         (*rec).target_pid = st.target_pid;
+        // The low half is the real uid (current_cred()->uid, initial user namespace).
+        (*rec).uid = bpf_get_current_uid_gid() as u32;
+        (*rec)._pad2 = 0;
         (*rec).child_pid = st.child_pid;
         let (level, ns_pid) = caller_ns();
         (*rec).ns_pid = ns_pid;
@@ -70,7 +76,7 @@ pub fn finish<C: EbpfContext>(
         // A clone's return value is the child's pid in the caller's namespace.
         (*rec).ns_other = if is_clone && level > 0 && ret > 0 { ret as i32 } else { st.ns_other };
         (*rec).xhints = st.xhints;
-        (*rec)._pad2 = [0; 3];
+        (*rec)._pad3 = [0; 3];
         let cg = core::ptr::addr_of_mut!((*rec).cgroup_name);
         cgroup_name(cg.cast(), CGROUP_NAME_BYTES as u32);
         // Zero-fills the buffer itself if it fails, so nothing uninitialised leaves.

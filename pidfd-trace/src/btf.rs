@@ -121,20 +121,36 @@ impl Btf {
             Some([0xeb, 0x9f, 1]) => true,
             _ => return Err(malformed("no BTF magic 0xeB9F with version 1")),
         };
-        // magic u16, version u8, flags u8, then hdr_len, type_off, type_len, str_off, str_len;
-        // the section offsets count from the end of the header.
+        // magic u16, version u8, flags u8, then hdr_len, type_off, type_len, str_off, str_len
+        // and, from 7.2 (hdr_len 32), layout_off and layout_len; the section offsets count from
+        // the end of the header, whatever its length, so a longer header is skipped whole.
         let field = |i: usize| read_u32(bytes, 4 + 4 * i, big_endian).map(|v| v as usize);
         let (Some(hdr_len @ 24..), Some(type_off), Some(type_len), Some(str_off), Some(str_len)) =
             (field(0), field(1), field(2), field(3), field(4))
         else {
             return Err(malformed("truncated header"));
         };
+        if hdr_len > bytes.len() {
+            return Err(malformed(format!("header length {hdr_len} is past the end of the blob")));
+        }
         let section = |off: usize, len: usize| {
             let start = hdr_len.checked_add(off)?;
             Some(bytes.get(start..start.checked_add(len)?)?.to_vec())
         };
         let (Some(types), Some(strings)) = (section(type_off, type_len), section(str_off, str_len)) else {
             return Err(malformed("a section lies outside the blob"));
+        };
+        // The layout section: one `struct btf_layout { u8 info_sz; u8 elem_sz; u16 flags; }`
+        // per kind the encoder knew, indexed by kind, so kinds newer than this reader can be
+        // stepped over.
+        let layout: Vec<(usize, usize)> = match (hdr_len >= 32, field(5), field(6)) {
+            (false, ..) | (true, _, Some(0)) => Vec::new(),
+            (true, Some(off), Some(len)) => section(off, len)
+                .ok_or_else(|| malformed("the layout section lies outside the blob"))?
+                .chunks_exact(4)
+                .map(|l| (usize::from(l[0]), usize::from(l[1])))
+                .collect(),
+            _ => return Err(malformed("truncated header")),
         };
         let mut btf = Btf { types, strings, big_endian, starts: vec![0], by_name: Vec::new() };
         let mut pos = 0;
@@ -144,13 +160,16 @@ impl Btf {
             let truncated = || malformed(format!("type section truncated in type id {id}"));
             let t = btf.header(id).ok_or_else(truncated)?;
             // Words that follow the header: btf_member, btf_enum, btf_param, btf_array, ...
-            pos += 4 * match t.kind {
-                PTR | FWD | TYPEDEF | VOLATILE | CONST | RESTRICT | FUNC | FLOAT | TYPE_TAG => 3,
-                INT | VAR | DECL_TAG => 4,
-                ARRAY => 6,
-                ENUM | FUNC_PROTO => 3 + 2 * t.vlen,
-                STRUCT | UNION | DATASEC | ENUM64 => 3 + 3 * t.vlen,
-                k => return Err(malformed(format!("unknown kind {k} at type id {id}"))),
+            pos += match t.kind {
+                PTR | FWD | TYPEDEF | VOLATILE | CONST | RESTRICT | FUNC | FLOAT | TYPE_TAG => 12,
+                INT | VAR | DECL_TAG => 16,
+                ARRAY => 24,
+                ENUM | FUNC_PROTO => 12 + 8 * t.vlen,
+                STRUCT | UNION | DATASEC | ENUM64 => 12 + 12 * t.vlen,
+                k => match layout.get(k as usize) {
+                    Some(&(info_sz, elem_sz)) => 12 + info_sz + elem_sz * t.vlen,
+                    None => return Err(malformed(format!("unknown kind {k} at type id {id}"))),
+                },
             };
             if pos > btf.types.len() {
                 return Err(truncated());
@@ -245,7 +264,8 @@ impl Btf {
         let start = *self.starts.get(id as usize).filter(|_| id != 0)?;
         let word = |i: usize| read_u32(&self.types, start + 4 * i, self.big_endian);
         let (name_off, info, size_or_type) = (word(0)?, word(1)?, word(2)?);
-        let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31 == 1);
+        // bits 24-30 kind, 0-23 vlen (7.2 widened both; the new bits were always 0 before).
+        let (kind, vlen, kind_flag) = ((info >> 24) & 0x7f, (info & 0xff_ffff) as usize, info >> 31 == 1);
         Some(Ty { start, name_off, kind, vlen, kind_flag, size_or_type })
     }
 
@@ -377,11 +397,13 @@ mod tests {
         words: Vec<u32>,
         strings: Vec<u8>,
         next_id: u32,
+        /// Some: a 7.2-style 32-byte header with this layout section (info_sz, elem_sz per kind).
+        layout: Option<Vec<(u8, u8)>>,
     }
 
     impl Builder {
         fn new() -> Self {
-            Builder { words: Vec::new(), strings: vec![0], next_id: 1 }
+            Builder { words: Vec::new(), strings: vec![0], next_id: 1, layout: None }
         }
 
         fn str(&mut self, s: &str) -> u32 {
@@ -400,7 +422,7 @@ mod tests {
             extra: &[u32],
             items: &[(&str, &[u32])],
         ) -> u32 {
-            let info = (u32::from(kind & KF != 0) << 31) | ((kind & 0x1f) << 24) | items.len() as u32;
+            let info = (u32::from(kind & KF != 0) << 31) | ((kind & 0x7f) << 24) | items.len() as u32;
             let name_off = self.str(name);
             self.words.extend([name_off, info, size_or_type].iter().chain(extra));
             for (name, words) in items {
@@ -416,8 +438,21 @@ mod tests {
             let bytes = |w: u32| if big_endian { w.to_be_bytes() } else { w.to_le_bytes() };
             let type_len = 4 * self.words.len() as u32;
             let mut out = if big_endian { vec![0xeb, 0x9f, 1, 0] } else { vec![0x9f, 0xeb, 1, 0] };
-            let header = [24, 0, type_len, type_len, self.strings.len() as u32];
+            let str_len = self.strings.len() as u32;
+            let Some(layout) = &self.layout else {
+                let header = [24, 0, type_len, type_len, str_len];
+                out.extend(header.iter().chain(&self.words).flat_map(|&w| bytes(w)));
+                out.extend(&self.strings);
+                return out;
+            };
+            // hdr_len 32: types, then the layout section, then the strings (as the kernel lays
+            // them out), each section's offset counted from the end of the header.
+            let layout_len = 4 * layout.len() as u32;
+            let header = [32, 0, type_len, type_len + layout_len, str_len, type_len, layout_len];
             out.extend(header.iter().chain(&self.words).flat_map(|&w| bytes(w)));
+            for &(info_sz, elem_sz) in layout {
+                out.extend([info_sz, elem_sz, 0, 0]);
+            }
             out.extend(&self.strings);
             out
         }
@@ -515,6 +550,40 @@ mod tests {
         let b = synthetic();
         check_synthetic(&Btf::parse(&b.build(false)).unwrap());
         check_synthetic(&Btf::parse(&b.build(true)).unwrap());
+    }
+
+    /// The 7.2 header (hdr_len 32, layout_off/layout_len) with a layout section, and a kind
+    /// newer than this reader (21, sized by the layout: 4 info bytes, 8 per vlen element)
+    /// before the last type: every look-up still lands right.
+    #[test]
+    fn header_with_layout_section_and_a_new_kind() {
+        let mut b = synthetic();
+        let last = b.words.len() - 6; // "last" is a 1-member struct: 3 + 3 words
+        let tail: Vec<u32> = b.words.split_off(last);
+        // kind 21, vlen 2: header, 1 info word, 2 × 2 words
+        b.words.extend([0, (21 << 24) | 2, 0, 7, 1, 2, 3, 4]);
+        b.words.extend(tail);
+        let mut layout: Vec<(u8, u8)> = vec![(0, 0); 22];
+        layout[21] = (4, 8);
+        b.layout = Some(layout);
+        for big_endian in [false, true] {
+            let blob = b.build(big_endian);
+            assert_eq!(blob[4..8], if big_endian { 32u32.to_be_bytes() } else { 32u32.to_le_bytes() });
+            check_synthetic(&Btf::parse(&blob).unwrap());
+        }
+        // The same kind without a layout entry for it cannot be stepped over.
+        b.layout = Some(vec![(0, 0); 20]);
+        assert!(matches!(Btf::parse(&b.build(false)), Err(BtfError::Malformed(_))));
+        // hdr_len 32 with an empty layout section reads like the 24-byte header.
+        let plain = synthetic();
+        let mut blob = plain.build(false);
+        blob[4] = 32;
+        blob.splice(24..24, [0u8; 8]).for_each(drop); // layout_off 0, layout_len 0
+        check_synthetic(&Btf::parse(&blob).unwrap());
+        // A layout section outside the blob is malformed.
+        let mut bad = blob.clone();
+        bad[28..32].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        assert!(matches!(Btf::parse(&bad), Err(BtfError::Malformed(_))));
     }
 
     #[test]

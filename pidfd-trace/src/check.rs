@@ -10,9 +10,18 @@ use crate::{
     session::{KernelFacts, Session},
 };
 
+/// Version of the `check --output json` document (docs/cli.md); raised when a key changes
+/// meaning or goes away, never for an added key.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// `pidfd-trace check`: exit 0 if this kernel can be traced, 1 (with the report) if not.
 pub fn run(args: CheckArgs) -> Result<()> {
-    preflight::check_privileges(preflight::effective_caps())?;
+    if let Err(e) = preflight::check_privileges(preflight::effective_caps()) {
+        if args.output == Output::Json {
+            print_error_document(&e.to_string(), 1);
+        }
+        return Err(e.into());
+    }
     let facts = KernelFacts::gather(&args.kernel);
     let btf = preflight::check_btf(&facts.btf_path);
     let tracefs = crate::tracefs::ensure_mounted();
@@ -35,23 +44,40 @@ pub fn run(args: CheckArgs) -> Result<()> {
     };
     match args.output {
         Output::Json => {
+            let support = |r: &Result<(), crate::plan::Refusal>| json!({ "ok": r.is_ok(), "reason": r.as_ref().err().map(|e| e.to_string()) });
             let doc = json!({
+                "schema_version": SCHEMA_VERSION,
+                "ok": btf.is_ok() && attach_error.is_none(),
+                "versions": {
+                    "pidfd_trace": env!("CARGO_PKG_VERSION"),
+                    "kernel": facts.release,
+                    "schema": SCHEMA_VERSION,
+                },
                 "kernel": facts.release,
-                "btf": { "path": facts.btf_path, "present": btf.is_ok() },
+                "btf": {
+                    "path": facts.btf_path,
+                    "present": btf.is_ok(),
+                    "reason": btf.as_ref().err().map(|e| e.to_string()),
+                },
                 "lockdown": facts.lockdown,
-                "tracefs": tracefs.as_ref().map(|(p, _)| p.display().to_string()).map_err(|e| e.to_string()),
+                "tracefs": match &tracefs {
+                    Ok((p, mounted)) => json!({ "ok": true, "path": p, "mounted_by_check": mounted, "reason": null }),
+                    Err(e) => json!({ "ok": false, "path": null, "mounted_by_check": false, "reason": e.to_string() }),
+                },
                 "program_types": {
-                    "fentry": verdict(&facts.support.fentry),
-                    "kprobe": verdict(&facts.support.kprobe),
-                    "tracepoint": verdict(&facts.support.tracepoint),
+                    "fentry": support(&facts.support.fentry),
+                    "kprobe": support(&facts.support.kprobe),
+                    "tracepoint": support(&facts.support.tracepoint),
                 },
                 "thread_pidfd": facts.sem.thread_pidfd,
                 "close_tracking": CLOSE_TRACKING,
-                "plan": plan,
+                "plan": plan.iter().map(plan_entry).collect::<Vec<_>>(),
                 "prototypes": prototypes,
                 // What this configuration cannot see (README "What the agent cannot see").
                 "blind_spots": blind_spots,
                 "attach_error": attach_error,
+                "error": attach_error.as_ref().map(|m| error_object(m, 1))
+                    .or_else(|| btf.as_ref().err().map(|e| error_object(&e.to_string(), 1))),
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
@@ -107,6 +133,61 @@ pub fn run(args: CheckArgs) -> Result<()> {
     Ok(())
 }
 
+/// The error object of `check --output json`: what went wrong and the exit status it ends
+/// with (docs/cli.md).
+pub fn error_object(message: &str, exit_status: i32) -> serde_json::Value {
+    json!({ "message": message, "exit_status": exit_status })
+}
+
+/// When check cannot produce its report (not privileged, bad command line): the document
+/// with only `schema_version`, `ok: false`, `versions` and `error`, on stdout.
+pub fn print_error_document(message: &str, exit_status: i32) {
+    let doc = json!({
+        "schema_version": SCHEMA_VERSION,
+        "ok": false,
+        "versions": { "pidfd_trace": env!("CARGO_PKG_VERSION"), "schema": SCHEMA_VERSION },
+        "error": error_object(message, exit_status),
+    });
+    println!("{doc}");
+}
+
+/// One hook of the plan: the keys the VM matrix reads (`hook`, `target`, `chosen`,
+/// `candidates[].mode/refused`), plus `kind`, `candidates[].ok` and `cannot_see`.
+fn plan_entry(h: &HookPlan) -> serde_json::Value {
+    let function = !crate::hooks::events().any(|e| e.name() == h.hook);
+    json!({
+        "hook": h.hook,
+        "kind": if function { "function" } else { "syscall" },
+        "target": h.target,
+        "chosen": h.chosen.map(|m| m.name()),
+        "candidates": h.candidates.iter().map(|c| json!({
+            "mode": c.mode.name(),
+            "ok": c.refused.is_none(),
+            "refused": c.refused.as_ref().map(|r| r.to_string()),
+        })).collect::<Vec<_>>(),
+        "cannot_see": if function && h.chosen.is_none() { cannot_see(h.hook) } else { &[] },
+    })
+}
+
+/// What is missing from events when a function hook is not attached (tracepoints only).
+/// With it attached (fexit or kprobe) nothing is missing; syscall hooks see every call.
+pub fn cannot_see(hook: &str) -> &'static [&'static str] {
+    match hook {
+        "copy_process" => &[
+            "copy_process_ns: how long copy_process ran",
+            "whether a failed clone reached copy_process at all",
+        ],
+        "pidfd_creation" => &[
+            "pidfd_allocated: whether a failed creation had already made its pidfd",
+            "the fd_alloc and user_memory stages are inferred from errno and the pidfd read-back, not observed",
+        ],
+        "cgroup_can_fork" => &[
+            "the cgroup controllers' refusal itself: pids_cgroup is inferred from the pids counter and limit at the failed exit",
+        ],
+        _ => &["what this function probe adds (README: How it attaches)"],
+    }
+}
+
 /// Where open/close information comes from (README "Open pidfds"): no mode hooks a pidfd's
 /// release yet, so in every mode, tracepoint mode included, it is the periodic inventory.
 const CLOSE_TRACKING: &str = "not traced by any hook; the periodic /proc inventory (`ls`, serve's pidfd_trace_open_pidfds and pidfd_trace_stale_pidfds gauges) is the source of open and close information";
@@ -122,7 +203,9 @@ fn print_plan(plan: &[HookPlan]) {
             }
         }
         if h.chosen.is_none() {
-            println!("  {:<18} {:<11} failure stages come from errno and tracepoint facts only", "", "");
+            for what in cannot_see(h.hook) {
+                println!("  {:<18} {:<11} cannot see: {what}", "", "");
+            }
         }
     }
 }

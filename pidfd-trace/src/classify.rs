@@ -12,6 +12,11 @@ const EINVAL: u32 = 22;
 const ENFILE: u32 = 23;
 const EMFILE: u32 = 24;
 
+/// Every errno the stage rules below name; any other errno is stage `other` (or, with
+/// function probes, `fd_alloc` when the creation step itself failed). The metrics export
+/// each (source, stage, errno) these can give from the start (sink/outcomes.rs).
+pub const NAMED_ERRNOS: [u32; 5] = [EAGAIN, EFAULT, EINVAL, ENFILE, EMFILE];
+
 /// Failure stages of the JSON `stage` field and the metrics' `stage` label (docs/events.md, README.md's metric table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

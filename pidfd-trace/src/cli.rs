@@ -26,11 +26,14 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Report what this kernel supports and the attach plan for every hook, then exit.
+    #[command(after_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
     /// Print every pidfd event live, as columns or JSON lines.
+    #[command(after_help = TRACE_EXAMPLES)]
     Trace(TraceArgs),
     /// Run as a service: Prometheus metrics over HTTP and a JSON-lines event log, until
-    /// SIGINT/SIGTERM.
+    /// SIGINT/SIGTERM (SIGHUP reopens the events log).
+    #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
     /// List every open pidfd on the host now (holder, target, state), from /proc; works
     /// with or without an agent running. Needs root to see other users' processes.
@@ -40,6 +43,34 @@ pub enum Command {
     #[command(hide = true)]
     BenchFloor(BenchFloorArgs),
 }
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  pidfd-trace check                 what this kernel supports and how each hook attaches
+  pidfd-trace check -o json | jq .  the same as one JSON document (schema: docs/cli.md)
+  pidfd-trace check --mode tracepoint
+                                    the plan with function probes switched off";
+
+const TRACE_EXAMPLES: &str = "\
+Examples:
+  pidfd-trace trace                 every pidfd event on this host, one line each
+  pidfd-trace trace -x              only failed calls (EMFILE, EAGAIN, EPERM, ...)
+  pidfd-trace trace -p 1234         only calls made by process or thread 1234
+  pidfd-trace trace -c systemd -c containerd
+                                    only calls made by these command names
+  pidfd-trace trace --timestamps relative
+                                    seconds since attach instead of the local date and time
+  pidfd-trace trace -o json | jq 'select(.event == \"pidfd_send_signal\")'
+                                    JSON lines (fields: docs/events.md)";
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  pidfd-trace serve                 metrics on http://:29100/metrics, no events log
+  pidfd-trace serve --events-log /var/log/pidfd-trace/events.jsonl
+                                    also every event as a JSON line; `kill -HUP` reopens the
+                                    file after rotation (logrotate postrotate)
+  pidfd-trace serve --web.listen-address 127.0.0.1:29100 --web.config.file /etc/pidfd-trace/web.yml
+                                    loopback only, with TLS and basic auth";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -69,8 +100,8 @@ pub struct KernelArgs {
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    /// Output format: a report, or one JSON document (errors too) on stdout.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     #[command(flatten)]
     pub kernel: KernelArgs,
@@ -79,17 +110,22 @@ pub struct CheckArgs {
 #[derive(Args, Debug)]
 pub struct TraceArgs {
     /// Output format: readable columns or one JSON object per line.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Only events whose caller has this pid or tid (repeatable).
-    #[arg(long = "pid", value_name = "PID")]
+    #[arg(short = 'p', long = "pid", value_name = "PID", allow_negative_numbers = true, value_parser = parse_pid)]
     pub pids: Vec<u32>,
-    /// Only events whose caller's command name is exactly NAME (repeatable).
-    #[arg(long = "comm", value_name = "NAME")]
+    /// Only events whose caller's command name is exactly NAME, at most 15 bytes as the kernel
+    /// keeps them (repeatable).
+    #[arg(short = 'c', short_alias = 'n', long = "comm", value_name = "NAME", value_parser = parse_comm)]
     pub comms: Vec<String>,
     /// Only failed calls.
-    #[arg(long)]
+    #[arg(short = 'x', long)]
     pub failures_only: bool,
+    /// The TIME column (text output): local date and time, UTC date and time, or seconds
+    /// since the agent attached.
+    #[arg(long, value_enum, value_name = "WHICH", default_value_t = Timestamps::Local)]
+    pub timestamps: Timestamps,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -97,13 +133,14 @@ pub struct TraceArgs {
 #[derive(Args, Debug)]
 pub struct LsArgs {
     /// Output format: columns with a total line, or one JSON object per pidfd.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Only pidfds held by this process (repeatable).
-    #[arg(long = "pid", value_name = "PID")]
+    #[arg(short = 'p', long = "pid", value_name = "PID", allow_negative_numbers = true, value_parser = parse_pid)]
     pub pids: Vec<u32>,
-    /// Only pidfds held by processes whose command name is exactly NAME (repeatable).
-    #[arg(long = "comm", value_name = "NAME")]
+    /// Only pidfds held by processes whose command name is exactly NAME, at most 15 bytes
+    /// (repeatable).
+    #[arg(short = 'c', short_alias = 'n', long = "comm", value_name = "NAME", value_parser = parse_comm)]
     pub comms: Vec<String>,
     /// Only stale pidfds: their process has exited and been reaped.
     #[arg(long)]
@@ -142,7 +179,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
     /// Write every event as a JSON line (the `trace --output json` fields) to PATH, appending;
-    /// `-` is stdout. Without it no events are logged, only counted.
+    /// `-` is stdout. Without it no events are logged, only counted. SIGHUP reopens PATH (for
+    /// log rotation: rename the file, then `kill -HUP`).
     #[arg(long, value_name = "PATH|-")]
     pub events_log: Option<PathBuf>,
     /// Per-process (comm) and per-container series kept per metric: the busiest N values,
@@ -165,6 +203,17 @@ pub struct ServeArgs {
     pub leak_min_growth: u64,
     #[command(flatten)]
     pub kernel: KernelArgs,
+}
+
+/// How `trace` prints the TIME column (docs/cli.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Timestamps {
+    /// `2026-11-30 21:40:01.123` in the host's time zone (named in the header).
+    Local,
+    /// `2026-11-30 21:40:01.123` in UTC.
+    Utc,
+    /// Seconds since the agent attached, `12.345678`.
+    Relative,
 }
 
 impl ServeArgs {
@@ -209,6 +258,36 @@ pub struct BenchFloorArgs {
     /// Tracepoint to attach the floor program to, CATEGORY:NAME (repeatable).
     #[arg(long = "tracepoint", value_name = "CATEGORY:NAME", required = true)]
     pub tracepoints: Vec<String>,
+}
+
+/// The kernel keeps a command name in 16 bytes, the last one NUL (TASK_COMM_LEN).
+pub const COMM_MAX: usize = 15;
+
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(v) if (1..=i64::from(i32::MAX)).contains(&v) => Ok(v as u32),
+        Ok(v) => Err(format!("{v} is not a process id: --pid takes a positive pid (1 or more)")),
+        Err(_) => Err(format!("`{s}` is not a number: --pid takes a positive pid (1 or more)")),
+    }
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the command name is empty: --comm takes a process's command name (`ps -o comm`)".into());
+    }
+    if s.len() > COMM_MAX {
+        let mut cut = COMM_MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return Err(format!(
+            "`{s}` is {} bytes but the kernel keeps only the first {COMM_MAX} bytes of a command name, so it \
+would never match; give `{}` (what `ps -o comm` shows)",
+            s.len(),
+            &s[..cut]
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {

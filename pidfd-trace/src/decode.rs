@@ -107,6 +107,7 @@ impl Decoder {
             event: kind,
             pid: (r.pid_tgid >> 32) as u32,
             tid: r.pid_tgid as u32,
+            uid: r.uid,
             ns_pid: positive(r.ns_pid),
             comm: c_string(&r.comm),
             thread_comm: c_string(&r.thread_comm),
@@ -200,12 +201,14 @@ pub mod testing {
             _pad: 0,
             target_pid: 0,
             comm,
+            uid: 1000,
+            _pad2: 0,
             thread_comm: comm,
             child_pid: 0,
             ns_pid: 0,
             ns_other: 0,
             xhints: 0,
-            _pad2: [0; 3],
+            _pad3: [0; 3],
             cgroup_name: [0; pidfd_trace_common::CGROUP_NAME_BYTES],
         }
     }

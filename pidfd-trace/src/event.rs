@@ -24,6 +24,8 @@ pub struct Event {
     pub tid: u32,
     /// The caller's process id in its own pid namespace, when that is not the initial one.
     pub ns_pid: Option<i64>,
+    /// The caller's real uid (initial user namespace), read in the kernel at exit.
+    pub uid: u32,
     /// The process's name (its thread-group leader's comm); `--comm` matches this.
     pub comm: String,
     /// The calling thread's name.

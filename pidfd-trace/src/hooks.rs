@@ -460,7 +460,7 @@ mod tests {
         let s = |o: &str| vec![(Family::Uses, vec!["waitid".to_string(), o.to_string()])];
         assert_eq!(series(&key(0), Default::default()), s("ok"));
         assert_eq!(series(&key(10), Default::default()), s("ECHILD"));
-        assert!(crate::sink::outcomes::initial_series().contains(&s("ok")[0]));
+        assert!(crate::sink::outcomes::initial_series(Default::default()).contains(&s("ok")[0]));
     }
 
     #[test]

@@ -37,10 +37,20 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().collect();
+    if serve::logging::json_requested(&raw) {
+        serve::logging::force_json();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if matches!(cli.command, Command::Serve(_) | Command::Trace(_)) {
+        // SIGHUP never stops trace or serve (docs/cli.md): ignored while loading, then the
+        // pipeline's handler reopens the events log.
+        // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    }
     if let Command::Serve(args) = &cli.command
         && let Err(e) = args.validate()
     {
@@ -57,7 +67,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pidfd-trace: error: {e:#}");
+            // `check --output json` has already put its error document on stdout.
+            serve::logging::fatal(&format!("pidfd-trace: error: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -101,6 +112,20 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let first = parts.next().unwrap_or("invalid arguments").trim_start_matches("error: ");
     let extra: Vec<&str> = parts.filter(|l| l.starts_with('[') || l.starts_with("tip:")).collect();
     let extra = if extra.is_empty() { String::new() } else { format!(" {}", extra.join(" ")) };
-    eprintln!("pidfd-trace: error: {first}{extra}; see pidfd-trace --help");
+    let message = format!("{first}{extra}; see pidfd-trace --help");
+    if wants_check_json(std::env::args().skip(1)) {
+        check::print_error_document(&message, 2);
+    }
+    serve::logging::fatal(&format!("pidfd-trace: error: {message}"));
     ExitCode::from(2)
+}
+
+/// Whether a command line that clap refused asked for `check --output json`: then the error
+/// is also a JSON document on stdout (docs/cli.md).
+fn wants_check_json(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    let is_check = args.iter().find(|a| !a.starts_with('-')).is_some_and(|a| a == "check");
+    let json = args.windows(2).any(|w| (w[0] == "--output" || w[0] == "-o") && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json" || a == "-ojson" || a == "-o=json");
+    is_check && json
 }

@@ -44,6 +44,9 @@ type Result<T> = std::result::Result<T, PipelineError>;
 /// wake the agent per record (pidfd-trace-ebpf/src/emit.rs), so the agent drains on this tick.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Records handled per turn of the event loop (see `Pipeline::drain`).
+const DRAIN_BUDGET: usize = 4096;
+
 /// Every this many one-second ticks, entry states of threads that exited mid-syscall go.
 const ENTER_SWEEP_TICKS: u64 = 10;
 
@@ -62,13 +65,30 @@ pub struct Pipeline<'a> {
 }
 
 impl Pipeline<'_> {
-    /// Drains every record that is ready. Returns Err only when the sink cannot write.
-    fn drain(&mut self, ring: &mut EventRing) -> std::io::Result<()> {
+    /// Drains the records that are ready, at most `DRAIN_BUDGET` of them, so that under a
+    /// storm signals (SIGHUP, SIGTERM) and ticks still get their turn. Returns whether the
+    /// ring is empty; Err only when the sink cannot write.
+    fn drain(&mut self, ring: &mut EventRing) -> std::io::Result<bool> {
         let mut any = false;
-        while let Some(shown) = ring.next_with(|bytes| self.process(bytes)) {
-            any |= shown?;
+        for _ in 0..DRAIN_BUDGET {
+            match ring.next_with(|bytes| self.process(bytes)) {
+                Some(shown) => any |= shown?,
+                None => {
+                    if any {
+                        self.sink.flush()?;
+                    }
+                    return Ok(true);
+                }
+            }
         }
-        if any { self.sink.flush() } else { Ok(()) }
+        self.sink.flush()?;
+        Ok(false)
+    }
+
+    /// Drains until the ring is empty (at the end).
+    fn drain_all(&mut self, ring: &mut EventRing) -> std::io::Result<()> {
+        while !self.drain(ring)? {}
+        Ok(())
     }
 
     /// One record through decode → filter → enrich → sink. Returns whether it reached the
@@ -93,7 +113,8 @@ impl Pipeline<'_> {
     }
 }
 
-/// Runs until SIGINT/SIGTERM or the sink's reader goes away (e.g. `| head`).
+/// Runs until SIGINT/SIGTERM or the sink's reader goes away (e.g. `| head`); SIGHUP reopens
+/// the sink's files and goes on.
 pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<Counters> {
     run_with_tick(session, pipe, &mut |_, _| {}).await
 }
@@ -121,6 +142,8 @@ pub async fn run_with_tick(
     };
     let mut sigint = signal(SignalKind::interrupt()).map_err(PipelineError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(PipelineError::Signals)?;
+    // SIGHUP reopens the events log (serve) and never stops the agent (docs/cli.md).
+    let mut sighup = signal(SignalKind::hangup()).map_err(PipelineError::Signals)?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The kernel programs wake us only once the ring is a quarter full (emit.rs); this tick
     // drains it otherwise, so no record waits longer than DRAIN_INTERVAL.
@@ -128,15 +151,19 @@ pub async fn run_with_tick(
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_seen = 0u64;
     let mut sweeps = 0u64;
-    eprintln!("{}", session.attached_line());
+    // The ready line (docs/cli.md, "Output and exit status"); a JSON object under `serve --log-format json`.
+    crate::serve::logging::status(&session.attached_line());
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|err| PipelineError::Poll { what: "event ring buffer", err })?;
-                if let Err(e) = pipe.drain(guard.get_inner_mut()) {
-                    return sink_closed(e, session);
+                match pipe.drain(guard.get_inner_mut()) {
+                    Err(e) => return sink_closed(e, session),
+                    // Records left over: stay ready, so the next turn comes back at once
+                    // (after any signal or tick that is also ready).
+                    Ok(false) => {}
+                    Ok(true) => guard.clear_ready(),
                 }
-                guard.clear_ready();
             }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
                 let mut guard = guard.map_err(|err| PipelineError::Poll { what: "kernel log channel", err })?;
@@ -164,12 +191,19 @@ pub async fn run_with_tick(
                 }
                 on_tick(&counters, &pipe.totals);
             }
+            // Reopen at once: what is still in the ring goes to the new file (no line is lost
+            // either way); draining first could take as long as a storm lasts.
+            _ = sighup.recv() => {
+                if let Err(e) = pipe.sink.reopen() {
+                    return sink_closed(e, session);
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
     // Records already in the ring when the signal came are still delivered.
-    if let Err(e) = pipe.drain(ring.get_mut()) {
+    if let Err(e) = pipe.drain_all(ring.get_mut()) {
         return sink_closed(e, session);
     }
     if let Some(l) = logger.as_mut() {

@@ -134,8 +134,11 @@ impl Session {
         )?;
         // Parsing BTF left ~15 MiB of freed heap behind; give it back (RSS 28 → 14 MiB).
         drop((raw, btf));
-        // SAFETY: malloc_trim only releases free memory at the top of the heap.
-        unsafe { libc::malloc_trim(0) };
+        // SAFETY: malloc_trim only releases free memory at the top of the heap (glibc only).
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0)
+        };
         let mut facts = facts;
         let chosen = |hook: &str| plan.iter().any(|h| h.hook == hook && h.chosen.is_some());
         facts.sem.creation_observed = chosen("copy_process") && chosen("pidfd_creation");

@@ -1,7 +1,7 @@
 //! `pidfd-trace trace`: live events on stdout, status on stderr.
 use std::io::{BufWriter, Write};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
     cli::{Output, TraceArgs},
@@ -10,7 +10,11 @@ use crate::{
     filter::Filter,
     pipeline::{self, Pipeline},
     session::Session,
-    sink::{Sink, json::JsonLines, text::Text},
+    sink::{
+        Sink,
+        json::JsonLines,
+        text::{Clock, Text},
+    },
 };
 
 /// `pidfd-trace trace`: events on stdout until SIGINT/SIGTERM or a closed stdout.
@@ -21,7 +25,15 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     session.drop_privileges()?;
     let stdout = BufWriter::new(std::io::stdout().lock());
     let mut sink: Box<dyn Sink> = match args.output {
-        Output::Text => Box::new(Text::new(stdout)),
+        Output::Text => {
+            // The header at once, as execsnoop does: the tool is alive before any event.
+            let mut text = Text::new(stdout, Clock::new(args.timestamps, unix_now_ns()));
+            match text.start() {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                r => r.context("writing to stdout")?,
+            }
+            Box::new(text)
+        }
         Output::Json => Box::new(JsonLines::new(stdout)),
     };
     let mut pipe = Pipeline {
@@ -42,6 +54,10 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     );
     let _ = std::io::stderr().flush();
     Ok(())
+}
+
+fn unix_now_ns() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
 }
 
 /// CLOCK_REALTIME − CLOCK_BOOTTIME now, to put kernel boot-time stamps on the wall clock.

@@ -14,6 +14,21 @@ pub enum TracefsError {
     )]
     /// No tracefs, and mounting one failed.
     Mount(std::io::Error),
+    /// tracefs is mounted but this user cannot reach into it (mode 0700 without root or
+    /// CAP_DAC_READ_SEARCH).
+    #[error(
+        "tracefs is mounted at {path} but uid {uid} cannot read it (mode {mode:04o}, owner uid {owner}); run as root, add CAP_DAC_READ_SEARCH to CAP_BPF+CAP_PERFMON, or remount it readable: `mount -o remount,mode=755 {path}`"
+    )]
+    Unreadable {
+        /// The tracefs mount.
+        path: PathBuf,
+        /// This process's real uid.
+        uid: u32,
+        /// The mount's permission bits.
+        mode: u32,
+        /// The mount's owner.
+        owner: u32,
+    },
     /// `category:name` (or a field of it) absent.
     #[error("tracepoint {0} not found in tracefs: this kernel lacks it (CONFIG_FTRACE_SYSCALLS off?)")]
     MissingTracepoint(String),
@@ -49,6 +64,24 @@ pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
     if let Some(p) = CANDIDATES.iter().map(Path::new).find(|p| p.join("events").is_dir()) {
         return Ok((p.to_path_buf(), false));
     }
+    // Mounted but closed to us (tracefs is mode 0700 on many hosts; without root or
+    // CAP_DAC_READ_SEARCH its files cannot be reached): say so, rather than "not mounted".
+    for p in CANDIDATES.iter().map(Path::new) {
+        if is_tracefs(p)
+            && let Err(e) = std::fs::metadata(p.join("events"))
+            && e.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(p).ok();
+            return Err(TracefsError::Unreadable {
+                path: p.to_path_buf(),
+                // SAFETY: getuid has no preconditions.
+                uid: unsafe { libc::getuid() },
+                mode: meta.as_ref().map_or(0, |m| m.mode() & 0o7777),
+                owner: meta.as_ref().map_or(0, |m| m.uid()),
+            });
+        }
+    }
     let target = CString::new(CANDIDATES[0]).expect("no NUL");
     let fstype = CString::new("tracefs").expect("no NUL");
     // SAFETY: valid NUL-terminated strings; no data argument.
@@ -57,6 +90,15 @@ pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
         return Err(TracefsError::Mount(std::io::Error::last_os_error()));
     }
     Ok((PathBuf::from(CANDIDATES[0]), true))
+}
+
+/// Whether a tracefs is mounted at `p` (statfs needs no permission on `p` itself).
+fn is_tracefs(p: &Path) -> bool {
+    const TRACEFS_MAGIC: libc::c_long = 0x7472_6163;
+    let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: an all-zero statfs is valid; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as libc::c_long == TRACEFS_MAGIC }
 }
 
 /// Field name → byte offset of one tracepoint's record.

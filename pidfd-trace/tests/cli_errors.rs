@@ -34,6 +34,19 @@ fn bad_flag_values() {
         (&["trace", "--ring-kib", "x"], "not a number"),
         (&["trace", "--comm"], "a value is required"),
         (&["check", "--mode", "fexit"], "invalid value 'fexit'"),
+        (&["trace", "--pid", "-5"], "-5 is not a process id: --pid takes a positive pid"),
+        (&["trace", "--pid", "0"], "0 is not a process id: --pid takes a positive pid"),
+        (&["trace", "-p", "4294967296"], "--pid takes a positive pid"),
+        (&["trace", "-p", "x1"], "`x1` is not a number"),
+        (
+            &["trace", "--comm", "this-name-is-way-too-long-for-comm"],
+            "is 34 bytes but the kernel keeps only the first 15 bytes of a command name",
+        ),
+        (&["trace", "-c", "sixteen-bytes-xx"], "give `sixteen-bytes-x`"),
+        (&["trace", "-c", ""], "the command name is empty"),
+        (&["trace", "--timestamps", "tai"], "invalid value 'tai'"),
+        (&["trace", "-o", "yaml"], "invalid value 'yaml'"),
+        (&["trace", "-z"], "unexpected argument '-z'"),
         (&["ls", "--output", "xml"], "invalid value 'xml'"),
         (&["ls", "--pid", "abc"], "invalid value 'abc'"),
         (&["ls", "--comm"], "a value is required"),
@@ -42,6 +55,41 @@ fn bad_flag_values() {
     for (args, needle) in cases {
         one_line_error(&agent(args, &[]), 2, needle);
     }
+}
+
+/// Short options (bcc style) are accepted: parsing gets as far as the BTF check.
+#[test]
+fn short_options_parse() {
+    let btf = [("PIDFD_TRACE_BTF", "/nonexistent/vmlinux")];
+    for args in [
+        &["trace", "-p", "1", "-c", "systemd", "-x", "-o", "json"][..],
+        &["trace", "-n", "exactly15bytes!", "--timestamps", "utc"],
+        &["check", "-o", "json"],
+    ] {
+        let out = agent(args, &btf);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("kernel BTF not found"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn tracefs_mounted_but_unreadable() {
+    // uid 65534 with exactly the capabilities the README names; tracefs mode 0700 (as here).
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata("/sys/kernel/tracing").map(|m| m.mode()).unwrap_or(0o755);
+    if mode & 0o005 != 0 {
+        eprintln!("skipped: tracefs is readable by everyone here (mode {mode:o})");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon"])
+        .args([env!("CARGO_BIN_EXE_pidfd-trace"), "trace"])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    one_line_error(&out, 1, "tracefs is mounted at /sys/kernel/tracing but uid 65534 cannot read it");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CAP_DAC_READ_SEARCH") && !err.contains("not mounted"), "{err}");
 }
 
 #[test]

@@ -133,7 +133,7 @@ impl Serve {
         let lines = self.stderr.lock().unwrap().clone();
         assert!(st.success(), "serve exited with {st} after SIGTERM: {lines:?}");
         assert!(lines.iter().any(|l| l.contains("programs detached")), "{lines:?}");
-        for l in lines.iter().filter(|l| !l.contains("attached")) {
+        for l in &lines {
             let v: Value =
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("--log-format json line {l}: {e}"));
             assert!(v["ts"].is_string() && v["level"].is_string() && v["msg"].is_string(), "{l}");

@@ -2,6 +2,13 @@
 //! `pidfd-trace serve` while the in-tree workload runs every scenario; then every PromQL
 //! query of every dashboard panel must return data through Prometheus's HTTP API, the
 //! counters must equal what the workload did, and `promtool check metrics` must pass.
+//!
+//! The same Prometheus evaluates the alert rules of `deploy/prometheus/pidfd-trace.rules.yml`
+//! (a copy whose `for:` durations are cut to seconds; every expression as shipped) and sends
+//! to a real Alertmanager (Debian `prometheus-alertmanager`, on loopback, its own storage,
+//! no cluster). The workload makes pidfd creations fail with EMFILE at `fd_alloc` often
+//! enough to cross the rules' thresholds, and the firing alerts must arrive in Alertmanager
+//! (`/api/v2/alerts`) with their labels and annotations.
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
@@ -17,13 +24,22 @@ use serde_json::Value;
 
 use crate::util;
 
+/// Extra clone_emfile runs (one EMFILE each) so that the failure alerts fire.
+const FAILURE_RUNS: usize = 20;
+
 /// Grafana's own variables, given the values a person looking at the last few minutes
 /// would get with a 1 s scrape interval.
 const GRAFANA_VARS: &[(&str, &str)] =
     &[("$__rate_interval", "1m"), ("$__interval", "15s"), ("$__range", "5m")];
 
+/// The rules file as shipped (the fleet tooling turns it into a PrometheusRule).
+pub const RULES: &str = "deploy/prometheus/pidfd-trace.rules.yml";
+
+/// `for:` in the test copy of the rules: long enough to see an alert pending first.
+const TEST_FOR: &str = "2s";
+
 pub fn run(root: &Path) -> Result<()> {
-    util::ensure_apt(&["prometheus"])?;
+    util::ensure_apt(&["prometheus", "prometheus-alertmanager"])?;
     let bins = crate::build(root)?;
     let dir = root.join("target/e2e").join(std::process::id().to_string());
     std::fs::create_dir_all(&dir)?;
@@ -107,6 +123,8 @@ struct E2e<'a> {
     agent_addr: String,
     prometheus: Proc,
     prom_addr: String,
+    alertmanager: Proc,
+    am_addr: String,
     cgroup: Option<PathBuf>,
 }
 
@@ -142,6 +160,28 @@ impl<'a> E2e<'a> {
             .with_context(|| format!("no address in {serving}"))?
             .to_string();
 
+        let am_addr = format!("127.0.0.1:{}", free_port()?);
+        let am_config = dir.join("alertmanager.yml");
+        // Every alert to a receiver that sends nothing: the test reads them through the API.
+        std::fs::write(
+            &am_config,
+            "route:\n  receiver: test\n  group_by: [alertname, instance]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: test\n",
+        )?;
+        println!("e2e: starting alertmanager on {am_addr}");
+        let am_log = std::fs::File::create(dir.join("alertmanager.log"))?;
+        let alertmanager = Proc::spawn(
+            Command::new("prometheus-alertmanager")
+                .arg(format!("--config.file={}", am_config.display()))
+                .arg(format!("--storage.path={}", dir.join("alertmanager").display()))
+                .arg(format!("--web.listen-address={am_addr}"))
+                // No gossip: a lone instance on loopback.
+                .arg("--cluster.listen-address=")
+                .stdout(am_log),
+        )?;
+        let rules = dir.join("pidfd-trace.rules.yml");
+        std::fs::write(&rules, test_rules(&std::fs::read_to_string(root.join(RULES))?)?)?;
+
         let prom_port = free_port()?;
         let prom_addr = format!("127.0.0.1:{prom_port}");
         let config = dir.join("prometheus.yml");
@@ -149,7 +189,10 @@ impl<'a> E2e<'a> {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: pidfd-trace\n    static_configs:\n      - targets: ['{agent_addr}']\n"
+                 rule_files:\n  - {}\n\
+                 alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am_addr}']\n\
+                 scrape_configs:\n  - job_name: pidfd-trace\n    static_configs:\n      - targets: ['{agent_addr}']\n",
+                rules.display()
             ),
         )?;
         let prom_log = std::fs::File::create(dir.join("prometheus.log"))?;
@@ -159,6 +202,8 @@ impl<'a> E2e<'a> {
                 .arg(format!("--config.file={}", config.display()))
                 .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
                 .arg(format!("--web.listen-address={prom_addr}"))
+                // Alerts reach Alertmanager within a second of firing.
+                .arg("--rules.alert.resend-delay=1s")
                 .stdout(prom_log),
         )?;
         let mut e = Self {
@@ -169,6 +214,8 @@ impl<'a> E2e<'a> {
             agent_addr,
             prometheus,
             prom_addr,
+            alertmanager,
+            am_addr,
             cgroup: None,
         };
         e.wait_ready()?;
@@ -181,12 +228,22 @@ impl<'a> E2e<'a> {
             if let Some(st) = self.prometheus.child.try_wait()? {
                 bail!("prometheus exited with {st}: {}", self.prometheus.lines.lock().unwrap().join(" | "));
             }
+            if let Some(st) = self.alertmanager.child.try_wait()? {
+                bail!(
+                    "alertmanager exited with {st}: {}",
+                    self.alertmanager.lines.lock().unwrap().join(" | ")
+                );
+            }
             if http_get(&self.prom_addr, "/-/ready").is_ok_and(|(code, _)| code == 200)
+                && http_get(&self.am_addr, "/-/ready").is_ok_and(|(code, _)| code == 200)
                 && self.query("up").is_ok_and(|r| r.iter().any(|s| s["value"][1] == "1"))
             {
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "prometheus not ready or not scraping within 60 s");
+            ensure!(
+                Instant::now() < deadline,
+                "prometheus or alertmanager not ready, or prometheus not scraping, within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -211,8 +268,17 @@ impl<'a> E2e<'a> {
             count_expected(&expect, &mut expected);
             std::thread::sleep(Duration::from_secs(3));
         }
+        // Enough EMFILE failures at fd_alloc to cross the creation-failure threshold
+        // (0.05/s over 5 minutes: more than 15), on top of the rounds' two.
+        println!("e2e: {FAILURE_RUNS} more clone_emfile runs, for the alerts");
+        for _ in 0..FAILURE_RUNS {
+            let (pid, expect) = self.scenario("clone_emfile", None)?;
+            workload_pids.push(pid);
+            count_expected(&expect, &mut expected);
+        }
         let got = self.wait_counters(&expected)?;
         self.check_counters(&expected, &got, &workload_pids)?;
+        self.check_alerts()?;
         self.check_container_events(&container)?;
         self.promtool_check("after the workload")?;
         self.check_dashboards()?;
@@ -456,6 +522,100 @@ impl<'a> E2e<'a> {
         Ok(())
     }
 
+    /// Every rule evaluates without error; the failure alerts for this agent fire in
+    /// Prometheus and arrive in Alertmanager with their labels and annotations; the alerts
+    /// that must not fire here (records lost, fd table full) do not.
+    fn check_alerts(&self) -> Result<()> {
+        let (code, body) = http_get(&self.prom_addr, "/api/v1/rules")?;
+        ensure!(code == 200, "/api/v1/rules answered {code}: {body}");
+        let v: Value = serde_json::from_str(&body)?;
+        let mut rules = 0;
+        for g in v["data"]["groups"].as_array().into_iter().flatten() {
+            for r in g["rules"].as_array().into_iter().flatten() {
+                rules += 1;
+                ensure!(r["health"] != "err", "rule {} fails to evaluate: {}", r["name"], r["lastError"]);
+            }
+        }
+        ensure!(rules >= 10, "prometheus loaded {rules} rules from {RULES}");
+        let want = [("PidfdTraceCreationFailures", "warning"), ("PidfdTraceFdLimitReached", "warning")];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let received = loop {
+            let (code, body) = http_get(&self.am_addr, "/api/v2/alerts")?;
+            ensure!(code == 200, "alertmanager /api/v2/alerts answered {code}: {body}");
+            let alerts: Vec<Value> = serde_json::from_str(&body)?;
+            let ours: Vec<Value> =
+                alerts.into_iter().filter(|a| a["labels"]["instance"] == self.agent_addr.as_str()).collect();
+            let found: Vec<&Value> = want
+                .iter()
+                .filter_map(|(name, _)| {
+                    ours.iter().find(|a| {
+                        a["labels"]["alertname"] == *name
+                            && a["labels"]["source"] == "clone"
+                            && a["status"]["state"] == "active"
+                    })
+                })
+                .collect();
+            if found.len() == want.len() {
+                break ours;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "alertmanager did not receive {want:?} for {} within 60 s; it has {ours:#?}; prometheus ALERTS: {:?}",
+                self.agent_addr,
+                self.query("ALERTS")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        for (name, severity) in want {
+            let a = received.iter().find(|a| a["labels"]["alertname"] == name).expect("found above");
+            println!("e2e: alertmanager received {name}:\n{}", serde_json::to_string_pretty(a)?);
+            ensure!(a["labels"]["severity"] == severity, "{name}: severity {}", a["labels"]["severity"]);
+            ensure!(a["labels"]["job"] == "pidfd-trace", "{name}: job {}", a["labels"]["job"]);
+            let runbook = a["annotations"]["runbook_url"].as_str().unwrap_or_default();
+            let anchor = format!("#{}", name.to_ascii_lowercase());
+            ensure!(runbook.ends_with(&anchor), "{name}: runbook_url {runbook} is not its runbook section");
+            for key in ["summary", "description"] {
+                let text = a["annotations"][key].as_str().unwrap_or_default();
+                ensure!(
+                    text.contains(&self.agent_addr) && !text.contains("{{"),
+                    "{name}: {key} not rendered for this instance: {text}"
+                );
+            }
+        }
+        let stage = received
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "PidfdTraceCreationFailures")
+            .map(|a| a["labels"]["stage"].clone());
+        ensure!(stage == Some(Value::from("fd_alloc")), "creation failures alert for stage {stage:?}");
+        for quiet in ["PidfdTraceRecordsLost", "PidfdTraceSystemFileTableFull", "PidfdTraceAgentDown"] {
+            let lost = self.query("pidfd_trace_events_lost_total")?;
+            let any_lost = lost.iter().any(|s| s["value"][1] != "0");
+            if quiet == "PidfdTraceRecordsLost" && any_lost {
+                continue;
+            }
+            ensure!(
+                !received.iter().any(|a| a["labels"]["alertname"] == quiet),
+                "{quiet} fired although nothing here should make it fire"
+            );
+        }
+        let names: Vec<String> = received
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}{{{}}}",
+                    a["labels"]["alertname"].as_str().unwrap_or("?"),
+                    ["source", "stage", "hook"]
+                        .iter()
+                        .filter_map(|k| a["labels"][*k].as_str().map(|v| format!("{k}={v}")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            })
+            .collect();
+        println!("e2e: {rules} rules evaluate; alertmanager holds for this agent: {}", names.join(" "));
+        Ok(())
+    }
+
     fn query(&self, q: &str) -> Result<Vec<Value>> {
         let (code, body) = http_get(&self.prom_addr, &format!("/api/v1/query?query={}", urlencode(q)))?;
         let v: Value =
@@ -468,6 +628,7 @@ impl<'a> E2e<'a> {
     fn stop(&mut self, quiet: bool) -> Result<()> {
         let st = self.agent.terminate();
         let _ = self.prometheus.terminate();
+        let _ = self.alertmanager.terminate();
         if let Some(cg) = self.cgroup.take() {
             for d in std::fs::read_dir(&cg).into_iter().flatten().flatten() {
                 let _ = std::fs::remove_dir(d.path());
@@ -486,8 +647,26 @@ impl<'a> E2e<'a> {
     }
 }
 
+/// The rules as shipped with every `for:` cut to [`TEST_FOR`]: nothing else changes, so the
+/// test evaluates the real expressions, thresholds and windows.
+fn test_rules(shipped: &str) -> Result<String> {
+    let mut n = 0;
+    let out: Vec<String> = shipped
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("for:") {
+            Some(_) => {
+                n += 1;
+                format!("{}for: {TEST_FOR}", &l[..l.len() - l.trim_start().len()])
+            }
+            None => l.to_string(),
+        })
+        .collect();
+    ensure!(n > 0, "{RULES} has no `for:`");
+    Ok(out.join("\n") + "\n")
+}
+
 /// Adds the counter series each expected event must bump (names and labels as in
-/// DESIGN.md's metric table) to `into`.
+/// README's metric table) to `into`.
 fn count_expected(events: &[Value], into: &mut Counts) {
     for e in events {
         let event = e["event"].as_str().unwrap_or_default();

@@ -11,13 +11,14 @@ use crate::util::{exec, output, succeeds};
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Options {
-    /// Also install what the VM matrix, the Prometheus test and the benchmarks need.
+    /// Also install what the VM matrix, the Prometheus test, the image and package tests and
+    /// the benchmarks need.
     #[arg(long)]
     pub all: bool,
 }
 
 /// Debian packages the host tests and benchmarks use (the VM harness has its own list).
-pub const TEST_PACKAGES: &[&str] = &["prometheus", "stress-ng", "curl"];
+pub const TEST_PACKAGES: &[&str] = &["prometheus", "prometheus-alertmanager", "stress-ng", "curl"];
 
 pub fn run(opts: &Options) -> Result<()> {
     nightly()?;
@@ -26,6 +27,10 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.all {
         lint_tools()?;
         crate::util::ensure_apt(TEST_PACKAGES)?;
+        // The image and package tests: a static build for this machine, buildah, podman.
+        crate::cross::ensure(crate::cross::host()?)?;
+        crate::util::ensure_apt(crate::image::PACKAGES)?;
+        crate::util::ensure_apt(crate::deb::PACKAGES)?;
     }
     Ok(())
 }

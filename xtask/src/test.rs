@@ -10,9 +10,12 @@ pub struct Options {
     /// Skip the kernel matrix in qemu (the slowest layer).
     #[arg(long)]
     pub skip_vm: bool,
-    /// Kernels for the matrix: 5.10, 6.1, 6.12 or all.
+    /// Kernels for the matrix (see `cargo xtask vm --help`) or all.
     #[arg(long, default_value = "all")]
     pub kernel: String,
+    /// Guests of the matrix booted at the same time.
+    #[arg(long, default_value_t = 2)]
+    pub vm_jobs: usize,
 }
 
 pub fn run(opts: &Options, root: &Path) -> Result<()> {
@@ -37,9 +40,10 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
     };
     step("lint: cargo fmt --check, cargo clippy -D warnings", &mut || {
         util::exec(Command::new(env!("CARGO")).current_dir(root).args(["fmt", "--all", "--", "--check"]))?;
+        // The default members: `--workspace` would also build pidfd-trace-ebpf for the host,
+        // which needs nightly and the bpf target (aya-build lints nothing there either).
         util::exec(Command::new(env!("CARGO")).current_dir(root).args([
             "clippy",
-            "--workspace",
             "--all-targets",
             "--",
             "-D",
@@ -52,19 +56,24 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
     step("build wiring: a shared-layout change rebuilds the embedded kernel object", &mut || {
         crate::wiring::run(root)
     });
+    step("alert rules: promtool check/test rules, runbook sections (cargo xtask rules)", &mut || {
+        crate::rules::run(root)
+    });
     step("Prometheus end to end: serve, dashboards, promtool (cargo xtask e2e)", &mut || {
         crate::e2e::run(root)
     });
+    step("Kubernetes manifests: parse, fields, PrometheusRule = rule file", &mut || crate::kube::check(root));
+    step("container image: buildah build, podman run as the DaemonSet runs it", &mut || {
+        crate::image::test(root)
+    });
+    step("Debian package: dpkg -i, pidfd-trace check, systemd-analyze verify, purge", &mut || {
+        crate::deb::test(root)
+    });
     if !opts.skip_vm {
-        step("kernel matrix in qemu (cargo xtask vm)", &mut || {
-            let bins = crate::build(root)?;
-            let vm_opts = vm::Options {
-                kernel: opts.kernel.clone(),
-                modes: "fentry,kprobe,tracepoint".into(),
-                timeout: 420,
-                agent: Some(bins.agent),
-                workload: Some(bins.workload),
-            };
+        step("kernel matrix in qemu, amd64 and arm64 (cargo xtask vm)", &mut || {
+            let mut vm_opts = vm::Options::full_matrix(&opts.kernel);
+            vm_opts.jobs = opts.vm_jobs;
+            vm_opts.build_binaries(root)?;
             vm::run(&vm_opts, root)
         });
     }

@@ -393,6 +393,15 @@ impl SharedLines {
         LineWriter { shared: self.clone(), partial: Vec::new() }
     }
 
+    /// SIGHUP (log rotation): flushes the old output, then puts `out` in its place for every
+    /// writer, under the one lock, so no line is split between the files.
+    pub fn replace(&self, out: Box<dyn Write + Send>) -> io::Result<()> {
+        let mut cur = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let flushed = cur.flush();
+        *cur = out;
+        flushed
+    }
+
     /// Writes one whole line (no newline in `s`) and flushes.
     pub fn line(&self, s: &str) {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());

@@ -326,10 +326,49 @@ fn route(req: &Request<Incoming>, site: &Site) -> Response<Full<Bytes>> {
     }
     let encoder = TextEncoder::new();
     let mut body = Vec::with_capacity(16 * 1024);
-    match encoder.encode(&site.registry.gather(), &mut body) {
-        Ok(()) => respond(StatusCode::OK, encoder.format_type(), body),
-        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")),
+    if let Err(e) = encoder.encode(&site.registry.gather(), &mut body) {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n"));
     }
+    // Prometheus asks for gzip; the exposition shrinks about tenfold.
+    let gzip = accepts_gzip(req.headers());
+    let body = if gzip {
+        let mut z =
+            flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+        match std::io::Write::write_all(&mut z, &body).and_then(|()| z.finish()) {
+            Ok(compressed) => compressed,
+            Err(e) => {
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("compressing metrics failed: {e}\n"),
+                );
+            }
+        }
+    } else {
+        body
+    };
+    let mut r = respond(StatusCode::OK, encoder.format_type(), body);
+    r.headers_mut().insert(header::VARY, header::HeaderValue::from_static("Accept-Encoding"));
+    if gzip {
+        r.headers_mut().insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
+    }
+    r
+}
+
+/// Whether `Accept-Encoding` lists gzip (or `*`) with a non-zero quality (RFC 9110 12.5.3).
+fn accepts_gzip(headers: &header::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or_default();
+            let q = parts
+                .find_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+                .map_or(1.0, |q| q.parse::<f32>().unwrap_or(0.0));
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && q > 0.0
+        })
 }
 
 fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
@@ -473,6 +512,22 @@ enum Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gzip_negotiation() {
+        let h = |v: &str| {
+            let mut m = header::HeaderMap::new();
+            m.insert(header::ACCEPT_ENCODING, header::HeaderValue::from_str(v).unwrap());
+            accepts_gzip(&m)
+        };
+        assert!(h("gzip"));
+        assert!(h("deflate, GZIP;q=0.5"));
+        assert!(h("*"));
+        assert!(!h("gzip;q=0"));
+        assert!(!h("identity"));
+        assert!(!h("br, deflate"));
+        assert!(!accepts_gzip(&header::HeaderMap::new()));
+    }
 
     /// The longest-idle connection goes first; busy ones never; all busy refuses.
     #[tokio::test]

@@ -115,7 +115,24 @@ async fn serve(
     // The events log is shared with the inventory thread's leak records, whole lines only.
     let shared_log = log_out.map(crate::inventory::refresh::SharedLines::new);
     let mut events_log = match &shared_log {
-        Some(out) => Some(EventsLog::new(Box::new(out.writer()), &registry)?),
+        Some(out) => {
+            let log = EventsLog::new(Box::new(out.writer()), &registry)?;
+            match args.events_log.clone().filter(|p| p.as_os_str() != "-") {
+                // SIGHUP (logrotate's postrotate) opens the path again, for both writers.
+                Some(path) => {
+                    let shared = out.clone();
+                    Some(log.reopen_with(Box::new(move || {
+                        let file = open_events_log(&path).map_err(|e| match e {
+                            ServeError::EventsLog { err, .. } => err,
+                            other => std::io::Error::other(other.to_string()),
+                        })?;
+                        shared.replace(file)?;
+                        Ok(Box::new(shared.writer()))
+                    })))
+                }
+                None => Some(log),
+            }
+        }
         None => None,
     };
     let mut ledger = crate::inventory::ledger::Ledger::default();

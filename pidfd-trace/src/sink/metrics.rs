@@ -131,8 +131,9 @@ fn advance(c: &IntCounter, last: &mut u64, now: u64) {
 impl KernelMetrics {
     pub fn register(reg: &Registry, sem: KernelSemantics) -> Result<Self, MetricsError> {
         let families = Families::register(reg)?;
-        // Known label values exist from the start, so rate() has a zero to start from.
-        for (family, labels) in outcomes::initial_series() {
+        // Every label set whose values are known in advance exists from the start at 0, so
+        // increase() and rate() see the first event (README, "Series from zero").
+        for (family, labels) in outcomes::initial_series(sem) {
             let l: Vec<&str> = labels.iter().map(String::as_str).collect();
             families.get(family).with_label_values(&l);
         }

@@ -32,6 +32,11 @@ pub trait Sink {
     fn event(&mut self, ev: &Event) -> io::Result<()>;
     /// Called after each batch of events, so output is timely without a flush per line.
     fn flush(&mut self) -> io::Result<()>;
+    /// SIGHUP: flush, then reopen any file written by path (log rotation). Sinks that write
+    /// to stdout or memory have nothing to reopen.
+    fn reopen(&mut self) -> io::Result<()> {
+        self.flush()
+    }
 }
 
 #[cfg(test)]
@@ -49,6 +54,7 @@ mod tests {
             pid: 4242,
             tid: 4243,
             ns_pid: None,
+            uid: 1000,
             comm: "worker".into(),
             thread_comm: "worker-1".into(),
             compat: false,
@@ -126,20 +132,40 @@ mod tests {
         ok.pidfd = Some(5);
         ok.child_pid = Some(5000);
         {
-            let mut sink = Text::new(&mut buf);
+            let clock = super::text::Clock::new(crate::cli::Timestamps::Utc, 0);
+            let mut sink = Text::new(&mut buf, clock);
             sink.event(&failed_clone()).unwrap();
             sink.event(&ok).unwrap();
         }
         let text = String::from_utf8(buf).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].starts_with("TIME") && lines[0].contains("RESULT"));
-        assert!(lines[1].starts_with("12:31:02.123 worker"), "{}", lines[1]);
+        assert!(lines[0].starts_with("TIME(UTC)") && lines[0].contains("RESULT"));
+        for col in ["COMM", "PID", "TID", "UID", "EVENT", "DETAIL"] {
+            assert!(lines[0].contains(col), "{col} in {}", lines[0]);
+        }
+        assert!(lines[1].starts_with("2026-11-27 12:31:02.123 worker"), "{}", lines[1]);
+        assert!(lines[1].contains(" 4242    4243   1000 clone3 "), "pid, tid, uid: {}", lines[1]);
         assert!(
             lines[1].contains("EMFILE")
                 && lines[1].contains("stage=fd_alloc")
                 && lines[1].contains("flags=CLONE_PIDFD")
         );
         assert!(lines[2].contains("pidfd=5") && lines[2].contains("child=5000"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn text_names_the_pidfd_a_call_used() {
+        let mut ev = failed_clone();
+        ev.event = EventKind::PidfdSendSignal;
+        (ev.ret, ev.errno, ev.stage, ev.flags, ev.flag_names) = (-9, Some("EBADF".into()), None, 0, vec![]);
+        ev.used_pidfd = Some(999);
+        let clock = super::text::Clock::new(crate::cli::Timestamps::Relative, ev.ts);
+        let line = super::text::line(&ev, &clock);
+        assert!(line.contains("EBADF") && line.contains("used_pidfd=999"), "{line}");
+        let mut buf = Vec::new();
+        JsonLines::new(&mut buf).event(&ev).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!((v["used_pidfd"].as_i64(), v["uid"].as_u64()), (Some(999), Some(1000)));
     }
 }

@@ -68,18 +68,102 @@ pub fn series(key: &CounterKey, sem: KernelSemantics) -> Vec<Series> {
     }
 }
 
-/// The series that exist from start-up at 0 (docs/metrics.md: known label values are
-/// exported before the first event, so `increase()` sees it): every creation source, the
-/// getfd call counter, and `outcome="ok"` of every use.
-pub fn initial_series() -> Vec<Series> {
-    hooks::events()
-        .filter_map(|row| match row.feeds {
-            Feeds::Creation => Some((Family::Created, vec![row.name().to_string()])),
-            Feeds::Getfd => Some((Family::Getfd, vec![])),
-            Feeds::Signal => None,
-            Feeds::Use => Some((Family::Uses, vec![row.name().to_string(), "ok".to_string()])),
-        })
-        .collect()
+/// pidfd_send_signal(2)'s documented errnos: `signal_failures_total{errno}` starts with
+/// these at 0. Others the kernel may return get a series at their first occurrence.
+pub const SIGNAL_ERRNOS: [u32; 4] =
+    [1 /* EPERM */, 3 /* ESRCH */, 9 /* EBADF */, 22 /* EINVAL */];
+
+/// pidfd_getfd(2)'s documented errnos, for `getfd_failures_total{errno}` likewise.
+pub const GETFD_ERRNOS: [u32; 6] = [
+    1,  /* EPERM */
+    3,  /* ESRCH */
+    9,  /* EBADF */
+    22, /* EINVAL */
+    23, /* ENFILE */
+    24, /* EMFILE */
+];
+
+/// The series that exist from start-up at 0 (README, "Series from zero": known label values
+/// are exported before the first event, so `increase()` sees it), row by row of the hook
+/// table:
+/// - creations: every source; every (source, stage, errno) the classifier gives for the
+///   errnos it names ([`crate::classify::NAMED_ERRNOS`]), found by running [`series`] (the
+///   function that labels the live counters) over every combination of those errnos, the
+///   stage hints and the flags the stage rules look at. Other errnos (stage `other`, or
+///   `fd_alloc` from a failed creation step under function probes) appear at their first
+///   occurrence;
+/// - getfd: the call counter and the errnos pidfd_getfd(2) documents;
+/// - signals: every signal with a name (`0`, SIGHUP … SIGSYS; real-time signals at their
+///   first use) and the errnos pidfd_send_signal(2) documents;
+/// - uses: `outcome="ok"` of every op (errno outcomes at their first occurrence).
+pub fn initial_series(sem: KernelSemantics) -> Vec<Series> {
+    use pidfd_trace_common::hints as h;
+    let mut out: Vec<Series> = Vec::new();
+    let mut add = |key: CounterKey| {
+        for s in series(&key, sem) {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    };
+    let key = |kind: EventKind, errno: u32, hints: u8, signal: u8, flag_bits: u64| CounterKey {
+        kind: kind as u8,
+        hints,
+        signal,
+        xhints: 0,
+        errno,
+        flag_bits: flag_bits as u32,
+    };
+    let hint_sets: Vec<u8> = {
+        let fn_hints = [0, h::PIDFD_CREATED, h::PIDFD_CREATE_FAILED, h::CGROUP_FORK_FAILED];
+        let mut v = vec![0, h::PIDS_AT_LIMIT];
+        if sem.creation_observed {
+            v.extend(fn_hints.iter().map(|x| h::COPY_PROCESS | x));
+            v.push(h::COPY_PROCESS | h::PIDFD_CREATED | h::CGROUP_FORK_FAILED);
+        }
+        v
+    };
+    let clone_flag_sets =
+        [0, clone_flags::CLONE_DETACHED, clone_flags::CLONE_THREAD, clone_flags::CLONE_PARENT_SETTID];
+    for row in hooks::events() {
+        let kind = row.kind;
+        add(key(kind, 0, 0, 0, 0));
+        match row.feeds {
+            Feeds::Creation => {
+                for errno in crate::classify::NAMED_ERRNOS {
+                    match row.stage {
+                        StageRule::Clone => {
+                            for &hints in &hint_sets {
+                                for flags in clone_flag_sets {
+                                    add(key(kind, errno, hints, 0, flags));
+                                }
+                            }
+                        }
+                        _ => {
+                            for flags in [0, 1] {
+                                add(key(kind, errno, 0, 0, flags));
+                            }
+                        }
+                    }
+                }
+            }
+            Feeds::Getfd => {
+                for errno in GETFD_ERRNOS {
+                    add(key(kind, errno, 0, 0, 0));
+                }
+            }
+            Feeds::Signal => {
+                for signal in 0..32 {
+                    add(key(kind, 0, 0, signal, 0));
+                }
+                for errno in SIGNAL_ERRNOS {
+                    add(key(kind, errno, 0, 15, 0));
+                }
+            }
+            Feeds::Use => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -125,6 +209,55 @@ mod tests {
             assert_eq!(series(&k, sem), want, "{k:?}");
         }
         let mut unknown = key(Clone, 0, 0, 0, 0);
+        unknown.kind = 99;
+        assert!(series(&unknown, sem).is_empty());
+    }
+
+    #[test]
+    fn known_series_cover_the_classifier() {
+        use Family::*;
+        let s = |f: Family, l: &[&str]| (f, l.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        for sem in [
+            KernelSemantics { thread_pidfd: false, creation_observed: false },
+            KernelSemantics { thread_pidfd: true, creation_observed: true },
+        ] {
+            let known = initial_series(sem);
+            for want in [
+                s(Created, &["clone"]),
+                s(Created, &["clone3"]),
+                s(Created, &["pidfd_open"]),
+                s(CreateFailures, &["clone", "flags", "EINVAL"]),
+                s(CreateFailures, &["clone3", "fd_alloc", "EMFILE"]),
+                s(CreateFailures, &["clone3", "fd_alloc", "ENFILE"]),
+                s(CreateFailures, &["clone", "user_memory", "EFAULT"]),
+                s(CreateFailures, &["clone", "pids_cgroup", "EAGAIN"]),
+                s(CreateFailures, &["clone3", "task_limit", "EAGAIN"]),
+                s(CreateFailures, &["pidfd_open", "flags", "EINVAL"]),
+                s(CreateFailures, &["pidfd_open", "fd_alloc", "EMFILE"]),
+                s(Getfd, &[]),
+                s(GetfdFailures, &["EBADF"]),
+                s(Signals, &["SIGTERM"]),
+                s(Signals, &["SIGKILL"]),
+                s(Signals, &["0"]),
+                s(SignalFailures, &["ESRCH"]),
+            ] {
+                assert!(known.contains(&want), "{want:?} missing for {sem:?}");
+            }
+            // Every known series is one the live path can produce (same function), and the
+            // set stays small.
+            assert!(known.len() < 120, "{}", known.len());
+            // Events of an unnamed errno are not guessed in advance.
+            assert!(!known.iter().any(|(_, l)| l.iter().any(|v| v == "ENOMEM")));
+        }
+        // user_memory needs PIDFD_CREATED under function probes: still known.
+        let fnp = initial_series(KernelSemantics { thread_pidfd: true, creation_observed: true });
+        assert!(fnp.contains(&s(CreateFailures, &["clone3", "user_memory", "EFAULT"])));
+    }
+
+    #[test]
+    fn unknown_kind_is_ignored() {
+        let sem = KernelSemantics::default();
+        let mut unknown = key(EventKind::Clone, 0, 0, 0, 0);
         unknown.kind = 99;
         assert!(series(&unknown, sem).is_empty());
     }

@@ -14,6 +14,8 @@ pub const GUEST_WORKLOAD: &str = "/bin/pidfd-workload";
 // Console markers. Everything the harness reads from the guest sits between these lines.
 pub const M_INIT: &str = "=====PIDFD-VM-INIT";
 pub const M_MOUNTS: &str = "=====PIDFD-VM-MOUNTS";
+/// The first 32 bytes of /sys/kernel/btf/vmlinux in hex (its header; hdr_len grows on 7.2).
+pub const M_BTF: &str = "=====PIDFD-VM-BTF";
 pub const M_SUITE_BEGIN: &str = "=====PIDFD-SUITE-BEGIN";
 pub const M_SUITE_END: &str = "=====PIDFD-SUITE-END";
 pub const M_CHECK_BEGIN: &str = "=====PIDFD-CHECK-BEGIN";
@@ -24,6 +26,8 @@ pub const M_DONE: &str = "=====PIDFD-VM-DONE";
 pub const M_TAIL: &str = "=====";
 
 pub struct Inputs<'a> {
+    /// A static busybox for the guest's architecture (its applet list is read from the host's).
+    pub busybox: &'a Path,
     pub agent: &'a Path,
     pub workload: &'a Path,
     pub modes: &'a [String],
@@ -32,8 +36,31 @@ pub struct Inputs<'a> {
     pub check_timeout: u64,
 }
 
-/// Build `<out_dir>/initramfs.cpio.gz` (staging in `<out_dir>/initramfs/`); returns its path.
+/// What the image is made of: every input file's path, size and mtime, and the `/init`
+/// script; the image is reused while this stays the same.
+fn fingerprint(inp: &Inputs) -> String {
+    let mut key = init_script(inp);
+    for f in [inp.busybox, inp.agent, inp.workload] {
+        let meta = fs::metadata(f).ok();
+        let mtime = meta
+            .as_ref()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        key.push_str(&format!("\n{} {:?} {:?}", f.display(), meta.map(|m| m.len()), mtime));
+    }
+    key
+}
+
+/// Build `<out_dir>/initramfs.cpio.gz` (staging in `<out_dir>/initramfs/`), or reuse the one
+/// built from the same inputs (`initramfs.key`); returns its path.
 pub fn build(out_dir: &Path, inp: &Inputs) -> Result<PathBuf> {
+    let out = out_dir.join("initramfs.cpio.gz");
+    let key_file = out_dir.join("initramfs.key");
+    let key = fingerprint(inp);
+    if out.is_file() && fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
+        return Ok(out);
+    }
+    let _ = fs::remove_file(&key_file);
     let stage = out_dir.join("initramfs");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;
@@ -48,8 +75,8 @@ pub fn build(out_dir: &Path, inp: &Inputs) -> Result<PathBuf> {
     fs::set_permissions(stage.join("var/tmp"), fs::Permissions::from_mode(0o1777))?;
 
     // busybox and its applets
-    install_file(Path::new(BUSYBOX), &stage, "bin/busybox")?;
-    copy_libraries(Path::new(BUSYBOX), &stage)?;
+    install_file(inp.busybox, &stage, "bin/busybox")?;
+    copy_libraries(inp.busybox, &stage)?;
     let list = Command::new(BUSYBOX).arg("--list-full").output().context("cannot run busybox --list-full")?;
     if !list.status.success() {
         bail!("busybox --list-full failed: is {BUSYBOX} from busybox-static?");
@@ -89,7 +116,6 @@ pub fn build(out_dir: &Path, inp: &Inputs) -> Result<PathBuf> {
     fs::write(&init, init_script(inp))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
 
-    let out = out_dir.join("initramfs.cpio.gz");
     let st = Command::new("bash")
         .arg("-c")
         .arg("set -euo pipefail; cd \"$1\"; find . -print | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 > \"$2\"")
@@ -101,6 +127,7 @@ pub fn build(out_dir: &Path, inp: &Inputs) -> Result<PathBuf> {
     if !st.success() {
         bail!("building {} with cpio | gzip failed ({st})", out.display());
     }
+    fs::write(&key_file, key).with_context(|| format!("cannot write {}", key_file.display()))?;
     Ok(out)
 }
 
@@ -185,6 +212,7 @@ else
 fi
 if [ -f /sys/kernel/btf/vmlinux ]; then BTF=yes; else BTF=no; fi
 echo "{M_MOUNTS} sysfs=$M_SYSFS devtmpfs=$M_DEV tracefs=$M_TRACE debugfs=$M_DEBUG bpffs=$M_BPF cgroup2=$M_CG2 pids=$PIDS btf=$BTF{M_TAIL}"
+echo "{M_BTF} hdr=$(od -An -tx1 -N32 /sys/kernel/btf/vmlinux 2>/dev/null | tr -d ' \n'){M_TAIL}"
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up 2>/dev/null
 ulimit -l unlimited 2>/dev/null
 hostname pidfd-vm
@@ -248,6 +276,7 @@ mod tests {
     fn init_has_every_mode() {
         let modes = vec!["fexit".to_string(), "kprobe".to_string()];
         let s = init_script(&Inputs {
+            busybox: Path::new("/b"),
             agent: Path::new("/a"),
             workload: Path::new("/w"),
             modes: &modes,

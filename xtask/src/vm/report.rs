@@ -1,7 +1,7 @@
 //! Reading a guest's console: markers, the suite's JSON lines, `check` output; the matrix.
 
 use super::initramfs::{
-    M_CHECK_BEGIN, M_CHECK_END, M_DONE, M_INIT, M_MOUNTS, M_STDERR_BEGIN, M_STDERR_END, M_SUITE_BEGIN,
+    M_BTF, M_CHECK_BEGIN, M_CHECK_END, M_DONE, M_INIT, M_MOUNTS, M_STDERR_BEGIN, M_STDERR_END, M_SUITE_BEGIN,
     M_SUITE_END,
 };
 use serde_json::Value;
@@ -44,6 +44,22 @@ pub struct Guest {
     pub done_at: Option<f64>,
     pub panic: Option<String>,
     pub oops: Vec<String>,
+    /// First bytes of the guest's /sys/kernel/btf/vmlinux, hex.
+    pub btf_hdr: Option<String>,
+}
+
+impl Guest {
+    /// `hdr_len` of the guest's vmlinux BTF (24 up to 7.1; larger where the header grew).
+    pub fn btf_hdr_len(&self) -> Option<u32> {
+        let h = self.btf_hdr.as_deref()?;
+        let b: Vec<u8> =
+            (0..h.len() / 2).filter_map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+        match b.get(..8)? {
+            [0x9f, 0xeb, 1, _, l0, l1, l2, l3] => Some(u32::from_le_bytes([*l0, *l1, *l2, *l3])),
+            [0xeb, 0x9f, 1, _, l0, l1, l2, l3] => Some(u32::from_be_bytes([*l0, *l1, *l2, *l3])),
+            _ => None,
+        }
+    }
 }
 
 fn marker(line: &str) -> Option<&str> {
@@ -96,6 +112,8 @@ pub fn parse(lines: &[(f64, String)]) -> Guest {
             if m.starts_with(M_INIT) {
                 g.init_at = Some(*t);
                 g.uname = field(&f, "kernel");
+            } else if m.starts_with(M_BTF) {
+                g.btf_hdr = field(&f, "hdr").filter(|h| !h.is_empty());
             } else if m.starts_with(M_MOUNTS) {
                 g.mounts = f;
             } else if m.starts_with(M_SUITE_BEGIN) {
@@ -248,6 +266,226 @@ pub fn attach_plan(check: &CheckRun) -> Vec<String> {
     out
 }
 
+/// What the guest's `check --output json` said about the hooked functions' prototypes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prototypes {
+    /// `check` did not run or did not finish.
+    NotRun,
+    /// The agent's JSON has no `prototypes` key (a build without the prototype check).
+    Absent,
+    /// Every entry has `ok: true`; how many.
+    Ok(usize),
+    /// The entries with `ok: false` (or malformed), one line each.
+    Bad(Vec<String>),
+}
+
+impl Prototypes {
+    pub fn cell(&self) -> String {
+        match self {
+            Prototypes::NotRun => "not run".into(),
+            Prototypes::Absent => "not checked (agent lacks the key)".into(),
+            Prototypes::Ok(n) => format!("ok ({n})"),
+            Prototypes::Bad(b) => format!("FAIL ({})", b.len()),
+        }
+    }
+}
+
+/// Judge the `prototypes` array of `check --output json`: each entry
+/// `{"function": str, "expected_params": int, "btf_params": int|null, "ok": bool}`.
+pub fn prototypes(check: &CheckRun) -> Prototypes {
+    let text = check.stdout.join("\n");
+    let Ok(doc) = serde_json::from_str::<Value>(&text) else {
+        return Prototypes::Bad(vec!["`check --output json` did not print JSON".into()]);
+    };
+    let Some(p) = doc.get("prototypes") else { return Prototypes::Absent };
+    let Some(list) = p.as_array() else {
+        return Prototypes::Bad(vec![format!("`prototypes` is not an array: {p}")]);
+    };
+    let mut bad = Vec::new();
+    for e in list {
+        let func = e["function"].as_str().unwrap_or("?");
+        match e["ok"].as_bool() {
+            Some(true) => {}
+            Some(false) => bad.push(format!(
+                "{func}: the agent expects {} parameter(s), kernel BTF has {}",
+                e["expected_params"],
+                if e["btf_params"].is_null() {
+                    "no such function".to_string()
+                } else {
+                    e["btf_params"].to_string()
+                }
+            )),
+            None => bad.push(format!("malformed entry (no boolean `ok`): {e}")),
+        }
+    }
+    if bad.is_empty() { Prototypes::Ok(list.len()) } else { Prototypes::Bad(bad) }
+}
+
+/// One kernel's column group in the markdown matrix.
+pub struct KernelView<'a> {
+    pub series: &'a str,
+    pub arch: &'a str,
+    pub package: &'a str,
+    pub uname: Option<&'a str>,
+    pub btf_hdr_len: Option<u32>,
+    pub guest: &'a Guest,
+    pub unavailable: Option<&'a str>,
+    pub problems: &'a [String],
+    pub prototypes: &'a Prototypes,
+    pub seconds: Option<f64>,
+}
+
+fn md_cell(result: Option<&Scenario>) -> &'static str {
+    match result.map(|s| s.result.as_str()) {
+        Some("pass") => "pass",
+        Some("skip") => "skip",
+        Some("fail") => "**FAIL**",
+        Some(_) => "**?**",
+        None => "—",
+    }
+}
+
+/// The scenario × kernel × arch × mode table as markdown (one column per kernel and mode),
+/// then a row per kernel for the prototype check and the guest, then every skip's reason.
+pub fn markdown(
+    kernels: &[KernelView],
+    modes: &[String],
+    wall: std::time::Duration,
+    jobs: usize,
+    smp: u32,
+) -> String {
+    let mut rows: Vec<String> = Vec::new();
+    for k in kernels {
+        for m in &k.guest.modes {
+            for s in &m.results {
+                if !rows.contains(&s.name) {
+                    rows.push(s.name.clone());
+                }
+            }
+        }
+    }
+    let find = |k: &KernelView, mode: &str, row: &str| -> Option<Scenario> {
+        k.guest
+            .modes
+            .iter()
+            .filter(|m| m.mode == mode)
+            .flat_map(|m| &m.results)
+            .filter(|s| s.name == row)
+            .max_by_key(|s| rank(&s.result))
+            .cloned()
+    };
+    let mut out = String::new();
+    out.push_str("# pidfd-trace kernel matrix\n\n");
+    out.push_str(&format!(
+        "Scenario × kernel × arch × mode, from `cargo xtask vm` (qemu TCG, {jobs} guest(s) at a time, {smp} vCPU(s) each); wall time {:.0} s.\n",
+        wall.as_secs_f64()
+    ));
+    out.push_str("Cells: pass, **FAIL**, skip (reason below), — (no result: see the guest row).\n\n");
+    let mut h1 = String::from("| scenario |");
+    let mut h2 = String::from("|---|");
+    for k in kernels {
+        for m in modes {
+            h1.push_str(&format!(" {} {}<br>{m} |", k.series, k.arch));
+            h2.push_str("---|");
+        }
+    }
+    out.push_str(&h1);
+    out.push('\n');
+    out.push_str(&h2);
+    out.push('\n');
+    for r in &rows {
+        let mut line = format!("| {r} |");
+        for k in kernels {
+            for m in modes {
+                line.push_str(&format!(" {} |", md_cell(find(k, m, r).as_ref())));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let mut proto = String::from("| *prototypes (check)* |");
+    let mut guest = String::from("| *guest* |");
+    for k in kernels {
+        for _ in modes {
+            proto.push_str(&format!(
+                " {} |",
+                if k.unavailable.is_some() { "—".to_string() } else { k.prototypes.cell() }
+            ));
+            let g = if k.unavailable.is_some() {
+                "skipped: not in the archive".to_string()
+            } else if k.problems.is_empty() {
+                "ok".to_string()
+            } else {
+                "**FAIL**".to_string()
+            };
+            guest.push_str(&format!(" {g} |"));
+        }
+    }
+    out.push_str(&proto);
+    out.push('\n');
+    out.push_str(&guest);
+    out.push_str("\n\n## Kernels\n\n| kernel | arch | package | uname | BTF hdr_len | guest time | status |\n|---|---|---|---|---|---|---|\n");
+    for k in kernels {
+        let status = match (k.unavailable, k.problems.is_empty()) {
+            (Some(why), _) => format!("skipped: {why}"),
+            (None, true) => "ok".into(),
+            (None, false) => format!("**FAIL**: {}", k.problems.join("; ")),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            k.series,
+            k.arch,
+            k.package,
+            k.uname.unwrap_or("—"),
+            k.btf_hdr_len.map(|l| l.to_string()).unwrap_or_else(|| "—".into()),
+            k.seconds.map(|s| format!("{s:.0} s")).unwrap_or_else(|| "—".into()),
+            status.replace('|', "/")
+        ));
+    }
+    // Skip reasons, grouped: (scenario, reason) -> kernel/mode list
+    let mut skips: Vec<(String, String, Vec<String>)> = Vec::new();
+    for k in kernels {
+        for m in &k.guest.modes {
+            for s in m.results.iter().filter(|s| s.result == "skip") {
+                let at = format!("{} {} {}", k.series, k.arch, m.mode);
+                match skips.iter_mut().find(|(n, d, _)| *n == s.name && *d == s.detail) {
+                    Some(e) => e.2.push(at),
+                    None => skips.push((s.name.clone(), s.detail.clone(), vec![at])),
+                }
+            }
+        }
+    }
+    if !skips.is_empty() {
+        out.push_str("\n## Skips and their reasons\n\n");
+        for (name, detail, at) in &skips {
+            out.push_str(&format!(
+                "- `{name}`: {} — {}\n",
+                if detail.is_empty() { "(no reason given)" } else { detail },
+                at.join(", ")
+            ));
+        }
+    }
+    let fails: Vec<String> = kernels
+        .iter()
+        .flat_map(|k| {
+            k.guest.modes.iter().flat_map(move |m| {
+                m.results
+                    .iter()
+                    .filter(|s| s.result != "pass" && s.result != "skip")
+                    .map(move |s| format!("- {} {} {} `{}`: {}", k.series, k.arch, m.mode, s.name, s.detail))
+            })
+        })
+        .collect();
+    if !fails.is_empty() {
+        out.push_str("\n## Failures\n\n");
+        for f in fails {
+            out.push_str(&f);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // The matrix
 
@@ -395,6 +633,74 @@ error: boom\r
         );
         assert!(is_kernel_message("[    2.871849]  dump_stack+0x6b/0x83"));
         assert!(!is_kernel_message("[1, 2]"));
+    }
+
+    #[test]
+    fn prototype_check() {
+        let check =
+            |json: &str| CheckRun { rc: Some(0), end_seen: true, stdout: vec![json.into()], stderr: vec![] };
+        assert_eq!(prototypes(&check(r#"{"plan":[]}"#)), Prototypes::Absent);
+        assert_eq!(
+            prototypes(&check(
+                r#"{"prototypes":[{"function":"copy_process","expected_params":4,"btf_params":4,"ok":true}]}"#
+            )),
+            Prototypes::Ok(1)
+        );
+        let bad = prototypes(&check(
+            r#"{"prototypes":[{"function":"copy_process","expected_params":4,"btf_params":4,"ok":true},
+                {"function":"pidfs_alloc_file","expected_params":2,"btf_params":3,"ok":false},
+                {"function":"anon_inode_getfile","expected_params":4,"btf_params":null,"ok":false}]}"#,
+        ));
+        let Prototypes::Bad(lines) = bad else { panic!("{bad:?}") };
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("pidfs_alloc_file") && lines[0].contains("BTF has 3"), "{lines:?}");
+        assert!(lines[1].contains("no such function"), "{lines:?}");
+        assert!(matches!(prototypes(&check("not json")), Prototypes::Bad(_)));
+        assert!(matches!(prototypes(&check(r#"{"prototypes":{}}"#)), Prototypes::Bad(_)));
+        assert_eq!(Prototypes::Absent.cell(), "not checked (agent lacks the key)");
+    }
+
+    #[test]
+    fn btf_header_length_from_the_console() {
+        let g = parse(&lines("=====PIDFD-VM-BTF hdr=9feb01002000000000000000=====\n"));
+        assert_eq!(g.btf_hdr_len(), Some(32));
+        let g = parse(&lines("=====PIDFD-VM-BTF hdr=9feb01001800000000000000a8f92e00=====\n"));
+        assert_eq!(g.btf_hdr_len(), Some(24));
+        assert_eq!(parse(&lines("=====PIDFD-VM-BTF hdr=====\n")).btf_hdr_len(), None);
+    }
+
+    #[test]
+    fn markdown_table() {
+        let console = "=====PIDFD-SUITE-BEGIN mode=kprobe=====\n{\"scenario\":\"a\",\"result\":\"pass\"}\n{\"scenario\":\"b\",\"result\":\"skip\",\"detail\":\"needs 6.9\"}\n=====PIDFD-SUITE-END mode=kprobe rc=0=====\n";
+        let g = parse(&lines(console));
+        let none = Guest::default();
+        let view = |series, guest, unavailable, prototypes| KernelView {
+            series,
+            arch: "arm64",
+            package: "p",
+            uname: None,
+            btf_hdr_len: Some(24),
+            guest,
+            unavailable,
+            problems: &[],
+            prototypes,
+            seconds: Some(60.0),
+        };
+        let md = markdown(
+            &[
+                view("6.1", &g, None, &Prototypes::Absent),
+                view("7.9", &none, Some("nothing named linux-image-7.9.*-cloud-arm64"), &Prototypes::NotRun),
+            ],
+            &["kprobe".to_string()],
+            std::time::Duration::from_secs(90),
+            1,
+            2,
+        );
+        assert!(md.contains("| scenario | 6.1 arm64<br>kprobe | 7.9 arm64<br>kprobe |"), "{md}");
+        assert!(md.contains("| a | pass | — |") && md.contains("| b | skip | — |"), "{md}");
+        assert!(md.contains("| *prototypes (check)* | not checked (agent lacks the key) | — |"), "{md}");
+        assert!(md.contains("skipped: nothing named linux-image-7.9"), "{md}");
+        assert!(md.contains("- `b`: needs 6.9 — 6.1 arm64 kprobe"), "{md}");
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub fn clone3_thread(args: &mut CloneArgs) -> i64 {
     let mut r: i64 = libc::SYS_clone3;
     // SAFETY: the child runs only the three instructions after `syscall` on its own stack
     // and exits with SYS_exit; the parent continues normally.
+    #[cfg(target_arch = "x86_64")]
     unsafe {
         asm!(
             "syscall",
@@ -66,6 +67,21 @@ pub fn clone3_thread(args: &mut CloneArgs) -> i64 {
             in("rdi") args as *mut CloneArgs,
             in("rsi") size_of::<CloneArgs>(),
             out("rcx") _, out("r11") _,
+            options(nostack)
+        );
+    }
+    // SAFETY: as above; arm64 passes the number in x8 and returns in x0, and exit is 93.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        asm!(
+            "svc #0",
+            "cbnz x0, 2f",
+            "mov x8, #93",
+            "svc #0",
+            "2:",
+            inout("x8") r => _,
+            inlateout("x0") args as *mut CloneArgs as i64 => r,
+            in("x1") size_of::<CloneArgs>(),
             options(nostack)
         );
     }
