@@ -82,6 +82,7 @@ pub const ALL: &[Scenario] = &[
         run: plain_fork_silent,
     },
     // Issue 10 (kernel-truth): callers off the common path.
+    #[cfg(target_arch = "x86_64")]
     Scenario {
         name: "clone_forged_slot",
         what: "CLONE_VM|CLONE_VFORK child overwrites the pidfd slot (12345, CHILD_SETTID, CHILD_CLEARTID): the installed fd",

@@ -22,11 +22,15 @@ pub fn report_pid() -> u32 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 const CLONE_VFORK: u64 = 0x4000;
+#[cfg(target_arch = "x86_64")]
 const CLONE_CHILD_SETTID: u64 = 0x0100_0000;
+#[cfg(target_arch = "x86_64")]
 const CLONE_CHILD_CLEARTID: u64 = 0x0020_0000;
 
 /// The lowest free fd: the number the kernel gives the next fd of this (single-threaded) process.
+#[cfg(target_arch = "x86_64")]
 fn next_fd() -> i32 {
     let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
     unsafe { libc::close(fd) };
@@ -53,6 +57,7 @@ fn sentinel() -> Value {
 /// pidfd slot before the parent resumes: with a store of 12345, then with CLONE_CHILD_SETTID
 /// (the kernel writes the child's tid there) and CLONE_CHILD_CLEARTID (0 at the child's
 /// exit) on the same address. The event must carry the fd the kernel installed every time.
+#[cfg(target_arch = "x86_64")]
 pub fn clone_forged_slot() -> Result<Vec<Value>, String> {
     let mut want = Vec::new();
     for (extra, what) in [
@@ -86,6 +91,7 @@ pub fn clone_forged_slot() -> Result<Vec<Value>, String> {
 
 /// Legacy clone with the pidfd slot as both parent_tid and child_tid; the child (sharing our
 /// memory, on our stack while we are suspended) optionally stores 12345 there, then exits.
+#[cfg(target_arch = "x86_64")]
 fn vfork_clone_overwrite(flags: u64, slot: &mut i32, store: bool) -> i64 {
     let p = slot as *mut i32;
     let mut r: i64 = libc::SYS_clone;
