@@ -214,6 +214,11 @@ pub struct EventRecord {
     /// `bpf_get_current_uid_gid`.
     pub uid: u32,
     pub _pad2: u32,
+    /// pidfd_getfd / pidfd_send_signal: what the kernel saw of the target at syscall entry
+    /// (risk.rs); all zero for other kinds.
+    pub facts: TargetFacts,
+    /// pidfd_getfd: the taken file's path as dentry names, read at syscall exit.
+    pub path: PathParts,
     /// The calling thread's name.
     pub thread_comm: [u8; 16],
     /// clone/clone3: the child's pid in the initial namespace (task:task_newtask); 0 unknown.
@@ -232,6 +237,32 @@ pub struct EventRecord {
     /// was in the kernel: it names the container (`docker-<id>.scope`) even when the cgroup
     /// is gone by the time the agent looks. NUL-terminated, truncated to fit; empty if unknown.
     pub cgroup_name: [u8; CGROUP_NAME_BYTES],
+}
+
+/// Path components per record (`PathParts`), and the bytes kept of each.
+pub const PATH_PARTS: usize = 8;
+pub const PATH_PART_BYTES: usize = 32;
+
+/// A file's path as the kernel program read it: dentry names from the file up (crossing
+/// mount points), at most `PATH_PARTS` of them, each NUL-terminated and cut at
+/// `PATH_PART_BYTES - 1` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathParts {
+    /// Components filled in `names` (names[0] is the file's own name).
+    pub depth: u8,
+    /// Bit i: names[i] may have been cut.
+    pub cut: u8,
+    /// 1 when the walk stopped before reaching the root (more than `PATH_PARTS` components).
+    pub more: u8,
+    pub _pad: [u8; 5],
+    pub names: [[u8; PATH_PART_BYTES]; PATH_PARTS],
+}
+
+impl Default for PathParts {
+    fn default() -> Self {
+        Self { depth: 0, cut: 0, more: 0, _pad: [0; 5], names: [[0; PATH_PART_BYTES]; PATH_PARTS] }
+    }
 }
 
 /// Room for a cgroup directory name in a record: `cri-containerd-<64 hex>.scope` is 85
@@ -253,6 +284,8 @@ pub struct EnterState {
     pub mode: u8,
     pub _pad: u8,
     pub target_pid: i32,
+    /// pidfd_getfd / pidfd_send_signal: the target facts gathered at entry.
+    pub facts: TargetFacts,
     /// clone/clone3: the flags the kernel acted on (task:task_newtask), else 0.
     pub kflags: u64,
     /// clone3: the `struct clone_args` user pointer and the size argument.
@@ -265,6 +298,159 @@ pub struct EnterState {
     /// `xhints` bits gathered so far.
     pub xhints: u8,
     pub _pad2: [u8; 7],
+}
+
+/// Bits of `TargetFacts::risk`: what the kernel program concluded about the target of a
+/// pidfd_getfd / pidfd_send_signal at syscall entry (README "Risky pidfd use").
+pub mod risk {
+    /// The target process is exiting: its signal group is exiting (SIGNAL_GROUP_EXIT), or its
+    /// only thread is at its PTRACE_EVENT_EXIT stop, past PF_EXITING, without mm, or a zombie.
+    pub const TARGET_EXITING: u8 = 1 << 0;
+    /// The target's uid, euid, suid or fsuid differs from the caller's real uid.
+    pub const CRED_MISMATCH: u8 = 1 << 1;
+    /// Caller and target are in different cgroups (cgroup2 ids); the agent decides whether
+    /// both are containers (`cross_container`).
+    pub const CGROUP_DIFFERS: u8 = 1 << 2;
+    /// The target runs with elevated credentials: euid or suid differs from its uid.
+    pub const TARGET_ELEVATED: u8 = 1 << 3;
+    /// The bits the `RISKY` counter is kept for.
+    pub const COUNTED: u8 = TARGET_EXITING | CRED_MISMATCH | CGROUP_DIFFERS;
+    /// The pidfd was resolved to a live `task_struct`: the target facts are valid.
+    pub const TARGET_SEEN: u8 = 1 << 6;
+    /// pidfd_getfd: the target's file at `targetfd` was found: the file facts are valid.
+    pub const FILE_SEEN: u8 = 1 << 7;
+}
+
+/// Bits of `TargetFacts::exit`: the raw exit state of the target, as the kernel had it.
+pub mod exit_facts {
+    /// `signal->flags & SIGNAL_GROUP_EXIT` (exit_group(), a fatal signal, a core dump).
+    pub const GROUP_EXIT: u8 = 1 << 0;
+    /// `task->flags & PF_EXITING` (set in do_exit by exit_signals()).
+    pub const PF_EXITING: u8 = 1 << 1;
+    /// `task->mm == NULL` in a user task (exit_mm() has run).
+    pub const NO_MM: u8 = 1 << 2;
+    /// `task->exit_state != 0` (zombie or dead).
+    pub const ZOMBIE: u8 = 1 << 3;
+    /// `signal->nr_threads <= 1`: the task is the process's only thread.
+    pub const SOLE_THREAD: u8 = 1 << 4;
+    /// Stopped at its `PTRACE_EVENT_EXIT` stop (`last_siginfo->si_code` is
+    /// `SIGTRAP | PTRACE_EVENT_EXIT << 8`): do_exit() has begun, nothing else shows it yet
+    /// on 5.10 when a single-threaded process called exit_group().
+    pub const EXIT_STOP: u8 = 1 << 5;
+}
+
+/// What the kernel saw of a pidfd's target (and, for pidfd_getfd, of the file taken) at
+/// syscall entry, while the caller's pidfd pinned the target. Raw facts: the agent names
+/// them. Zero when not gathered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetFacts {
+    /// The target's cgroup2 id (`task->cgroups->dfl_cgrp->kn->id`).
+    pub target_cgroup_id: u64,
+    /// The taken file's inode number.
+    pub file_ino: u64,
+    /// The taken file's `i_sb->s_dev` (kernel encoding: major << 20 | minor).
+    pub file_dev: u32,
+    /// The taken file's `i_sb->s_magic` (low 32 bits).
+    pub file_magic: u32,
+    /// The target's `real_cred` ids (kuid values, initial user namespace).
+    pub target_uid: u32,
+    pub target_euid: u32,
+    pub target_suid: u32,
+    pub target_fsuid: u32,
+    /// The caller's real uid (`current->cred->uid`).
+    pub caller_uid: u32,
+    /// The taken file's `i_mode`.
+    pub file_mode: u16,
+    /// `risk::*` bits.
+    pub risk: u8,
+    /// `exit_facts::*` bits.
+    pub exit: u8,
+    /// The taken file's dentry name (NUL-terminated, truncated): `memfd:<name>`, `[pidfd]`, ...
+    pub file_name: [u8; 32],
+}
+
+impl TargetFacts {
+    pub const ZERO: TargetFacts = TargetFacts {
+        target_cgroup_id: 0,
+        file_ino: 0,
+        file_dev: 0,
+        file_magic: 0,
+        target_uid: 0,
+        target_euid: 0,
+        target_suid: 0,
+        target_fsuid: 0,
+        caller_uid: 0,
+        file_mode: 0,
+        risk: 0,
+        exit: 0,
+        file_name: [0; 32],
+    };
+}
+
+/// Key of the `RISKY` per-CPU counter map: one slot per risky pidfd_getfd outcome, so that
+/// `pidfd_trace_getfd_risky_total{reason}` stays exact when records are lost. The cgroup
+/// ids are kept only when `CGROUP_DIFFERS` is set (the agent decides from them whether both
+/// sides are containers); otherwise both are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RiskKey {
+    pub caller_cgroup: u64,
+    pub target_cgroup: u64,
+    /// `risk::COUNTED` bits of the call.
+    pub risk: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Size of the `RISKY` map; a full map is counted in `stats::RISKY_FULL`.
+pub const RISKY_MAX_ENTRIES: u32 = 1024;
+
+/// Offsets (from BTF) for the target facts: struct pid → task, the task's exit state,
+/// credentials and cgroup, and the taken file's inode, superblock and name. The fd-table
+/// walk itself uses `FdPidOffsets`. `valid == 0` disables the whole gathering.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RiskOffsets {
+    /// `pid.tasks` (hlist_head array; `[PIDTYPE_PID]`, index 0, is read).
+    pub pid_tasks: u32,
+    /// `task_struct.pid_links` (hlist_node array; the list links `[PIDTYPE_PID]`).
+    pub task_pid_links: u32,
+    pub task_flags: u32,
+    pub task_exit_state: u32,
+    pub task_mm: u32,
+    pub task_signal: u32,
+    pub signal_flags: u32,
+    pub signal_nr_threads: u32,
+    pub task_real_cred: u32,
+    pub task_cred: u32,
+    pub cred_uid: u32,
+    pub cred_euid: u32,
+    pub cred_suid: u32,
+    pub cred_fsuid: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// `file.f_path.dentry`.
+    pub file_dentry: u32,
+    /// `dentry.d_name.name`.
+    pub dentry_name: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_magic: u32,
+    pub sb_s_dev: u32,
+    /// `file.f_path.mnt`, `dentry.d_parent`, and in `struct mount`: `mnt` (the embedded
+    /// vfsmount), `mnt_parent`, `mnt_mountpoint`.
+    pub file_mnt: u32,
+    pub dentry_parent: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    /// `task_struct.last_siginfo` and `kernel_siginfo.si_code`.
+    pub task_last_siginfo: u32,
+    pub siginfo_code: u32,
+    pub valid: u32,
 }
 
 /// Key of the `OUTCOMES` per-CPU counter map: one slot per distinct outcome. Every field has
@@ -319,6 +505,8 @@ pub mod stats {
     pub const ENTER_FAILED: u32 = 3;
     /// clone3 whose `struct clone_args` could not be read at entry: flags unknown.
     pub const CLONE3_ARGS_UNREADABLE: u32 = 4;
+    /// A risky pidfd_getfd could not be counted because `RISKY` was full.
+    pub const RISKY_FULL: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 
@@ -329,6 +517,7 @@ pub mod globals {
     pub const TP_RET: &str = "TP_RET_OFF";
     pub const PIDS_LIMIT: &str = "PIDS_LIMIT_OFFSETS";
     pub const FD_PID: &str = "FD_PID_OFFSETS";
+    pub const RISK: &str = "RISK_OFFSETS";
     pub const TRUTH: &str = "TRUTH_OFFSETS";
 }
 
@@ -437,4 +626,6 @@ mod user {
     unsafe impl aya::Pod for super::PidsLimitOffsets {}
     unsafe impl aya::Pod for super::FdPidOffsets {}
     unsafe impl aya::Pod for super::TruthOffsets {}
+    unsafe impl aya::Pod for super::RiskOffsets {}
+    unsafe impl aya::Pod for super::RiskKey {}
 }

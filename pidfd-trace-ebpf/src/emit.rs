@@ -35,6 +35,9 @@ pub fn finish<C: EbpfContext>(
     let kind = st.kind;
     let hints = st.hints | hints;
     count_outcome(ctx, kind, hints, st, ret);
+    if kind == pidfd_trace_common::EventKind::PidfdGetfd as u8 {
+        crate::risk::count(&st.facts);
+    }
 
     let seq = bump_stat(stats::RECORDS);
     let Some(mut entry) = EVENTS.reserve::<EventRecord>(0) else {
@@ -46,7 +49,8 @@ pub fn finish<C: EbpfContext>(
     // `comm` (about a tenth of the record path).
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` points at the reserved, writable slot of size_of::<EventRecord>(); every
-    // field is written before submit.
+    // field is written before submit, except the `path.names` slots past `path.depth`, which
+    // keep what an earlier record of ours left in the ring and which the agent never reads.
     unsafe {
         let now = bpf_ktime_get_boot_ns();
         (*rec).ts_ns = now;
@@ -79,6 +83,8 @@ pub fn finish<C: EbpfContext>(
         (*rec)._pad3 = [0; 3];
         let cg = core::ptr::addr_of_mut!((*rec).cgroup_name);
         cgroup_name(cg.cast(), CGROUP_NAME_BYTES as u32);
+        (*rec).facts = st.facts;
+        crate::risk::file_path(&mut (*rec).path, st, ret);
         // Zero-fills the buffer itself if it fails, so nothing uninitialised leaves.
         let thread_comm = core::ptr::addr_of_mut!((*rec).thread_comm);
         generated::bpf_get_current_comm(thread_comm.cast(), size_of::<[u8; 16]>() as u32);

@@ -1,6 +1,6 @@
 //! Values the agent fills in at load time from the running kernel (tracepoint format files,
 //! BTF). Rust eBPF has no CO-RE relocations, so nothing here may be trusted at its default.
-use pidfd_trace_common::{FdPidOffsets, PidsLimitOffsets, TruthOffsets};
+use pidfd_trace_common::{FdPidOffsets, PidsLimitOffsets, RiskOffsets, TruthOffsets};
 
 /// Byte offsets of the syscall tracepoint fields, from
 /// `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`: every sys_enter record places its
@@ -100,4 +100,47 @@ pub fn truth_offsets() -> &'static TruthOffsets {
     let p: *const TruthOffsets = &TRUTH_OFFSETS;
     // SAFETY: a valid pointer to a static; the volatile read only hides its value.
     unsafe { &*core::ptr::read_volatile(&p) }
+}
+
+/// Target-fact offsets (risk.rs), from BTF; `valid == 0` when unknown.
+#[unsafe(no_mangle)]
+static RISK_OFFSETS: RiskOffsets = RiskOffsets {
+    pid_tasks: 0,
+    task_pid_links: 0,
+    task_flags: 0,
+    task_exit_state: 0,
+    task_mm: 0,
+    task_signal: 0,
+    signal_flags: 0,
+    signal_nr_threads: 0,
+    task_real_cred: 0,
+    task_cred: 0,
+    cred_uid: 0,
+    cred_euid: 0,
+    cred_suid: 0,
+    cred_fsuid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    file_dentry: 0,
+    dentry_name: 0,
+    inode_i_mode: 0,
+    inode_i_ino: 0,
+    inode_i_sb: 0,
+    sb_s_magic: 0,
+    sb_s_dev: 0,
+    file_mnt: 0,
+    dentry_parent: 0,
+    mount_mnt: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
+    task_last_siginfo: 0,
+    siginfo_code: 0,
+    valid: 0,
+};
+
+#[inline(always)]
+pub fn risk_offsets() -> RiskOffsets {
+    unsafe { core::ptr::read_volatile(&RISK_OFFSETS) }
 }

@@ -19,6 +19,7 @@ mod floor;
 mod fprobe;
 mod globals;
 mod maps;
+mod risk;
 mod task;
 mod tracepoint;
 

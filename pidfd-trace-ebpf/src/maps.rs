@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pidfd_trace_common::{
-    CounterKey, ENTER_STATE_MAX_ENTRIES, EVENTS_RING_BYTES, EnterState, OUTCOMES_MAX_ENTRIES, stats,
+    CounterKey, ENTER_STATE_MAX_ENTRIES, EVENTS_RING_BYTES, EnterState, OUTCOMES_MAX_ENTRIES,
+    RISKY_MAX_ENTRIES, RiskKey, stats,
 };
 
 /// Event records for the agent's decoder. The agent may resize it at load time.
@@ -17,6 +18,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map]
 pub static OUTCOMES: PerCpuHashMap<CounterKey, u64> =
     PerCpuHashMap::with_max_entries(OUTCOMES_MAX_ENTRIES, 0);
+
+/// Exact counters of risky pidfd_getfd calls (risk.rs), behind
+/// `pidfd_trace_getfd_risky_total{reason}`; a lost record never changes them.
+#[map]
+pub static RISKY: PerCpuHashMap<RiskKey, u64> = PerCpuHashMap::with_max_entries(RISKY_MAX_ENTRIES, 0);
 
 /// Self-accounting: records attempted, records lost, map failures (see `stats`).
 #[map]

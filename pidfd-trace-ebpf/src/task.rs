@@ -38,32 +38,6 @@ unsafe fn fd_array(off: &FdPidOffsets) -> Option<(*const u8, u32)> {
     }
 }
 
-/// The struct pid of `file` if it is a pidfd, checked by the file's kind (pidfs superblock
-/// on 6.9+, the anon inode's "[pidfd]" dentry before): an fd that is not a pidfd never
-/// yields a pid read from some other structure.
-#[inline(always)]
-unsafe fn pidfd_pid(file: *const u8, off: &FdPidOffsets, t: &TruthOffsets) -> Option<*const u8> {
-    unsafe {
-        if off.via_inode != 0 {
-            let inode = read_ptr(file, off.file_f_inode)?;
-            let sb = read_ptr(inode, t.inode_sb)?;
-            let magic = bpf_probe_read_kernel(sb.add(t.sb_magic as usize) as *const u64).ok()?;
-            if magic != PID_FS_MAGIC {
-                return None;
-            }
-            read_ptr(inode, off.inode_i_private)
-        } else {
-            let dentry = read_ptr(file, t.file_dentry)?;
-            let name = read_ptr(dentry, t.dentry_name)?;
-            let bytes = bpf_probe_read_kernel(name as *const [u8; 8]).ok()?;
-            if bytes != ANON_PIDFD_NAME {
-                return None;
-            }
-            read_ptr(file, off.file_private_data)
-        }
-    }
-}
-
 /// The struct pid of a `/proc/<pid>` directory (what pidfd_send_signal also accepts, through
 /// tgid_pidfd_to_pid): a procfs directory right below its mount's root whose proc_inode
 /// carries a pid. Other proc files and directories yield None.
@@ -128,7 +102,7 @@ pub fn fd_target(fd: u64, proc_dirs: bool, level: u32) -> FdTarget {
             return out;
         }
         let Some(file) = read_ptr(fds, (fd as u32).wrapping_mul(8)) else { return out };
-        let pid = match pidfd_pid(file, &off, t) {
+        let pid = match crate::risk::pidfd_pid(file) {
             Some(p) => Some(p),
             None if proc_dirs => proc_dir_pid(file, &off, t),
             None => None,
@@ -166,7 +140,7 @@ pub fn installed_pidfd(hint: i64, child: i32) -> Option<i32> {
         let (fds, max) = fd_array(&off)?;
         let is_child = |fd: u32| -> bool {
             let Some(file) = read_ptr(fds, fd.wrapping_mul(8)) else { return false };
-            let Some(pid) = pidfd_pid(file, &off, t) else { return false };
+            let Some(pid) = crate::risk::pidfd_pid(file) else { return false };
             bpf_probe_read_kernel(pid.add(off.pid_numbers_nr as usize) as *const i32) == Ok(child)
         };
         if hint >= 0 && hint < max as i64 && is_child(hint as u32) {

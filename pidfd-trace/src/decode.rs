@@ -8,7 +8,7 @@ use crate::{
     classify::{self, KernelSemantics},
     event::Event,
     hooks::{self, Returns, Saved},
-    names,
+    names, risk,
 };
 
 /// A ring-buffer record that cannot become an `Event`; the pipeline counts and drops it.
@@ -101,6 +101,9 @@ impl Decoder {
         let positive = |v: i32| (v > 0).then_some(i64::from(v));
         let passed_pidfd = saved(Saved::Pidfd).map(|v| v as i32);
         let signal_nr = saved(Saved::Signal);
+        // Target facts: only the calls that pass a pidfd gather them (risk.rs).
+        let f = r.facts;
+        let seen = passed_pidfd.is_some() && risk::target_seen(&f);
         Event {
             ts: r.ts_ns as i128 + self.boot_to_unix_ns,
             seq,
@@ -155,6 +158,15 @@ impl Decoder {
             used_pidfd: passed_pidfd,
             target_checked: x & xhints::TARGET_CHECKED != 0,
             cgroup_leaf: Some(c_string(&r.cgroup_name)).filter(|s| !s.is_empty()),
+            risk: seen.then(|| risk::kernel_reasons(&f)),
+            target_exit: seen.then(|| risk::exit_names(&f)),
+            target_uid: seen.then_some(f.target_uid),
+            target_euid: seen.then_some(f.target_euid),
+            target_elevated: seen.then_some(f.risk & pidfd_trace_common::risk::TARGET_ELEVATED != 0),
+            target_cgroup_id: (seen && f.target_cgroup_id != 0).then_some(f.target_cgroup_id),
+            file_kind: risk::file_kind(&f),
+            file_path: risk::file_path(&f, &r.path),
+            facts: f,
         }
     }
 }
@@ -210,6 +222,8 @@ pub mod testing {
             xhints: 0,
             _pad3: [0; 3],
             cgroup_name: [0; pidfd_trace_common::CGROUP_NAME_BYTES],
+            facts: Default::default(),
+            path: Default::default(),
         }
     }
 

@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{cgroup, classify::Stage, event::Event, inventory::helper::Helper};
+use log::warn;
+use pidfd_trace_common::EventKind;
+
+use crate::{cgroup, classify::Stage, event::Event, inventory::helper::Helper, risk};
 
 /// The inventory helper that counts a caller's pidfds for an agent without capabilities;
 /// without one (tests) the agent reads `/proc` itself.
@@ -103,6 +106,38 @@ fn enrich(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
         ev.pod_uid = c.pod_uid;
     }
     ev.cgroup = info.path;
+    risky_use(cgroups, ev);
+}
+
+/// The parts of README "Risky pidfd use" only user space can do: `cross_container` (both
+/// cgroups container-shaped, different containers) and the warn line of a risky pidfd_getfd.
+fn risky_use(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
+    let Some(reasons) = ev.risk.as_mut() else { return };
+    if ev.facts.risk & pidfd_trace_common::risk::CGROUP_DIFFERS != 0
+        && let Some(mine) = ev.container_id.as_deref()
+    {
+        let target_pid = ev.target_pid.unwrap_or(0).max(0) as u32;
+        let theirs = cgroups.lookup(ev.facts.target_cgroup_id, target_pid).container;
+        if theirs.is_some_and(|t| t.id != mine) {
+            reasons.push(risk::CROSS_CONTAINER);
+        }
+    }
+    if ev.event == EventKind::PidfdGetfd && !reasons.is_empty() {
+        let outcome = match ev.errno.as_deref() {
+            Some(e) => format!("was refused it ({e})"),
+            None => format!("got it as fd {}", ev.ret),
+        };
+        warn!(
+            "risky pidfd_getfd: pid {} ({}) asked for fd {} of pid {} and {outcome}: risk [{}], file_kind {}, file_path {}",
+            ev.pid,
+            ev.comm,
+            ev.target_fd.unwrap_or(-1),
+            ev.target_pid.unwrap_or(0),
+            reasons.join(","),
+            ev.file_kind.unwrap_or("unknown"),
+            ev.file_path.as_deref().unwrap_or("unknown"),
+        );
+    }
 }
 
 fn pidfd_target(pid: u32, fd: i32) -> Option<i64> {

@@ -1,7 +1,7 @@
 //! The decoded event every sink receives. Its JSON-lines schema is the contract in
 //! docs/events.md (one object per line, every field present, `null` when it does not apply);
 //! a field added here is added there.
-use pidfd_trace_common::EventKind;
+use pidfd_trace_common::{EventKind, TargetFacts};
 use serde::{Serialize, Serializer};
 
 use crate::classify::Stage;
@@ -95,6 +95,28 @@ pub struct Event {
     /// container when the cgroup is gone before the enricher looks (not in the JSON schema).
     #[serde(skip)]
     pub cgroup_leaf: Option<String>,
+    /// pidfd_getfd / pidfd_send_signal: why this use is risky (`target_exiting`,
+    /// `cred_mismatch`, `cross_container`; README "Risky pidfd use"), `[]` when it is not,
+    /// null when the kernel could not resolve the pidfd to its target.
+    pub risk: Option<Vec<&'static str>>,
+    /// The target's exit state as the kernel had it at entry (`group_exit`, `exit_stop`, `pf_exiting`,
+    /// `no_mm`, `zombie`); null when the target was not resolved.
+    pub target_exit: Option<Vec<&'static str>>,
+    /// The target's real uid (`real_cred`, initial user namespace).
+    pub target_uid: Option<u32>,
+    /// The target's effective uid.
+    pub target_euid: Option<u32>,
+    /// The target runs with euid or suid other than its uid (a setuid program).
+    pub target_elevated: Option<bool>,
+    /// The target's cgroup2 id.
+    pub target_cgroup_id: Option<u64>,
+    /// pidfd_getfd: what the taken fd is (regular, socket, memfd, dma_buf, pidfd, anon_inode, ...).
+    pub file_kind: Option<&'static str>,
+    /// pidfd_getfd of a regular file: its path, from the dentry names the kernel read at exit.
+    pub file_path: Option<String>,
+    /// The raw target facts, for the enricher (not in the JSON schema).
+    #[serde(skip)]
+    pub facts: TargetFacts,
 }
 
 impl Event {

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod preflight;
 pub mod privileges;
 pub mod probes;
+pub mod risk;
 // serve/ is being changed on another branch (alerting); its rustdoc comes with that merge.
 #[allow(missing_docs)]
 pub mod serve;

@@ -115,8 +115,31 @@ impl Pipeline<'_> {
 
 /// Runs until SIGINT/SIGTERM or the sink's reader goes away (e.g. `| head`); SIGHUP reopens
 /// the sink's files and goes on.
-pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<Counters> {
-    run_with_tick(session, pipe, &mut |_, _| {}).await
+pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>, signals: Signals) -> Result<Counters> {
+    run_with_tick(session, pipe, signals, &mut |_, _| {}).await
+}
+
+/// The signals the pipeline answers: SIGINT and SIGTERM stop it, SIGHUP reopens the sink's
+/// files. Installed by the command before anything can be signalled to it in earnest (before
+/// serve's HTTP server answers, before trace attaches), so a SIGTERM that arrives while the
+/// agent is still starting is kept and honoured (clean stop, exit 0) once the pipeline runs,
+/// instead of killing the process.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers; needs a tokio runtime with the signal driver.
+    pub fn install() -> Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).map_err(PipelineError::Signals)?,
+            term: signal(SignalKind::terminate()).map_err(PipelineError::Signals)?,
+            // SIGHUP reopens the events log (serve) and never stops the agent (docs/cli.md).
+            hup: signal(SignalKind::hangup()).map_err(PipelineError::Signals)?,
+        })
+    }
 }
 
 /// `run`, also calling `on_tick` once a second and once more at the end, with a snapshot of
@@ -125,6 +148,7 @@ pub async fn run(session: &mut Session, pipe: &mut Pipeline<'_>) -> Result<Count
 pub async fn run_with_tick(
     session: &mut Session,
     pipe: &mut Pipeline<'_>,
+    signals: Signals,
     on_tick: &mut dyn FnMut(&Counters, &Totals),
 ) -> Result<Counters> {
     let ring = session.probes.take_events()?;
@@ -140,10 +164,7 @@ pub async fn run_with_tick(
         ),
         None => None,
     };
-    let mut sigint = signal(SignalKind::interrupt()).map_err(PipelineError::Signals)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(PipelineError::Signals)?;
-    // SIGHUP reopens the events log (serve) and never stops the agent (docs/cli.md).
-    let mut sighup = signal(SignalKind::hangup()).map_err(PipelineError::Signals)?;
+    let Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The kernel programs wake us only once the ring is a quarter full (emit.rs); this tick
     // drains it otherwise, so no record waits longer than DRAIN_INTERVAL.

@@ -19,6 +19,8 @@ use crate::{
 
 /// `pidfd-trace trace`: events on stdout until SIGINT/SIGTERM or a closed stdout.
 pub async fn run(args: TraceArgs) -> Result<()> {
+    // Before attaching: a SIGTERM during start-up then stops the agent cleanly.
+    let signals = pipeline::Signals::install()?;
     let mut session = Session::start(&args.kernel)?;
     // Before the capabilities go: the helper keeps what counting a caller's pidfds needs.
     crate::enrich::set_counter(std::sync::Arc::new(crate::inventory::helper::Helper::spawn()?));
@@ -43,7 +45,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         sink: sink.as_mut(),
         totals: Default::default(),
     };
-    let counters = pipeline::run(&mut session, &mut pipe).await?;
+    let counters = pipeline::run(&mut session, &mut pipe, signals).await?;
     let t = pipe.totals;
     eprintln!(
         "pidfd-trace: {} events received, {} shown, {} lost, {} undecodable",

@@ -124,7 +124,7 @@ fn enter_state_entries(maps: &[u32]) -> usize {
         .expect("agent has an ENTER_STATE map")
         .id();
     let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id).unwrap()).unwrap();
-    let hm = aya::maps::HashMap::<_, u64, [u8; 48]>::try_from(&map).unwrap();
+    let hm = aya::maps::HashMap::<_, u64, pidfd_trace_common::EnterState>::try_from(&map).unwrap();
     hm.keys().count()
 }
 

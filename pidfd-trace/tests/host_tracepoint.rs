@@ -55,6 +55,10 @@ scenarios!(
     getfd_ok,
     getfd_ebadf,
     waitid_pidfd,
+    getfd_exiting,
+    getfd_cred_mismatch,
+    getfd_cross_container,
+    getfd_benign,
     plain_fork_silent,
     // Issue 10 (kernel-truth).
     clone_forged_slot,
@@ -68,6 +72,7 @@ scenarios!(
     clone_pids_ancestor_limit,
     short_lived_container,
     clone3_args_efault,
+    risky_counter,
     filter_comm_failures_only,
     filter_pid,
     agent_stops_cleanly,

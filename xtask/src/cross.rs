@@ -152,3 +152,14 @@ pub fn by_deb_arch(arch: &str) -> Result<&'static Target> {
 pub fn host() -> Result<&'static Target> {
     by_deb_arch(&output(Command::new("dpkg").arg("--print-architecture"))?)
 }
+
+/// Options of the per-architecture artefacts (`cargo xtask image`, `cargo xtask deb`).
+#[derive(clap::Args, Debug)]
+pub struct ArchOptions {
+    /// Architectures to build (Debian names), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "amd64,arm64")]
+    pub arch: Vec<String>,
+    /// Instead: the test `cargo xtask test` runs (this machine's architecture; root).
+    #[arg(long)]
+    pub test: bool,
+}

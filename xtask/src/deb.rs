@@ -24,15 +24,8 @@ pub const PACKAGES: &[&str] = &["systemd", "util-linux"];
 pub const UNIT: &str = "deploy/systemd/pidfd-trace.service";
 const UNIT_DEST: &str = "lib/systemd/system/pidfd-trace.service";
 
-#[derive(clap::Args, Debug)]
-pub struct Options {
-    /// Architectures to package (Debian names), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "amd64,arm64")]
-    pub arch: Vec<String>,
-    /// Instead: the test `cargo xtask test` runs (this machine's architecture; root).
-    #[arg(long)]
-    pub test: bool,
-}
+/// `--arch` and `--test`, as for `cargo xtask image`.
+pub type Options = crate::cross::ArchOptions;
 
 /// `cargo xtask deb`: one package per architecture in target/debian/.
 pub fn run(opts: &Options, root: &Path) -> Result<()> {

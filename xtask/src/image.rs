@@ -26,15 +26,8 @@ pub const PACKAGES: &[&str] = &["buildah", "podman", "runc", "curl"];
 pub const NAME: &str = "localhost/pidfd-trace";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-#[derive(clap::Args, Debug)]
-pub struct Options {
-    /// Architectures to build (Debian names), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "amd64,arm64")]
-    pub arch: Vec<String>,
-    /// Instead: the test `cargo xtask test` runs (this machine's architecture; root).
-    #[arg(long)]
-    pub test: bool,
-}
+/// `--arch` and `--test`, as for `cargo xtask deb`.
+pub type Options = crate::cross::ArchOptions;
 
 /// One built image.
 pub struct Image {

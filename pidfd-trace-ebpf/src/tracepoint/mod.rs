@@ -7,7 +7,7 @@ mod newtask;
 mod pidfd;
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
-use pidfd_trace_common::{EnterState, EventKind, Mode, hints, stats, xhints};
+use pidfd_trace_common::{EnterState, EventKind, Mode, TargetFacts, hints, stats, xhints};
 
 use crate::{
     emit,
@@ -157,6 +157,7 @@ fn entry(kind: EventKind, flags: u64, arg0: u64, arg1: u64, uptr: u64, target_pi
         mode: Mode::Tracepoint as u8,
         _pad: 0,
         target_pid,
+        facts: TargetFacts::ZERO,
         kflags: 0,
         uargs: 0,
         usize: 0,

@@ -4,7 +4,10 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use pidfd_trace_common::{EventKind, xhints};
 
 use super::{arg, entry, exit_simple, exit_use, save};
-use crate::task::{caller_ns, fd_target};
+use crate::{
+    risk,
+    task::{caller_ns, fd_target},
+};
 
 #[inline(always)]
 fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
@@ -27,6 +30,12 @@ fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
         if t.checked {
             st.xhints |= xhints::TARGET_CHECKED;
         }
+    }
+    // The target facts (exiting, credentials, cgroup, the file taken) while the pidfd pins it.
+    match kind {
+        EventKind::PidfdGetfd => risk::gather(arg0, Some(arg1), &mut st.facts),
+        EventKind::PidfdSendSignal => risk::gather(arg0, None, &mut st.facts),
+        _ => {}
     }
     save(&st);
 }

@@ -14,7 +14,9 @@ use aya::{
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use log::{debug, warn};
-use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, TruthOffsets, globals, stats};
+use pidfd_trace_common::{
+    CounterKey, FdPidOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, TruthOffsets, globals, stats,
+};
 
 use crate::{
     btf::Btf,
@@ -133,13 +135,15 @@ impl Probes {
                 "fd kinds: the kernel's file/dentry/pid shapes are not in BTF; a clone's pidfd is the number in user memory (forgeable), target_pid comes from /proc, comm is the thread's and no ns_* fields".to_string(),
             );
         }
+        let risk = risk_offsets(opts.btf);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::TP_ARG0, &opts.layout.arg0, true)
             .override_global(globals::TP_RET, &opts.layout.ret, true)
             .override_global(globals::PIDS_LIMIT, &pids, true)
             .override_global(globals::FD_PID, &fd_pid, true)
-            .override_global(globals::TRUTH, &truth, true);
+            .override_global(globals::TRUTH, &truth, true)
+            .override_global(globals::RISK, &risk, true);
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -341,7 +345,20 @@ impl Probes {
 
     /// The per-CPU counter maps now, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, LoadError> {
-        Ok(Counters { outcomes: self.outcomes()?, stats: self.stats()? })
+        Ok(Counters { outcomes: self.outcomes()?, stats: self.stats()?, risky: self.risky()? })
+    }
+
+    /// Every risky-getfd counter, summed over CPUs.
+    fn risky(&self) -> Result<Vec<(RiskKey, u64)>, LoadError> {
+        let map = self.ebpf.map("RISKY").ok_or(LoadError::MissingMap("RISKY"))?;
+        let map = PerCpuHashMap::<_, RiskKey, u64>::try_from(map)
+            .map_err(|err| LoadError::Map { name: "RISKY", err })?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (k, per_cpu) = item.map_err(|err| LoadError::Map { name: "RISKY", err })?;
+            out.push((k, per_cpu.iter().sum()));
+        }
+        Ok(out)
     }
 
     /// Every outcome counter, summed over CPUs.
@@ -599,6 +616,62 @@ fn truth_offsets(btf: &Btf) -> TruthOffsets {
         Err(e) => {
             warn!("cannot check fd kinds or pid namespaces on this kernel ({e}); see `pidfd-trace check`");
             TruthOffsets::default()
+        }
+    }
+}
+
+/// Offsets for the target facts of pidfd_getfd / pidfd_send_signal (risk.rs in the kernel
+/// programs). Needs the fd-table offsets too; without either, `risk` stays empty and
+/// `file_kind` null, and the start-up log says so.
+fn risk_offsets(btf: &Btf) -> RiskOffsets {
+    let read = || -> Result<RiskOffsets, crate::btf::BtfError> {
+        let m = |s: &str, p: &str| btf.member_offset(s, p);
+        Ok(RiskOffsets {
+            pid_tasks: m("pid", "tasks")?,
+            task_pid_links: m("task_struct", "pid_links")?,
+            task_flags: m("task_struct", "flags")?,
+            task_exit_state: m("task_struct", "exit_state")?,
+            task_mm: m("task_struct", "mm")?,
+            task_signal: m("task_struct", "signal")?,
+            signal_flags: m("signal_struct", "flags")?,
+            signal_nr_threads: m("signal_struct", "nr_threads")?,
+            task_real_cred: m("task_struct", "real_cred")?,
+            task_cred: m("task_struct", "cred")?,
+            cred_uid: m("cred", "uid")?,
+            cred_euid: m("cred", "euid")?,
+            cred_suid: m("cred", "suid")?,
+            cred_fsuid: m("cred", "fsuid")?,
+            task_cgroups: m("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: m("css_set", "dfl_cgrp")?,
+            cgroup_kn: m("cgroup", "kn")?,
+            kernfs_node_id: m("kernfs_node", "id")?,
+            file_dentry: m("file", "f_path")? + m("path", "dentry")?,
+            dentry_name: m("dentry", "d_name")? + m("qstr", "name")?,
+            inode_i_mode: m("inode", "i_mode")?,
+            inode_i_ino: m("inode", "i_ino")?,
+            inode_i_sb: m("inode", "i_sb")?,
+            sb_s_magic: m("super_block", "s_magic")?,
+            sb_s_dev: m("super_block", "s_dev")?,
+            file_mnt: m("file", "f_path")? + m("path", "mnt")?,
+            dentry_parent: m("dentry", "d_parent")?,
+            mount_mnt: m("mount", "mnt")?,
+            mount_parent: m("mount", "mnt_parent")?,
+            mount_mountpoint: m("mount", "mnt_mountpoint")?,
+            task_last_siginfo: m("task_struct", "last_siginfo")?,
+            siginfo_code: m("kernel_siginfo", "si_code")?,
+            valid: 1,
+        })
+    };
+    match read() {
+        Ok(o) => {
+            debug!("risk offsets from BTF: {o:?}");
+            o
+        }
+        Err(e) => {
+            warn!(
+                "cannot read pidfd targets in the kernel on this kernel ({e}); events carry no risk, file_kind or file_path"
+            );
+            RiskOffsets::default()
         }
     }
 }

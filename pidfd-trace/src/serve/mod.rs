@@ -107,6 +107,8 @@ async fn serve(
     web: WebConfig,
     helper: std::sync::Arc<crate::inventory::helper::Helper>,
 ) -> Result<()> {
+    // Before the HTTP server answers: a SIGTERM from then on stops serve cleanly.
+    let signals = pipeline::Signals::install()?;
     let registry = Registry::new();
     metrics::register_build_info(&registry, &session.facts.release)?;
     metrics::register_attach_plan(&registry, &session.plan_rows())?;
@@ -185,7 +187,7 @@ async fn serve(
         totals: Default::default(),
     };
     let mut refresh = |counters: &Counters, totals: &Totals| kernel.refresh(counters, totals);
-    let result = pipeline::run_with_tick(&mut session, &mut pipe, &mut refresh).await;
+    let result = pipeline::run_with_tick(&mut session, &mut pipe, signals, &mut refresh).await;
     let totals = pipe.totals;
     let _ = tee.flush();
     server.abort();

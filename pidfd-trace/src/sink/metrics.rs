@@ -28,6 +28,90 @@ pub struct KernelMetrics {
     decode_errors: IntCounter,
     last_stats: [u64; stats::COUNT as usize],
     last_totals: Totals,
+    risky: RiskyGetfd,
+}
+
+/// `pidfd_trace_getfd_risky_total{reason}` from the kernel's `RISKY` counters. The kernel
+/// counts `target_exiting` and `cred_mismatch` by itself; for `cross_container` it keeps the
+/// (caller, target) cgroup pair and the agent counts the pairs whose two cgroups are two
+/// different containers, decided once per pair (README "Risky pidfd use").
+struct RiskyGetfd {
+    counter: IntCounterVec,
+    full: IntCounter,
+    cgroups: crate::cgroup::Resolver,
+    /// (caller cgroup, target cgroup) → different containers; only pairs whose two cgroup
+    /// paths were found (a pair not yet resolvable is retried on the next refresh).
+    pairs: HashMap<(u64, u64), bool>,
+    /// What each reason has been advanced to.
+    last: [u64; 3],
+}
+
+impl RiskyGetfd {
+    fn register(reg: &Registry) -> Result<Self, MetricsError> {
+        let by_reason = counter_vec(
+            reg,
+            "pidfd_trace_getfd_risky_total",
+            "pidfd_getfd calls (successful or refused) whose target was exiting, ran with other credentials, or sat in another container, by reason. A call with several reasons counts once per reason. From the kernel's counters.",
+            &["reason"],
+        )?;
+        for r in crate::risk::REASONS {
+            by_reason.with_label_values(&[r]);
+        }
+        Ok(Self {
+            counter: by_reason,
+            full: counter(
+                reg,
+                "pidfd_trace_getfd_risky_map_full_total",
+                "Risky pidfd_getfd calls not counted because the kernel's RISKY map was full.",
+            )?,
+            cgroups: crate::cgroup::Resolver::new(),
+            pairs: HashMap::new(),
+            last: [0; 3],
+        })
+    }
+
+    fn cross_container(&mut self, caller: u64, target: u64) -> bool {
+        if let Some(&v) = self.pairs.get(&(caller, target)) {
+            return v;
+        }
+        let (Some(a), Some(b)) = (self.cgroups.path_of(caller, 0), self.cgroups.path_of(target, 0)) else {
+            return false;
+        };
+        let v = match (crate::cgroup::parse_container(&a), crate::cgroup::parse_container(&b)) {
+            (Some(x), Some(y)) => x.id != y.id,
+            _ => false,
+        };
+        self.pairs.insert((caller, target), v);
+        v
+    }
+
+    fn refresh(&mut self, counters: &Counters) {
+        use pidfd_trace_common::risk;
+        let mut now = [0u64; 3];
+        for (key, n) in &counters.risky {
+            if key.risk & risk::TARGET_EXITING != 0 {
+                now[0] += n;
+            }
+            if key.risk & risk::CRED_MISMATCH != 0 {
+                now[1] += n;
+            }
+            if key.risk & risk::CGROUP_DIFFERS != 0
+                && self.cross_container(key.caller_cgroup, key.target_cgroup)
+            {
+                now[2] += n;
+            }
+        }
+        for (i, reason) in crate::risk::REASONS.iter().enumerate() {
+            if now[i] > self.last[i] {
+                self.counter.with_label_values(&[reason]).inc_by(now[i] - self.last[i]);
+                self.last[i] = now[i];
+            }
+        }
+        let full = counters.stat(stats::RISKY_FULL);
+        if full > self.full.get() {
+            self.full.inc_by(full - self.full.get());
+        }
+    }
 }
 
 fn counter(reg: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
@@ -178,6 +262,7 @@ impl KernelMetrics {
             )?,
             last_stats: [0; stats::COUNT as usize],
             last_totals: Totals::default(),
+            risky: RiskyGetfd::register(reg)?,
         })
     }
 
@@ -207,6 +292,7 @@ impl KernelMetrics {
         ] {
             advance(c, &mut self.last_stats[slot as usize], st[slot as usize]);
         }
+        self.risky.refresh(counters);
         advance(&self.received, &mut self.last_totals.delivered, totals.delivered);
         advance(&self.decode_errors, &mut self.last_totals.decode_errors, totals.decode_errors);
     }
@@ -257,4 +343,40 @@ pub fn register_attach_plan(reg: &Registry, rows: &[PlanRow]) -> Result<(), Metr
     }
     reg.register(Box::new(g))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use pidfd_trace_common::{RiskKey, risk};
+
+    use super::*;
+
+    fn key(bits: u8, caller: u64, target: u64) -> RiskKey {
+        RiskKey { caller_cgroup: caller, target_cgroup: target, risk: bits, _pad: [0; 7] }
+    }
+
+    #[test]
+    fn risky_reasons_from_kernel_keys() {
+        let reg = Registry::new();
+        let mut m = RiskyGetfd::register(&reg).unwrap();
+        let value = |m: &RiskyGetfd, r: &str| m.counter.with_label_values(&[r]).get();
+        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [0, 0, 0], "exported at 0");
+        // Cgroup ids that exist nowhere: never container-shaped, so not cross_container.
+        let pair = (u64::MAX - 1, u64::MAX - 2);
+        let c = Counters {
+            risky: vec![
+                (key(risk::TARGET_EXITING | risk::CRED_MISMATCH, 0, 0), 3),
+                (key(risk::CRED_MISMATCH, 0, 0), 2),
+                (key(risk::CGROUP_DIFFERS, pair.0, pair.1), 5),
+            ],
+            ..Default::default()
+        };
+        m.refresh(&c);
+        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [3, 5, 0]);
+        m.refresh(&c); // the kernel's totals again: nothing added
+        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [3, 5, 0]);
+        m.pairs.insert(pair, true); // a pair decided to be two containers
+        m.refresh(&c);
+        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [3, 5, 5]);
+    }
 }

@@ -84,6 +84,15 @@ mod tests {
             used_pidfd: None,
             target_checked: false,
             cgroup_leaf: None,
+            risk: None,
+            target_exit: None,
+            target_uid: None,
+            target_euid: None,
+            target_elevated: None,
+            target_cgroup_id: None,
+            file_kind: None,
+            file_path: None,
+            facts: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! suite that runs it against a live agent and checks the exact events (host tests and VMs).
 mod cgroup;
 mod holders;
+mod risky;
 mod scenarios;
 mod suite;
 mod sys;

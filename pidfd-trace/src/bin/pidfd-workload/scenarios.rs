@@ -77,6 +77,26 @@ pub const ALL: &[Scenario] = &[
         run: waitid_pidfd,
     },
     Scenario {
+        name: "getfd_exiting",
+        what: "pidfd_getfd from a child stopped at PTRACE_EVENT_EXIT after exit_group → risk target_exiting",
+        run: crate::risky::getfd_exiting,
+    },
+    Scenario {
+        name: "getfd_cred_mismatch",
+        what: "root takes fds from uid 65534 (plain, and with euid 0) → risk cred_mismatch",
+        run: crate::risky::getfd_cred_mismatch,
+    },
+    Scenario {
+        name: "getfd_cross_container",
+        what: "caller and target in two libpod-*.scope cgroups → risk cross_container",
+        run: crate::risky::getfd_cross_container,
+    },
+    Scenario {
+        name: "getfd_benign",
+        what: "2,000 pidfd_getfd of a live peer's memfd and socket, same uid and cgroup → no risk",
+        run: crate::risky::getfd_benign,
+    },
+    Scenario {
         name: "plain_fork_silent",
         what: "fork() without CLONE_PIDFD produces no event",
         run: plain_fork_silent,
@@ -164,7 +184,7 @@ fn errno(e: i64) -> Value {
 }
 
 /// The closing pidfd_open of ourselves, and the event it must produce.
-fn sentinel() -> Value {
+pub fn sentinel() -> Value {
     let pid = std::process::id() as i32;
     let fd = sys::pidfd_open(pid, 0);
     if fd >= 0 {
@@ -364,7 +384,8 @@ fn send_signal_ok() -> Result<Vec<Value>, String> {
     unsafe { libc::close(fd as i32) };
     Ok(vec![
         json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
-        json!({"event": "pidfd_send_signal", "ret": 0, "errno": null, "signal": "SIGTERM", "signal_nr": 15, "target_pid": child, "stage": null}),
+        json!({"event": "pidfd_send_signal", "ret": 0, "errno": null, "signal": "SIGTERM", "signal_nr": 15, "target_pid": child, "stage": null,
+               "risk": [], "target_exit": [], "file_kind": null}),
         sentinel(),
     ])
 }
@@ -377,7 +398,8 @@ fn send_signal_ebadf() -> Result<Vec<Value>, String> {
         return Err(format!("pidfd_send_signal on /dev/null returned {r}"));
     }
     Ok(vec![
-        json!({"event": "pidfd_send_signal", "ret": -9, "errno": "EBADF", "signal": "SIGTERM", "stage": null, "target_pid": null}),
+        json!({"event": "pidfd_send_signal", "ret": -9, "errno": "EBADF", "signal": "SIGTERM", "stage": null, "target_pid": null,
+               "risk": null, "target_exit": null}),
         sentinel(),
     ])
 }
@@ -422,7 +444,8 @@ fn getfd_ok() -> Result<Vec<Value>, String> {
     }
     Ok(vec![
         json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
-        json!({"event": "pidfd_getfd", "ret": r, "errno": null, "target_fd": 1, "target_pid": child, "stage": null}),
+        json!({"event": "pidfd_getfd", "ret": r, "errno": null, "target_fd": 1, "target_pid": child, "stage": null,
+               "risk": [], "target_uid": 0, "target_elevated": false}),
         sentinel(),
     ])
 }
@@ -438,7 +461,8 @@ fn getfd_ebadf() -> Result<Vec<Value>, String> {
     }
     Ok(vec![
         json!({"event": "pidfd_open", "ret": fd, "target_pid": child}),
-        json!({"event": "pidfd_getfd", "ret": -9, "errno": "EBADF", "target_fd": 999, "stage": null}),
+        json!({"event": "pidfd_getfd", "ret": -9, "errno": "EBADF", "target_fd": 999, "stage": null,
+               "risk": [], "file_kind": null, "file_path": null}),
         sentinel(),
     ])
 }

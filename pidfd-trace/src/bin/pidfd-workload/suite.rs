@@ -121,8 +121,21 @@ impl Agent {
     }
 }
 
+/// Collects `r`'s lines on a thread, then `<eof>`.
+pub fn collect_lines(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+        sink.lock().unwrap().push("<eof>".into());
+    });
+    lines
+}
+
 /// Runs one scenario process; returns its pid and the events it expects.
-fn run_scenario(name: &str, comm: Option<&str>) -> Result<(u64, Vec<Value>), String> {
+pub fn run_scenario(name: &str, comm: Option<&str>) -> Result<(u64, Vec<Value>), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.args(["scenario", name]);
@@ -139,14 +152,15 @@ fn run_scenario(name: &str, comm: Option<&str>) -> Result<(u64, Vec<Value>), Str
     Ok((pid, v["expect"].as_array().cloned().unwrap_or_default()))
 }
 
-/// Whether `ev` carries every field of `want` (`flag_names_include` is a subset check).
+/// Whether `ev` carries every field of `want` (`<field>_include`, e.g. `flag_names_include`,
+/// is a subset check of that array field).
 fn matches(ev: &Value, want: &Value) -> Result<(), String> {
     for (k, w) in want.as_object().into_iter().flatten() {
-        if k == "flag_names_include" {
-            let have = ev["flag_names"].as_array().cloned().unwrap_or_default();
+        if let Some(field) = k.strip_suffix("_include") {
+            let have = ev[field].as_array().cloned().unwrap_or_default();
             for f in w.as_array().into_iter().flatten() {
                 if !have.contains(f) {
-                    return Err(format!("flag_names {have:?} lacks {f}"));
+                    return Err(format!("{field} {have:?} lacks {f}"));
                 }
             }
         } else if ev.get(k).unwrap_or(&Value::Null) != w {
@@ -217,11 +231,27 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
             }
         }
         Ok(agent) => {
+            // A serve beside the trace agent checks the risky-getfd counter around the risky
+            // scenarios and the benign one (risky.rs), without running them twice.
+            let mut watch =
+                wanted("risky_counter").then(|| crate::risky::CounterWatch::start(agent_bin, mode, timeout));
+            let mut watched = None;
             for s in scenarios::ALL.iter().filter(|s| wanted(s.name)) {
+                let benign = s.name == "getfd_benign";
+                if benign && let Some(Ok(w)) = watch.as_mut() {
+                    w.before_benign();
+                }
                 let r = run_scenario(s.name, None).and_then(|(pid, mut want)| {
                     want.iter_mut().for_each(|w| expect_mode(w, mode));
                     check_exact(&agent, pid, &want, timeout)
                 });
+                if benign {
+                    if let Some(Ok(w)) = watch.as_mut() {
+                        w.after_benign();
+                    }
+                    // Stop serve now: a second agent slows the rest of the suite in slow guests.
+                    watched = watch.take().map(|w| w.and_then(|w| w.finish()));
+                }
                 outcomes.push(outcome(s.name, r));
             }
             if wanted("filter_comm_failures_only") {
@@ -229,6 +259,9 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
             }
             if wanted("filter_pid") {
                 outcomes.push(outcome("filter_pid", filter_pid(agent_bin, mode, timeout)));
+            }
+            if let Some(r) = watched.or_else(|| watch.map(|w| w.and_then(|w| w.finish()))) {
+                outcomes.push(outcome("risky_counter", r));
             }
             if wanted("agent_stops_cleanly") {
                 outcomes.push(outcome("agent_stops_cleanly", agent.stop()));
