@@ -510,6 +510,30 @@ pub mod stats {
     pub const COUNT: u32 = 8;
 }
 
+/// The tail programs of a clone's exit (pidfd-trace-ebpf/src/tracepoint/clone.rs): the exit
+/// program itself only bails, takes the entry state and picks the next step; each heavy step
+/// (the fd-table scan for the installed pidfd, the pids cgroup walk, the saved registers of a
+/// refused clone, the record) is its own program, so every kernel's verifier checks each
+/// alone. Slots of the `MAP` program array, and the programs the agent loads into them.
+pub mod clone_tail {
+    pub const MAP: &str = "CLONE_TAIL";
+    /// The record and the outcome counter (emit::finish). Required.
+    pub const EMIT: u32 = 0;
+    /// Finds the pidfd the kernel installed in the caller's fd table.
+    pub const SCAN: u32 = 1;
+    /// Walks the caller's pids cgroups on EAGAIN.
+    pub const PIDS: u32 = 2;
+    /// A failed clone without entry state: refused before it ran (seccomp, a tracer).
+    pub const DENIED: u32 = 3;
+    pub const SLOTS: u32 = 4;
+    pub const PROGRAMS: [(u32, &str); 4] = [
+        (EMIT, "clone_tail_emit"),
+        (SCAN, "clone_tail_scan"),
+        (PIDS, "clone_tail_pids"),
+        (DENIED, "clone_tail_denied"),
+    ];
+}
+
 /// Names of the globals the agent overrides at load time with offsets read from the running
 /// kernel's tracepoint format files.
 pub mod globals {

@@ -1,13 +1,15 @@
 //! clone(2) and clone3(2) with CLONE_PIDFD, seen from the syscall tracepoints.
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::tracepoint,
+    macros::{map, tracepoint},
+    maps::{PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
 use pidfd_trace_common::{
-    EventKind,
+    EnterState, EventKind,
     clone_flags::{CLONE_PIDFD, CSIGNAL},
-    hints, stats, xhints,
+    clone_tail, hints, stats, xhints,
 };
 
 use super::{arg, entry, mode_of, ret, save, take};
@@ -95,27 +97,117 @@ pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
 const NR_CLONE: u64 = 56;
 const NR_CLONE3: u64 = 435;
 
+/// What a clone exit hands to its tail programs (`clone_tail`). One slot per CPU: a tail
+/// call runs on the same CPU, in the same program run, without sleeping.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CloneTail {
+    st: EnterState,
+    id: u64,
+    ret: i64,
+    /// The pidfd number read back from user memory (a hint), -1 if unreadable.
+    hint: i64,
+    /// x86_64 syscall number of the call (DENIED), 0 for 32-bit callers.
+    nr: u64,
+    pidfd: i32,
+    extra: u8,
+    _pad: [u8; 3],
+}
+
+#[map]
+static CLONE_TAIL_STATE: PerCpuArray<CloneTail> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static CLONE_TAIL: ProgramArray = ProgramArray::with_max_entries(clone_tail::SLOTS, 0);
+
+#[inline(always)]
+fn tail_slot() -> Option<&'static mut CloneTail> {
+    // SAFETY: this CPU's slot of a per-CPU array; nothing else runs on it until the
+    // program chain ends.
+    CLONE_TAIL_STATE.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Jumps to tail program `idx`; returns only when its slot is empty (the agent could not
+/// load it on this kernel).
+#[inline(always)]
+fn tail<C: EbpfContext>(ctx: &C, idx: u32) {
+    // SAFETY: the program array holds only tracepoint programs of this object.
+    unsafe { CLONE_TAIL.tail_call(ctx, idx) };
+}
+
+/// Last step of every clone exit that reports: the record and the counter.
+#[tracepoint(category = "syscalls", name = "clone_tail_emit")]
+pub fn clone_tail_emit(ctx: TracePointContext) -> u32 {
+    if let Some(t) = tail_slot() {
+        emit::finish(&ctx, &t.st, t.id, t.ret, t.pidfd, t.extra, mode_of(&t.st));
+    }
+    0
+}
+
+/// A successful clone: the pidfd is the fd in the caller's table whose struct pid is the
+/// child the kernel created. The number in user memory is only a hint: the caller (or a
+/// CLONE_VM child) may have overwritten it since the kernel wrote it.
+#[tracepoint(category = "syscalls", name = "clone_tail_scan")]
+pub fn clone_tail_scan(ctx: TracePointContext) -> u32 {
+    if let Some(t) = tail_slot() {
+        match installed_pidfd(t.hint, t.st.child_pid) {
+            Some(fd) => {
+                if t.hint != i64::from(fd) {
+                    t.st.xhints |= xhints::PIDFD_SLOT_FORGED;
+                }
+                t.pidfd = fd;
+                t.extra &= !hints::PIDFD_READBACK_FAULT;
+            }
+            None => {
+                t.st.xhints |= xhints::PIDFD_NOT_FOUND;
+                t.pidfd = -1;
+                t.extra &= !hints::PIDFD_READBACK_FAULT;
+            }
+        }
+    }
+    tail(&ctx, clone_tail::EMIT);
+    0
+}
+
+/// A clone that failed with EAGAIN: was the caller's pids cgroup (or an ancestor) at its limit?
+#[tracepoint(category = "syscalls", name = "clone_tail_pids")]
+pub fn clone_tail_pids(ctx: TracePointContext) -> u32 {
+    if let Some(t) = tail_slot()
+        && pids_cgroup_at_limit()
+    {
+        t.extra |= hints::PIDS_AT_LIMIT;
+    }
+    tail(&ctx, clone_tail::EMIT);
+    0
+}
+
 /// A failed clone whose entry never fired: refused before it ran (seccomp, a tracer). Its
 /// flags come from the caller's saved registers (clone: the first argument; clone3: the
 /// struct it points to, as it reads now); reported, as stage `denied`, only with CLONE_PIDFD.
-#[inline(always)]
-fn denied_clone(ctx: &TracePointContext, id: u64, ret: i64, nr: u64) {
-    let Some(a0) = user_arg0(nr) else { return };
+#[tracepoint(category = "syscalls", name = "clone_tail_denied")]
+pub fn clone_tail_denied(ctx: TracePointContext) -> u32 {
+    let Some(t) = tail_slot() else { return 0 };
+    let nr = t.nr;
+    let Some(a0) = user_arg0(nr) else { return 0 };
     let (kind, flags) = if nr == NR_CLONE {
         (EventKind::Clone, a0)
     } else {
         (EventKind::Clone3, unsafe { bpf_probe_read_user(a0 as *const u64) }.unwrap_or(0))
     };
     if flags & CLONE_PIDFD == 0 {
-        return;
+        return 0;
     }
-    let mut st = entry(kind, flags, 0, 0, 0, 0);
-    st.xhints = xhints::DENIED;
-    emit::finish(ctx, &st, id, ret, -1, 0, pidfd_trace_common::Mode::Tracepoint);
+    t.st = entry(kind, flags, 0, 0, 0, 0);
+    t.st.xhints = xhints::DENIED;
+    t.pidfd = -1;
+    t.extra = 0;
+    tail(&ctx, clone_tail::EMIT);
+    0
 }
 
 /// Parent side of a CLONE_PIDFD clone: the child also returns through this tracepoint, but
-/// with its own pid_tgid, which has no entry state.
+/// with its own pid_tgid, which has no entry state. Only the cheap steps run here; each
+/// heavy one is a tail program (`clone_tail`).
 #[inline(always)]
 pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
     // Hot path: every fork returns through here, twice. A success with no CLONE_PIDFD call
@@ -129,9 +221,15 @@ pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
     let Some(mut st) = (if open { take(id) } else { None }) else {
         // A failed fork without entry state (rare): refused before it ran if it asked for
         // a pidfd. `DENIED` false: not checked (32-bit callers keep their arguments in other
-        // registers; and that copy of this path must stay within the BPF stack).
-        if DENIED && ret < 0 {
-            denied_clone(ctx, id, ret, nr);
+        // registers).
+        if DENIED
+            && ret < 0
+            && let Some(t) = tail_slot()
+        {
+            t.id = id;
+            t.ret = ret;
+            t.nr = nr;
+            tail(ctx, clone_tail::DENIED);
         }
         return;
     };
@@ -155,33 +253,27 @@ pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
     }
     let mut extra = 0u8;
     let mut pidfd = -1i32;
+    let mut hint = -1i64;
+    let mut next = clone_tail::EMIT;
     if ret > 0 {
-        // The number in user memory is only a hint: the caller (or a CLONE_VM child) may
-        // have overwritten it since the kernel wrote it. The pidfd is the fd in the caller's
-        // table whose struct pid is the child the kernel created.
-        let hint = unsafe { bpf_probe_read_user(st.uptr as *const i32) };
+        // The number the kernel wrote to user memory; the scan checks it against the fd
+        // table (and it is what is reported where the fd table cannot be read).
+        match unsafe { bpf_probe_read_user(st.uptr as *const i32) } {
+            Ok(fd) => {
+                pidfd = fd;
+                hint = i64::from(fd);
+            }
+            Err(_) => extra |= hints::PIDFD_READBACK_FAULT,
+        }
         if newtask && fd_walk_known() {
-            match installed_pidfd(hint.map_or(-1, i64::from), st.child_pid) {
-                Some(fd) => {
-                    pidfd = fd;
-                    if hint != Ok(fd) {
-                        st.xhints |= xhints::PIDFD_SLOT_FORGED;
-                    }
-                }
-                None => st.xhints |= xhints::PIDFD_NOT_FOUND,
-            }
-        } else {
-            match hint {
-                Ok(fd) => pidfd = fd,
-                Err(_) => extra |= hints::PIDFD_READBACK_FAULT,
-            }
+            next = clone_tail::SCAN;
         }
         if newtask {
             // The flags the kernel acted on; the exit signal (CSIGNAL) is not among them.
             st.flags = st.kflags | (st.flags & CSIGNAL);
         }
-    } else if ret == -EAGAIN && pids_cgroup_at_limit() {
-        extra |= hints::PIDS_AT_LIMIT;
+    } else if ret == -EAGAIN {
+        next = clone_tail::PIDS;
     } else if ret == -EFAULT
         && st.kind == EventKind::Clone3 as u8
         && st.hints & hints::COPY_PROCESS == 0
@@ -190,7 +282,16 @@ pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
         // copy_clone_args_from_user refused the arguments: no pid, no pidfd ever existed.
         st.xhints |= xhints::ARGS;
     }
-    emit::finish(ctx, &st, id, ret, pidfd, extra, mode_of(&st));
+    let Some(t) = tail_slot() else { return };
+    t.st = st;
+    t.id = id;
+    t.ret = ret;
+    t.hint = hint;
+    t.pidfd = pidfd;
+    t.extra = extra;
+    tail(ctx, next);
+    // `next` is not loaded on this kernel: report without what it would have found.
+    tail(ctx, clone_tail::EMIT);
 }
 
 /// Offsets in `struct clone_args` (uapi): `set_tid` and `set_tid_size` (CLONE_ARGS_SIZE_VER1).

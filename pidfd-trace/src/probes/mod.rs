@@ -10,12 +10,13 @@ use std::collections::HashSet;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use log::{debug, warn};
 use pidfd_trace_common::{
-    CounterKey, FdPidOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, TruthOffsets, globals, stats,
+    CounterKey, FdPidOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, TruthOffsets, clone_tail, globals,
+    stats,
 };
 
 use crate::{
@@ -156,6 +157,7 @@ impl Probes {
             aya_btf: None,
             loaded: HashSet::new(),
         };
+        probes.load_clone_tails()?;
         for hook in plan.iter() {
             if hook.chosen == Some(AttachMode::Tracepoint) {
                 for dir in ["enter", "exit"] {
@@ -289,6 +291,42 @@ impl Probes {
                 }
                 p.attach(symbol, 0).map_err(|e| format!("attach: {e}"))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Loads the clone exit's tail programs (`clone_tail`) into their program array, before
+    /// any clone exit is attached. The record program is required; a kernel whose verifier
+    /// refuses another step leaves that slot empty: clone exits then report without that
+    /// step's finding, and `check` lists it as a blind spot.
+    fn load_clone_tails(&mut self) -> Result<(), LoadError> {
+        for (idx, name) in clone_tail::PROGRAMS {
+            let loaded = (|| -> Result<aya::programs::ProgramFd, LoadError> {
+                let load_err = |err| LoadError::Load { name: name.into(), err: Box::new(err) };
+                let prog: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| LoadError::MissingProgram(name.into()))?
+                    .try_into()
+                    .map_err(load_err)?;
+                prog.load().map_err(load_err)?;
+                let fd = prog.fd().map_err(load_err)?;
+                fd.try_clone().map_err(|e| load_err(aya::programs::ProgramError::IOError(e)))
+            })();
+            let fd = match loaded {
+                Ok(fd) => fd,
+                Err(e) if idx == clone_tail::EMIT => return Err(e),
+                Err(e) => {
+                    let why = one_line(&e.to_string());
+                    warn!("{why}; clone/clone3 events go without that step");
+                    self.blind_spots.push(format!("{}: {why}", clone_tail_loss(idx)));
+                    continue;
+                }
+            };
+            let map = self.ebpf.map_mut(clone_tail::MAP).ok_or(LoadError::MissingMap(clone_tail::MAP))?;
+            let mut array =
+                ProgramArray::try_from(map).map_err(|err| LoadError::Map { name: clone_tail::MAP, err })?;
+            array.set(idx, &fd, 0).map_err(|err| LoadError::Map { name: clone_tail::MAP, err })?;
         }
         Ok(())
     }
@@ -534,6 +572,17 @@ fn fd_pid_offsets(btf: &Btf) -> FdPidOffsets {
             );
             FdPidOffsets::default()
         }
+    }
+}
+
+/// What clone/clone3 events lack when the kernel refused the tail program of slot `idx`.
+fn clone_tail_loss(idx: u32) -> &'static str {
+    match idx {
+        clone_tail::SCAN => {
+            "clone pidfds: the fd-table scan was refused; a clone's pidfd is the number in user memory (forgeable)"
+        }
+        clone_tail::PIDS => "clone EAGAIN: the pids cgroup walk was refused; stage pids_cgroup is not told apart from other EAGAINs",
+        _ => "clone/clone3 refused before they ran (seccomp): not reported (stage denied)",
     }
 }
 
