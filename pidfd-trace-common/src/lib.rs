@@ -510,28 +510,36 @@ pub mod stats {
     pub const COUNT: u32 = 8;
 }
 
-/// The tail programs of a clone's exit (pidfd-trace-ebpf/src/tracepoint/clone.rs): the exit
-/// program itself only bails, takes the entry state and picks the next step; each heavy step
-/// (the fd-table scan for the installed pidfd, the pids cgroup walk, the saved registers of a
-/// refused clone, the record) is its own program, so every kernel's verifier checks each
-/// alone. Slots of the `MAP` program array, and the programs the agent loads into them.
-pub mod clone_tail {
-    pub const MAP: &str = "CLONE_TAIL";
+/// Tail programs of the syscall exits (pidfd-trace-ebpf/src/tracepoint/mod.rs, clone.rs): an
+/// exit program only bails, takes the entry state and picks the next step; the record (in two
+/// variants: with the pidfd_getfd file-path walk and without) and each heavy clone step (the
+/// fd-table scan for the installed pidfd, the pids cgroup walk, the saved registers of a
+/// refused clone) is its own program, so every kernel's verifier checks each once, alone.
+/// Slots of the `MAP` program array, and the programs the agent loads into them.
+pub mod exit_tail {
+    pub const MAP: &str = "EXIT_TAIL";
     /// The record and the outcome counter (emit::finish). Required.
     pub const EMIT: u32 = 0;
-    /// Finds the pidfd the kernel installed in the caller's fd table.
-    pub const SCAN: u32 = 1;
-    /// Walks the caller's pids cgroups on EAGAIN.
-    pub const PIDS: u32 = 2;
+    /// The same, for records that may be a pidfd_getfd's (its file path). Required.
+    pub const EMIT_PATH: u32 = 1;
+    /// Finds the pidfd a clone's kernel installed in the caller's fd table.
+    pub const SCAN: u32 = 2;
+    /// Walks the caller's pids cgroups when a clone failed with EAGAIN.
+    pub const PIDS: u32 = 3;
     /// A failed clone without entry state: refused before it ran (seccomp, a tracer).
-    pub const DENIED: u32 = 3;
-    pub const SLOTS: u32 = 4;
-    pub const PROGRAMS: [(u32, &str); 4] = [
-        (EMIT, "clone_tail_emit"),
-        (SCAN, "clone_tail_scan"),
-        (PIDS, "clone_tail_pids"),
-        (DENIED, "clone_tail_denied"),
+    pub const DENIED: u32 = 4;
+    pub const SLOTS: u32 = 5;
+    pub const PROGRAMS: [(u32, &str); 5] = [
+        (EMIT, "exit_tail_emit"),
+        (EMIT_PATH, "exit_tail_emit_path"),
+        (SCAN, "exit_tail_scan"),
+        (PIDS, "exit_tail_pids"),
+        (DENIED, "exit_tail_denied"),
     ];
+    /// Whether the agent can run without slot `idx` (reporting less) when a kernel refuses it.
+    pub const fn optional(idx: u32) -> bool {
+        idx >= SCAN
+    }
 }
 
 /// Names of the globals the agent overrides at load time with offsets read from the running

@@ -22,8 +22,10 @@ use crate::{
 const COUNTED_XHINTS: u8 = xhints::COMPAT | xhints::DENIED | xhints::ARGS;
 
 /// Counts the outcome and sends the record. `ret` is the syscall's raw return value.
+/// `PATH`: the record may be a pidfd_getfd's, whose file path is walked in the kernel; false
+/// in programs that never emit one, so their verifier never sees the walk.
 #[inline(always)]
-pub fn finish<C: EbpfContext>(
+pub fn finish<C: EbpfContext, const PATH: bool>(
     ctx: &C,
     st: &EnterState,
     pid_tgid: u64,
@@ -84,7 +86,13 @@ pub fn finish<C: EbpfContext>(
         let cg = core::ptr::addr_of_mut!((*rec).cgroup_name);
         cgroup_name(cg.cast(), CGROUP_NAME_BYTES as u32);
         (*rec).facts = st.facts;
-        crate::risk::file_path(&mut (*rec).path, st, ret);
+        if PATH {
+            crate::risk::file_path(&mut (*rec).path, st, ret);
+        } else {
+            (*rec).path.depth = 0;
+            (*rec).path.cut = 0;
+            (*rec).path.more = 0;
+        }
         // Zero-fills the buffer itself if it fails, so nothing uninitialised leaves.
         let thread_comm = core::ptr::addr_of_mut!((*rec).thread_comm);
         generated::bpf_get_current_comm(thread_comm.cast(), size_of::<[u8; 16]>() as u32);

@@ -1,20 +1,17 @@
 //! clone(2) and clone3(2) with CLONE_PIDFD, seen from the syscall tracepoints.
 use aya_ebpf::{
-    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::{map, tracepoint},
-    maps::{PerCpuArray, ProgramArray},
+    macros::tracepoint,
     programs::TracePointContext,
 };
 use pidfd_trace_common::{
-    EnterState, EventKind,
+    EventKind,
     clone_flags::{CLONE_PIDFD, CSIGNAL},
-    clone_tail, hints, stats, xhints,
+    exit_tail, hints, stats, xhints,
 };
 
-use super::{arg, entry, mode_of, ret, save, take};
+use super::{arg, entry, ret, save, tail, tail_slot, take};
 use crate::{
-    emit,
     maps::{bump_stat, in_flight},
     task::{fd_walk_known, installed_pidfd, pids_cgroup_at_limit, user_arg0},
 };
@@ -97,58 +94,11 @@ pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
 const NR_CLONE: u64 = 56;
 const NR_CLONE3: u64 = 435;
 
-/// What a clone exit hands to its tail programs (`clone_tail`). One slot per CPU: a tail
-/// call runs on the same CPU, in the same program run, without sleeping.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CloneTail {
-    st: EnterState,
-    id: u64,
-    ret: i64,
-    /// The pidfd number read back from user memory (a hint), -1 if unreadable.
-    hint: i64,
-    /// x86_64 syscall number of the call (DENIED), 0 for 32-bit callers.
-    nr: u64,
-    pidfd: i32,
-    extra: u8,
-    _pad: [u8; 3],
-}
-
-#[map]
-static CLONE_TAIL_STATE: PerCpuArray<CloneTail> = PerCpuArray::with_max_entries(1, 0);
-
-#[map]
-static CLONE_TAIL: ProgramArray = ProgramArray::with_max_entries(clone_tail::SLOTS, 0);
-
-#[inline(always)]
-fn tail_slot() -> Option<&'static mut CloneTail> {
-    // SAFETY: this CPU's slot of a per-CPU array; nothing else runs on it until the
-    // program chain ends.
-    CLONE_TAIL_STATE.get_ptr_mut(0).map(|p| unsafe { &mut *p })
-}
-
-/// Jumps to tail program `idx`; returns only when its slot is empty (the agent could not
-/// load it on this kernel).
-#[inline(always)]
-fn tail<C: EbpfContext>(ctx: &C, idx: u32) {
-    // SAFETY: the program array holds only tracepoint programs of this object.
-    unsafe { CLONE_TAIL.tail_call(ctx, idx) };
-}
-
-/// Last step of every clone exit that reports: the record and the counter.
-#[tracepoint(category = "syscalls", name = "clone_tail_emit")]
-pub fn clone_tail_emit(ctx: TracePointContext) -> u32 {
-    if let Some(t) = tail_slot() {
-        emit::finish(&ctx, &t.st, t.id, t.ret, t.pidfd, t.extra, mode_of(&t.st));
-    }
-    0
-}
-
 /// A successful clone: the pidfd is the fd in the caller's table whose struct pid is the
 /// child the kernel created. The number in user memory is only a hint: the caller (or a
 /// CLONE_VM child) may have overwritten it since the kernel wrote it.
-#[tracepoint(category = "syscalls", name = "clone_tail_scan")]
-pub fn clone_tail_scan(ctx: TracePointContext) -> u32 {
+#[tracepoint(category = "syscalls", name = "exit_tail_scan")]
+pub fn exit_tail_scan(ctx: TracePointContext) -> u32 {
     if let Some(t) = tail_slot() {
         match installed_pidfd(t.hint, t.st.child_pid) {
             Some(fd) => {
@@ -165,27 +115,27 @@ pub fn clone_tail_scan(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    tail(&ctx, clone_tail::EMIT);
+    tail(&ctx, exit_tail::EMIT);
     0
 }
 
 /// A clone that failed with EAGAIN: was the caller's pids cgroup (or an ancestor) at its limit?
-#[tracepoint(category = "syscalls", name = "clone_tail_pids")]
-pub fn clone_tail_pids(ctx: TracePointContext) -> u32 {
+#[tracepoint(category = "syscalls", name = "exit_tail_pids")]
+pub fn exit_tail_pids(ctx: TracePointContext) -> u32 {
     if let Some(t) = tail_slot()
         && pids_cgroup_at_limit()
     {
         t.extra |= hints::PIDS_AT_LIMIT;
     }
-    tail(&ctx, clone_tail::EMIT);
+    tail(&ctx, exit_tail::EMIT);
     0
 }
 
 /// A failed clone whose entry never fired: refused before it ran (seccomp, a tracer). Its
 /// flags come from the caller's saved registers (clone: the first argument; clone3: the
 /// struct it points to, as it reads now); reported, as stage `denied`, only with CLONE_PIDFD.
-#[tracepoint(category = "syscalls", name = "clone_tail_denied")]
-pub fn clone_tail_denied(ctx: TracePointContext) -> u32 {
+#[tracepoint(category = "syscalls", name = "exit_tail_denied")]
+pub fn exit_tail_denied(ctx: TracePointContext) -> u32 {
     let Some(t) = tail_slot() else { return 0 };
     let nr = t.nr;
     let Some(a0) = user_arg0(nr) else { return 0 };
@@ -201,13 +151,13 @@ pub fn clone_tail_denied(ctx: TracePointContext) -> u32 {
     t.st.xhints = xhints::DENIED;
     t.pidfd = -1;
     t.extra = 0;
-    tail(&ctx, clone_tail::EMIT);
+    tail(&ctx, exit_tail::EMIT);
     0
 }
 
 /// Parent side of a CLONE_PIDFD clone: the child also returns through this tracepoint, but
 /// with its own pid_tgid, which has no entry state. Only the cheap steps run here; each
-/// heavy one is a tail program (`clone_tail`).
+/// heavy one is a tail program (`exit_tail`).
 #[inline(always)]
 pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
     // Hot path: every fork returns through here, twice. A success with no CLONE_PIDFD call
@@ -229,7 +179,7 @@ pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
             t.id = id;
             t.ret = ret;
             t.nr = nr;
-            tail(ctx, clone_tail::DENIED);
+            tail(ctx, exit_tail::DENIED);
         }
         return;
     };
@@ -254,7 +204,7 @@ pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
     let mut extra = 0u8;
     let mut pidfd = -1i32;
     let mut hint = -1i64;
-    let mut next = clone_tail::EMIT;
+    let mut next = exit_tail::EMIT;
     if ret > 0 {
         // The number the kernel wrote to user memory; the scan checks it against the fd
         // table (and it is what is reported where the fd table cannot be read).
@@ -266,14 +216,14 @@ pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
             Err(_) => extra |= hints::PIDFD_READBACK_FAULT,
         }
         if newtask && fd_walk_known() {
-            next = clone_tail::SCAN;
+            next = exit_tail::SCAN;
         }
         if newtask {
             // The flags the kernel acted on; the exit signal (CSIGNAL) is not among them.
             st.flags = st.kflags | (st.flags & CSIGNAL);
         }
     } else if ret == -EAGAIN {
-        next = clone_tail::PIDS;
+        next = exit_tail::PIDS;
     } else if ret == -EFAULT
         && st.kind == EventKind::Clone3 as u8
         && st.hints & hints::COPY_PROCESS == 0
@@ -291,7 +241,7 @@ pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
     t.extra = extra;
     tail(ctx, next);
     // `next` is not loaded on this kernel: report without what it would have found.
-    tail(ctx, clone_tail::EMIT);
+    tail(ctx, exit_tail::EMIT);
 }
 
 /// Offsets in `struct clone_args` (uapi): `set_tid` and `set_tid_size` (CLONE_ARGS_SIZE_VER1).

@@ -9,14 +9,13 @@ pub use ring::{EventRing, KernelLog};
 use std::collections::HashSet;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, VerifierLogLevel,
     maps::{PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use log::{debug, warn};
 use pidfd_trace_common::{
-    CounterKey, FdPidOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, TruthOffsets, clone_tail, globals,
-    stats,
+    CounterKey, FdPidOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, TruthOffsets, exit_tail, globals, stats,
 };
 
 use crate::{
@@ -138,6 +137,11 @@ impl Probes {
         }
         let risk = risk_offsets(opts.btf);
         let mut loader = EbpfLoader::new();
+        // Statistics and the refusal reason only: aya's default also asks for the verifier's
+        // per-instruction trace, and a refused program is loaded again to get it, which for
+        // a program near the 1M-instruction limit writes gigabytes of log (minutes of start-up
+        // under emulation before the refusal is reported at all).
+        loader.verifier_log_level(VerifierLogLevel::STATS);
         loader
             .override_global(globals::TP_ARG0, &opts.layout.arg0, true)
             .override_global(globals::TP_RET, &opts.layout.ret, true)
@@ -157,7 +161,7 @@ impl Probes {
             aya_btf: None,
             loaded: HashSet::new(),
         };
-        probes.load_clone_tails()?;
+        probes.load_exit_tails()?;
         for hook in plan.iter() {
             if hook.chosen == Some(AttachMode::Tracepoint) {
                 for dir in ["enter", "exit"] {
@@ -180,10 +184,20 @@ impl Probes {
                 "--compat-syscalls refused: this kernel's BTF has no thread_info.status (TS_COMPAT), so 32-bit calls cannot be told from 64-bit ones".into(),
             ),
             Some(Ok(())) => {
-                for (prog, event) in [(COMPAT_ENTER_PROG, "sys_enter"), (COMPAT_EXIT_PROG, "sys_exit")] {
-                    probes.attach_event_tracepoint(prog, "raw_syscalls", event)?;
+                // The exit first: an entry program without its exit would leave entry state
+                // (and the in-flight gates) behind. A kernel that refuses either program runs
+                // without them and says so, like a kernel without TS_COMPAT.
+                let attached = [(COMPAT_EXIT_PROG, "sys_exit"), (COMPAT_ENTER_PROG, "sys_enter")]
+                    .into_iter()
+                    .try_for_each(|(prog, event)| probes.attach_event_tracepoint(prog, "raw_syscalls", event));
+                match attached {
+                    Ok(()) => probes.compat_attached = true,
+                    Err(e) => {
+                        let why = one_line(&e.to_string());
+                        warn!("--compat-syscalls: {why}");
+                        probes.blind_spots.push(format!("--compat-syscalls refused by this kernel: {why}"));
+                    }
                 }
-                probes.compat_attached = true;
             }
         }
         for f in fns {
@@ -295,12 +309,12 @@ impl Probes {
         Ok(())
     }
 
-    /// Loads the clone exit's tail programs (`clone_tail`) into their program array, before
-    /// any clone exit is attached. The record program is required; a kernel whose verifier
-    /// refuses another step leaves that slot empty: clone exits then report without that
+    /// Loads the syscall exits' tail programs (`exit_tail`) into their program array, before
+    /// any exit is attached. The record programs are required; a kernel whose verifier
+    /// refuses a clone step leaves that slot empty: clone exits then report without that
     /// step's finding, and `check` lists it as a blind spot.
-    fn load_clone_tails(&mut self) -> Result<(), LoadError> {
-        for (idx, name) in clone_tail::PROGRAMS {
+    fn load_exit_tails(&mut self) -> Result<(), LoadError> {
+        for (idx, name) in exit_tail::PROGRAMS {
             let loaded = (|| -> Result<aya::programs::ProgramFd, LoadError> {
                 let load_err = |err| LoadError::Load { name: name.into(), err: Box::new(err) };
                 let prog: &mut TracePoint = self
@@ -310,23 +324,24 @@ impl Probes {
                     .try_into()
                     .map_err(load_err)?;
                 prog.load().map_err(load_err)?;
+                log_verified(name, prog.info().ok());
                 let fd = prog.fd().map_err(load_err)?;
                 fd.try_clone().map_err(|e| load_err(aya::programs::ProgramError::IOError(e)))
             })();
             let fd = match loaded {
                 Ok(fd) => fd,
-                Err(e) if idx == clone_tail::EMIT => return Err(e),
+                Err(e) if !exit_tail::optional(idx) => return Err(e),
                 Err(e) => {
                     let why = one_line(&e.to_string());
                     warn!("{why}; clone/clone3 events go without that step");
-                    self.blind_spots.push(format!("{}: {why}", clone_tail_loss(idx)));
+                    self.blind_spots.push(format!("{}: {why}", exit_tail_loss(idx)));
                     continue;
                 }
             };
-            let map = self.ebpf.map_mut(clone_tail::MAP).ok_or(LoadError::MissingMap(clone_tail::MAP))?;
+            let map = self.ebpf.map_mut(exit_tail::MAP).ok_or(LoadError::MissingMap(exit_tail::MAP))?;
             let mut array =
-                ProgramArray::try_from(map).map_err(|err| LoadError::Map { name: clone_tail::MAP, err })?;
-            array.set(idx, &fd, 0).map_err(|err| LoadError::Map { name: clone_tail::MAP, err })?;
+                ProgramArray::try_from(map).map_err(|err| LoadError::Map { name: exit_tail::MAP, err })?;
+            array.set(idx, &fd, 0).map_err(|err| LoadError::Map { name: exit_tail::MAP, err })?;
         }
         Ok(())
     }
@@ -340,6 +355,7 @@ impl Probes {
             .try_into()
             .map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
         prog.load().map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
+        log_verified(name, prog.info().ok());
         prog.attach(category, event).map_err(|err| LoadError::Attach {
             name: name.into(),
             target: format!("{category}:{event}"),
@@ -356,6 +372,7 @@ impl Probes {
             .try_into()
             .map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
         prog.load().map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
+        log_verified(name, prog.info().ok());
         prog.attach("syscalls", name).map_err(|err| LoadError::Attach {
             name: name.into(),
             target: format!("syscalls:{name}"),
@@ -575,13 +592,23 @@ fn fd_pid_offsets(btf: &Btf) -> FdPidOffsets {
     }
 }
 
+/// Logs (debug) how many instructions the verifier processed for a program: its complexity,
+/// against the kernel's 1M budget (kernels before 5.16 do not report it).
+fn log_verified(name: &str, info: Option<aya::programs::ProgramInfo>) {
+    if let Some(n) = info.and_then(|i| i.verified_instruction_count()) {
+        debug!("{name}: verifier processed {n} instructions");
+    }
+}
+
 /// What clone/clone3 events lack when the kernel refused the tail program of slot `idx`.
-fn clone_tail_loss(idx: u32) -> &'static str {
+fn exit_tail_loss(idx: u32) -> &'static str {
     match idx {
-        clone_tail::SCAN => {
+        exit_tail::SCAN => {
             "clone pidfds: the fd-table scan was refused; a clone's pidfd is the number in user memory (forgeable)"
         }
-        clone_tail::PIDS => "clone EAGAIN: the pids cgroup walk was refused; stage pids_cgroup is not told apart from other EAGAINs",
+        exit_tail::PIDS => {
+            "clone EAGAIN: the pids cgroup walk was refused; stage pids_cgroup is not told apart from other EAGAINs"
+        }
         _ => "clone/clone3 refused before they ran (seccomp): not reported (stage denied)",
     }
 }
