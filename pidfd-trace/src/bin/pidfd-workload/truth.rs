@@ -303,38 +303,47 @@ pub fn seccomp_denied() -> Result<Vec<Value>, String> {
         return Err(format!("seccomp: want EPERM six times, got {results:?}"));
     }
     let denied = |event: &str| json!({"event": event, "ret": -1, "errno": "EPERM", "stage": "denied", "pidfd": null, "target_pid": null});
-    Ok(vec![
+    let mut want = vec![
         json!({"event": "pidfd_open", "ret": pidfd, "target_pid": child}),
         denied("pidfd_open"),
         denied("pidfd_getfd"),
         denied("pidfd_send_signal"),
-        json!({"event": "clone", "ret": -1, "errno": "EPERM", "stage": "denied", "pidfd": null, "child_pid": null,
-               "flag_names_include": ["CLONE_PIDFD"]}),
-        json!({"event": "clone3", "ret": -1, "errno": "EPERM", "stage": "denied", "pidfd": null, "child_pid": null,
-               "flag_names_include": ["CLONE_PIDFD"]}),
-        sentinel(),
-    ])
+    ];
+    // A refused clone's flags come from the saved user registers, read on x86_64 only
+    // (README "What the agent cannot see").
+    if cfg!(target_arch = "x86_64") {
+        want.push(json!({"event": "clone", "ret": -1, "errno": "EPERM", "stage": "denied", "pidfd": null, "child_pid": null,
+               "flag_names_include": ["CLONE_PIDFD"]}));
+        want.push(json!({"event": "clone3", "ret": -1, "errno": "EPERM", "stage": "denied", "pidfd": null, "child_pid": null,
+               "flag_names_include": ["CLONE_PIDFD"]}));
+    }
+    want.push(sentinel());
+    Ok(want)
 }
 
-/// A classic-BPF seccomp filter for this thread only: EPERM for pidfd_open (434),
-/// pidfd_getfd (438), pidfd_send_signal (424), clone (56) and clone3 (435) of the x86_64
-/// ABI, everything else allowed.
+/// A classic-BPF seccomp filter for this thread only: EPERM for pidfd_open, pidfd_getfd,
+/// pidfd_send_signal, clone and clone3 of this build's native ABI, everything else allowed.
 fn install_eperm_filter() -> Result<(), String> {
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    /// include/uapi/linux/audit.h: AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64.
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xc000_00b7;
+    let nr = |n: libc::c_long| n as u32;
     const RET_ALLOW: u32 = 0x7fff_0000;
     const RET_ERRNO_EPERM: u32 = 0x0005_0000 | 1;
     let stmt = |code: u16, k: u32| libc::sock_filter { code, jt: 0, jf: 0, k };
     let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter { code: 0x15, jt, jf, k };
     let filter = [
         stmt(0x20, 4), // ld arch
-        jeq(AUDIT_ARCH_X86_64, 1, 0),
+        jeq(AUDIT_ARCH, 1, 0),
         stmt(0x06, RET_ALLOW),
         stmt(0x20, 0), // ld nr
-        jeq(434, 5, 0),
-        jeq(438, 4, 0),
-        jeq(424, 3, 0),
-        jeq(56, 2, 0),
-        jeq(435, 1, 0),
+        jeq(nr(libc::SYS_pidfd_open), 5, 0),
+        jeq(nr(libc::SYS_pidfd_getfd), 4, 0),
+        jeq(nr(libc::SYS_pidfd_send_signal), 3, 0),
+        jeq(nr(libc::SYS_clone), 2, 0),
+        jeq(nr(libc::SYS_clone3), 1, 0),
         stmt(0x06, RET_ALLOW),
         stmt(0x06, RET_ERRNO_EPERM),
     ];
