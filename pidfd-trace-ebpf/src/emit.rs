@@ -9,28 +9,17 @@ use aya_ebpf::{
     },
 };
 use aya_log_ebpf::warn;
-use pidfd_trace_common::{CounterKey, EnterState, EventRecord, Mode, clone_flags, stats};
+use pidfd_trace_common::{
+    CGROUP_NAME_BYTES, CounterKey, EnterState, EventKind, EventRecord, Mode, clone_flags, stats, xhints,
+};
 
-use crate::maps::{EVENTS, OUTCOMES, bump_stat};
+use crate::{
+    maps::{EVENTS, OUTCOMES, bump_stat},
+    task::{caller_ns, cgroup_name, leader_comm},
+};
 
-/// Counts the outcome and sends the record. `ret` is the syscall's raw return value.
-#[inline(always)]
-pub fn finish<C: EbpfContext>(
-    ctx: &C,
-    st: &EnterState,
-    pid_tgid: u64,
-    ret: i64,
-    pidfd: i32,
-    hints: u8,
-    mode: Mode,
-) {
-    finish_as::<C, true>(ctx, st, pid_tgid, ret, pidfd, hints, mode);
-}
-
-/// `finish` for a program that never handles a pidfd_getfd (the creation paths): the
-/// getfd-only work (risky counters, the taken file's path walk) is left out at compile time,
-/// so the verifier does not walk it in every such program (older verifiers, 6.1, took too
-/// long over programs that carried it).
+/// `finish` for the creation paths' exits (tracepoint/paths.rs): never a pidfd_getfd, so
+/// without the file path walk.
 #[inline(always)]
 pub fn finish_creation<C: EbpfContext>(
     ctx: &C,
@@ -40,11 +29,17 @@ pub fn finish_creation<C: EbpfContext>(
     pidfd: i32,
     mode: Mode,
 ) {
-    finish_as::<C, false>(ctx, st, pid_tgid, ret, pidfd, 0, mode);
+    finish::<C, false>(ctx, st, pid_tgid, ret, pidfd, 0, mode);
 }
 
+/// The `xhints` bits that name an outcome (its stage, its ABI) and so go into counter keys.
+const COUNTED_XHINTS: u8 = xhints::COMPAT | xhints::DENIED | xhints::ARGS;
+
+/// Counts the outcome and sends the record. `ret` is the syscall's raw return value.
+/// `PATH`: the record may be a pidfd_getfd's, whose file path is walked in the kernel; false
+/// in programs that never emit one, so their verifier never sees the walk.
 #[inline(always)]
-fn finish_as<C: EbpfContext, const GETFD: bool>(
+pub fn finish<C: EbpfContext, const PATH: bool>(
     ctx: &C,
     st: &EnterState,
     pid_tgid: u64,
@@ -55,8 +50,8 @@ fn finish_as<C: EbpfContext, const GETFD: bool>(
 ) {
     let kind = st.kind;
     let hints = st.hints | hints;
-    count_outcome::<C, GETFD>(ctx, kind, hints, st, ret);
-    if GETFD && kind == pidfd_trace_common::EventKind::PidfdGetfd as u8 {
+    count_outcome(ctx, kind, hints, st, ret);
+    if kind == pidfd_trace_common::EventKind::PidfdGetfd as u8 {
         crate::risk::count(&st.facts);
     }
 
@@ -94,8 +89,18 @@ fn finish_as<C: EbpfContext, const GETFD: bool>(
         // The low half is the real uid (current_cred()->uid, initial user namespace).
         (*rec).uid = bpf_get_current_uid_gid() as u32;
         (*rec)._pad2 = 0;
+        (*rec).child_pid = st.child_pid;
+        let (level, ns_pid) = caller_ns();
+        (*rec).ns_pid = ns_pid;
+        let is_clone = kind == EventKind::Clone as u8 || kind == EventKind::Clone3 as u8;
+        // A clone's return value is the child's pid in the caller's namespace.
+        (*rec).ns_other = if is_clone && level > 0 && ret > 0 { ret as i32 } else { st.ns_other };
+        (*rec).xhints = st.xhints;
+        (*rec)._pad3 = [0; 3];
+        let cg = core::ptr::addr_of_mut!((*rec).cgroup_name);
+        cgroup_name(cg.cast(), CGROUP_NAME_BYTES as u32);
         (*rec).facts = st.facts;
-        if GETFD {
+        if PATH {
             crate::risk::file_path(&mut (*rec).path, st, ret);
         } else {
             (*rec).path.depth = 0;
@@ -103,8 +108,13 @@ fn finish_as<C: EbpfContext, const GETFD: bool>(
             (*rec).path.more = 0;
         }
         // Zero-fills the buffer itself if it fails, so nothing uninitialised leaves.
+        let thread_comm = core::ptr::addr_of_mut!((*rec).thread_comm);
+        generated::bpf_get_current_comm(thread_comm.cast(), size_of::<[u8; 16]>() as u32);
+        // The process's name is its thread-group leader's; the thread's when unreadable.
         let comm = core::ptr::addr_of_mut!((*rec).comm);
-        generated::bpf_get_current_comm(comm.cast(), size_of::<[u8; 16]>() as u32);
+        if !leader_comm(comm.cast()) {
+            generated::bpf_get_current_comm(comm.cast(), size_of::<[u8; 16]>() as u32);
+        }
     }
     entry.submit(wakeup_flags());
 }
@@ -129,7 +139,7 @@ fn wakeup_flags() -> u64 {
 }
 
 #[inline(always)]
-fn count_outcome<C: EbpfContext, const GETFD: bool>(ctx: &C, kind: u8, hints: u8, st: &EnterState, ret: i64) {
+fn count_outcome<C: EbpfContext>(ctx: &C, kind: u8, hints: u8, st: &EnterState, ret: i64) {
     let signal = if kind == pidfd_trace_common::EventKind::PidfdSendSignal as u8 {
         if st.arg1 > 255 { 255 } else { st.arg1 as u8 }
     } else {
@@ -141,16 +151,15 @@ fn count_outcome<C: EbpfContext, const GETFD: bool>(ctx: &C, kind: u8, hints: u8
         kind,
         hints,
         signal,
-        _pad: 0,
+        xhints: st.xhints & COUNTED_XHINTS,
         errno: if ret < 0 { (-ret) as u32 } else { 0 },
         flag_bits: if is_clone {
             (st.flags & clone_flags::PIDFD_CONFLICTS) as u32
-        } else if GETFD
-            && kind == pidfd_trace_common::EventKind::PidfdGetfd as u8
-            && ret >= 0
-            && crate::risk::took_pidfd(&st.facts)
-        {
+        } else if kind == EventKind::PidfdGetfd as u8 && ret >= 0 && crate::risk::took_pidfd(&st.facts) {
+            // A copy of a pidfd: also a created pidfd (README "Every way a pidfd is born").
             pidfd_trace_common::GETFD_COPIED_PIDFD
+        } else if kind == EventKind::PidfdOpen as u8 {
+            pidfd_open_flag_bits(st.flags)
         } else {
             0
         },
@@ -169,4 +178,14 @@ fn count_outcome<C: EbpfContext, const GETFD: bool>(ctx: &C, kind: u8, hints: u8
     }
     bump_stat(stats::OUTCOMES_FULL);
     warn!(ctx, "outcome counter map full: kind {} errno {} not counted", kind, key.errno);
+}
+
+/// pidfd_open's flags as a counter key keeps them: PIDFD_THREAD (refused before 6.9) and one
+/// bit for "any flag no kernel accepts", so the key space stays at four values.
+#[inline(always)]
+fn pidfd_open_flag_bits(flags: u64) -> u32 {
+    const PIDFD_NONBLOCK: u64 = 0o4000;
+    const PIDFD_THREAD: u64 = 0o200;
+    let unknown = if flags & !(PIDFD_NONBLOCK | PIDFD_THREAD) != 0 { 0x8000_0000 } else { 0 };
+    (flags & PIDFD_THREAD) as u32 | unknown
 }
