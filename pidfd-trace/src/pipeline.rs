@@ -319,6 +319,47 @@ mod tests {
         assert_eq!(ev.target_fd, Some(15));
     }
 
+    /// The user-space cost of one storm event (decode → filter → enrich → JSON to /dev/null),
+    /// on made-up pidfd_open records of this process in its own cgroup, as the bench's storm
+    /// makes them. A measurement, not a check (it asserts no time): run it with
+    /// `cargo test --release -p pidfd-trace --bin pidfd-trace event_path_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a micro benchmark; prints ns per event"]
+    fn event_path_cost() {
+        use std::os::unix::fs::MetadataExt;
+        const N: u64 = 1_000_000;
+        let cgroup_id = std::fs::metadata("/sys/fs/cgroup").map_or(1, |m| m.ino());
+        let mut r = ours(EventKind::PidfdOpen, 3);
+        r.cgroup_id = cgroup_id;
+        r.arg0 = u64::from(std::process::id());
+        let out = io::BufWriter::new(std::fs::File::create("/dev/null").unwrap());
+        let mut sink = JsonLines::new(out);
+        let mut pipe = Pipeline {
+            decoder: decoder(),
+            filter: Filter::default(),
+            enricher: Enricher::new(),
+            sink: &mut sink,
+            totals: Totals::default(),
+        };
+        let mut buf = bytes(&r);
+        let t = std::time::Instant::now();
+        for i in 1..=N {
+            r.cpu_seq = i;
+            r.ts_ns += 997;
+            r.duration_ns = 500 + i % 3000;
+            // SAFETY: buf holds exactly one EventRecord (made by `bytes`).
+            unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().cast::<EventRecord>(), r) };
+            pipe.process(&buf).unwrap();
+            if i % 4096 == 0 {
+                pipe.sink.flush().unwrap();
+            }
+        }
+        pipe.sink.flush().unwrap();
+        let ns = t.elapsed().as_nanos() as f64 / N as f64;
+        assert_eq!(pipe.totals.shown, N);
+        println!("event path: {ns:.0} ns per event over {N} pidfd_open records");
+    }
+
     #[test]
     fn closed_stdout_is_a_broken_pipe() {
         let mut fds = [0; 2];
