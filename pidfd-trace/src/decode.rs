@@ -22,11 +22,18 @@ pub enum DecodeError {
     Kind(u8),
 }
 
+/// CPU numbers kept in a plain array by `SeqTracker` (the kernel's largest NR_CPUS).
+const DIRECT_CPUS: usize = 8192;
+
 /// Turns per-CPU record sequence numbers into the run-wide `seq`, so that a lost record shows
 /// as a gap, and counts those gaps.
 #[derive(Default, Debug)]
 pub struct SeqTracker {
-    last: HashMap<u32, u64>,
+    /// The last `cpu_seq` per CPU, indexed by CPU number (hashing it was a measurable part of
+    /// a storm event's cost).
+    last: Vec<u64>,
+    /// CPU numbers beyond `DIRECT_CPUS` (never written by a kernel; a corrupt record).
+    far: HashMap<u32, u64>,
     next: u64,
     /// Records known lost from per-CPU gaps so far.
     pub gaps: u64,
@@ -36,7 +43,15 @@ impl SeqTracker {
     /// The run-wide `seq` of the record numbered `cpu_seq` on `cpu`; a jump counts the
     /// records in between as lost (`gaps`).
     pub fn assign(&mut self, cpu: u32, cpu_seq: u64) -> u64 {
-        let last = self.last.entry(cpu).or_insert(0);
+        let last = match cpu as usize {
+            i if i < DIRECT_CPUS => {
+                if i >= self.last.len() {
+                    self.last.resize(i + 1, 0);
+                }
+                &mut self.last[i]
+            }
+            _ => self.far.entry(cpu).or_insert(0),
+        };
         if cpu_seq > *last {
             let gap = cpu_seq - *last - 1;
             self.gaps += gap;
@@ -283,5 +298,9 @@ mod tests {
         assert_eq!(s.gaps, 2);
         assert_eq!(s.assign(0, 3), 6); // late arrival fills one gap
         assert_eq!(s.gaps, 1);
+        // Far CPU numbers (a corrupt record) are tracked without a huge array.
+        assert_eq!(s.assign(u32::MAX, 1), 7);
+        assert_eq!(s.assign(u32::MAX, 3), 9);
+        assert_eq!((s.gaps, s.last.len()), (2, 2));
     }
 }

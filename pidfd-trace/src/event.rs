@@ -1,6 +1,8 @@
 //! The decoded event every sink receives. Its JSON-lines schema is the contract in
 //! docs/events.md (one object per line, every field present, `null` when it does not apply);
 //! a field added here is added there.
+use std::sync::Arc;
+
 use pidfd_trace_common::{EventKind, TargetFacts};
 use serde::{Serialize, Serializer};
 
@@ -29,11 +31,11 @@ pub struct Event {
     /// The caller's cgroup2 id.
     pub cgroup_id: u64,
     /// The caller's cgroup2 path, set by the enricher.
-    pub cgroup: Option<String>,
+    pub cgroup: Option<Arc<str>>,
     /// The container the caller runs in, set by the enricher.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
     /// The Kubernetes pod UID when the cgroup path runs through a pod.
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<Arc<str>>,
     /// The container runtime the cgroup2 path shows (`docker`, `containerd`, ...), set by the
     /// enricher with `container_id`; a metric label only (not in the JSON schema).
     #[serde(skip)]

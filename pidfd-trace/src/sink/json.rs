@@ -337,8 +337,8 @@ mod tests {
         {
             let mut e = base.clone();
             e.ts = ts;
-            e.cgroup = Some(format!("/kubepods.slice/pod{i}/cri-containerd-\"x\"\t.scope"));
-            e.container_id = Some("0123456789abcdef".repeat(4));
+            e.cgroup = Some(format!("/kubepods.slice/pod{i}/cri-containerd-\"x\"\t.scope").into());
+            e.container_id = Some("0123456789abcdef".repeat(4).into());
             e.pod_uid = Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427".into());
             e.container_runtime = Some("containerd");
             e.caller_open_pidfds = Some(i * 1000);
