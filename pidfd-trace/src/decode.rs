@@ -90,11 +90,20 @@ impl Decoder {
         if bytes.len() < want {
             return Err(DecodeError::Size(bytes.len(), want));
         }
-        // SAFETY: length checked; EventRecord is plain data valid for any bit pattern.
-        let r: EventRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        // Ring-buffer records are 8-byte aligned: read in place. The copy (the record is
+        // mostly the pidfd_getfd path names, ~0.7 KiB) only for bytes that are not.
+        let mut copy = std::mem::MaybeUninit::<EventRecord>::uninit();
+        let r: &EventRecord = if bytes.as_ptr().cast::<EventRecord>().is_aligned() {
+            // SAFETY: length and alignment checked; EventRecord is plain data valid for any
+            // bit pattern.
+            unsafe { &*bytes.as_ptr().cast() }
+        } else {
+            // SAFETY: length checked; as above.
+            copy.write(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+        };
         let kind = EventKind::try_from(r.kind).map_err(DecodeError::Kind)?;
         let seq = self.seq.assign(r.cpu, r.cpu_seq);
-        Ok(self.build(&r, kind, seq))
+        Ok(self.build(r, kind, seq))
     }
 
     /// Every field follows from the hook table row of `kind` (hooks.rs): what `ret`,
@@ -276,6 +285,17 @@ mod tests {
         r.cpu_seq = 3;
         let e = d.decode(&bytes(&r)).unwrap();
         assert_eq!((e.target_fd, e.errno.as_deref(), e.stage), (Some(15), Some("EPERM"), None));
+    }
+
+    #[test]
+    fn aligned_or_not() {
+        let r = record(EventKind::PidfdOpen, 7, 0);
+        let mut buf = vec![0u8; size_of::<EventRecord>() + 1];
+        buf[1..].copy_from_slice(&bytes(&r));
+        let odd = decoder().decode(&buf[1..]).unwrap();
+        let even = decoder().decode(&bytes(&r)).unwrap();
+        assert_eq!((odd.comm.as_str(), odd.pidfd, odd.target_pid), ("workerx", Some(7), Some(99)));
+        assert_eq!(format!("{odd:?}"), format!("{even:?}"));
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub struct Resolver {
     /// spares it the hashing. Always a copy of what `paths` gave for that id.
     last: Option<(u64, Option<Known>)>,
     v1: GenCache<(u32, u64), Option<Container>>,
+    /// The same memo for `v1`.
+    last_v1: Option<((u32, u64), Option<Container>)>,
     last_walk: Option<Instant>,
 }
 
@@ -94,6 +96,7 @@ impl Resolver {
             paths: GenCache::new(CACHE_CGROUPS),
             last: None,
             v1: GenCache::new(CACHE_V1_PIDS),
+            last_v1: None,
             last_walk: None,
         }
     }
@@ -109,16 +112,21 @@ impl Resolver {
         // v1 hierarchies, so the v2 path shows nothing; /proc/<pid>/cgroup still does (racy:
         // the caller may be gone, then we say nothing).
         if container.is_none() && self.mounts.has_v1 {
-            container = match self.v1.get(&(pid, cgroup_id)) {
-                Some(c) => c,
-                None => {
-                    let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                        .ok()
-                        .and_then(|s| container_in_proc_cgroup(&s));
-                    self.v1.insert((pid, cgroup_id), c.clone());
-                    c
-                }
+            let key = (pid, cgroup_id);
+            container = match &self.last_v1 {
+                Some((k, c)) if *k == key => c.clone(),
+                _ => match self.v1.get(&key) {
+                    Some(c) => c,
+                    None => {
+                        let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                            .ok()
+                            .and_then(|s| container_in_proc_cgroup(&s));
+                        self.v1.insert(key, c.clone());
+                        c
+                    }
+                },
             };
+            self.last_v1 = Some((key, container.clone()));
         }
         CgroupInfo { path, container, on_path }
     }

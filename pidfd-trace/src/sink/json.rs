@@ -253,15 +253,15 @@ fn opt_strings<S: AsRef<str>>(out: &mut Vec<u8>, v: Option<&[S]>) {
 
 /// `event::format_rfc3339` without the `String`: same digits, written in place.
 fn rfc3339(out: &mut Vec<u8>, unix_ns: i128) {
-    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
-    let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
-    let (y, m, d) = crate::event::civil_from_days(days);
-    if !(0..=9999).contains(&y) {
-        // Years format_rfc3339 pads or signs differently: not worth a fast path.
+    // i64 arithmetic (years 1677 to 2262): 128-bit division is a library call.
+    let Ok(ns) = i64::try_from(unix_ns) else {
         out.extend_from_slice(format_rfc3339(unix_ns).as_bytes());
         return;
-    }
+    };
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000) as u32;
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
+    let (y, m, d) = crate::event::civil_from_days(days);
     let y = y as u32;
     let mut b = *b"0000-00-00T00:00:00.000000000Z";
     digits(&mut b[0..4], y);
@@ -330,10 +330,17 @@ mod tests {
         let mut evs = out;
         let base = evs[0].clone();
         // What only the enricher sets, and the edges of the clock.
-        for (i, ts) in
-            [0i128, -1, 1_795_782_662_123_456_789, 253_402_300_799_999_999_999, -62_167_219_200_000_000_001]
-                .into_iter()
-                .enumerate()
+        for (i, ts) in [
+            0i128,
+            -1,
+            1_795_782_662_123_456_789,
+            i64::MAX.into(),
+            i64::MIN.into(),
+            253_402_300_799_999_999_999,
+            -62_167_219_200_000_000_001,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let mut e = base.clone();
             e.ts = ts;
