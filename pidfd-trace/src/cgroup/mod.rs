@@ -327,6 +327,13 @@ mod tests {
         let mut walker = Resolver::with_mounts(mounts.clone());
         walker.handles_refused = true;
         let walked = walker.path_of(ino, 0);
+        // A walk skipped by its rate limit is no answer: once a walk may run, it finds the id.
+        let mut later = Resolver::with_mounts(mounts.clone());
+        later.handles_refused = true;
+        later.last_walk = Some(Instant::now());
+        let skipped = later.path_of(ino, 0);
+        later.last_walk = None;
+        let walked_later = later.path_of(ino, 0);
         // Without file handles or a walk: a process inside the cgroup vouches for it.
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         std::fs::write(dir.join("cgroup.procs"), child.id().to_string())
@@ -346,6 +353,11 @@ mod tests {
         let c = info.container.expect("container from the path");
         assert_eq!((&*c.id, c.runtime), (id.as_str(), "docker"));
         assert_eq!(walked.as_deref(), Some(want.as_str()), "by walking the tree");
+        assert_eq!(
+            (skipped, walked_later.as_deref()),
+            (None, Some(want.as_str())),
+            "a skipped walk is not remembered as a miss"
+        );
         assert_eq!(by_proc.as_deref(), Some(want.as_str()), "by the caller's /proc/<pid>/cgroup");
         assert_eq!(other, None, "an id that is not the caller's cgroup is not guessed");
         assert_eq!(gone_before, None);
