@@ -6,7 +6,7 @@ use pidfd_trace_common::{EventKind, EventRecord, Mode, hints};
 
 use crate::{
     classify::{self, KernelSemantics},
-    event::Event,
+    event::{Comm, Event},
     hooks::{self, Returns, Saved},
     names, risk,
 };
@@ -112,7 +112,6 @@ impl Decoder {
         let row = hooks::event(kind);
         let errno = if r.ret < 0 { (-r.ret) as u32 } else { 0 };
         let ok = r.ret >= 0;
-        let comm_len = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
         let saved = |what: Saved| match (row.arg0 == what, row.arg1 == what) {
             (true, _) => Some(r.arg0),
             (_, true) => Some(r.arg1),
@@ -130,7 +129,7 @@ impl Decoder {
             pid: (r.pid_tgid >> 32) as u32,
             tid: r.pid_tgid as u32,
             uid: r.uid,
-            comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
+            comm: Comm::from_kernel(&r.comm),
             cgroup_id: r.cgroup_id,
             cgroup: None,
             container_id: None,

@@ -319,6 +319,44 @@ mod tests {
         assert_eq!(ev.target_fd, Some(15));
     }
 
+    /// A storm's event costs no allocation once the caches are warm: decode, filter, enrich
+    /// and the JSON line all work in place (names are static, the cgroup path and container
+    /// are shared with the cache, the line goes into the sink's buffer).
+    #[test]
+    fn storm_events_allocate_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let mut r = ours(EventKind::PidfdOpen, 3);
+        r.cgroup_id = std::fs::metadata("/sys/fs/cgroup").map_or(1, |m| m.ino());
+        let mut sink = JsonLines::new(std::fs::File::create("/dev/null").unwrap());
+        let mut pipe = Pipeline {
+            decoder: decoder(),
+            filter: Filter { comms: vec!["nobody".into(), "workerx".into()], ..Default::default() },
+            enricher: Enricher::new(),
+            sink: &mut sink,
+            totals: Totals::default(),
+        };
+        let mut buf = bytes(&r);
+        let mut run = |pipe: &mut Pipeline<'_>, from: u64, n: u64| {
+            for i in from..from + n {
+                r.cpu_seq = i;
+                r.ts_ns += 997;
+                // SAFETY: buf holds exactly one EventRecord (made by `bytes`).
+                unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().cast::<EventRecord>(), r) };
+                pipe.process(&buf).unwrap();
+            }
+            pipe.sink.flush().unwrap();
+        };
+        // Warm: the caches fill, the buffer reaches its size.
+        let start = crate::alloc_count::allocations();
+        run(&mut pipe, 1, 200);
+        let before = crate::alloc_count::allocations();
+        assert!(before > start, "the counter counts (warming up allocates)");
+        run(&mut pipe, 201, 10_000);
+        let allocs = crate::alloc_count::allocations() - before;
+        assert_eq!(pipe.totals.shown, 10_200);
+        assert_eq!(allocs, 0, "allocations for 10,000 storm events");
+    }
+
     /// The user-space cost of one storm event (decode → filter → enrich → JSON to /dev/null),
     /// on made-up pidfd_open records of this process in its own cgroup, as the bench's storm
     /// makes them. A measurement, not a check (it asserts no time): run it with

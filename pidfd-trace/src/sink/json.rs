@@ -131,7 +131,7 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
     out.extend_from_slice(b",\"uid\":");
     int(out, *uid);
     out.extend_from_slice(b",\"comm\":");
-    string(out, comm);
+    string(out, comm.as_str());
     out.extend_from_slice(b",\"cgroup_id\":");
     int(out, *cgroup_id);
     out.extend_from_slice(b",\"cgroup\":");
