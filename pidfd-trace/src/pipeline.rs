@@ -204,7 +204,10 @@ pub async fn run_with_tick(
     // The ready line (docs/cli.md, "Output and exit status"); a JSON object under `serve --log-format json`.
     crate::serve::logging::status(&session.attached_line());
     let stopped_early = EARLY_STOP.load(Ordering::Relaxed) != 0;
-    while !stopped_early {
+    loop {
+        if stopped_early {
+            break;
+        }
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|err| PipelineError::Poll { what: "event ring buffer", err })?;
