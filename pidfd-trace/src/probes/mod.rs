@@ -15,8 +15,8 @@ use aya::{
 };
 use log::{debug, warn};
 use pidfd_trace_common::{
-    CounterKey, FdPidOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, TruthOffsets, closes, exit_tail, globals,
-    stats,
+    CounterKey, FdPidOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, TruthOffsets, closes, exit_tail,
+    globals, stats,
 };
 
 use crate::{
