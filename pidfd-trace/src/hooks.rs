@@ -598,10 +598,6 @@ mod tests {
                 if !attr.iter().any(|a| l.starts_with(a)) {
                     continue;
                 }
-                // Tail programs of the syscall exits (kernel-truth's EXIT_TAIL) attach nowhere.
-                if l.contains("name = \"exit_tail_") {
-                    continue;
-                }
                 programs += 1;
                 let mut j = i;
                 while j > 0 && (lines[j - 1].starts_with("///") || lines[j - 1].starts_with("#[")) {

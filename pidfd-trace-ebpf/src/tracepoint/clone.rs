@@ -94,6 +94,7 @@ pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
 const NR_CLONE: u64 = 56;
 const NR_CLONE3: u64 = 435;
 
+// prototype: syscall:*/0: none: a tail program in EXIT_TAIL, entered by bpf_tail_call from a syscall exit program (same tracepoint context), never attached itself [5.10-7.3]
 /// A successful clone: the pidfd is the fd in the caller's table whose struct pid is the
 /// child the kernel created. The number in user memory is only a hint: the caller (or a
 /// CLONE_VM child) may have overwritten it since the kernel wrote it.
@@ -119,6 +120,7 @@ pub fn exit_tail_scan(ctx: TracePointContext) -> u32 {
     0
 }
 
+// prototype: syscall:*/0: none: a tail program in EXIT_TAIL, entered by bpf_tail_call from a syscall exit program (same tracepoint context), never attached itself [5.10-7.3]
 /// A clone that failed with EAGAIN: was the caller's pids cgroup (or an ancestor) at its limit?
 #[tracepoint(category = "syscalls", name = "exit_tail_pids")]
 pub fn exit_tail_pids(ctx: TracePointContext) -> u32 {
@@ -131,6 +133,7 @@ pub fn exit_tail_pids(ctx: TracePointContext) -> u32 {
     0
 }
 
+// prototype: syscall:*/0: none: a tail program in EXIT_TAIL, entered by bpf_tail_call from a syscall exit program (same tracepoint context), never attached itself [5.10-7.3]
 /// A failed clone whose entry never fired: refused before it ran (seccomp, a tracer). Its
 /// flags come from the caller's saved registers (clone: the first argument; clone3: the
 /// struct it points to, as it reads now); reported, as stage `denied`, only with CLONE_PIDFD.

@@ -185,6 +185,7 @@ pub(super) fn tail<C: EbpfContext>(ctx: &C, idx: u32) {
     unsafe { EXIT_TAIL.tail_call(ctx, idx) };
 }
 
+// prototype: syscall:*/0: none: a tail program in EXIT_TAIL, entered by bpf_tail_call from a syscall exit program (same tracepoint context), never attached itself [5.10-7.3]
 /// Last step of every exit that reports: the record and the counter.
 #[tracepoint(category = "syscalls", name = "exit_tail_emit")]
 pub fn exit_tail_emit(ctx: TracePointContext) -> u32 {
@@ -194,6 +195,7 @@ pub fn exit_tail_emit(ctx: TracePointContext) -> u32 {
     0
 }
 
+// prototype: syscall:*/0: none: a tail program in EXIT_TAIL, entered by bpf_tail_call from a syscall exit program (same tracepoint context), never attached itself [5.10-7.3]
 /// The same for exits whose record may be a pidfd_getfd's: with its file path.
 #[tracepoint(category = "syscalls", name = "exit_tail_emit_path")]
 pub fn exit_tail_emit_path(ctx: TracePointContext) -> u32 {
