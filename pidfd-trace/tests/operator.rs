@@ -85,6 +85,7 @@ fn check_schema() -> Value {
         "thread_pidfd": "bool",
         "close_tracking": "string",
         "closes_traced": "bool",
+        "blind_spots": ["string"],
         "plan": [{
             "hook": "string",
             "kind": "string",
