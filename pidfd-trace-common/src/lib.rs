@@ -35,6 +35,12 @@ pub mod clone_flags {
     pub const CLONE_IO: u64 = 0x8000_0000;
     pub const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
     pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    /// Linux 7.1+: the child is reaped by the kernel when it exits (no exit signal, no wait).
+    pub const CLONE_AUTOREAP: u64 = 1 << 34;
+    /// Linux 7.1+: the child starts with no_new_privs set.
+    pub const CLONE_NNP: u64 = 1 << 35;
+    /// Linux 7.1+: closing the pidfd clone3 returned sends the child SIGKILL.
+    pub const CLONE_PIDFD_AUTOKILL: u64 = 1 << 36;
 
     /// The flags whose combination with CLONE_PIDFD the kernel may refuse with EINVAL.
     /// Counter keys keep only these bits so their cardinality stays bounded.
@@ -91,6 +97,15 @@ event_kinds! {
     PidfdSendSignal = 5 => "pidfd_send_signal",
     /// waitid(2) with P_PIDFD.
     Waitid = 6 => "waitid",
+    /// setns(2) on a pidfd (a namespace fd is not recorded). Values 16+ leave 7..15 to the
+    /// creation paths of every-path part 1.
+    Setns = 16 => "setns",
+    /// process_madvise(2).
+    ProcessMadvise = 17 => "process_madvise",
+    /// process_mrelease(2).
+    ProcessMrelease = 18 => "process_mrelease",
+    /// ioctl(2) on a pidfd with a pidfs command (PIDFD_GET_INFO, PIDFD_GET_*_NAMESPACE).
+    PidfdIoctl = 19 => "pidfd_ioctl",
 }
 
 /// How an event was observed, and how a hook is attached (the agent's attach plan).
@@ -166,9 +181,11 @@ pub struct EventRecord {
     /// The syscall's raw return value.
     pub ret: i64,
     /// pidfd_open: pid; pidfd_getfd / pidfd_send_signal: the pidfd used; clone/clone3: how
-    /// long copy_process ran (ns) when a function probe saw it, else 0.
+    /// long copy_process ran (ns) when a function probe saw it, else 0; the uses (waitid,
+    /// setns, process_madvise, process_mrelease, pidfd_ioctl): the pidfd used.
     pub arg0: u64,
-    /// pidfd_getfd: the target fd; pidfd_send_signal: the signal.
+    /// pidfd_getfd: the target fd; pidfd_send_signal: the signal; process_madvise: the
+    /// advice; pidfd_ioctl: the ioctl command.
     pub arg1: u64,
     /// clone/clone3: the user pointer the pidfd number is written to.
     pub uptr: u64,

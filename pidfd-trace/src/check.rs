@@ -159,7 +159,7 @@ fn plan_entry(h: &HookPlan) -> serde_json::Value {
             "ok": c.refused.is_none(),
             "refused": c.refused.as_ref().map(|r| r.to_string()),
         })).collect::<Vec<_>>(),
-        "cannot_see": if function && h.chosen.is_none() { cannot_see(h.hook) } else { &[] },
+        "cannot_see": if h.chosen.is_none() { cannot_see(h.hook) } else { &[] },
     })
 }
 
@@ -178,6 +178,9 @@ pub fn cannot_see(hook: &str) -> &'static [&'static str] {
         "cgroup_can_fork" => &[
             "the cgroup controllers' refusal itself: pids_cgroup is inferred from the pids counter and limit at the failed exit",
         ],
+        "setns" | "process_madvise" | "process_mrelease" | "pidfd_ioctl" | "waitid" => {
+            &["this use of a pidfd: the kernel has no such syscall, so nothing can make the call"]
+        }
         _ => &["what this function probe adds (README: How it attaches)"],
     }
 }

@@ -131,6 +131,8 @@ impl Decoder {
             signal: signal_nr.map(names::signal_name),
             signal_nr,
             target_fd: saved(Saved::TargetFd).map(|fd| fd as i32 as i64),
+            cmd: saved(Saved::IoctlCmd).map(hooks::ioctl_name),
+            advice: saved(Saved::Advice).map(hooks::advice_name),
             mode: mode_name(r.mode),
             duration_ns: r.duration_ns,
             pidfd_allocated: classify::pidfd_allocated(kind, errno, r.hints, self.sem),

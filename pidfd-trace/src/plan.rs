@@ -71,6 +71,12 @@ pub enum Refusal {
     /// The user chose `--mode tracepoint`.
     #[error("--mode tracepoint")]
     TracepointOnly,
+    /// The syscall's tracepoints are absent: this kernel predates the syscall.
+    #[error("syscalls:sys_enter_{syscall} not in tracefs: this kernel has no {syscall}(2)")]
+    NoSyscall {
+        /// The syscall.
+        syscall: &'static str,
+    },
     /// The trial load or attach failed (first line of the kernel's or aya's message).
     #[error("{0}")]
     Trial(String),
@@ -161,6 +167,8 @@ pub struct FnFacts<'a> {
     pub clone_args_flags_at_0: bool,
     /// Symbols for kprobes.
     pub kallsyms: &'a crate::symbols::Kallsyms,
+    /// Rows of the hook table whose syscall this kernel lacks (`tracefs::absent_syscalls`).
+    pub absent_syscalls: Vec<&'static str>,
 }
 
 impl FnFacts<'_> {
@@ -212,11 +220,15 @@ pub fn build(
     let mut plan: Vec<HookPlan> = crate::hooks::events()
         .map(|h| HookPlan {
             hook: h.name(),
-            target: format!("syscalls:sys_enter_{0} + sys_exit_{0}", h.name()),
+            target: format!("syscalls:sys_enter_{0} + sys_exit_{0}", h.syscall()),
             candidates: vec![Candidate { mode: AttachMode::Tracepoint, refused: None }],
             chosen: Some(AttachMode::Tracepoint),
         })
         .collect();
+    for h in plan.iter_mut().filter(|h| facts.absent_syscalls.contains(&h.hook)) {
+        h.chosen = None;
+        h.candidates[0].refused = Some(Refusal::NoSyscall { syscall: crate::hooks::syscall_of(h.hook) });
+    }
     let modes: &[AttachMode] = match choice {
         ModeChoice::Auto => &[AttachMode::Fexit, AttachMode::Kprobe],
         ModeChoice::Fentry => &[AttachMode::Fexit],

@@ -3,6 +3,7 @@
 //! arguments per thread and an exit program that emits the outcome.
 mod clone;
 mod pidfd;
+mod uses;
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
 use pidfd_trace_common::{EnterState, EventKind, Mode, TargetFacts, hints, stats};

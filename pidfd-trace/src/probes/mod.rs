@@ -131,7 +131,8 @@ impl Probes {
         for hook in plan.iter() {
             if hook.chosen == Some(AttachMode::Tracepoint) {
                 for dir in ["enter", "exit"] {
-                    probes.attach_tracepoint(&format!("sys_{dir}_{}", hook.hook))?;
+                    probes
+                        .attach_tracepoint(&format!("sys_{dir}_{}", crate::hooks::syscall_of(hook.hook)))?;
                 }
                 probes.attached.push(Attached { hook: hook.hook, mode: AttachMode::Tracepoint });
             }

@@ -169,6 +169,12 @@ pub fn line(ev: &Event, clock: &Clock) -> String {
     if let Some(fd) = ev.target_fd {
         detail.push(format!("target_fd={fd}"));
     }
+    if let Some(c) = &ev.cmd {
+        detail.push(format!("cmd={c}"));
+    }
+    if let Some(a) = &ev.advice {
+        detail.push(format!("advice={a}"));
+    }
     if !ev.flag_names.is_empty() {
         detail.push(format!("flags={}", ev.flag_names.join("|")));
     }

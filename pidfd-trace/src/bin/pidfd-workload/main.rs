@@ -6,6 +6,7 @@ mod risky;
 mod scenarios;
 mod suite;
 mod sys;
+mod uses;
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -98,6 +98,26 @@ pub const ALL: &[Scenario] = &[
         what: "fork() without CLONE_PIDFD produces no event",
         run: plain_fork_silent,
     },
+    Scenario {
+        name: "setns_pidfd",
+        what: "setns(pidfd, UTS|IPC) ok, setns(pidfd, USER) → EINVAL; a namespace fd's setns is not recorded",
+        run: crate::uses::setns_pidfd,
+    },
+    Scenario {
+        name: "process_madvise",
+        what: "process_madvise MADV_COLD of one page ok, MADV_DONTNEED → EINVAL",
+        run: crate::uses::process_madvise,
+    },
+    Scenario {
+        name: "process_mrelease",
+        what: "process_mrelease of a live child → EINVAL, flags=1 → EINVAL, of an exited one → 0 or ESRCH",
+        run: crate::uses::process_mrelease,
+    },
+    Scenario {
+        name: "pidfd_ioctl",
+        what: "PIDFD_GET_UTS_NAMESPACE and PIDFD_GET_INFO (then ESRCH once reaped); look-alike ioctls not recorded",
+        run: crate::uses::pidfd_ioctl,
+    },
 ];
 
 /// Building blocks of the filter checks, not scenarios of their own.
