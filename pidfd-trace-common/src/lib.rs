@@ -106,6 +106,10 @@ event_kinds! {
     ProcessMrelease = 18 => "process_mrelease",
     /// ioctl(2) on a pidfd with a pidfs command (PIDFD_GET_INFO, PIDFD_GET_*_NAMESPACE).
     PidfdIoctl = 19 => "pidfd_ioctl",
+    /// Linux 7.1+: the SIGKILL the kernel sends when the last reference to a clone3
+    /// `CLONE_PIDFD_AUTOKILL` pidfd is closed (`pidfs_file_release`), seen by function probes
+    /// only: no syscall carries it.
+    PidfdAutokill = 20 => "pidfd_autokill",
 }
 
 /// How an event was observed, and how a hook is attached (the agent's attach plan).
@@ -446,6 +450,10 @@ pub mod fn_params {
     pub const ANON_INODE: usize = 4;
     /// 5.7+: cgroup_can_fork(struct task_struct *child, struct kernel_clone_args *kargs)
     pub const CGROUP_CAN_FORK: usize = 2;
+    /// 7.1+: pidfs_file_release(struct inode *, struct file *)
+    pub const PIDFS_FILE_RELEASE: usize = 2;
+    /// do_send_sig_info(int sig, struct kernel_siginfo *info, struct task_struct *p, enum pid_type type)
+    pub const DO_SEND_SIG_INFO: usize = 4;
 }
 
 /// Slots of the `STATS` per-CPU array.

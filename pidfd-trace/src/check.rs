@@ -148,7 +148,7 @@ pub fn print_error_document(message: &str, exit_status: i32) {
 /// One hook of the plan: the keys the VM matrix reads (`hook`, `target`, `chosen`,
 /// `candidates[].mode/refused`), plus `kind`, `candidates[].ok` and `cannot_see`.
 fn plan_entry(h: &HookPlan) -> serde_json::Value {
-    let function = !crate::hooks::events().any(|e| e.name() == h.hook);
+    let function = !crate::hooks::syscall_events().any(|e| e.name() == h.hook);
     json!({
         "hook": h.hook,
         "kind": if function { "function" } else { "syscall" },
@@ -177,6 +177,9 @@ pub fn cannot_see(hook: &str) -> &'static [&'static str] {
         ],
         "cgroup_can_fork" => &[
             "the cgroup controllers' refusal itself: pids_cgroup is inferred from the pids counter and limit at the failed exit",
+        ],
+        "autokill" => &[
+            "pidfd_autokill: the SIGKILL the kernel sends when a clone3 CLONE_PIDFD_AUTOKILL pidfd is closed (no syscall carries it)",
         ],
         "setns" | "process_madvise" | "process_mrelease" | "pidfd_ioctl" | "waitid" => {
             &["this use of a pidfd: the kernel has no such syscall, so nothing can make the call"]

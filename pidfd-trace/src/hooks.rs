@@ -120,12 +120,23 @@ impl EventHook {
             _ => self.name(),
         }
     }
+
+    /// Whether syscall tracepoints carry this event. `pidfd_autokill` has no syscall: only
+    /// its function hook (`autokill`) sees it.
+    pub fn has_syscall(&self) -> bool {
+        self.kind != EventKind::PidfdAutokill
+    }
 }
 
 /// The syscall behind the plan's `hook` name (`EventHook::syscall`); `hook` itself for a
 /// name that is not a row.
 pub fn syscall_of(hook: &'static str) -> &'static str {
     events().find(|h| h.name() == hook).map_or(hook, EventHook::syscall)
+}
+
+/// The rows carried by syscall tracepoints (every row but `pidfd_autokill`).
+pub fn syscall_events() -> impl Iterator<Item = &'static EventHook> {
+    events().filter(|h| h.has_syscall())
 }
 
 /// clone(2) flags (include/uapi/linux/sched.h).
@@ -372,6 +383,19 @@ const PIDFD_IOCTL: EventHook = EventHook {
     feeds: Feeds::Use,
 };
 
+/// The SIGKILL `pidfs_file_release` sends when an autokill pidfd is closed (7.1+): no syscall,
+/// only the `autokill` function hook; counted like a pidfd_send_signal.
+const PIDFD_AUTOKILL: EventHook = EventHook {
+    kind: EventKind::PidfdAutokill,
+    tracepoint: Tracepoint { args: &[] },
+    flags: NO_FLAGS,
+    arg0: Saved::Unused,
+    arg1: Saved::Signal,
+    returns: Returns::Other,
+    stage: StageRule::None,
+    feeds: Feeds::Signal,
+};
+
 /// The row of `kind`. Exhaustive: a new `EventKind` does not build until it has a row.
 pub const fn event(kind: EventKind) -> &'static EventHook {
     match kind {
@@ -385,6 +409,7 @@ pub const fn event(kind: EventKind) -> &'static EventHook {
         EventKind::ProcessMadvise => &PROCESS_MADVISE,
         EventKind::ProcessMrelease => &PROCESS_MRELEASE,
         EventKind::PidfdIoctl => &PIDFD_IOCTL,
+        EventKind::PidfdAutokill => &PIDFD_AUTOKILL,
     }
 }
 
@@ -497,7 +522,7 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
             },
         ]
     };
-    vec![
+    let mut hooks = vec![
         FnHook {
             hook: "copy_process",
             targets: vec![FnTarget {
@@ -517,7 +542,28 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
                 kprobe: &[("cgfork_kret", Kretprobe)],
             }],
         },
-    ]
+    ];
+    // 7.1+: pidfds get a release hook, which sends the autokill SIGKILL.
+    if has_func("pidfs_file_release") {
+        hooks.push(FnHook {
+            hook: "autokill",
+            targets: vec![
+                FnTarget {
+                    func: "pidfs_file_release",
+                    params: p::PIDFS_FILE_RELEASE,
+                    fexit: &[("autokill_release_fentry", Fentry), ("autokill_release_fexit", Fexit)],
+                    kprobe: &[("autokill_release_kprobe", Kprobe), ("autokill_release_kret", Kretprobe)],
+                },
+                FnTarget {
+                    func: "do_send_sig_info",
+                    params: p::DO_SEND_SIG_INFO,
+                    fexit: &[("autokill_sig_fexit", Fexit)],
+                    kprobe: &[("autokill_sig_kprobe", Kprobe), ("autokill_sig_kret", Kretprobe)],
+                },
+            ],
+        });
+    }
+    hooks
 }
 
 #[cfg(test)]
@@ -594,7 +640,7 @@ mod tests {
         }
         assert!(programs > 0);
         assert_eq!(programs, protos, "one prototype line per program, no stray ones");
-        for row in events() {
+        for row in syscall_events() {
             assert!(syscalls_seen.contains(row.syscall()), "no program carries syscall:{}", row.syscall());
         }
     }

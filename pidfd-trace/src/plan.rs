@@ -217,7 +217,7 @@ pub fn build(
         return Err(ForcedModeError { mode: "tracepoint", hook: None, reason: reason.clone() });
     }
     // Every row of the hook table has its syscall tracepoints, attached in every mode.
-    let mut plan: Vec<HookPlan> = crate::hooks::events()
+    let mut plan: Vec<HookPlan> = crate::hooks::syscall_events()
         .map(|h| HookPlan {
             hook: h.name(),
             target: format!("syscalls:sys_enter_{0} + sys_exit_{0}", h.syscall()),

@@ -110,7 +110,7 @@ pub fn has_syscall(root: &Path, sys: &str) -> bool {
 /// The hook table's use rows whose syscall this kernel lacks (their tracepoints are absent):
 /// the plan leaves them unattached, `check` says why.
 pub fn absent_syscalls(root: &Path) -> Vec<&'static str> {
-    crate::hooks::events()
+    crate::hooks::syscall_events()
         .filter(|h| h.feeds == crate::hooks::Feeds::Use && !has_syscall(root, h.syscall()))
         .map(|h| h.name())
         .collect()
@@ -158,7 +158,7 @@ pub struct SyscallLayout {
 /// tracefs root). Errors name the tracepoint and field.
 pub fn syscall_layout(root: &Path) -> Result<SyscallLayout, TracefsError> {
     let mut layout: Option<SyscallLayout> = None;
-    for hook in crate::hooks::events() {
+    for hook in crate::hooks::syscall_events() {
         let (sys, args) = (hook.syscall(), hook.tracepoint.args);
         // A use syscall newer than this kernel (process_mrelease: 5.15) is left out of the
         // plan (`absent_syscalls`); a missing creation syscall is an error.

@@ -68,6 +68,7 @@ scenarios!(
     process_madvise,
     process_mrelease,
     pidfd_ioctl,
+    clone3_autokill,
 );
 
 #[test]

@@ -118,6 +118,11 @@ pub const ALL: &[Scenario] = &[
         what: "PIDFD_GET_UTS_NAMESPACE and PIDFD_GET_INFO (then ESRCH once reaped); look-alike ioctls not recorded",
         run: crate::uses::pidfd_ioctl,
     },
+    Scenario {
+        name: "clone3_autokill",
+        what: "7.1+: closing a clone3 CLONE_PIDFD_AUTOKILL pidfd SIGKILLs the child (pidfd_autokill, function probes); before 7.1 EINVAL",
+        run: crate::uses::clone3_autokill,
+    },
 ];
 
 /// Building blocks of the filter checks, not scenarios of their own.

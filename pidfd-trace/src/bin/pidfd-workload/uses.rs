@@ -215,3 +215,57 @@ pub fn pidfd_ioctl() -> Result<Vec<Value>, String> {
         sentinel(),
     ])
 }
+
+/// clone3(2) flag of Linux 7.1 (include/uapi/linux/sched.h): closing the returned pidfd
+/// SIGKILLs the child.
+const CLONE_PIDFD_AUTOKILL: u64 = 1 << 36;
+
+pub fn clone3_autokill() -> Result<Vec<Value>, String> {
+    let mut pidfd: i32 = -1;
+    let mut args = sys::CloneArgs {
+        flags: sys::CLONE_PIDFD | CLONE_PIDFD_AUTOKILL,
+        pidfd: &mut pidfd as *mut i32 as u64,
+        exit_signal: sys::SIGCHLD,
+        ..Default::default()
+    };
+    // SAFETY: a fork-like clone3 (no CLONE_VM); the child only pauses until it is killed.
+    let r = unsafe {
+        libc::syscall(libc::SYS_clone3, &mut args as *mut sys::CloneArgs, size_of::<sys::CloneArgs>())
+    };
+    if r == 0 {
+        loop {
+            unsafe { libc::pause() };
+        }
+    }
+    let r = ret(r);
+    let (major, minor) = kernel();
+    if r < 0 {
+        // Before 7.1 the flag is unknown: EINVAL, and nothing to kill.
+        if (major, minor) >= (7, 1) || r != -22 {
+            return Err(format!(
+                "kernel {major}.{minor}: clone3(CLONE_PIDFD|CLONE_PIDFD_AUTOKILL) returned {r}"
+            ));
+        }
+        return Ok(vec![
+            json!({"event": "clone3", "ret": -22, "errno": "EINVAL", "pidfd": null, "child_pid": null,
+                   "flag_names_include": ["CLONE_PIDFD", "CLONE_PIDFD_AUTOKILL"]}),
+            sentinel(),
+        ]);
+    }
+    // Closing the only reference to the clone3 pidfd kills the child.
+    unsafe { libc::close(pidfd) };
+    let mut status = 0;
+    let waited = unsafe { libc::waitpid(r as i32, &mut status, 0) };
+    if waited != r as i32 || !libc::WIFSIGNALED(status) || libc::WTERMSIG(status) != libc::SIGKILL {
+        return Err(format!(
+            "autokill child {r}: waitpid {waited}, status {status:#x} (want killed by SIGKILL)"
+        ));
+    }
+    Ok(vec![
+        json!({"event": "clone3", "ret": r, "pidfd": pidfd, "child_pid": r, "errno": null, "stage": null,
+               "flag_names_include": ["CLONE_PIDFD", "CLONE_PIDFD_AUTOKILL"]}),
+        json!({"event": "pidfd_autokill", "function_probes_only": true, "ret": 0, "errno": null,
+               "target_pid": r, "signal": "SIGKILL", "signal_nr": 9, "used_pidfd": null, "pidfd": null}),
+        sentinel(),
+    ])
+}
