@@ -9,7 +9,7 @@ use crate::{scenarios::sentinel, sys};
 
 /// The return value, or -errno, as the agent reports `ret`.
 fn ret(r: libc::c_long) -> i64 {
-    if r < 0 { -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { r as i64 }
+    if r < 0 { -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { r }
 }
 
 /// The agent's `errno` for a return value.
@@ -165,6 +165,9 @@ struct PidfdInfo {
 const PIDFD_GET_UTS_NAMESPACE: u64 = 0xff0a;
 const PIDFD_GET_INFO: u64 = (3 << 30) | ((size_of::<PidfdInfo>() as u64) << 16) | 0xff0b;
 const PIDFD_INFO_PID: u64 = 1;
+/// A tty ioctl (asm-generic/ioctls.h, the same on x86_64 and arm64; libc's type for it
+/// differs between glibc and musl).
+const TIOCGPGRP: u64 = 0x540f;
 
 pub fn pidfd_ioctl() -> Result<Vec<Value>, String> {
     let (major, minor) = kernel();
@@ -176,7 +179,7 @@ pub fn pidfd_ioctl() -> Result<Vec<Value>, String> {
     // A pidfs command number on /dev/null, and a tty ioctl on the pidfd: no event for either.
     let null = ret(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }.into());
     let on_null = ioctl(null, PIDFD_GET_UTS_NAMESPACE, std::ptr::null_mut());
-    let tty_on_pidfd = ioctl(fd, libc::TIOCGPGRP as u64, &mut PidfdInfo::default());
+    let tty_on_pidfd = ioctl(fd, TIOCGPGRP, &mut PidfdInfo::default());
     let uts = ioctl(fd, PIDFD_GET_UTS_NAMESPACE, std::ptr::null_mut());
     let mut info = PidfdInfo { mask: PIDFD_INFO_PID, ..Default::default() };
     let got = ioctl(fd, PIDFD_GET_INFO, &mut info);
