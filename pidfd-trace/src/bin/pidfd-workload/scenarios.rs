@@ -120,7 +120,7 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "clone3_autokill",
-        what: "7.1+: closing a clone3 CLONE_PIDFD_AUTOKILL pidfd SIGKILLs the child (pidfd_autokill, function probes); before 7.1 EINVAL",
+        what: "7.1+: closing a clone3 CLONE_AUTOREAP|CLONE_PIDFD_AUTOKILL pidfd SIGKILLs the child (pidfd_autokill, function probes); before 7.1 EINVAL",
         run: crate::uses::clone3_autokill,
     },
 ];

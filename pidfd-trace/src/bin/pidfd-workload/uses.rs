@@ -219,16 +219,20 @@ pub fn pidfd_ioctl() -> Result<Vec<Value>, String> {
     ])
 }
 
-/// clone3(2) flag of Linux 7.1 (include/uapi/linux/sched.h): closing the returned pidfd
-/// SIGKILLs the child.
+/// clone3(2) flags of Linux 7.1 (include/uapi/linux/sched.h): the child is reaped by the
+/// kernel, and closing the returned pidfd SIGKILLs it (copy_process: AUTOKILL needs AUTOREAP,
+/// AUTOREAP needs exit_signal 0).
+const CLONE_AUTOREAP: u64 = 1 << 34;
 const CLONE_PIDFD_AUTOKILL: u64 = 1 << 36;
+/// `pidfd_info.mask` bit for the exit status (6.15+).
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
 
 pub fn clone3_autokill() -> Result<Vec<Value>, String> {
     let mut pidfd: i32 = -1;
     let mut args = sys::CloneArgs {
-        flags: sys::CLONE_PIDFD | CLONE_PIDFD_AUTOKILL,
+        flags: sys::CLONE_PIDFD | CLONE_AUTOREAP | CLONE_PIDFD_AUTOKILL,
         pidfd: &mut pidfd as *mut i32 as u64,
-        exit_signal: sys::SIGCHLD,
+        exit_signal: 0,
         ..Default::default()
     };
     // SAFETY: a fork-like clone3 (no CLONE_VM); the child only pauses until it is killed.
@@ -242,33 +246,45 @@ pub fn clone3_autokill() -> Result<Vec<Value>, String> {
     }
     let r = ret(r);
     let (major, minor) = kernel();
+    let names = ["CLONE_PIDFD", "CLONE_AUTOREAP", "CLONE_PIDFD_AUTOKILL"];
     if r < 0 {
-        // Before 7.1 the flag is unknown: EINVAL, and nothing to kill.
+        // Before 7.1 the flags are unknown: EINVAL, and nothing to kill.
         if (major, minor) >= (7, 1) || r != -22 {
             return Err(format!(
-                "kernel {major}.{minor}: clone3(CLONE_PIDFD|CLONE_PIDFD_AUTOKILL) returned {r}"
+                "kernel {major}.{minor}: clone3(CLONE_PIDFD|CLONE_AUTOREAP|CLONE_PIDFD_AUTOKILL) returned {r}"
             ));
         }
         return Ok(vec![
             json!({"event": "clone3", "ret": -22, "errno": "EINVAL", "pidfd": null, "child_pid": null,
-                   "flag_names_include": ["CLONE_PIDFD", "CLONE_PIDFD_AUTOKILL"]}),
+                   "flag_names_include": names}),
             sentinel(),
         ]);
     }
+    // A second pidfd (pidfd_open's does not keep the child alive) to see it die: the child is
+    // reaped by the kernel, so no wait is possible.
+    let watch = sys::pidfd_open(r as i32, 0);
     // Closing the only reference to the clone3 pidfd kills the child.
     unsafe { libc::close(pidfd) };
-    let mut status = 0;
-    let waited = unsafe { libc::waitpid(r as i32, &mut status, 0) };
-    if waited != r as i32 || !libc::WIFSIGNALED(status) || libc::WTERMSIG(status) != libc::SIGKILL {
+    let mut p = libc::pollfd { fd: watch as i32, events: libc::POLLIN, revents: 0 };
+    let polled = unsafe { libc::poll(&mut p, 1, 10_000) };
+    let mut info = PidfdInfo { mask: PIDFD_INFO_EXIT, ..Default::default() };
+    let got = ret(unsafe { libc::syscall(libc::SYS_ioctl, watch as i32, PIDFD_GET_INFO, &mut info) });
+    close(watch);
+    // exit_code is a wait status: killed by SIGKILL is 9.
+    if watch < 0 || polled != 1 || got != 0 || info.mask & PIDFD_INFO_EXIT == 0 || info.exit_code != 9 {
         return Err(format!(
-            "autokill child {r}: waitpid {waited}, status {status:#x} (want killed by SIGKILL)"
+            "autokill child {r}: pidfd_open {watch}, poll {polled}, PIDFD_GET_INFO {got} mask {:#x} exit_code {:#x} (want SIGKILL)",
+            info.mask, info.exit_code
         ));
     }
     Ok(vec![
         json!({"event": "clone3", "ret": r, "pidfd": pidfd, "child_pid": r, "errno": null, "stage": null,
-               "flag_names_include": ["CLONE_PIDFD", "CLONE_PIDFD_AUTOKILL"]}),
+               "flag_names_include": names}),
+        json!({"event": "pidfd_open", "ret": watch, "target_pid": r}),
         json!({"event": "pidfd_autokill", "function_probes_only": true, "ret": 0, "errno": null,
                "target_pid": r, "signal": "SIGKILL", "signal_nr": 9, "used_pidfd": null, "pidfd": null}),
+        json!({"event": "pidfd_ioctl", "ret": 0, "errno": null, "cmd": "PIDFD_GET_INFO", "used_pidfd": watch,
+               "target_pid": r}),
         sentinel(),
     ])
 }
