@@ -110,7 +110,7 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "process_mrelease",
-        what: "process_mrelease of a live child → EINVAL, flags=1 → EINVAL, of an exited one → 0 or ESRCH",
+        what: "process_mrelease of a live child → EINVAL, flags=1 → EINVAL, of an exited one → 0 or ESRCH (before 5.15: ENOSYS, no event)",
         run: crate::uses::process_mrelease,
     },
     Scenario {
