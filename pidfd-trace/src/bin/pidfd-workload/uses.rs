@@ -137,7 +137,9 @@ pub fn process_mrelease() -> Result<Vec<Value>, String> {
         // No such syscall: ENOSYS, and the agent, which found no tracepoint for it, records
         // nothing (its plan shows process_mrelease unattached).
         if fd < 0 || live != -38 || bad_flags != -38 || dead != -38 {
-            return Err(format!("pidfd_open {fd}, process_mrelease before 5.15: {live}, {bad_flags}, {dead}"));
+            return Err(format!(
+                "pidfd_open {fd}, process_mrelease before 5.15: {live}, {bad_flags}, {dead}"
+            ));
         }
         return Ok(vec![json!({"event": "pidfd_open", "ret": fd, "target_pid": child}), sentinel()]);
     }
@@ -256,7 +258,8 @@ pub fn clone3_autokill() -> Result<Vec<Value>, String> {
     let (major, minor) = kernel();
     let names = ["CLONE_PIDFD", "CLONE_AUTOREAP", "CLONE_PIDFD_AUTOKILL"];
     if r < 0 {
-        // Before 7.1 the flags are unknown: EINVAL, and nothing to kill.
+        // Before 7.1 the flags are unknown: clone3's own check (clone3_args_valid) refuses
+        // them with EINVAL before copy_process, and there is nothing to kill.
         if (major, minor) >= (7, 1) || r != -22 {
             return Err(format!(
                 "kernel {major}.{minor}: clone3(CLONE_PIDFD|CLONE_AUTOREAP|CLONE_PIDFD_AUTOKILL) returned {r}"
@@ -264,7 +267,7 @@ pub fn clone3_autokill() -> Result<Vec<Value>, String> {
         }
         return Ok(vec![
             json!({"event": "clone3", "ret": -22, "errno": "EINVAL", "pidfd": null, "child_pid": null,
-                   "flag_names_include": names}),
+                   "flag_names_include": names, "before_copy_process": true}),
             sentinel(),
         ]);
     }
