@@ -266,8 +266,9 @@ pub fn clone3_autokill() -> Result<Vec<Value>, String> {
             ));
         }
         return Ok(vec![
-            json!({"event": "clone3", "ret": -22, "errno": "EINVAL", "pidfd": null, "child_pid": null,
-                   "flag_names_include": names, "before_copy_process": true}),
+            // Stage `other`: EINVAL without a CLONE_PIDFD conflict the classifier knows.
+            json!({"event": "clone3", "ret": -22, "errno": "EINVAL", "stage": "other", "pidfd": null,
+                   "child_pid": null, "flag_names_include": names, "before_copy_process": true}),
             sentinel(),
         ]);
     }
