@@ -454,6 +454,49 @@ pub mod fn_params {
     pub const PIDFS_FILE_RELEASE: usize = 2;
     /// do_send_sig_info(int sig, struct kernel_siginfo *info, struct task_struct *p, enum pid_type type)
     pub const DO_SEND_SIG_INFO: usize = 4;
+    /// The pidfd file's own release (its last close): pidfd_release(struct inode *, struct
+    /// file *) in kernel/fork.c before 6.9, pidfs_file_release(struct inode *, struct file *)
+    /// in fs/pidfs.c from 7.1.
+    pub const PIDFD_RELEASE: usize = 2;
+    /// __fput(struct file *): every file's last close, the release hook of 6.9 – 7.0, where
+    /// pidfs files have no release of their own.
+    pub const FPUT: usize = 1;
+}
+
+/// Pidfd close tracking (function-probe modes): slots of the `CLOSES` per-CPU array, and
+/// the lifetime histogram's buckets. README "Metrics": `pidfd_trace_pidfds_closed_total`,
+/// `pidfd_trace_pidfd_lifetime_seconds`.
+pub mod closes {
+    /// Pidfd files released (their last reference closed), every pidfd on the host.
+    pub const CLOSED: u32 = 0;
+    /// Of those, the ones whose creation a creation hook saw: they have a lifetime.
+    pub const TIMED: u32 = 1;
+    /// Sum of those lifetimes, nanoseconds.
+    pub const SUM_NS: u32 = 2;
+    /// Creations not remembered because the birth table (`PIDFD_BORN`) was full.
+    pub const BORN_FULL: u32 = 3;
+    /// First bucket slot: slot `BUCKET0 + i` counts lifetimes `<= BUCKETS_NS[i]` and greater
+    /// than the bucket before (not cumulative); the slot after the last bound is +Inf.
+    pub const BUCKET0: u32 = 4;
+    /// Upper bounds of the lifetime buckets, nanoseconds: 1 ms, 10 ms, 100 ms, 1 s, 10 s,
+    /// 1 min, 10 min, 1 h, 1 day (then +Inf).
+    pub const BUCKETS_NS: [u64; 9] = [
+        1_000_000,
+        10_000_000,
+        100_000_000,
+        1_000_000_000,
+        10_000_000_000,
+        60_000_000_000,
+        600_000_000_000,
+        3_600_000_000_000,
+        86_400_000_000_000,
+    ];
+    /// Slots of the array.
+    pub const COUNT: u32 = BUCKET0 + BUCKETS_NS.len() as u32 + 1;
+    /// Pidfd files whose creation time is remembered at once (struct file pointer → boot
+    /// time ns): a full table is counted in `BORN_FULL`, those pidfds close without a
+    /// lifetime. 32768 entries, about 2 MiB of kernel memory.
+    pub const BORN_MAX_ENTRIES: u32 = 32768;
 }
 
 /// Slots of the `STATS` per-CPU array.
@@ -481,6 +524,11 @@ pub mod globals {
     pub const PIDS_LIMIT: &str = "PIDS_LIMIT_OFFSETS";
     pub const FD_PID: &str = "FD_PID_OFFSETS";
     pub const RISK: &str = "RISK_OFFSETS";
+    /// Address of `pidfs_file_operations` (kallsyms; 0 when unknown): the `__fput` release
+    /// hook recognises a pidfd's file by its `f_op`.
+    pub const PIDFS_FOPS: &str = "PIDFS_FOPS";
+    /// Offset of `file.f_op` (BTF).
+    pub const FILE_F_OP: &str = "FILE_F_OP_OFF";
 }
 
 /// Offsets (from the kernel's BTF) needed to read the caller's pids cgroup counter and limit:

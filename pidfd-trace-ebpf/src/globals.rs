@@ -99,3 +99,21 @@ static RISK_OFFSETS: RiskOffsets = RiskOffsets {
 pub fn risk_offsets() -> RiskOffsets {
     unsafe { core::ptr::read_volatile(&RISK_OFFSETS) }
 }
+
+/// Address of `pidfs_file_operations` from /proc/kallsyms (0 when unknown) and the offset of
+/// `file.f_op` from BTF: the `__fput` release hook (6.9 – 7.0) compares one pointer per
+/// closed file against it. With 0 it falls back to the pidfs magic (three reads).
+#[unsafe(no_mangle)]
+static PIDFS_FOPS: u64 = 0;
+#[unsafe(no_mangle)]
+static FILE_F_OP_OFF: u32 = 0;
+
+#[inline(always)]
+pub fn pidfs_fops() -> u64 {
+    unsafe { core::ptr::read_volatile(&PIDFS_FOPS) }
+}
+
+#[inline(always)]
+pub fn file_f_op_off() -> u32 {
+    unsafe { core::ptr::read_volatile(&FILE_F_OP_OFF) }
+}

@@ -61,6 +61,7 @@ scenarios!(
     getfd_benign,
     plain_fork_silent,
     risky_counter,
+    close_tracking,
     filter_comm_failures_only,
     filter_pid,
     agent_stops_cleanly,

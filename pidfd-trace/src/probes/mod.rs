@@ -14,7 +14,9 @@ use aya::{
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use log::{debug, warn};
-use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, globals, stats};
+use pidfd_trace_common::{
+    CounterKey, FdPidOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, closes, globals, stats,
+};
 
 use crate::{
     btf::Btf,
@@ -116,8 +118,11 @@ impl Probes {
         let pids = pids_limit_offsets(opts.btf);
         let fd_pid = fd_pid_offsets(opts.btf);
         let risk = risk_offsets(opts.btf);
+        let (pidfs_fops, file_f_op) = pidfs_fops(opts.btf);
         let mut loader = EbpfLoader::new();
         loader
+            .override_global(globals::PIDFS_FOPS, &pidfs_fops, true)
+            .override_global(globals::FILE_F_OP, &file_f_op, true)
             .override_global(globals::TP_ARG0, &opts.layout.arg0, true)
             .override_global(globals::TP_RET, &opts.layout.ret, true)
             .override_global(globals::PIDS_LIMIT, &pids, true)
@@ -166,7 +171,19 @@ impl Probes {
         }
         // Only loading needed aya's copy of the kernel BTF.
         probes.aya_btf = None;
+        if probes.attached.iter().any(|a| a.hook == crate::hooks::RELEASE_HOOK) {
+            probes.enable_close_tracking()?;
+        }
         Ok(probes)
+    }
+
+    /// Lets the creation hooks remember each pidfd's creation time (`CLOSE_ON[0] = 1`), now
+    /// that a release hook takes the entries out again.
+    fn enable_close_tracking(&mut self) -> Result<(), LoadError> {
+        let map = self.ebpf.map_mut("CLOSE_ON").ok_or(LoadError::MissingMap("CLOSE_ON"))?;
+        let mut on = aya::maps::Array::<_, u32>::try_from(map)
+            .map_err(|err| LoadError::Map { name: "CLOSE_ON", err })?;
+        on.set(0, 1, 0).map_err(|err| LoadError::Map { name: "CLOSE_ON", err })
     }
 
     /// Loads and attaches every program `mode` needs for `hook`; on any failure unloads
@@ -281,7 +298,25 @@ impl Probes {
 
     /// The per-CPU counter maps now, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, LoadError> {
-        Ok(Counters { outcomes: self.outcomes()?, stats: self.stats()?, risky: self.risky()? })
+        Ok(Counters {
+            outcomes: self.outcomes()?,
+            stats: self.stats()?,
+            risky: self.risky()?,
+            closes: self.closes()?,
+        })
+    }
+
+    /// The `CLOSES` slots, summed over CPUs.
+    fn closes(&self) -> Result<[u64; closes::COUNT as usize], LoadError> {
+        let map = self.ebpf.map("CLOSES").ok_or(LoadError::MissingMap("CLOSES"))?;
+        let map =
+            PerCpuArray::<_, u64>::try_from(map).map_err(|err| LoadError::Map { name: "CLOSES", err })?;
+        let mut out = [0u64; closes::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot =
+                map.get(&(i as u32), 0).map_err(|err| LoadError::Map { name: "CLOSES", err })?.iter().sum();
+        }
+        Ok(out)
     }
 
     /// Every risky-getfd counter, summed over CPUs.
@@ -524,6 +559,22 @@ fn risk_offsets(btf: &Btf) -> RiskOffsets {
                 "cannot read pidfd targets in the kernel on this kernel ({e}); events carry no risk, file_kind or file_path"
             );
             RiskOffsets::default()
+        }
+    }
+}
+
+/// For the `__fput` release hook (6.9 – 7.0): the address of `pidfs_file_operations` from
+/// /proc/kallsyms and the offset of `file.f_op` from BTF. (0, 0) when either is unknown: the
+/// hook then recognises pidfs files by their superblock magic instead.
+fn pidfs_fops(btf: &Btf) -> (u64, u32) {
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    match (Kallsyms::data_address(&text, "pidfs_file_operations"), btf.member_offset("file", "f_op")) {
+        (Some(addr), Ok(off)) => (addr, off),
+        _ => {
+            debug!(
+                "pidfs_file_operations not in /proc/kallsyms (or file.f_op not in BTF): pidfs files are recognised by magic"
+            );
+            (0, 0)
         }
     }
 }

@@ -1,6 +1,7 @@
 //! pidfd-workload: the in-tree workload that produces every pidfd outcome for real, and the
 //! suite that runs it against a live agent and checks the exact events (host tests and VMs).
 mod cgroup;
+mod closes;
 mod holders;
 mod risky;
 mod scenarios;

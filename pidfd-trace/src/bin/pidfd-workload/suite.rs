@@ -235,6 +235,7 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
             let mut watch =
                 wanted("risky_counter").then(|| crate::risky::CounterWatch::start(agent_bin, mode, timeout));
             let mut watched = None;
+            let mut closes = None;
             for s in scenarios::ALL.iter().filter(|s| wanted(s.name)) {
                 let benign = s.name == "getfd_benign";
                 if benign && let Some(Ok(w)) = watch.as_mut() {
@@ -253,6 +254,10 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
                 if benign {
                     if let Some(Ok(w)) = watch.as_mut() {
                         w.after_benign();
+                        // The same serve checks close tracking (one serve start less in slow guests).
+                        if wanted("close_tracking") {
+                            closes = Some(crate::closes::run(w.addr(), mode, timeout));
+                        }
                     }
                     // Stop serve now: a second agent slows the rest of the suite in slow guests.
                     watched = watch.take().map(|w| w.and_then(|w| w.finish()));
@@ -267,6 +272,10 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
             }
             if let Some(r) = watched.or_else(|| watch.map(|w| w.and_then(|w| w.finish()))) {
                 outcomes.push(outcome("risky_counter", r));
+            }
+            if wanted("close_tracking") {
+                let r = closes.unwrap_or_else(|| crate::closes::check(agent_bin, mode, timeout));
+                outcomes.push(outcome("close_tracking", r));
             }
             if wanted("agent_stops_cleanly") {
                 outcomes.push(outcome("agent_stops_cleanly", agent.stop()));
