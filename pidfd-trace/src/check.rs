@@ -40,9 +40,9 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let btf = parsed.map(drop);
     // The plan exactly as trace/serve would carry it out: a real trial load and attach,
     // detached again when the session is dropped.
-    let (plan, attach_error) = match Session::start(&args.kernel) {
-        Ok(s) => (s.plan.clone(), None),
-        Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+    let (plan, blind_spots, attach_error) = match Session::start(&args.kernel) {
+        Ok(s) => (s.plan.clone(), s.blind_spots(), None),
+        Err(e) => (Vec::new(), Vec::new(), Some(format!("{e:#}"))),
     };
     let verdict = |r: &Result<(), crate::plan::Refusal>| match r {
         Ok(()) => "yes".to_string(),
@@ -80,6 +80,8 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 "closes_traced": closes_traced(&plan),
                 "plan": plan.iter().map(plan_entry).collect::<Vec<_>>(),
                 "prototypes": prototypes,
+                // What this configuration cannot see (README "What the agent cannot see").
+                "blind_spots": blind_spots,
                 "attach_error": attach_error,
                 "error": attach_error.as_ref().map(|m| error_object(m, 1))
                     .or_else(|| btf.as_ref().err().map(|e| error_object(&e.to_string(), 1))),
@@ -128,6 +130,10 @@ pub fn run(args: CheckArgs) -> Result<()> {
             print_plan(&plan);
             if let Some(e) = &attach_error {
                 println!("  cannot attach: {e}");
+            }
+            println!("blind spots (what this configuration cannot see)");
+            for b in &blind_spots {
+                println!("  - {b}");
             }
         }
     }

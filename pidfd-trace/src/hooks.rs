@@ -701,7 +701,7 @@ mod tests {
             kind: EventKind::Waitid as u8,
             hints: 0,
             signal: 0,
-            _pad: 0,
+            xhints: 0,
             errno,
             flag_bits: 0,
         };

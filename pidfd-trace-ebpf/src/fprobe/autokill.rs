@@ -89,7 +89,7 @@ pub fn autokill_sig_kret(ctx: RetProbeContext) -> u32 {
     let Some(st) = (unsafe { AUTOKILL_STATE.get(&id) }).copied() else { return 0 };
     // Only a SIGKILL seen at entry (arg1) under this release is reported.
     if st.arg1 == SIGKILL {
-        emit::finish(&ctx, &st, id, ctx.ret::<u64>() as i32 as i64, -1, 0, Mode::Kprobe);
+        emit::finish::<_, false>(&ctx, &st, id, ctx.ret::<u64>() as i32 as i64, -1, 0, Mode::Kprobe);
         let _ = AUTOKILL_STATE.remove(&id);
         gate_add(&AUTOKILL_IN_FLIGHT, u64::MAX);
     }
@@ -124,6 +124,13 @@ fn release_begins(inode: u64, mode: Mode) {
         _pad: 0,
         target_pid,
         facts: TargetFacts::ZERO,
+        kflags: 0,
+        uargs: 0,
+        usize: 0,
+        child_pid: 0,
+        ns_other: 0,
+        xhints: 0,
+        _pad2: [0; 7],
     };
     let id = bpf_get_current_pid_tgid();
     if AUTOKILL_STATE.insert(&id, &st, 0).is_ok() {
@@ -154,7 +161,7 @@ fn signal_sent<C: EbpfContext>(ctx: &C, sig: u64, ret: Option<i64>) {
     st.arg1 = SIGKILL;
     if let Some(ret) = ret {
         let done = *st;
-        emit::finish(ctx, &done, id, ret, -1, 0, Mode::Fexit);
+        emit::finish::<_, false>(ctx, &done, id, ret, -1, 0, Mode::Fexit);
         let _ = AUTOKILL_STATE.remove(&id);
         gate_add(&AUTOKILL_IN_FLIGHT, u64::MAX);
     }

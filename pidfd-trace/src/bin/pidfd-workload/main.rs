@@ -7,6 +7,7 @@ mod risky;
 mod scenarios;
 mod suite;
 mod sys;
+mod truth;
 mod uses;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -120,7 +121,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             let out = match (s.run)() {
-                Ok(expect) => serde_json::json!({"pid": std::process::id(), "expect": expect}),
+                Ok(expect) => serde_json::json!({"pid": truth::report_pid(), "expect": expect}),
                 Err(e) => serde_json::json!({"pid": std::process::id(), "error": e}),
             };
             println!("{out}");
