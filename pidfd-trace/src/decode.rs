@@ -6,7 +6,7 @@ use pidfd_trace_common::{EventKind, EventRecord, Mode, hints, xhints};
 
 use crate::{
     classify::{self, KernelSemantics},
-    event::Event,
+    event::{Comm, Event},
     hooks::{self, Returns, Saved},
     names, risk,
 };
@@ -22,11 +22,18 @@ pub enum DecodeError {
     Kind(u8),
 }
 
+/// CPU numbers kept in a plain array by `SeqTracker` (the kernel's largest NR_CPUS).
+const DIRECT_CPUS: usize = 8192;
+
 /// Turns per-CPU record sequence numbers into the run-wide `seq`, so that a lost record shows
 /// as a gap, and counts those gaps.
 #[derive(Default, Debug)]
 pub struct SeqTracker {
-    last: HashMap<u32, u64>,
+    /// The last `cpu_seq` per CPU, indexed by CPU number (hashing it was a measurable part of
+    /// a storm event's cost).
+    last: Vec<u64>,
+    /// CPU numbers beyond `DIRECT_CPUS` (never written by a kernel; a corrupt record).
+    far: HashMap<u32, u64>,
     next: u64,
     /// Records known lost from per-CPU gaps so far.
     pub gaps: u64,
@@ -36,7 +43,15 @@ impl SeqTracker {
     /// The run-wide `seq` of the record numbered `cpu_seq` on `cpu`; a jump counts the
     /// records in between as lost (`gaps`).
     pub fn assign(&mut self, cpu: u32, cpu_seq: u64) -> u64 {
-        let last = self.last.entry(cpu).or_insert(0);
+        let last = match cpu as usize {
+            i if i < DIRECT_CPUS => {
+                if i >= self.last.len() {
+                    self.last.resize(i + 1, 0);
+                }
+                &mut self.last[i]
+            }
+            _ => self.far.entry(cpu).or_insert(0),
+        };
         if cpu_seq > *last {
             let gap = cpu_seq - *last - 1;
             self.gaps += gap;
@@ -75,11 +90,20 @@ impl Decoder {
         if bytes.len() < want {
             return Err(DecodeError::Size(bytes.len(), want));
         }
-        // SAFETY: length checked; EventRecord is plain data valid for any bit pattern.
-        let r: EventRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        // Ring-buffer records are 8-byte aligned: read in place. The copy (the record is
+        // mostly the pidfd_getfd path names, ~0.7 KiB) only for bytes that are not.
+        let mut copy = std::mem::MaybeUninit::<EventRecord>::uninit();
+        let r: &EventRecord = if bytes.as_ptr().cast::<EventRecord>().is_aligned() {
+            // SAFETY: length and alignment checked; EventRecord is plain data valid for any
+            // bit pattern.
+            unsafe { &*bytes.as_ptr().cast() }
+        } else {
+            // SAFETY: length checked; as above.
+            copy.write(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+        };
         let kind = EventKind::try_from(r.kind).map_err(DecodeError::Kind)?;
         let seq = self.seq.assign(r.cpu, r.cpu_seq);
-        Ok(self.build(&r, kind, seq))
+        Ok(self.build(r, kind, seq))
     }
 
     /// Every field follows from the hook table row of `kind` (hooks.rs): what `ret`,
@@ -112,8 +136,8 @@ impl Decoder {
             tid: r.pid_tgid as u32,
             uid: r.uid,
             ns_pid: positive(r.ns_pid),
-            comm: c_string(&r.comm),
-            thread_comm: c_string(&r.thread_comm),
+            comm: Comm::from_kernel(&r.comm),
+            thread_comm: Comm::from_kernel(&r.thread_comm),
             compat: x & xhints::COMPAT != 0,
             cgroup_id: r.cgroup_id,
             cgroup: None,
@@ -327,6 +351,17 @@ mod tests {
     }
 
     #[test]
+    fn aligned_or_not() {
+        let r = record(EventKind::PidfdOpen, 7, 0);
+        let mut buf = vec![0u8; size_of::<EventRecord>() + 1];
+        buf[1..].copy_from_slice(&bytes(&r));
+        let odd = decoder().decode(&buf[1..]).unwrap();
+        let even = decoder().decode(&bytes(&r)).unwrap();
+        assert_eq!((odd.comm.as_str(), odd.pidfd, odd.target_pid), ("workerx", Some(7), Some(99)));
+        assert_eq!(format!("{odd:?}"), format!("{even:?}"));
+    }
+
+    #[test]
     fn bad_records() {
         assert_eq!(
             decoder().decode(&[0u8; 10]).unwrap_err(),
@@ -346,5 +381,9 @@ mod tests {
         assert_eq!(s.gaps, 2);
         assert_eq!(s.assign(0, 3), 6); // late arrival fills one gap
         assert_eq!(s.gaps, 1);
+        // Far CPU numbers (a corrupt record) are tracked without a huge array.
+        assert_eq!(s.assign(u32::MAX, 1), 7);
+        assert_eq!(s.assign(u32::MAX, 3), 9);
+        assert_eq!((s.gaps, s.last.len()), (2, 2));
     }
 }

@@ -99,9 +99,7 @@ fn enrich(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
     if let Some(c) = info.container {
         // The runtime is what the cgroup2 path says; a container found only through the v1
         // hierarchies (hybrid hosts) keeps its id and no runtime.
-        let on_path =
-            from_leaf || info.path.as_deref().and_then(cgroup::parse_container).is_some_and(|p| p.id == c.id);
-        ev.container_runtime = on_path.then_some(c.runtime);
+        ev.container_runtime = (from_leaf || info.on_path).then_some(c.runtime);
         ev.container_id = Some(c.id);
         ev.pod_uid = c.pod_uid;
     }
@@ -118,7 +116,7 @@ fn risky_use(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
     {
         let target_pid = ev.target_pid.unwrap_or(0).max(0) as u32;
         let theirs = cgroups.lookup(ev.facts.target_cgroup_id, target_pid).container;
-        if theirs.is_some_and(|t| t.id != mine) {
+        if theirs.is_some_and(|t| *t.id != *mine) {
             reasons.push(risk::CROSS_CONTAINER);
         }
     }

@@ -1,6 +1,8 @@
 //! The decoded event every sink receives. Its JSON-lines schema is the contract in
 //! docs/events.md (one object per line, every field present, `null` when it does not apply);
 //! a field added here is added there.
+use std::{borrow::Cow, fmt, sync::Arc};
+
 use pidfd_trace_common::{EventKind, TargetFacts};
 use serde::{Serialize, Serializer};
 
@@ -27,19 +29,19 @@ pub struct Event {
     /// The caller's real uid (initial user namespace), read in the kernel at exit.
     pub uid: u32,
     /// The process's name (its thread-group leader's comm); `--comm` matches this.
-    pub comm: String,
+    pub comm: Comm,
     /// The calling thread's name.
-    pub thread_comm: String,
+    pub thread_comm: Comm,
     /// The call came through the 32-bit (ia32) syscall entry.
     pub compat: bool,
     /// The caller's cgroup2 id.
     pub cgroup_id: u64,
     /// The caller's cgroup2 path, set by the enricher.
-    pub cgroup: Option<String>,
+    pub cgroup: Option<Arc<str>>,
     /// The container the caller runs in, set by the enricher.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
     /// The Kubernetes pod UID when the cgroup path runs through a pod.
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<Arc<str>>,
     /// The container runtime the cgroup2 path shows (`docker`, `containerd`, ...), set by the
     /// enricher with `container_id`; a metric label only (not in the JSON schema).
     #[serde(skip)]
@@ -47,11 +49,11 @@ pub struct Event {
     /// The raw flags argument (waitid: options).
     pub flags: u64,
     /// Names of the set bits of `flags`; unknown bits as one hex string.
-    pub flag_names: Vec<String>,
+    pub flag_names: Vec<Cow<'static, str>>,
     /// The raw return value.
     pub ret: i64,
     /// The errno name of a failure.
-    pub errno: Option<String>,
+    pub errno: Option<Cow<'static, str>>,
     /// Failed pidfd creations: the step that failed.
     pub stage: Option<Stage>,
     /// The new pidfd on success.
@@ -67,7 +69,7 @@ pub struct Event {
     /// namespace.
     pub ns_target_pid: Option<i64>,
     /// pidfd_send_signal: the signal's name.
-    pub signal: Option<String>,
+    pub signal: Option<Cow<'static, str>>,
     /// pidfd_send_signal: the signal's number.
     pub signal_nr: Option<u64>,
     /// pidfd_getfd: the fd number in the target.
@@ -132,6 +134,74 @@ impl Event {
     }
 }
 
+/// A thread's command name, kept inline so that an event needs no allocation for it: the
+/// kernel's 16 bytes up to the first NUL, made valid UTF-8 as `String::from_utf8_lossy`
+/// does (an invalid byte becomes U+FFFD, three bytes: hence room for 48).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Comm {
+    len: u8,
+    buf: [u8; Comm::CAP],
+}
+
+impl Comm {
+    const CAP: usize = 48;
+
+    /// From the kernel's `comm` bytes (NUL-terminated unless all 16 are used).
+    pub fn from_kernel(raw: &[u8]) -> Self {
+        let raw = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
+        match std::str::from_utf8(raw) {
+            Ok(s) => Self::from(s),
+            Err(_) => Self::from(&*String::from_utf8_lossy(raw)),
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // SAFETY: `buf[..len]` is always a whole valid str (see From<&str>).
+        unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len as usize]) }
+    }
+}
+
+impl From<&str> for Comm {
+    /// Cut to at most 48 bytes at a character boundary (a kernel name never is).
+    fn from(s: &str) -> Self {
+        let mut end = s.len().min(Self::CAP);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut buf = [0; Self::CAP];
+        buf[..end].copy_from_slice(&s.as_bytes()[..end]);
+        Self { len: end as u8, buf }
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Comm {
+    /// As `str` does, padding and width included.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 fn event_name<S: Serializer>(kind: &EventKind, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(crate::names::event_name(*kind))
 }
@@ -150,7 +220,7 @@ pub fn format_rfc3339(unix_ns: i128) -> String {
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian, UTC).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -165,6 +235,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comm_as_the_kernel_gives_it() {
+        assert_eq!(Comm::from_kernel(b"bash\0\0junk\0\0\0\0\0\0\0").as_str(), "bash");
+        assert_eq!(Comm::from_kernel(b"0123456789abcdef").as_str(), "0123456789abcdef");
+        let bad = *b"\xff\xfe\xc3\xa9\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff";
+        assert_eq!(Comm::from_kernel(&bad).as_str(), String::from_utf8_lossy(&bad), "lossy, 44 bytes");
+        assert_eq!(Comm::from_kernel(b"").as_str(), "");
+        assert_eq!(format!("[{:<6}]", Comm::from("ab")), "[ab    ]");
+        assert_eq!(Comm::from("é".repeat(30).as_str()).len(), 48);
+    }
 
     #[test]
     fn rfc3339_formatting() {

@@ -17,7 +17,7 @@ impl Filter {
     /// Whether `ev` is shown.
     pub fn matches(&self, ev: &Event) -> bool {
         (self.pids.is_empty() || self.pids.iter().any(|&p| p == ev.pid || p == ev.tid))
-            && (self.comms.is_empty() || self.comms.contains(&ev.comm))
+            && (self.comms.is_empty() || self.comms.iter().any(|c| *c == *ev.comm))
             && (!self.failures_only || ev.failed())
     }
 }

@@ -130,3 +130,53 @@ fn wants_check_json(args: impl Iterator<Item = String>) -> bool {
         || args.iter().any(|a| a == "--output=json" || a == "-ojson" || a == "-o=json");
     is_check && json
 }
+
+/// Tests only: an allocator that counts the allocations of the calling thread, so a test can
+/// prove a path allocates nothing (pipeline.rs).
+#[cfg(test)]
+pub mod alloc_count {
+    use std::{
+        alloc::{GlobalAlloc, Layout, System},
+        cell::Cell,
+    };
+
+    thread_local! {
+        static COUNT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    fn count() {
+        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            count();
+            unsafe { System.alloc(l) }
+        }
+
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            count();
+            unsafe { System.alloc_zeroed(l) }
+        }
+
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+            count();
+            unsafe { System.realloc(p, l, n) }
+        }
+
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            unsafe { System.dealloc(p, l) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: Counting = Counting;
+
+    /// Allocations (and reallocations) this thread has made so far.
+    pub fn allocations() -> u64 {
+        COUNT.with(Cell::get)
+    }
+}

@@ -1,4 +1,8 @@
-//! Human names for the numbers the kernel hands us: errnos, signals and flag bits.
+//! Human names for the numbers the kernel hands us: errnos, signals and flag bits. Known
+//! numbers get a `&'static str` (no allocation per event); only numbers the tables lack are
+//! formatted.
+use std::borrow::Cow;
+
 use pidfd_trace_common::EventKind;
 
 /// Linux errno names (asm-generic/errno-base.h and errno.h, x86_64).
@@ -55,10 +59,10 @@ const ERRNOS: &[(u32, &str)] = &[
 ];
 
 /// The errno name, or `E<n>` for numbers this table does not know.
-pub fn errno_name(errno: u32) -> String {
+pub fn errno_name(errno: u32) -> Cow<'static, str> {
     match ERRNOS.iter().find(|(n, _)| *n == errno) {
-        Some((_, name)) => (*name).to_string(),
-        None => format!("E{errno}"),
+        Some((_, name)) => Cow::Borrowed(name),
+        None => Cow::Owned(format!("E{errno}")),
     }
 }
 
@@ -99,28 +103,31 @@ const SIGNALS: [&str; 32] = [
 
 /// `SIGTERM`, `SIGRTMIN+3`, or the number for anything out of range. Signal 0 (a liveness
 /// probe) is named `0`, as kill(1) does.
-pub fn signal_name(sig: u64) -> String {
+pub fn signal_name(sig: u64) -> Cow<'static, str> {
     match sig {
-        0..=31 => SIGNALS[sig as usize].to_string(),
-        32..=64 => format!("SIGRTMIN+{}", sig - 32),
-        _ => sig.to_string(),
+        0..=31 => Cow::Borrowed(SIGNALS[sig as usize]),
+        32..=64 => Cow::Owned(format!("SIGRTMIN+{}", sig - 32)),
+        _ => Cow::Owned(sig.to_string()),
     }
 }
 
 /// Names of the set bits of `flags` as the syscall of `kind` defines them. clone's low byte is
 /// the exit signal, not a flag, and is left out; unknown bits come out as hex.
-pub fn flag_names(kind: EventKind, flags: u64) -> Vec<String> {
+pub fn flag_names(kind: EventKind, flags: u64) -> Vec<Cow<'static, str>> {
     let table = crate::hooks::event(kind).flags;
     let mut rest = flags & !table.not_flags;
     let mut names = Vec::new();
     for (bit, name) in table.names {
+        if rest == 0 {
+            break;
+        }
         if rest & bit != 0 {
-            names.push((*name).to_string());
+            names.push(Cow::Borrowed(*name));
             rest &= !bit;
         }
     }
     if rest != 0 {
-        names.push(format!("{rest:#x}"));
+        names.push(Cow::Owned(format!("{rest:#x}")));
     }
     names
 }

@@ -349,6 +349,91 @@ mod tests {
         assert_eq!(ev.target_fd, Some(15));
     }
 
+    /// A storm's event costs no allocation once the caches are warm: decode, filter, enrich
+    /// and the JSON line all work in place (names are static, the cgroup path and container
+    /// are shared with the cache, the line goes into the sink's buffer).
+    #[test]
+    fn storm_events_allocate_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let mut r = ours(EventKind::PidfdOpen, 3);
+        r.cgroup_id = std::fs::metadata("/sys/fs/cgroup").map_or(1, |m| m.ino());
+        let mut sink = JsonLines::new(std::fs::File::create("/dev/null").unwrap());
+        let mut pipe = Pipeline {
+            decoder: decoder(),
+            filter: Filter { comms: vec!["nobody".into(), "workerx".into()], ..Default::default() },
+            enricher: Enricher::new(),
+            sink: &mut sink,
+            totals: Totals::default(),
+        };
+        let mut buf = bytes(&r);
+        let mut run = |pipe: &mut Pipeline<'_>, from: u64, n: u64| {
+            for i in from..from + n {
+                r.cpu_seq = i;
+                r.ts_ns += 997;
+                // SAFETY: buf holds exactly one EventRecord (made by `bytes`).
+                unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().cast::<EventRecord>(), r) };
+                pipe.process(&buf).unwrap();
+            }
+            pipe.sink.flush().unwrap();
+        };
+        // Warm: the caches fill, the buffer reaches its size.
+        let start = crate::alloc_count::allocations();
+        run(&mut pipe, 1, 200);
+        let before = crate::alloc_count::allocations();
+        assert!(before > start, "the counter counts (warming up allocates)");
+        run(&mut pipe, 201, 10_000);
+        let allocs = crate::alloc_count::allocations() - before;
+        assert_eq!(pipe.totals.shown, 10_200);
+        assert_eq!(allocs, 0, "allocations for 10,000 storm events");
+    }
+
+    /// The user-space cost of one storm event (decode → filter → enrich → JSON to /dev/null),
+    /// on made-up pidfd_open records of this process in its own cgroup, as the bench's storm
+    /// makes them. A measurement, not a check (it asserts no time): run it with
+    /// `cargo test --release -p pidfd-trace --bin pidfd-trace event_path_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a micro benchmark; prints ns per event"]
+    fn event_path_cost() {
+        use std::os::unix::fs::MetadataExt;
+        const N: u64 = 1_000_000;
+        let cgroup_id = std::fs::metadata("/sys/fs/cgroup").map_or(1, |m| m.ino());
+        let mut r = ours(EventKind::PidfdOpen, 3);
+        r.cgroup_id = cgroup_id;
+        r.arg0 = u64::from(std::process::id());
+        let mut sink = JsonLines::new(std::fs::File::create("/dev/null").unwrap());
+        let mut pipe = Pipeline {
+            decoder: decoder(),
+            filter: Filter::default(),
+            enricher: Enricher::new(),
+            sink: &mut sink,
+            totals: Totals::default(),
+        };
+        let mut buf = bytes(&r);
+        // This thread's CPU time, not the wall clock: the machine is shared.
+        let cpu_ns = || {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: valid pointer to a local timespec.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        };
+        let t = cpu_ns();
+        for i in 1..=N {
+            r.cpu_seq = i;
+            r.ts_ns += 997;
+            r.duration_ns = 500 + i % 3000;
+            // SAFETY: buf holds exactly one EventRecord (made by `bytes`).
+            unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().cast::<EventRecord>(), r) };
+            pipe.process(&buf).unwrap();
+            if i % 4096 == 0 {
+                pipe.sink.flush().unwrap();
+            }
+        }
+        pipe.sink.flush().unwrap();
+        let ns = (cpu_ns() - t) as f64 / N as f64;
+        assert_eq!(pipe.totals.shown, N);
+        println!("event path: {ns:.0} ns of CPU per event over {N} pidfd_open records");
+    }
+
     #[test]
     fn closed_stdout_is_a_broken_pipe() {
         let mut fds = [0; 2];
@@ -364,8 +449,10 @@ mod tests {
             sink: &mut sink,
             totals: Totals::default(),
         };
-        let err = pipe.process(&bytes(&ours(EventKind::PidfdOpen, 3))).unwrap_err();
+        // The sink buffers lines until the end of the drain: the closed reader shows there.
+        assert!(pipe.process(&bytes(&ours(EventKind::PidfdOpen, 3))).unwrap());
+        let err = pipe.sink.flush().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
-        assert_eq!((pipe.totals.delivered, pipe.totals.shown), (1, 0));
+        assert_eq!((pipe.totals.delivered, pipe.totals.shown), (1, 1));
     }
 }

@@ -25,17 +25,18 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     // Before the capabilities go: the helper keeps what counting a caller's pidfds needs.
     crate::enrich::set_counter(std::sync::Arc::new(crate::inventory::helper::Helper::spawn()?));
     session.drop_privileges()?;
-    let stdout = BufWriter::new(std::io::stdout().lock());
+    let stdout = std::io::stdout().lock();
     let mut sink: Box<dyn Sink> = match args.output {
         Output::Text => {
             // The header at once, as execsnoop does: the tool is alive before any event.
-            let mut text = Text::new(stdout, Clock::new(args.timestamps, unix_now_ns()));
+            let mut text = Text::new(BufWriter::new(stdout), Clock::new(args.timestamps, unix_now_ns()));
             match text.start() {
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
                 r => r.context("writing to stdout")?,
             }
             Box::new(text)
         }
+        // Buffers its lines itself: one write per drain of the ring buffer.
         Output::Json => Box::new(JsonLines::new(stdout)),
     };
     let mut pipe = Pipeline {

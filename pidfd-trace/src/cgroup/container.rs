@@ -1,16 +1,17 @@
 //! cgroup path → container: the path shapes container runtimes and systemd give their
 //! cgroups, and the Kubernetes pod UID when the path shows one. Pure and table-tested.
+use std::sync::Arc;
 
 /// A container recognised from its cgroup path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Container {
     /// The runtime's id: 64 hex digits for OCI runtimes, the machine name for systemd-nspawn.
-    pub id: String,
+    pub id: Arc<str>,
     /// `docker`, `containerd`, `cri-o`, `podman`, `systemd-nspawn`, or `cri` when only the
     /// Kubernetes layout (cgroupfs driver) shows a container, not which runtime made it.
     pub runtime: &'static str,
     /// The Kubernetes pod UID (dashed form) when the path runs through a pod's cgroup.
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<Arc<str>>,
 }
 
 /// The innermost container the path shows, if any: a container nested in another (docker
@@ -18,7 +19,7 @@ pub struct Container {
 pub fn parse_container(path: &str) -> Option<Container> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let (id, runtime) = parts.iter().enumerate().rev().find_map(|(i, part)| component(&parts[..i], part))?;
-    Some(Container { id, runtime, pod_uid: pod_uid(&parts) })
+    Some(Container { id: id.into(), runtime, pod_uid: pod_uid(&parts).map(Into::into) })
 }
 
 /// One path component that names a container, given the components above it.
@@ -225,7 +226,7 @@ mod tests {
         ];
         for (path, want) in cases {
             let got = parse_container(&path);
-            let got = got.as_ref().map(|c| (c.id.as_str(), c.runtime, c.pod_uid.as_deref()));
+            let got = got.as_ref().map(|c| (&*c.id, c.runtime, c.pod_uid.as_deref()));
             assert_eq!(got, want, "{path}");
         }
     }

@@ -9,6 +9,7 @@ use std::{
     fs::File,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,13 +30,31 @@ const WALK_INTERVAL: Duration = Duration::from_secs(2);
 /// And visits at most this many directories.
 const WALK_MAX_DIRS: usize = 200_000;
 
-/// What enrichment adds to an event.
+/// What enrichment adds to an event. Shared with the resolver's caches: cloning it only
+/// counts references, so an event costs no allocation for it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CgroupInfo {
     /// The cgroup v2 path, as /proc/<pid>/cgroup's `0::` line shows it.
-    pub path: Option<String>,
+    pub path: Option<Arc<str>>,
     /// The container the path (or /proc/<pid>/cgroup) shows, if any.
     pub container: Option<Container>,
+    /// Whether `container` is the one the cgroup2 path shows (else it came from the v1
+    /// hierarchies of a hybrid host, or there is none).
+    pub on_path: bool,
+}
+
+/// A resolved cgroup2 id: its path and the container the path shows, parsed once.
+#[derive(Clone, Debug)]
+struct Known {
+    path: Arc<str>,
+    container: Option<Container>,
+}
+
+impl Known {
+    fn new(path: String) -> Self {
+        let container = parse_container(&path);
+        Self { path: path.into(), container }
+    }
 }
 
 /// cgroup id → path and container, with bounded caches; one per pipeline (the enricher).
@@ -44,8 +63,13 @@ pub struct Resolver {
     /// The cgroup2 mount point, open, for open_by_handle_at.
     mount_dir: Option<File>,
     handles_refused: bool,
-    paths: GenCache<u64, Option<String>>,
+    paths: GenCache<u64, Option<Known>>,
+    /// The id looked up last and what it gave: a storm comes from few cgroups, and this
+    /// spares it the hashing. Always a copy of what `paths` gave for that id.
+    last: Option<(u64, Option<Known>)>,
     v1: GenCache<(u32, u64), Option<Container>>,
+    /// The same memo for `v1`.
+    last_v1: Option<((u32, u64), Option<Container>)>,
     last_walk: Option<Instant>,
 }
 
@@ -70,54 +94,83 @@ impl Resolver {
             mount_dir,
             handles_refused: false,
             paths: GenCache::new(CACHE_CGROUPS),
+            last: None,
             v1: GenCache::new(CACHE_V1_PIDS),
+            last_v1: None,
             last_walk: None,
         }
     }
 
     /// The cgroup and container of the caller `pid` whose cgroup2 id is `cgroup_id`.
     pub fn lookup(&mut self, cgroup_id: u64, pid: u32) -> CgroupInfo {
-        let path = self.path_of(cgroup_id, pid);
-        let mut container = path.as_deref().and_then(parse_container);
+        let (path, mut container) = match self.known(cgroup_id, pid) {
+            Some(k) => (Some(k.path), k.container),
+            None => (None, None),
+        };
+        let on_path = container.is_some();
         // Hybrid/legacy hosts: runtimes with the cgroupfs driver put containers only in the
         // v1 hierarchies, so the v2 path shows nothing; /proc/<pid>/cgroup still does (racy:
         // the caller may be gone, then we say nothing).
         if container.is_none() && self.mounts.has_v1 {
-            container = match self.v1.get(&(pid, cgroup_id)) {
-                Some(c) => c,
-                None => {
-                    let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                        .ok()
-                        .and_then(|s| container_in_proc_cgroup(&s));
-                    self.v1.insert((pid, cgroup_id), c.clone());
-                    c
-                }
+            let key = (pid, cgroup_id);
+            container = match &self.last_v1 {
+                Some((k, c)) if *k == key => c.clone(),
+                _ => match self.v1.get(&key) {
+                    Some(c) => c,
+                    None => {
+                        let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                            .ok()
+                            .and_then(|s| container_in_proc_cgroup(&s));
+                        self.v1.insert(key, c.clone());
+                        c
+                    }
+                },
             };
+            self.last_v1 = Some((key, container.clone()));
         }
-        CgroupInfo { path, container }
+        CgroupInfo { path, container, on_path }
     }
 
     /// The cgroup v2 path of `id` (the cgroup of process `pid` when it ran), or None when
     /// there is no cgroup2 mount or the cgroup is already gone.
-    pub fn path_of(&mut self, id: u64, pid: u32) -> Option<String> {
+    pub fn path_of(&mut self, id: u64, pid: u32) -> Option<Arc<str>> {
+        self.known(id, pid).map(|k| k.path)
+    }
+
+    /// `path_of` with the container its path shows, from the caches when they have it.
+    fn known(&mut self, id: u64, pid: u32) -> Option<Known> {
         if id == 0 || self.mounts.v2.is_none() {
             return None;
         }
-        if let Some(p) = self.paths.get(&id) {
-            return p;
+        if let Some((last, k)) = &self.last
+            && *last == id
+        {
+            return k.clone();
+        }
+        // A miss the rate-limited walk did not look for is not remembered (outer None).
+        let k = self.resolve(id, pid)?;
+        self.last = Some((id, k.clone()));
+        k
+    }
+
+    /// The cache, else the kernel: file handle, the caller's /proc entry, the walk. Outer
+    /// None: not looked for (walk skipped), so not remembered either.
+    fn resolve(&mut self, id: u64, pid: u32) -> Option<Option<Known>> {
+        if let Some(k) = self.paths.get(&id) {
+            return Some(k);
         }
         let found = if self.handles_refused { None } else { self.by_handle(id) };
         // Without CAP_DAC_READ_SEARCH (the agent drops it after attaching): ask the caller's
         // /proc entry, and believe it only if that directory's inode is the recorded id.
         let found = found.or_else(|| self.by_proc(id, pid));
         let found = match found {
-            Some(p) => Some(p),
+            Some(p) => Some(Known::new(p)),
             // Walk skipped (rate limit): don't remember a miss we did not look for.
             None if self.handles_refused => self.walk(id)?,
             None => None,
         };
         self.paths.insert(id, found.clone());
-        found
+        Some(found)
     }
 
     /// open_by_handle_at with the kernfs file handle (the cgroup id itself), then the path
@@ -181,7 +234,7 @@ impl Resolver {
 
     /// Fallback without file handles: a bounded, rate-limited walk of the cgroup2 tree that
     /// remembers every directory it passes. Outer None: walk skipped.
-    fn walk(&mut self, id: u64) -> Option<Option<String>> {
+    fn walk(&mut self, id: u64) -> Option<Option<Known>> {
         if self.last_walk.is_some_and(|t| t.elapsed() < WALK_INTERVAL) {
             return None;
         }
@@ -196,10 +249,11 @@ impl Resolver {
             }
             let Ok(meta) = std::fs::metadata(&dir) else { continue };
             let path = join_cgroup(&root, dir.strip_prefix(&mount).unwrap_or(Path::new("")));
+            let known = Known::new(path);
             if meta.ino() == id {
-                hit = Some(path.clone());
+                hit = Some(known.clone());
             }
-            self.paths.insert(meta.ino(), Some(path));
+            self.paths.insert(meta.ino(), Some(known));
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for e in entries.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -236,7 +290,7 @@ mod tests {
     fn proc_cgroup_lines() {
         let id = "a".repeat(64);
         let text = format!("9:name=systemd:/\n4:memory:/docker/{id}\n0::/\n");
-        assert_eq!(container_in_proc_cgroup(&text).map(|c| c.id), Some(id));
+        assert_eq!(container_in_proc_cgroup(&text).map(|c| c.id), Some(id.into()));
         assert_eq!(container_in_proc_cgroup("0::/user.slice\n"), None);
     }
 
@@ -273,6 +327,13 @@ mod tests {
         let mut walker = Resolver::with_mounts(mounts.clone());
         walker.handles_refused = true;
         let walked = walker.path_of(ino, 0);
+        // A walk skipped by its rate limit is no answer: once a walk may run, it finds the id.
+        let mut later = Resolver::with_mounts(mounts.clone());
+        later.handles_refused = true;
+        later.last_walk = Some(Instant::now());
+        let skipped = later.path_of(ino, 0);
+        later.last_walk = None;
+        let walked_later = later.path_of(ino, 0);
         // Without file handles or a walk: a process inside the cgroup vouches for it.
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         std::fs::write(dir.join("cgroup.procs"), child.id().to_string())
@@ -290,8 +351,13 @@ mod tests {
 
         assert_eq!(info.path.as_deref(), Some(want.as_str()), "by file handle");
         let c = info.container.expect("container from the path");
-        assert_eq!((c.id.as_str(), c.runtime), (id.as_str(), "docker"));
+        assert_eq!((&*c.id, c.runtime), (id.as_str(), "docker"));
         assert_eq!(walked.as_deref(), Some(want.as_str()), "by walking the tree");
+        assert_eq!(
+            (skipped, walked_later.as_deref()),
+            (None, Some(want.as_str())),
+            "a skipped walk is not remembered as a miss"
+        );
         assert_eq!(by_proc.as_deref(), Some(want.as_str()), "by the caller's /proc/<pid>/cgroup");
         assert_eq!(other, None, "an id that is not the caller's cgroup is not guessed");
         assert_eq!(gone_before, None);

@@ -36,7 +36,7 @@ pub type Series = (Family, Vec<String>);
 pub fn series(key: &CounterKey, sem: KernelSemantics) -> Vec<Series> {
     let Ok(kind) = EventKind::try_from(key.kind) else { return Vec::new() };
     let row = hooks::event(kind);
-    let errno = (key.errno != 0).then(|| names::errno_name(key.errno));
+    let errno = (key.errno != 0).then(|| names::errno_name(key.errno).into_owned());
     match row.feeds {
         Feeds::Creation => {
             let source = row.name().to_string();
@@ -58,7 +58,7 @@ pub fn series(key: &CounterKey, sem: KernelSemantics) -> Vec<Series> {
             v
         }
         Feeds::Signal => {
-            let mut v = vec![(Family::Signals, vec![names::signal_name(u64::from(key.signal))])];
+            let mut v = vec![(Family::Signals, vec![names::signal_name(u64::from(key.signal)).into_owned()])];
             v.extend(errno.map(|e| (Family::SignalFailures, vec![e])));
             v
         }

@@ -145,7 +145,7 @@ pub fn header(clock: &Clock) -> String {
 /// the pidfd a call used (`used_pidfd=N`), if any.
 pub fn line(ev: &Event, clock: &Clock) -> String {
     let result = match (&ev.errno, ev.pidfd) {
-        (Some(e), _) => e.clone(),
+        (Some(e), _) => e.to_string(),
         (None, Some(fd)) => format!("pidfd={fd}"),
         (None, None) if ev.target_fd.is_some() => format!("fd={}", ev.ret),
         (None, None) => "ok".to_string(),

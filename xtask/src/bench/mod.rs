@@ -72,6 +72,8 @@ pub struct Sample {
     pub progs: BTreeMap<String, Counters>,
     /// The tool's own CPU time during the load, as a share of one CPU (%).
     pub tool_cpu_pct: Option<f64>,
+    /// The same CPU time in ns (all the tool's threads, schedstat).
+    pub tool_cpu_ns: Option<u64>,
     pub tool_rss_kib: Option<u64>,
 }
 
@@ -209,14 +211,14 @@ fn rounds(
                 let t = Instant::now();
                 let ops_per_sec = loads::run(load, bench_load, opts.secs)?;
                 let wall = t.elapsed();
-                let (progs, tool_cpu_pct, tool_rss_kib) = match (&running, before) {
+                let (progs, tool_cpu_ns, tool_rss_kib) = match (&running, before) {
                     (Some(r), Some((snap, cpu))) => {
                         let d = progs::delta(&snap, &progs::snapshot(r.pid), &mut names);
-                        let pct = r.cpu_ns().saturating_sub(cpu) as f64 / wall.as_nanos() as f64 * 100.0;
-                        (d, Some(pct), Some(r.rss_kib()))
+                        (d, Some(r.cpu_ns().saturating_sub(cpu)), Some(r.rss_kib()))
                     }
                     _ => (BTreeMap::new(), None, None),
                 };
+                let tool_cpu_pct = tool_cpu_ns.map(|ns| ns as f64 / wall.as_nanos() as f64 * 100.0);
                 samples.push(Sample {
                     tool,
                     load,
@@ -225,6 +227,7 @@ fn rounds(
                     ops: ops_per_sec * opts.secs,
                     progs,
                     tool_cpu_pct,
+                    tool_cpu_ns,
                     tool_rss_kib,
                 });
             }
