@@ -35,6 +35,12 @@ pub mod clone_flags {
     pub const CLONE_IO: u64 = 0x8000_0000;
     pub const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
     pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    /// Linux 7.1+: the child is reaped by the kernel when it exits (no exit signal, no wait).
+    pub const CLONE_AUTOREAP: u64 = 1 << 34;
+    /// Linux 7.1+: the child starts with no_new_privs set.
+    pub const CLONE_NNP: u64 = 1 << 35;
+    /// Linux 7.1+: closing the pidfd clone3 returned sends the child SIGKILL.
+    pub const CLONE_PIDFD_AUTOKILL: u64 = 1 << 36;
 
     /// The flags whose combination with CLONE_PIDFD the kernel may refuse with EINVAL.
     /// Counter keys keep only these bits so their cardinality stays bounded.
@@ -105,6 +111,18 @@ event_kinds! {
     Reopen = 24 => "reopen",
     /// The pidfd the kernel gives a `core_pattern = |helper %F` coredump helper.
     Coredump = 25 => "coredump",
+    /// setns(2) on a pidfd (a namespace fd is not recorded). (Uses 16..19, creation paths 20..25, then 26.)
+    Setns = 16 => "setns",
+    /// process_madvise(2).
+    ProcessMadvise = 17 => "process_madvise",
+    /// process_mrelease(2).
+    ProcessMrelease = 18 => "process_mrelease",
+    /// ioctl(2) on a pidfd with a pidfs command (PIDFD_GET_INFO, PIDFD_GET_*_NAMESPACE).
+    PidfdIoctl = 19 => "pidfd_ioctl",
+    /// Linux 7.1+: the SIGKILL the kernel sends when the last reference to a clone3
+    /// `CLONE_PIDFD_AUTOKILL` pidfd is closed (`pidfs_file_release`), seen by function probes
+    /// only: no syscall carries it.
+    PidfdAutokill = 26 => "pidfd_autokill",
 }
 
 /// How an event was observed, and how a hook is attached (the agent's attach plan).
@@ -204,9 +222,11 @@ pub struct EventRecord {
     /// The syscall's raw return value.
     pub ret: i64,
     /// pidfd_open: pid; pidfd_getfd / pidfd_send_signal: the pidfd used; clone/clone3: how
-    /// long copy_process ran (ns) when a function probe saw it, else 0.
+    /// long copy_process ran (ns) when a function probe saw it, else 0; the uses (waitid,
+    /// setns, process_madvise, process_mrelease, pidfd_ioctl): the pidfd used.
     pub arg0: u64,
-    /// pidfd_getfd: the target fd; pidfd_send_signal: the signal.
+    /// pidfd_getfd: the target fd; pidfd_send_signal: the signal; process_madvise: the
+    /// advice; pidfd_ioctl: the ioctl command.
     pub arg1: u64,
     /// clone/clone3: the user pointer the pidfd number is written to.
     pub uptr: u64,
@@ -515,6 +535,10 @@ pub mod fn_params {
     pub const ANON_INODE: usize = 4;
     /// 5.7+: cgroup_can_fork(struct task_struct *child, struct kernel_clone_args *kargs)
     pub const CGROUP_CAN_FORK: usize = 2;
+    /// 7.1+: pidfs_file_release(struct inode *, struct file *)
+    pub const PIDFS_FILE_RELEASE: usize = 2;
+    /// do_send_sig_info(int sig, struct kernel_siginfo *info, struct task_struct *p, enum pid_type type)
+    pub const DO_SEND_SIG_INFO: usize = 4;
     /// The pidfd file's own release (its last close): pidfd_release(struct inode *, struct
     /// file *) in kernel/fork.c before 6.9, pidfs_file_release(struct inode *, struct file *)
     /// in fs/pidfs.c from 7.1.

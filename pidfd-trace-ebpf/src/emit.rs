@@ -140,7 +140,9 @@ fn wakeup_flags() -> u64 {
 
 #[inline(always)]
 fn count_outcome<C: EbpfContext>(ctx: &C, kind: u8, hints: u8, st: &EnterState, ret: i64) {
-    let signal = if kind == pidfd_trace_common::EventKind::PidfdSendSignal as u8 {
+    let signal = if kind == pidfd_trace_common::EventKind::PidfdSendSignal as u8
+        || kind == pidfd_trace_common::EventKind::PidfdAutokill as u8
+    {
         if st.arg1 > 255 { 255 } else { st.arg1 as u8 }
     } else {
         0

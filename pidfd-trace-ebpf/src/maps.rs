@@ -59,6 +59,16 @@ pub static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 /// any map look-up while it is zero.
 pub static USES_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 
+/// Threads inside `pidfs_file_release` (7.1+: closing a pidfd's last reference), host-wide.
+/// The signal-sending function probed under it (do_send_sig_info) runs for every signal on
+/// the host and returns on this word before any map look-up while it is zero.
+pub static AUTOKILL_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+/// The pidfd release in progress on a thread (keyed by pid_tgid): the killed process and when
+/// the release began, until the same thread leaves `pidfs_file_release`.
+#[map]
+pub static AUTOKILL_STATE: LruHashMap<u64, EnterState> = LruHashMap::with_max_entries(1024, 0);
+
 #[inline(always)]
 pub fn in_flight() -> bool {
     is_open(&IN_FLIGHT)

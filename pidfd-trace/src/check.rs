@@ -166,7 +166,6 @@ pub fn print_error_document(message: &str, exit_status: i32) {
 /// `candidates[].mode/refused`), plus `kind`, `candidates[].ok` and `cannot_see`.
 fn plan_entry(h: &HookPlan) -> serde_json::Value {
     let row = crate::hooks::events().find(|e| e.name() == h.hook);
-    let function = row.is_none();
     // `path`: a creation path no syscall tracepoint sees (hooks.rs `blind`).
     let kind = match row {
         None => "function",
@@ -183,7 +182,7 @@ fn plan_entry(h: &HookPlan) -> serde_json::Value {
             "ok": c.refused.is_none(),
             "refused": c.refused.as_ref().map(|r| r.to_string()),
         })).collect::<Vec<_>>(),
-        "cannot_see": if (function || kind == "path") && h.chosen.is_none() { cannot_see(h.hook) } else { &[] },
+        "cannot_see": if h.chosen.is_none() { cannot_see(h.hook) } else { &[] },
     })
 }
 
@@ -207,6 +206,12 @@ pub fn cannot_see(hook: &str) -> &'static [&'static str] {
         "cgroup_can_fork" => &[
             "the cgroup controllers' refusal itself: pids_cgroup is inferred from the pids counter and limit at the failed exit",
         ],
+        "autokill" => &[
+            "pidfd_autokill: the SIGKILL the kernel sends when a clone3 CLONE_PIDFD_AUTOKILL pidfd is closed (no syscall carries it)",
+        ],
+        "setns" | "process_madvise" | "process_mrelease" | "pidfd_ioctl" | "waitid" => {
+            &["this use of a pidfd: the kernel has no such syscall, so nothing can make the call"]
+        }
         crate::hooks::RELEASE_HOOK => &[
             "pidfd closes and lifetimes (pidfd_trace_pidfds_closed_total stays 0): the periodic /proc inventory stands in",
         ],

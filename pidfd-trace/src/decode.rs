@@ -177,6 +177,8 @@ impl Decoder {
             signal: signal_nr.map(names::signal_name),
             signal_nr,
             target_fd: saved(Saved::TargetFd).map(|fd| fd as i32 as i64),
+            cmd: saved(Saved::IoctlCmd).map(hooks::ioctl_name),
+            advice: saved(Saved::Advice).map(hooks::advice_name),
             mode: mode_name(r.mode),
             duration_ns: r.duration_ns,
             pidfd_allocated: classify::pidfd_allocated(kind, errno, r.hints, self.sem),
@@ -363,6 +365,34 @@ mod tests {
         r.pidfd = -1;
         let e = d.decode(&bytes(&r)).unwrap();
         assert_eq!((e.pidfd, e.pidfd_ino, e.stage), (None, None, Some(Stage::UserMemory)));
+    }
+
+    #[test]
+    fn uses_and_autokill() {
+        let mut d = decoder();
+        let mut r = record(EventKind::PidfdIoctl, 0, 0);
+        r.arg1 = 0xc040_ff0b;
+        r.target_pid = 777;
+        let e = d.decode(&bytes(&r)).unwrap();
+        assert_eq!(
+            (e.cmd.as_deref(), e.advice.as_deref(), e.used_pidfd, e.target_pid, e.signal.as_deref()),
+            (Some("PIDFD_GET_INFO"), None, Some(99), Some(777), None)
+        );
+        let mut r = record(EventKind::ProcessMadvise, -22, 0);
+        r.arg1 = 4;
+        r.cpu_seq = 2;
+        let e = d.decode(&bytes(&r)).unwrap();
+        assert_eq!(
+            (e.advice.as_deref(), e.cmd.as_deref(), e.errno.as_deref(), e.stage),
+            (Some("MADV_DONTNEED"), None, Some("EINVAL"), None)
+        );
+        let mut r = record(EventKind::PidfdAutokill, 0, 0);
+        (r.arg0, r.arg1, r.target_pid, r.cpu_seq) = (0, 9, 778, 3);
+        let e = d.decode(&bytes(&r)).unwrap();
+        assert_eq!(
+            (e.signal.as_deref(), e.target_pid, e.used_pidfd, e.pidfd, e.risk),
+            (Some("SIGKILL"), Some(778), None, None, None)
+        );
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub struct Event {
     pub signal_nr: Option<u64>,
     /// pidfd_getfd: the fd number in the target.
     pub target_fd: Option<i64>,
+    /// pidfd_ioctl: the ioctl command's name (`PIDFD_GET_INFO`, `PIDFD_GET_NET_NAMESPACE`, ...;
+    /// hex for a command this build does not know).
+    pub cmd: Option<String>,
+    /// process_madvise: the advice's name (`MADV_COLD`, `MADV_PAGEOUT`, ...; the number for one
+    /// this build does not know).
+    pub advice: Option<String>,
     /// How it was observed: `fexit`, `kprobe` or `tracepoint`.
     pub mode: &'static str,
     /// Syscall entry to exit, ns.

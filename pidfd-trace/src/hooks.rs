@@ -39,6 +39,10 @@ pub enum Saved {
     Signal,
     /// clone/clone3: how long copy_process ran, ns, when a function probe timed it.
     CopyProcessNs,
+    /// process_madvise's `advice` (MADV_*): JSON `advice`.
+    Advice,
+    /// An ioctl command (pidfd_ioctl): JSON `cmd`.
+    IoctlCmd,
 }
 
 /// What the return value means on success.
@@ -148,6 +152,30 @@ impl EventHook {
         }
         v
     }
+
+    /// Whether syscall tracepoints carry this row: not `pidfd_autokill` (only its function
+    /// hook `autokill` sees it) nor the creation paths no syscall shows (`blind`).
+    pub fn has_syscall(&self) -> bool {
+        !self.tracepoint.syscalls.is_empty()
+    }
+
+    /// The (first) syscall whose tracepoints carry this row: the event name, except where the
+    /// event is one use of a more general syscall (`pidfd_ioctl`: `ioctl`) or a path seen at
+    /// other syscalls (`reopen`: `openat`).
+    pub fn syscall(&self) -> &'static str {
+        self.tracepoint.syscalls.first().copied().unwrap_or(self.name())
+    }
+}
+
+/// The syscall behind the plan's `hook` name (`EventHook::syscall`); `hook` itself for a
+/// name that is not a row.
+pub fn syscall_of(hook: &'static str) -> &'static str {
+    events().find(|h| h.name() == hook).map_or(hook, EventHook::syscall)
+}
+
+/// The rows carried by syscall tracepoints.
+pub fn syscall_events() -> impl Iterator<Item = &'static EventHook> {
+    events().filter(|h| h.has_syscall())
 }
 
 /// clone(2) flags (include/uapi/linux/sched.h).
@@ -178,6 +206,9 @@ pub const CLONE_FLAGS: &[(u64, &str)] = &[
     (cf::CLONE_IO, "CLONE_IO"),
     (cf::CLONE_CLEAR_SIGHAND, "CLONE_CLEAR_SIGHAND"),
     (cf::CLONE_INTO_CGROUP, "CLONE_INTO_CGROUP"),
+    (cf::CLONE_AUTOREAP, "CLONE_AUTOREAP"),
+    (cf::CLONE_NNP, "CLONE_NNP"),
+    (cf::CLONE_PIDFD_AUTOKILL, "CLONE_PIDFD_AUTOKILL"),
 ];
 
 /// pidfd_open(2): PIDFD_NONBLOCK is O_NONBLOCK, PIDFD_THREAD (6.9+) is O_EXCL.
@@ -198,6 +229,88 @@ pub const WAIT_OPTIONS: &[(u64, &str)] = &[
     (0x4000_0000, "__WALL"),
     (0x8000_0000, "__WCLONE"),
 ];
+
+/// setns(2)'s `flags` with a pidfd: the namespaces to enter (include/uapi/linux/sched.h;
+/// CLONE_NEWTIME is 0x80).
+pub const SETNS_FLAGS: &[(u64, &str)] = &[
+    (cf::CLONE_NEWNS, "CLONE_NEWNS"),
+    (cf::CLONE_NEWCGROUP, "CLONE_NEWCGROUP"),
+    (cf::CLONE_NEWUTS, "CLONE_NEWUTS"),
+    (cf::CLONE_NEWIPC, "CLONE_NEWIPC"),
+    (cf::CLONE_NEWUSER, "CLONE_NEWUSER"),
+    (cf::CLONE_NEWPID, "CLONE_NEWPID"),
+    (cf::CLONE_NEWNET, "CLONE_NEWNET"),
+    (0x80, "CLONE_NEWTIME"),
+];
+
+/// madvise advice values (include/uapi/asm-generic/mman-common.h); process_madvise accepts
+/// MADV_COLD, MADV_PAGEOUT, MADV_WILLNEED and (6.1+) MADV_COLLAPSE, the others are EINVAL.
+pub const MADV_ADVICE: &[(u64, &str)] = &[
+    (0, "MADV_NORMAL"),
+    (1, "MADV_RANDOM"),
+    (2, "MADV_SEQUENTIAL"),
+    (3, "MADV_WILLNEED"),
+    (4, "MADV_DONTNEED"),
+    (8, "MADV_FREE"),
+    (9, "MADV_REMOVE"),
+    (10, "MADV_DONTFORK"),
+    (11, "MADV_DOFORK"),
+    (12, "MADV_MERGEABLE"),
+    (13, "MADV_UNMERGEABLE"),
+    (14, "MADV_HUGEPAGE"),
+    (15, "MADV_NOHUGEPAGE"),
+    (16, "MADV_DONTDUMP"),
+    (17, "MADV_DODUMP"),
+    (18, "MADV_WIPEONFORK"),
+    (19, "MADV_KEEPONFORK"),
+    (20, "MADV_COLD"),
+    (21, "MADV_PAGEOUT"),
+    (22, "MADV_POPULATE_READ"),
+    (23, "MADV_POPULATE_WRITE"),
+    (24, "MADV_DONTNEED_LOCKED"),
+    (25, "MADV_COLLAPSE"),
+];
+
+/// The pidfs ioctl commands (include/uapi/linux/pidfd.h): `_IO(0xFF, nr)` for the namespace
+/// ones (6.11+), nr 11 for PIDFD_GET_INFO (6.13+), which is `_IOWR` with the size of the
+/// caller's `struct pidfd_info` (64 bytes and up: the size is part of the number).
+pub const PIDFD_IOCTLS: &[(u64, &str)] = &[
+    (1, "PIDFD_GET_CGROUP_NAMESPACE"),
+    (2, "PIDFD_GET_IPC_NAMESPACE"),
+    (3, "PIDFD_GET_MNT_NAMESPACE"),
+    (4, "PIDFD_GET_NET_NAMESPACE"),
+    (5, "PIDFD_GET_PID_NAMESPACE"),
+    (6, "PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE"),
+    (7, "PIDFD_GET_TIME_NAMESPACE"),
+    (8, "PIDFD_GET_TIME_FOR_CHILDREN_NAMESPACE"),
+    (9, "PIDFD_GET_USER_NAMESPACE"),
+    (10, "PIDFD_GET_UTS_NAMESPACE"),
+];
+
+/// The name of a pidfs ioctl command: `PIDFD_GET_*_NAMESPACE`, `PIDFD_GET_INFO` (any size
+/// of the read-write `struct pidfd_info`), else the number in hex.
+pub fn ioctl_name(cmd: u64) -> String {
+    const IOC_READ_WRITE: u64 = 3 << 30;
+    let (nr, ty, dir) = (cmd & 0xff, (cmd >> 8) & 0xff, cmd & (3 << 30));
+    if ty == 0xff {
+        if cmd >> 16 == 0 {
+            if let Some((_, name)) = PIDFD_IOCTLS.iter().find(|(n, _)| *n == nr) {
+                return (*name).to_string();
+            }
+        } else if nr == 11 && dir == IOC_READ_WRITE {
+            return "PIDFD_GET_INFO".to_string();
+        }
+    }
+    format!("{cmd:#x}")
+}
+
+/// The name of a madvise advice value, else the number.
+pub fn advice_name(advice: u64) -> String {
+    match MADV_ADVICE.iter().find(|(n, _)| *n == advice) {
+        Some((_, name)) => (*name).to_string(),
+        None => advice.to_string(),
+    }
+}
 
 const NO_FLAGS: FlagTable = FlagTable { names: &[], not_flags: 0 };
 
@@ -361,6 +474,78 @@ const COREDUMP: EventHook = EventHook {
     ..SO_PEERPIDFD
 };
 
+/// setns(fd, flags) with a pidfd only: a namespace fd is not a pidfd use and is not recorded.
+const SETNS: EventHook = EventHook {
+    kind: EventKind::Setns,
+    tracepoint: Tracepoint { syscalls: &["setns"], enter: true, args: &["fd", "flags"] },
+    flags: FlagTable { names: SETNS_FLAGS, not_flags: 0 },
+    arg0: Saved::Pidfd,
+    arg1: Saved::Unused,
+    returns: Returns::Other,
+    stage: StageRule::None,
+    feeds: Feeds::Use,
+    blind: &[],
+};
+
+/// process_madvise(pidfd, vec, vlen, advice, flags).
+const PROCESS_MADVISE: EventHook = EventHook {
+    kind: EventKind::ProcessMadvise,
+    tracepoint: Tracepoint {
+        syscalls: &["process_madvise"],
+        enter: true,
+        args: &["pidfd", "vec", "vlen", "behavior", "flags"],
+    },
+    flags: NO_FLAGS,
+    arg0: Saved::Pidfd,
+    arg1: Saved::Advice,
+    returns: Returns::Other,
+    stage: StageRule::None,
+    feeds: Feeds::Use,
+    blind: &[],
+};
+
+/// process_mrelease(pidfd, flags).
+const PROCESS_MRELEASE: EventHook = EventHook {
+    kind: EventKind::ProcessMrelease,
+    tracepoint: Tracepoint { syscalls: &["process_mrelease"], enter: true, args: &["pidfd", "flags"] },
+    flags: NO_FLAGS,
+    arg0: Saved::Pidfd,
+    arg1: Saved::Unused,
+    returns: Returns::Other,
+    stage: StageRule::None,
+    feeds: Feeds::Use,
+    blind: &[],
+};
+
+/// ioctl(pidfd, cmd, arg) with a pidfs command on a pidfd; every other ioctl is turned away
+/// at entry on `cmd` alone.
+const PIDFD_IOCTL: EventHook = EventHook {
+    kind: EventKind::PidfdIoctl,
+    tracepoint: Tracepoint { syscalls: &["ioctl"], enter: true, args: &["fd", "cmd"] },
+    flags: NO_FLAGS,
+    arg0: Saved::Pidfd,
+    arg1: Saved::IoctlCmd,
+    returns: Returns::Other,
+    stage: StageRule::None,
+    feeds: Feeds::Use,
+    blind: &[],
+};
+
+/// The SIGKILL `pidfs_file_release` sends when an autokill pidfd is closed (7.1+): no syscall,
+/// only the `autokill` function hook; counted like a pidfd_send_signal.
+const PIDFD_AUTOKILL: EventHook = EventHook {
+    kind: EventKind::PidfdAutokill,
+    // No syscall and not blind: the `autokill` function hook row carries it in the plan.
+    tracepoint: Tracepoint { syscalls: &[], enter: false, args: &[] },
+    flags: NO_FLAGS,
+    arg0: Saved::Unused,
+    arg1: Saved::Signal,
+    returns: Returns::Other,
+    stage: StageRule::None,
+    feeds: Feeds::Signal,
+    blind: &[],
+};
+
 /// The row of `kind`. Exhaustive: a new `EventKind` does not build until it has a row.
 pub const fn event(kind: EventKind) -> &'static EventHook {
     match kind {
@@ -376,6 +561,11 @@ pub const fn event(kind: EventKind) -> &'static EventHook {
         EventKind::Fanotify => &FANOTIFY,
         EventKind::Reopen => &REOPEN,
         EventKind::Coredump => &COREDUMP,
+        EventKind::Setns => &SETNS,
+        EventKind::ProcessMadvise => &PROCESS_MADVISE,
+        EventKind::ProcessMrelease => &PROCESS_MRELEASE,
+        EventKind::PidfdIoctl => &PIDFD_IOCTL,
+        EventKind::PidfdAutokill => &PIDFD_AUTOKILL,
     }
 }
 
@@ -509,6 +699,26 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
             }],
         },
     ];
+    // 7.1+: pidfds get a release hook, which sends the autokill SIGKILL.
+    if has_func("pidfs_file_release") {
+        hooks.push(FnHook {
+            hook: "autokill",
+            targets: vec![
+                FnTarget {
+                    func: "pidfs_file_release",
+                    params: p::PIDFS_FILE_RELEASE,
+                    fexit: &[("autokill_release_fentry", Fentry), ("autokill_release_fexit", Fexit)],
+                    kprobe: &[("autokill_release_kprobe", Kprobe), ("autokill_release_kret", Kretprobe)],
+                },
+                FnTarget {
+                    func: "do_send_sig_info",
+                    params: p::DO_SEND_SIG_INFO,
+                    fexit: &[("autokill_sig_fexit", Fexit)],
+                    kprobe: &[("autokill_sig_kprobe", Kprobe), ("autokill_sig_kret", Kretprobe)],
+                },
+            ],
+        });
+    }
     if let Some(release) = release_target(has_func) {
         hooks.push(FnHook { hook: RELEASE_HOOK, targets: vec![release] });
     }
@@ -713,6 +923,34 @@ mod tests {
             assert!(event(k).blind[0].starts_with(k.name()), "{}", k.name());
         }
         assert_eq!(crate::names::flag_names(EventKind::PidfsHandle, 0o2000000), ["O_CLOEXEC"]);
+    }
+
+    #[test]
+    fn use_rows() {
+        use crate::names::flag_names;
+        assert_eq!(event(EventKind::PidfdIoctl).syscall(), "ioctl");
+        assert_eq!(syscall_of("pidfd_ioctl"), "ioctl");
+        assert_eq!(syscall_of("setns"), "setns");
+        assert_eq!(syscall_of("copy_process"), "copy_process");
+        assert_eq!(flag_names(EventKind::Setns, 0x0c00_0000), ["CLONE_NEWUTS", "CLONE_NEWIPC"]);
+        assert_eq!(flag_names(EventKind::Setns, 0x80 | 1), ["CLONE_NEWTIME", "0x1"]);
+        assert_eq!(flag_names(EventKind::ProcessMrelease, 1), ["0x1"]);
+        assert_eq!(ioctl_name(0xff0a), "PIDFD_GET_UTS_NAMESPACE");
+        assert_eq!(ioctl_name(0xff01), "PIDFD_GET_CGROUP_NAMESPACE");
+        // PIDFD_GET_INFO carries the caller's struct size: 64 (6.13) and 88 (6.16+) bytes.
+        assert_eq!(ioctl_name(0xc040_ff0b), "PIDFD_GET_INFO");
+        assert_eq!(ioctl_name(0xc058_ff0b), "PIDFD_GET_INFO");
+        assert_eq!(ioctl_name(0x8040_ff0b), "0x8040ff0b");
+        assert_eq!(ioctl_name(0xff0c), "0xff0c");
+        assert_eq!(advice_name(20), "MADV_COLD");
+        assert_eq!(advice_name(21), "MADV_PAGEOUT");
+        assert_eq!(advice_name(99), "99");
+        let clone3 = cf::CLONE_PIDFD | cf::CLONE_AUTOREAP | cf::CLONE_NNP | cf::CLONE_PIDFD_AUTOKILL;
+        assert_eq!(
+            flag_names(EventKind::Clone3, clone3),
+            ["CLONE_PIDFD", "CLONE_AUTOREAP", "CLONE_NNP", "CLONE_PIDFD_AUTOKILL"]
+        );
+        assert_eq!(flag_names(EventKind::Clone3, 1 << 37), ["0x2000000000"]);
     }
 
     #[test]

@@ -74,6 +74,12 @@ pub enum Refusal {
     /// The user chose `--mode tracepoint`.
     #[error("--mode tracepoint")]
     TracepointOnly,
+    /// The syscall's tracepoints are absent: this kernel predates the syscall.
+    #[error("syscalls:sys_enter_{syscall} not in tracefs: this kernel has no {syscall}(2)")]
+    NoSyscall {
+        /// The syscall.
+        syscall: &'static str,
+    },
     /// The trial load or attach failed (first line of the kernel's or aya's message).
     #[error("{0}")]
     Trial(String),
@@ -164,6 +170,8 @@ pub struct FnFacts<'a> {
     pub clone_args_flags_at_0: bool,
     /// Symbols for kprobes.
     pub kallsyms: &'a crate::symbols::Kallsyms,
+    /// Rows of the hook table whose syscall this kernel lacks (`tracefs::absent_syscalls`).
+    pub absent_syscalls: Vec<&'static str>,
 }
 
 impl FnFacts<'_> {
@@ -215,6 +223,8 @@ pub fn build(
     // Rows no syscall tracepoint sees are in the plan too, attached nowhere, so `check` and
     // `pidfd_trace_probe_attached{hook,mode="tracepoint"} 0` say so.
     let mut plan: Vec<HookPlan> = crate::hooks::events()
+        // `pidfd_autokill` has neither syscall nor blind reason: its function hook is the row.
+        .filter(|h| h.has_syscall() || !h.blind.is_empty())
         .map(|h| match h.tracepoint_target() {
             Some(target) => HookPlan {
                 hook: h.name(),
@@ -233,6 +243,10 @@ pub fn build(
             },
         })
         .collect();
+    for h in plan.iter_mut().filter(|h| facts.absent_syscalls.contains(&h.hook)) {
+        h.chosen = None;
+        h.candidates[0].refused = Some(Refusal::NoSyscall { syscall: crate::hooks::syscall_of(h.hook) });
+    }
     let modes: &[AttachMode] = match choice {
         ModeChoice::Auto => &[AttachMode::Fexit, AttachMode::Kprobe],
         ModeChoice::Fentry => &[AttachMode::Fexit],

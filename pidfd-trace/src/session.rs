@@ -116,7 +116,8 @@ impl Session {
         let raw =
             std::fs::read(&args.btf).map_err(|err| SessionError::ReadBtf { path: args.btf.clone(), err })?;
         let btf = Btf::parse(&raw).map_err(|err| SessionError::ParseBtf { path: args.btf.clone(), err })?;
-        let (mut plan, fns, kallsyms) = plan_for(args, &facts, &btf)?;
+        let absent = tracefs::absent_syscalls(&root);
+        let (mut plan, fns, kallsyms) = plan_for(args, &facts, &btf, absent)?;
         let ring_bytes = args.ring_kib.map(|k| k * 1024);
         let forced = matches!(args.mode, ModeChoice::Fentry | ModeChoice::Kprobe);
         let probes = Probes::load(
@@ -193,6 +194,7 @@ fn plan_for(
     args: &KernelArgs,
     facts: &KernelFacts,
     btf: &Btf,
+    absent_syscalls: Vec<&'static str>,
 ) -> Result<(Vec<HookPlan>, Vec<FnHook>, Kallsyms), plan::ForcedModeError> {
     let fns = plan::function_hooks(&|f| btf.has_func(f));
     let wanted: Vec<&str> = fns.iter().flat_map(|h| h.targets.iter().map(|t| t.func)).collect();
@@ -203,6 +205,7 @@ fn plan_for(
         btf_params: &btf_params,
         clone_args_flags_at_0: btf.member_offset("kernel_clone_args", "flags").ok() == Some(0),
         kallsyms: &kallsyms,
+        absent_syscalls,
     };
     let plan = plan::build(args.mode, &facts.support, &fns, &fn_facts)?;
     Ok((plan, fns, kallsyms))

@@ -83,6 +83,11 @@ scenarios!(
     filter_comm_failures_only,
     filter_pid,
     agent_stops_cleanly,
+    setns_pidfd,
+    process_madvise,
+    process_mrelease,
+    pidfd_ioctl,
+    clone3_autokill,
 );
 
 #[test]

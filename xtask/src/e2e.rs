@@ -366,7 +366,7 @@ impl<'a> E2e<'a> {
 
     fn contract_series(&self) -> Result<Counts> {
         let mut out = Counts::new();
-        let q = r#"{__name__=~"pidfd_trace_(pidfds_created|pidfd_create_failures|getfd|getfd_failures|signals|signal_failures|events|events_lost)_total"}"#;
+        let q = r#"{__name__=~"pidfd_trace_(pidfds_created|pidfd_create_failures|getfd|getfd_failures|signals|signal_failures|pidfd_uses|events|events_lost)_total"}"#;
         for s in self.query(q)? {
             out.insert(
                 series_key(&s["metric"]),
@@ -702,6 +702,12 @@ fn count_expected(events: &[Value], into: &mut Counts) {
                 if failed {
                     bump(format!("pidfd_trace_signal_failures_total{{errno={}}}", errno.unwrap_or_default()));
                 }
+            }
+            ("waitid" | "setns" | "process_madvise" | "process_mrelease" | "pidfd_ioctl", _) => {
+                bump(format!(
+                    "pidfd_trace_pidfd_uses_total{{op={event},outcome={}}}",
+                    errno.unwrap_or_else(|| "ok".into())
+                ))
             }
             _ => {}
         }

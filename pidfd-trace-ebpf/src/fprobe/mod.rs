@@ -6,6 +6,7 @@
 //! The agent checks each kernel function's parameter count in BTF against the constants
 //! below before attaching fexit programs, because an fexit program finds the return value
 //! right after the last argument.
+mod autokill;
 mod cgroup;
 mod copy_process;
 mod creation;

@@ -6,6 +6,7 @@ mod compat;
 mod newtask;
 mod paths;
 mod pidfd;
+mod uses;
 
 use aya_ebpf::{
     EbpfContext,

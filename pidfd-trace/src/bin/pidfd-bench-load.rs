@@ -20,6 +20,17 @@ enum Load {
     ClonePidfd,
     /// pidfd_open(self) + close, as fast as possible, or paced to `--rate` per second.
     PidfdOpen,
+    /// The hot syscalls the every-path hooks sit on, each on fds that are not pidfds: what
+    /// every host pays for those hooks. read(2) of one byte from /dev/zero.
+    Read,
+    /// send(2) of one byte on a unix datagram socket pair, then recvmsg(2) of it.
+    Recvmsg,
+    /// ioctl(FIONREAD) on a unix socket.
+    Ioctl,
+    /// openat("/dev/null") + close.
+    Openat,
+    /// getsockopt(SOL_SOCKET, SO_TYPE) on a unix socket.
+    Getsockopt,
 }
 
 impl Load {
@@ -28,6 +39,11 @@ impl Load {
             "fork" => Some(Self::Fork),
             "clone-pidfd" => Some(Self::ClonePidfd),
             "pidfd-open" => Some(Self::PidfdOpen),
+            "read" => Some(Self::Read),
+            "recvmsg" => Some(Self::Recvmsg),
+            "ioctl" => Some(Self::Ioctl),
+            "openat" => Some(Self::Openat),
+            "getsockopt" => Some(Self::Getsockopt),
             _ => None,
         }
     }
@@ -44,7 +60,9 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let name =
-        it.next().ok_or("usage: pidfd-bench-load fork|clone-pidfd|pidfd-open [--secs S] [--rate N]")?;
+        it.next().ok_or(
+            "usage: pidfd-bench-load fork|clone-pidfd|pidfd-open|read|recvmsg|ioctl|openat|getsockopt [--secs S] [--rate N]",
+        )?;
     let load = Load::parse(&name).ok_or_else(|| format!("unknown load {name}"))?;
     let mut args = Args { load, name, secs: 2.0, rate: 0 };
     while let Some(flag) = it.next() {
@@ -76,6 +94,12 @@ fn main() -> ExitCode {
         (Load::PidfdOpen, rate) => paced(start, dur, rate, pidfd_open_close),
         (Load::Fork, _) => timed(start, dur, || fork_wait(SIGCHLD)),
         (Load::ClonePidfd, _) => timed(start, dur, || fork_wait(CLONE_PIDFD | SIGCHLD)),
+        (Load::Read | Load::Recvmsg | Load::Ioctl | Load::Openat | Load::Getsockopt, _) => {
+            match Fds::open() {
+                Ok(fds) => timed(start, dur, || fds.op(args.load)),
+                Err(e) => Err(e),
+            }
+        }
     };
     let ops = match ops {
         Ok(n) => n,
@@ -168,4 +192,68 @@ fn fork_wait(flags: libc::c_ulong) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The fds the hot-syscall loads work on, opened once before the clock starts.
+struct Fds {
+    zero: libc::c_int,
+    /// A connected unix datagram pair: [0] sends, [1] receives.
+    pair: [libc::c_int; 2],
+}
+
+impl Fds {
+    fn open() -> std::io::Result<Self> {
+        let check = |r: libc::c_int| if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) };
+        // SAFETY: plain syscalls with valid pointers.
+        let zero = check(unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
+        let mut pair = [-1; 2];
+        check(unsafe {
+            libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr())
+        })?;
+        Ok(Self { zero, pair })
+    }
+
+    fn op(&self, load: Load) -> std::io::Result<()> {
+        let mut byte = [0u8; 1];
+        // SAFETY: every pointer is to a live local; the fds stay open for the whole run.
+        let r = unsafe {
+            match load {
+                Load::Read => libc::read(self.zero, byte.as_mut_ptr().cast(), 1) as i64,
+                Load::Recvmsg => {
+                    if libc::send(self.pair[0], byte.as_ptr().cast(), 1, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    libc::recvmsg(self.pair[1], &mut msg, 0) as i64
+                }
+                Load::Ioctl => {
+                    let mut n: libc::c_int = 0;
+                    libc::ioctl(self.pair[1], libc::FIONREAD, &mut n) as i64
+                }
+                Load::Openat => {
+                    let fd =
+                        libc::openat(libc::AT_FDCWD, c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    if fd >= 0 {
+                        libc::close(fd);
+                    }
+                    fd as i64
+                }
+                Load::Getsockopt => {
+                    let (mut v, mut len): (libc::c_int, libc::socklen_t) = (0, 4);
+                    libc::getsockopt(
+                        self.pair[0],
+                        libc::SOL_SOCKET,
+                        libc::SO_TYPE,
+                        (&mut v as *mut libc::c_int).cast(),
+                        &mut len,
+                    ) as i64
+                }
+                Load::Fork | Load::ClonePidfd | Load::PidfdOpen => 0,
+            }
+        };
+        if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    }
 }

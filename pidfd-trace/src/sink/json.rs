@@ -109,6 +109,8 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
         signal,
         signal_nr,
         target_fd,
+        cmd,
+        advice,
         mode,
         duration_ns,
         pidfd_allocated,
@@ -185,6 +187,10 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
     opt_int(out, *signal_nr);
     out.extend_from_slice(b",\"target_fd\":");
     opt_int(out, *target_fd);
+    out.extend_from_slice(b",\"cmd\":");
+    opt_string(out, cmd.as_deref());
+    out.extend_from_slice(b",\"advice\":");
+    opt_string(out, advice.as_deref());
     out.extend_from_slice(b",\"mode\":");
     string(out, mode);
     out.extend_from_slice(b",\"duration_ns\":");

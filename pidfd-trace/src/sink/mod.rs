@@ -78,6 +78,8 @@ mod tests {
             signal: None,
             signal_nr: None,
             target_fd: None,
+            cmd: None,
+            advice: None,
             mode: "tracepoint",
             duration_ns: 900,
             pidfd_allocated: None,

@@ -169,6 +169,12 @@ pub fn line(ev: &Event, clock: &Clock) -> String {
     if let Some(fd) = ev.target_fd {
         detail.push(format!("target_fd={fd}"));
     }
+    if let Some(c) = &ev.cmd {
+        detail.push(format!("cmd={c}"));
+    }
+    if let Some(a) = &ev.advice {
+        detail.push(format!("advice={a}"));
+    }
     // pidfd_getfd: what README "Risky pidfd use" found, and the file taken.
     if let Some(r) = ev.risk.as_ref().filter(|r| !r.is_empty()) {
         detail.push(format!("risk={}", r.join(",")));

@@ -17,10 +17,49 @@ pub enum Load {
     PidfdOpen,
     /// `stress-ng --pidfd 1`.
     StressNg,
+    /// The hot syscalls the every-path hooks sit on, on fds that are not pidfds (what every
+    /// host pays): read(2) of /dev/zero.
+    Read,
+    /// send + recvmsg(2) on a unix datagram pair.
+    Recvmsg,
+    /// ioctl(FIONREAD) on a unix socket.
+    Ioctl,
+    /// openat("/dev/null") + close.
+    Openat,
+    /// getsockopt(SO_TYPE) on a unix socket.
+    Getsockopt,
 }
 
 impl Load {
-    pub const ALL: [Load; 4] = [Load::Fork, Load::ClonePidfd, Load::PidfdOpen, Load::StressNg];
+    pub const ALL: [Load; 9] = [
+        Load::Fork,
+        Load::ClonePidfd,
+        Load::PidfdOpen,
+        Load::StressNg,
+        Load::Read,
+        Load::Recvmsg,
+        Load::Ioctl,
+        Load::Openat,
+        Load::Getsockopt,
+    ];
+
+    /// The loads of hot syscalls that must not notice the agent (throughput ≥ 0.97×).
+    pub const HOT: [Load; 5] = [Load::Read, Load::Recvmsg, Load::Ioctl, Load::Openat, Load::Getsockopt];
+
+    /// The `pidfd-bench-load` argument of one of our loads.
+    fn arg(self) -> Option<&'static str> {
+        Some(match self {
+            Load::Fork => "fork",
+            Load::ClonePidfd => "clone-pidfd",
+            Load::PidfdOpen => "pidfd-open",
+            Load::Read => "read",
+            Load::Recvmsg => "recvmsg",
+            Load::Ioctl => "ioctl",
+            Load::Openat => "openat",
+            Load::Getsockopt => "getsockopt",
+            Load::StressNg => return None,
+        })
+    }
 
     pub fn key(self) -> &'static str {
         match self {
@@ -28,6 +67,11 @@ impl Load {
             Load::ClonePidfd => "clone_pidfd",
             Load::PidfdOpen => "pidfd_open",
             Load::StressNg => "stress_ng_pidfd",
+            Load::Read => "read",
+            Load::Recvmsg => "recvmsg",
+            Load::Ioctl => "ioctl",
+            Load::Openat => "openat",
+            Load::Getsockopt => "getsockopt",
         }
     }
 
@@ -37,17 +81,20 @@ impl Load {
             Load::ClonePidfd => "clone(CLONE_PIDFD)+exit+wait",
             Load::PidfdOpen => "pidfd_open+close storm",
             Load::StressNg => "stress-ng --pidfd 1",
+            Load::Read => "read(/dev/zero, 1 byte) loop",
+            Load::Recvmsg => "send+recvmsg on a unix pair",
+            Load::Ioctl => "ioctl(FIONREAD) on a unix socket",
+            Load::Openat => "openat(/dev/null)+close",
+            Load::Getsockopt => "getsockopt(SO_TYPE) loop",
         }
     }
 }
 
 /// Runs `load` for `secs` seconds; returns operations per second.
 pub fn run(load: Load, bench_load: &Path, secs: f64) -> Result<f64> {
-    match load {
-        Load::Fork => ours(bench_load, &["fork"], secs),
-        Load::ClonePidfd => ours(bench_load, &["clone-pidfd"], secs),
-        Load::PidfdOpen => ours(bench_load, &["pidfd-open"], secs),
-        Load::StressNg => stress_ng(secs),
+    match load.arg() {
+        Some(arg) => ours(bench_load, &[arg], secs),
+        None => stress_ng(secs),
     }
 }
 

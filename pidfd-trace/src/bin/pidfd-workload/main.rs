@@ -9,6 +9,7 @@ mod scenarios;
 mod suite;
 mod sys;
 mod truth;
+mod uses;
 
 use std::{path::PathBuf, process::ExitCode};
 

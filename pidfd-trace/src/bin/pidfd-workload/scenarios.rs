@@ -189,6 +189,31 @@ pub const ALL: &[Scenario] = &[
         what: "clone3 set_tid on PROT_NONE, args straddling into PROT_NONE → EFAULT, stage args",
         run: truth::clone3_args_efault,
     },
+    Scenario {
+        name: "setns_pidfd",
+        what: "setns(pidfd, UTS|IPC) ok, setns(pidfd, USER) → EINVAL; a namespace fd's setns is not recorded",
+        run: crate::uses::setns_pidfd,
+    },
+    Scenario {
+        name: "process_madvise",
+        what: "process_madvise MADV_COLD of one page ok, MADV_DONTNEED → EINVAL",
+        run: crate::uses::process_madvise,
+    },
+    Scenario {
+        name: "process_mrelease",
+        what: "process_mrelease of a live child → EINVAL, flags=1 → EINVAL, of an exited one → 0 or ESRCH (before 5.15: ENOSYS, no event)",
+        run: crate::uses::process_mrelease,
+    },
+    Scenario {
+        name: "pidfd_ioctl",
+        what: "PIDFD_GET_UTS_NAMESPACE and PIDFD_GET_INFO (then ESRCH once reaped); look-alike ioctls not recorded",
+        run: crate::uses::pidfd_ioctl,
+    },
+    Scenario {
+        name: "clone3_autokill",
+        what: "7.1+: closing a clone3 CLONE_AUTOREAP|CLONE_PIDFD_AUTOKILL pidfd SIGKILLs the child (pidfd_autokill, function probes); before 7.1 EINVAL",
+        run: crate::uses::clone3_autokill,
+    },
 ];
 
 /// Building blocks of the filter checks, not scenarios of their own.
