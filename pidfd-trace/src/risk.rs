@@ -1,6 +1,6 @@
 //! Risky pidfd use (README "Risky pidfd use"): names what the kernel programs saw of a
-//! pidfd_getfd / pidfd_send_signal target (`TargetFacts`, pidfd-trace-ebpf/src/risk.rs), and
-//! decides what only user space can: whether two cgroups are two containers. Pure.
+//! pidfd_getfd / pidfd_send_signal target (`TargetFacts`, pidfd-trace-ebpf/src/risk.rs). Every
+//! reason is decided in the kernel at the call; this only names them. Pure.
 use pidfd_trace_common::{PATH_PARTS, PathParts, TargetFacts, exit_facts, risk};
 
 /// The `risk` reasons, in the order events list them and metrics export them.
@@ -32,7 +32,7 @@ pub fn target_seen(f: &TargetFacts) -> bool {
     f.risk & risk::TARGET_SEEN != 0
 }
 
-/// The reasons the kernel decided by itself (`cross_container` needs the agent).
+/// The reasons the kernel decided, in `REASONS` order.
 pub fn kernel_reasons(f: &TargetFacts) -> Vec<&'static str> {
     let mut v = Vec::new();
     if f.risk & risk::TARGET_EXITING != 0 {
@@ -40,6 +40,9 @@ pub fn kernel_reasons(f: &TargetFacts) -> Vec<&'static str> {
     }
     if f.risk & risk::CRED_MISMATCH != 0 {
         v.push(CRED_MISMATCH);
+    }
+    if f.risk & risk::CROSS_CONTAINER != 0 {
+        v.push(CROSS_CONTAINER);
     }
     v
 }
