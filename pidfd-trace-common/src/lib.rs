@@ -210,13 +210,23 @@ pub struct PathParts {
     pub cut: u8,
     /// 1 when the walk stopped before reaching the root (more than `PATH_PARTS` components).
     pub more: u8,
-    pub _pad: [u8; 5],
+    /// 1 when the fd no longer held the file taken at syscall entry (other inode number or
+    /// device), in the caller's new fd and in the target's table: no names were read.
+    pub changed: u8,
+    pub _pad: [u8; 4],
     pub names: [[u8; PATH_PART_BYTES]; PATH_PARTS],
 }
 
 impl Default for PathParts {
     fn default() -> Self {
-        Self { depth: 0, cut: 0, more: 0, _pad: [0; 5], names: [[0; PATH_PART_BYTES]; PATH_PARTS] }
+        Self {
+            depth: 0,
+            cut: 0,
+            more: 0,
+            changed: 0,
+            _pad: [0; 4],
+            names: [[0; PATH_PART_BYTES]; PATH_PARTS],
+        }
     }
 }
 
@@ -251,6 +261,8 @@ pub mod risk {
     pub const CGROUP_DIFFERS: u8 = 1 << 2;
     /// The target runs with elevated credentials: euid or suid differs from its uid.
     pub const TARGET_ELEVATED: u8 = 1 << 3;
+    /// pidfd_getfd: the taken file has no links left (`i_nlink == 0`): deleted, or never linked.
+    pub const FILE_DELETED: u8 = 1 << 5;
     /// Caller and target are in two different containers, decided in the kernel at the call:
     /// the nearest container-scope ancestor cgroup of each (`TargetFacts::caller_container`,
     /// `target_container`) differs and at least one of them is a container.
@@ -394,6 +406,8 @@ pub struct RiskOffsets {
     /// ancestry walk that decides `cross_container`.
     pub kn_parent: u32,
     pub kn_name: u32,
+    /// `inode.i_nlink` (`file_deleted`).
+    pub inode_i_nlink: u32,
     pub valid: u32,
 }
 

@@ -94,6 +94,7 @@ static RISK_OFFSETS: RiskOffsets = RiskOffsets {
     siginfo_code: 0,
     kn_parent: 0,
     kn_name: 0,
+    inode_i_nlink: 0,
     valid: 0,
 };
 

@@ -207,6 +207,9 @@ pub fn gather(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
         let Some(inode) = read_ptr(file, fd_pid_offsets().file_f_inode) else { return };
         facts.file_mode = read::<u16>(inode, ro.inode_i_mode).unwrap_or(0);
         facts.file_ino = read::<u64>(inode, ro.inode_i_ino).unwrap_or(0);
+        if read::<u32>(inode, ro.inode_i_nlink) == Some(0) {
+            facts.risk |= risk::FILE_DELETED;
+        }
         if let Some(sb) = read_ptr(inode, ro.inode_i_sb) {
             facts.file_magic = read::<u64>(sb, ro.sb_s_magic).unwrap_or(0) as u32;
             facts.file_dev = read::<u32>(sb, ro.sb_s_dev).unwrap_or(0);
@@ -390,29 +393,51 @@ unsafe fn scope_name(name: *const u8, len: usize, head: (u64, u64)) -> u8 {
 }
 
 /// pidfd_getfd, at syscall exit: the taken file's path as dentry names, written straight into
-/// the reserved record. The file is the caller's new fd on success (just installed; a sibling
-/// thread could close or replace it in between), else the target's `targetfd` (re-found
-/// through the pidfd). For every other record only the header is cleared: `depth` 0.
+/// the reserved record. The file is the caller's new fd on success, else the target's
+/// `targetfd` (re-found through the pidfd); either is used only if it is still the file seen
+/// at entry (same inode number and device: a sibling thread may have closed or replaced the
+/// new fd in between). On success a changed new fd falls back to the target's table; if that
+/// changed too, `changed` is set and no names are read. For every other record only the
+/// header is cleared: `depth` 0.
 #[inline(always)]
 pub fn file_path(out: &mut PathParts, st: &EnterState, ret: i64) {
     out.depth = 0;
     out.cut = 0;
     out.more = 0;
-    if st.kind != EventKind::PidfdGetfd as u8 || risk_offsets().valid == 0 {
+    out.changed = 0;
+    if st.kind != EventKind::PidfdGetfd as u8
+        || risk_offsets().valid == 0
+        || st.facts.risk & risk::FILE_SEEN == 0
+    {
         return;
     }
     // SAFETY: probe reads only; names are written into the record's own slots.
     unsafe {
-        let file = if ret >= 0 {
-            fd_file(bpf_get_current_task() as *const u8, ret as u64)
-        } else {
-            match pidfd_task(st.arg0) {
-                Some(task) => fd_file(task, st.arg1),
+        let mine = if ret >= 0 { fd_file(bpf_get_current_task() as *const u8, ret as u64) } else { None };
+        let file = match mine.filter(|f| same_file(*f, &st.facts)) {
+            Some(f) => Some(f),
+            None => match pidfd_task(st.arg0) {
+                Some(task) => fd_file(task, st.arg1).filter(|f| same_file(*f, &st.facts)),
                 None => None,
-            }
+            },
         };
-        let Some(file) = file else { return };
+        let Some(file) = file else {
+            out.changed = 1;
+            return;
+        };
         walk(out, file);
+    }
+}
+
+/// Whether `file` is the one seen at entry: same inode number and superblock device.
+#[inline(always)]
+unsafe fn same_file(file: *const u8, facts: &TargetFacts) -> bool {
+    let ro = risk_offsets();
+    unsafe {
+        let Some(inode) = read_ptr(file, fd_pid_offsets().file_f_inode) else { return false };
+        let Some(sb) = read_ptr(inode, ro.inode_i_sb) else { return false };
+        read::<u64>(inode, ro.inode_i_ino) == Some(facts.file_ino)
+            && read::<u32>(sb, ro.sb_s_dev) == Some(facts.file_dev)
     }
 }
 

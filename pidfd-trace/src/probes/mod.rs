@@ -513,6 +513,7 @@ fn risk_offsets(btf: &Btf) -> RiskOffsets {
             // 6.15 renamed the parent pointer (RCU-protected since).
             kn_parent: m("kernfs_node", "parent").or_else(|_| m("kernfs_node", "__parent"))?,
             kn_name: m("kernfs_node", "name")?,
+            inode_i_nlink: m("inode", "i_nlink")?,
             valid: 1,
         })
     };
