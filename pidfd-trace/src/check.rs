@@ -7,7 +7,7 @@ use crate::{
     hooks,
     plan::HookPlan,
     preflight,
-    session::{KernelFacts, Session},
+    session::{KernelFacts, Session, SessionError},
 };
 
 /// Version of the `check --output json` document (docs/cli.md); raised when a key changes
@@ -23,15 +23,21 @@ pub fn run(args: CheckArgs) -> Result<()> {
         return Err(e.into());
     }
     let facts = KernelFacts::gather(&args.kernel);
-    let btf = preflight::check_btf(&facts.btf_path);
+    // Present and parseable, as Session::start needs it: a file that exists but is not BTF
+    // (truncated, bind-mounted over) is as fatal as a missing one, and said so here.
+    let parsed = preflight::check_btf(&facts.btf_path).map_err(SessionError::from).and_then(|()| {
+        let path = facts.btf_path.clone();
+        let raw = std::fs::read(&path).map_err(|err| SessionError::ReadBtf { path: path.clone(), err })?;
+        crate::btf::Btf::parse(&raw).map_err(|err| SessionError::ParseBtf { path, err })
+    });
     let tracefs = crate::tracefs::ensure_mounted();
     // The parameter count of every kernel function a function hook attaches to here, from
     // this kernel's BTF (docs/cli.md: the VM matrix fails a guest on `"ok": false`).
-    let prototypes =
-        match std::fs::read(&facts.btf_path).ok().and_then(|raw| crate::btf::Btf::parse(&raw).ok()) {
-            Some(b) => hooks::check_prototypes(&|f| b.has_func(f), &|f| b.func_params(f).map(|p| p.len())),
-            None => Vec::new(),
-        };
+    let prototypes = match &parsed {
+        Ok(b) => hooks::check_prototypes(&|f| b.has_func(f), &|f| b.func_params(f).map(|p| p.len())),
+        Err(_) => Vec::new(),
+    };
+    let btf = parsed.map(drop);
     // The plan exactly as trace/serve would carry it out: a real trial load and attach,
     // detached again when the session is dropped.
     let (plan, attach_error) = match Session::start(&args.kernel) {
@@ -84,7 +90,11 @@ pub fn run(args: CheckArgs) -> Result<()> {
             println!(
                 "btf            {} ({})",
                 facts.btf_path.display(),
-                if btf.is_ok() { "present" } else { "MISSING" }
+                match &btf {
+                    Ok(()) => "present".to_string(),
+                    Err(SessionError::Preflight(_)) => "MISSING".to_string(),
+                    Err(e) => format!("UNUSABLE: {e}"),
+                }
             );
             println!(
                 "lockdown       {}",

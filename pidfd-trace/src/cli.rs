@@ -258,9 +258,19 @@ pub struct BenchFloorArgs {
 pub const COMM_MAX: usize = 15;
 
 fn parse_pid(s: &str) -> Result<u32, String> {
-    match s.trim().parse::<i64>() {
+    let s = s.trim();
+    let too_large = || {
+        format!(
+            "{s} is not a process id: too large (pids stop below pid_max, at most 4194304); --pid takes 1 to {}",
+            i32::MAX
+        )
+    };
+    match s.parse::<i64>() {
         Ok(v) if (1..=i64::from(i32::MAX)).contains(&v) => Ok(v as u32),
+        Ok(v) if v > 0 => Err(too_large()),
         Ok(v) => Err(format!("{v} is not a process id: --pid takes a positive pid (1 or more)")),
+        // Digits that do not even fit an i64.
+        Err(_) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => Err(too_large()),
         Err(_) => Err(format!("`{s}` is not a number: --pid takes a positive pid (1 or more)")),
     }
 }

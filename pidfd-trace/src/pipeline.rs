@@ -1,7 +1,10 @@
 //! The event path inside the agent: ring buffer → decode → filter → enrich → sink, plus the
 //! kernel-side log channel and loss reporting, until a signal asks us to stop. The stages are
 //! plain values held by `Pipeline`; only `run` touches the kernel (through `probes`).
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicI32, Ordering},
+    time::Duration,
+};
 
 use log::warn;
 use pidfd_trace_common::stats;
@@ -130,7 +133,33 @@ pub struct Signals {
     hup: tokio::signal::unix::Signal,
 }
 
+/// The stop signal (SIGINT or SIGTERM) that arrived between [`Signals::hold_early`] and the
+/// pipeline's start; 0 if none.
+static EARLY_STOP: AtomicI32 = AtomicI32::new(0);
+
 impl Signals {
+    /// Holds SIGINT and SIGTERM (and ignores SIGHUP) from the first instruction on, before a
+    /// tokio runtime exists: `serve` builds its runtime only after loading and dropping
+    /// privileges (one thread while it does), which takes a second or more, and a signal's
+    /// default action would kill it meanwhile (status 143, no summary). A stop signal held here
+    /// ends the pipeline as soon as it starts (clean stop, exit 0, docs/cli.md).
+    ///
+    /// Errors: the kernel refused `sigaction` (never for these signals).
+    pub fn hold_early() -> Result<()> {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: the action only stores to an atomic, which is async-signal-safe.
+            unsafe {
+                signal_hook_registry::register(sig, move || {
+                    if sig != libc::SIGHUP {
+                        EARLY_STOP.store(sig, Ordering::Relaxed);
+                    }
+                })
+            }
+            .map_err(PipelineError::Signals)?;
+        }
+        Ok(())
+    }
+
     /// Registers the handlers; needs a tokio runtime with the signal driver.
     pub fn install() -> Result<Self> {
         Ok(Self {
@@ -174,7 +203,8 @@ pub async fn run_with_tick(
     let mut sweeps = 0u64;
     // The ready line (docs/cli.md, "Output and exit status"); a JSON object under `serve --log-format json`.
     crate::serve::logging::status(&session.attached_line());
-    loop {
+    let stopped_early = EARLY_STOP.load(Ordering::Relaxed) != 0;
+    while !stopped_early {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|err| PipelineError::Poll { what: "event ring buffer", err })?;

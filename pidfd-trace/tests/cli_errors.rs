@@ -36,7 +36,9 @@ fn bad_flag_values() {
         (&["check", "--mode", "fexit"], "invalid value 'fexit'"),
         (&["trace", "--pid", "-5"], "-5 is not a process id: --pid takes a positive pid"),
         (&["trace", "--pid", "0"], "0 is not a process id: --pid takes a positive pid"),
-        (&["trace", "-p", "4294967296"], "--pid takes a positive pid"),
+        (&["trace", "--pid", "4294967296"], "4294967296 is not a process id: too large"),
+        (&["ls", "--pid", "99999999999999999999"], "99999999999999999999 is not a process id: too large"),
+        (&["trace", "-p", "4294967296"], "--pid takes 1 to 2147483647"),
         (&["trace", "-p", "x1"], "`x1` is not a number"),
         (
             &["trace", "--comm", "this-name-is-way-too-long-for-comm"],
@@ -99,6 +101,29 @@ fn missing_btf() {
         1,
         "kernel BTF not found at /nonexistent/vmlinux",
     );
+}
+
+/// A BTF file that exists but is not BTF (truncated, or something mounted over it): `check`
+/// says it is unusable (not "present"), names the fix, exits 1; `trace` fails with one line.
+#[test]
+fn corrupt_btf() {
+    let path = std::env::temp_dir().join(format!("pidfd-trace-corrupt-btf-{}", std::process::id()));
+    std::fs::write(&path, b"not BTF at all").unwrap();
+    let env = [("PIDFD_TRACE_BTF", path.to_str().unwrap())];
+    one_line_error(&agent(&["trace"], &env), 1, "malformed BTF");
+    let text = agent(&["check"], &env);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("btf") && l.contains("UNUSABLE") && l.contains("malformed BTF")),
+        "{stdout}"
+    );
+    let json = agent(&["check", "-o", "json"], &env);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("check -o json prints JSON");
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["btf"]["present"], false, "{doc}");
+    assert!(doc["btf"]["reason"].as_str().unwrap_or("").contains("malformed BTF"), "{doc}");
+    let _ = std::fs::remove_file(&path);
 }
 
 #[test]

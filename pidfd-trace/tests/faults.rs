@@ -153,3 +153,36 @@ fn entry_state_does_not_leak() {
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
     assert!(agent.child.wait().unwrap().success());
 }
+
+/// A stop signal while the agent is still starting (loading takes a second or more: BTF, the
+/// verifier) is a clean stop: exit 0 and the closing summary, for `trace` and `serve` alike
+/// (docs/cli.md "Output and exit status"). serve used to die with status 143 during its first
+/// ~1.5 s: its handlers came only with its tokio runtime, after loading.
+#[test]
+fn stop_signal_during_start_up_is_a_clean_stop() {
+    common::require_root("fault tests");
+    let cmds: [&[&str]; 2] =
+        [&["trace", "--output", "json"], &["serve", "--web.listen-address", "127.0.0.1:0"]];
+    for cmd in cmds {
+        for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+            for delay_ms in [20u64, 300, 1000] {
+                let child = Command::new(common::AGENT)
+                    .args(cmd)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(delay_ms));
+                unsafe { libc::kill(child.id() as i32, sig) };
+                let out = child.wait_with_output().unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                let what = format!("{} with {name} after {delay_ms} ms", cmd[0]);
+                assert!(out.status.success(), "{what}: clean exit, got {}; stderr:\n{err}", out.status);
+                assert!(
+                    err.contains("events received"),
+                    "{what}: the closing summary is printed; stderr:\n{err}"
+                );
+            }
+        }
+    }
+}

@@ -150,7 +150,7 @@ pub fn start(
             detector: None,
             started: Instant::now(),
             shown: HashSet::new(),
-            suspected_comms: HashSet::new(),
+            leak_series: LeakSeries::default(),
             warned_unreadable: false,
             warned_failed: false,
             warned_slow: false,
@@ -213,10 +213,48 @@ struct State {
     started: Instant,
     /// comm label values set on the open gauge.
     shown: HashSet<String>,
-    suspected_comms: HashSet<String>,
+    leak_series: LeakSeries,
     warned_unreadable: bool,
     warned_failed: bool,
     warned_slow: bool,
+}
+
+/// The `pidfd_trace_pidfd_leak_suspected{comm}` series: at most `--max-label-values` comms
+/// at 1 (the rest show as one `(other processes)` series at 1), and a comm that stops being
+/// suspected is 0 for one refresh (so a scrape sees the fall and alerts resolve), then its
+/// series goes. A process cycling through names cannot grow the series without bound.
+#[derive(Default, Debug, PartialEq)]
+struct LeakSeries {
+    suspected: HashSet<String>,
+    cleared: HashSet<String>,
+}
+
+/// What one refresh does to the leak series.
+#[derive(Debug, PartialEq)]
+struct LeakPlan {
+    /// The series after this refresh.
+    state: LeakSeries,
+    /// Series to drop (cleared one refresh ago, not suspected again).
+    remove: Vec<String>,
+    /// More suspected comms than `max`: `(other processes)` is 1.
+    overflow: bool,
+}
+
+impl LeakSeries {
+    fn plan(prev: &LeakSeries, suspects: Vec<String>, max: usize) -> LeakPlan {
+        let mut now = suspects;
+        now.sort_unstable();
+        now.dedup();
+        // Keep the comms already shown first, so the shown set does not churn under the cap.
+        now.sort_by_key(|c| !prev.suspected.contains(c));
+        let overflow = now.len() > max;
+        now.truncate(max);
+        let suspected: HashSet<String> = now.into_iter().collect();
+        let cleared: HashSet<String> = prev.suspected.difference(&suspected).cloned().collect();
+        let mut remove: Vec<String> = prev.cleared.difference(&suspected).cloned().collect();
+        remove.sort_unstable();
+        LeakPlan { state: LeakSeries { suspected, cleared }, remove, overflow }
+    }
 }
 
 fn thread_cpu() -> Duration {
@@ -279,15 +317,20 @@ impl State {
         let now = self.started.elapsed().as_secs_f64();
         let changes = self.detector.as_mut().expect("set at start").observe(now, &per_proc);
         // The gauge first, then the log line and record: whoever reads those finds it set.
-        let suspected: HashSet<String> =
+        let suspects: Vec<String> =
             self.detector.as_ref().expect("set").suspected().map(|(_, c)| c.to_string()).collect();
-        for comm in &suspected {
-            self.gauges.leak.with_label_values(&[comm]).set(1);
+        let plan = LeakSeries::plan(&self.leak_series, suspects, self.cfg.max_label_values);
+        for comm in &plan.remove {
+            let _ = self.gauges.leak.remove_label_values(&[comm]);
         }
-        for comm in self.suspected_comms.difference(&suspected) {
+        for comm in &plan.state.cleared {
             self.gauges.leak.with_label_values(&[comm]).set(0);
         }
-        self.suspected_comms.extend(suspected);
+        for comm in &plan.state.suspected {
+            self.gauges.leak.with_label_values(&[comm]).set(1);
+        }
+        self.gauges.leak.with_label_values(&[OVERFLOW_COMM]).set(i64::from(plan.overflow));
+        self.leak_series = plan.state;
         for ch in &changes {
             self.report(ch);
         }
@@ -441,6 +484,37 @@ impl Write for LineWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(v: &[&str]) -> HashSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// 20 leaking processes with 20 names under a cap of 3: 3 series and the overflow; as they
+    /// stop, each series is 0 once, then gone (the break-it pass found 20 series kept forever).
+    #[test]
+    fn leak_series_capped_and_cleared() {
+        let names: Vec<String> = (0..20).map(|i| format!("leak{i:02}")).collect();
+        let p1 = LeakSeries::plan(&LeakSeries::default(), names.clone(), 3);
+        assert_eq!(p1.state.suspected, set(&["leak00", "leak01", "leak02"]));
+        assert!(p1.overflow && p1.remove.is_empty() && p1.state.cleared.is_empty());
+        // leak00 stops; the shown ones stay shown, the next name takes the free slot.
+        let p2 = LeakSeries::plan(&p1.state, names[1..].to_vec(), 3);
+        assert_eq!(p2.state.suspected, set(&["leak01", "leak02", "leak03"]));
+        assert_eq!(p2.state.cleared, set(&["leak00"]));
+        assert!(p2.overflow && p2.remove.is_empty());
+        // All stop: the three are 0 once, leak00 goes.
+        let p3 = LeakSeries::plan(&p2.state, vec![], 3);
+        assert_eq!(p3.state.cleared, set(&["leak01", "leak02", "leak03"]));
+        assert_eq!(p3.remove, vec!["leak00".to_string()]);
+        assert!(!p3.overflow && p3.state.suspected.is_empty());
+        let p4 = LeakSeries::plan(&p3.state, vec![], 3);
+        assert_eq!(p4.remove.len(), 3);
+        assert_eq!(p4.state, LeakSeries::default());
+        // Suspected again while at 0: back to 1, not removed.
+        let again = LeakSeries::plan(&p3.state, vec!["leak01".into()], 3);
+        assert_eq!(again.state.suspected, set(&["leak01"]));
+        assert_eq!(again.remove, vec!["leak02".to_string(), "leak03".to_string()]);
+    }
 
     #[test]
     fn durations() {

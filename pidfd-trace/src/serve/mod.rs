@@ -54,6 +54,8 @@ pub enum ServeError {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    // From here on a SIGTERM (systemd stop, kubelet) during start-up is a clean stop.
+    pipeline::Signals::hold_early()?;
     // Bad input first: nothing is loaded into the kernel until these succeed.
     let web = match &args.web_config_file {
         Some(path) => {
@@ -107,7 +109,7 @@ async fn serve(
     web: WebConfig,
     helper: std::sync::Arc<crate::inventory::helper::Helper>,
 ) -> Result<()> {
-    // Before the HTTP server answers: a SIGTERM from then on stops serve cleanly.
+    // The tokio handlers; a stop signal that came earlier was held by `hold_early`.
     let signals = pipeline::Signals::install()?;
     let registry = Registry::new();
     metrics::register_build_info(&registry, &session.facts.release)?;
