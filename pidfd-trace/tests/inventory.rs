@@ -540,7 +540,9 @@ fn serve_gauges_and_leak_detection() {
     assert!(cleared["open_pidfds"].as_u64().unwrap() >= 15 * 10, "{cleared}");
     // Its series is 0 for one refresh, then dropped (names cannot pile up series).
     wait_for("inv-burst leak series dropped", Duration::from_secs(5), || {
-        metric(&serve.metrics(), "pidfd_trace_pidfd_leak_suspected{comm=\"inv-burst\"}").is_none().then_some(())
+        metric(&serve.metrics(), "pidfd_trace_pidfd_leak_suspected{comm=\"inv-burst\"}")
+            .is_none()
+            .then_some(())
     });
     // Gauges equal /proc for the test's own processes (comms unique to this test).
     for (h, comm) in [(&steady, "inv-steady"), (&mixed, "inv-gauge")] {

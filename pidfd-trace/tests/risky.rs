@@ -426,3 +426,167 @@ fn einval_not_counted_eperm_counted_warns_rate_limited() {
     let calls = EPERM_CALLS as u64 + 1;
     assert!(d[4] + all_logged >= calls, "suppressed {} + logged {all_logged} < {calls} calls", d[4]);
 }
+
+/// Defect 3: `file_path` never names another file than the one taken. A caller takes a
+/// target's secret file 5,000 times while a sibling thread keeps `dup2`-ing an innocent file
+/// onto the fd numbers the new fd gets; every event's `file_path` is the secret's or null
+/// with `file_changed`. Also: `file_dev`/`file_ino` are the file's, a deleted file is
+/// `file_deleted`, a real memfd is `memfd` and a /dev/shm file named `memfd:…` is `regular`.
+#[test]
+fn file_path_is_the_file_taken_or_null() {
+    const CALLS: usize = 5000;
+    const COMM: &str = "rfx-pathrace";
+    use std::os::unix::fs::MetadataExt;
+    common::require_root("risky-use tests");
+    let me = std::process::id();
+    let tmp = std::env::temp_dir();
+    let secret = tmp.join(format!("pidfd-trace-secret-{me}"));
+    let innocent = tmp.join(format!("pidfd-trace-innocent-{me}"));
+    let deleted = tmp.join(format!("pidfd-trace-deleted-{me}"));
+    let forged = PathBuf::from(format!("/dev/shm/memfd:forged-{me}"));
+    for p in [&secret, &innocent, &deleted, &forged] {
+        std::fs::write(p, b"x\n").unwrap();
+    }
+    let (secret, innocent) =
+        (std::fs::canonicalize(&secret).unwrap(), std::fs::canonicalize(&innocent).unwrap());
+    let meta = std::fs::metadata(&secret).unwrap();
+    let want_dev = format!("{}:{}", libc::major(meta.dev()), libc::minor(meta.dev()));
+    let secret_ino = meta.ino();
+    let open = |p: &PathBuf| {
+        let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+        assert!(fd >= 0, "open {}", p.display());
+        fd
+    };
+    let (secret_fd, innocent_fd, deleted_fd, forged_fd) =
+        (open(&secret), open(&innocent), open(&deleted), open(&forged));
+    std::fs::remove_file(&deleted).unwrap();
+    let memfd = unsafe { libc::memfd_create(c"rfx".as_ptr(), 0) };
+    assert!(memfd >= 0);
+    let target = sleeper(None);
+
+    let mut go = [0i32; 2];
+    assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0);
+    // The child reports how often its racer swapped the new fd.
+    let mut rep = [0i32; 2];
+    assert_eq!(unsafe { libc::pipe(rep.as_mut_ptr()) }, 0);
+    let caller = fork_run(move || unsafe {
+        libc::close(go[1]);
+        let mut b = [0u8];
+        if libc::read(go[0], b.as_mut_ptr().cast(), 1) != 1 {
+            return 2;
+        }
+        libc::prctl(libc::PR_SET_NAME, c"rfx-pathrace".as_ptr());
+        let pidfd = pidfd_open(target);
+        for fd in [memfd, forged_fd, deleted_fd] {
+            let r = pidfd_getfd(pidfd, fd, 0);
+            if r < 0 {
+                return 3;
+            }
+            libc::close(r as i32);
+        }
+        // The fd number a new fd gets next; as soon as the secret shows up there, the racer
+        // puts the innocent file over it (breaker-probes/pathrace.c).
+        let low = libc::dup(0);
+        libc::close(low);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let racer = std::thread::spawn(move || {
+            let mut st: libc::stat = std::mem::zeroed();
+            let mut swaps = 0u32;
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                if libc::fstat(low, &mut st) == 0 && st.st_ino == secret_ino {
+                    libc::dup2(innocent_fd, low);
+                    swaps += 1;
+                }
+            }
+            swaps
+        });
+        let mut bad = 0;
+        for _ in 0..CALLS {
+            libc::close(low);
+            let r = pidfd_getfd(pidfd, secret_fd, 0);
+            if r < 0 {
+                bad += 1;
+            } else if r != low as i64 {
+                libc::close(r as i32);
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let swaps = racer.join().unwrap_or(0);
+        libc::write(rep[1], swaps.to_ne_bytes().as_ptr().cast(), 4);
+        if bad > 0 { 4 } else { 0 }
+    });
+    unsafe { libc::close(go[0]) };
+
+    let (mut trace, stderr) = common::spawn_collecting(
+        Command::new(AGENT)
+            .args(["trace", "--output", "json", "--mode", "tracepoint", "--comm", COMM])
+            .stdout(Stdio::piped()),
+    );
+    common::wait_attached(&mut trace, &stderr, Duration::from_secs(60));
+    let out = trace.stdout.take().unwrap();
+    let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = events.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    unsafe {
+        libc::write(go[1], [1u8].as_ptr().cast(), 1);
+        libc::close(go[1]);
+    }
+    let status = wait(caller);
+    kill(target);
+    let mut swaps = [0u8; 4];
+    unsafe {
+        libc::close(rep[1]);
+        libc::read(rep[0], swaps.as_mut_ptr().cast(), 4);
+        libc::close(rep[0]);
+    }
+    let swaps = u32::from_ne_bytes(swaps);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let getfds = |ev: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        ev.iter().filter(|e| e["event"] == "pidfd_getfd" && e["pid"] == caller).cloned().collect()
+    };
+    while getfds(&events.lock().unwrap()).len() < CALLS + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe { libc::kill(trace.id() as i32, libc::SIGTERM) };
+    let _ = trace.wait();
+    for p in [&secret, &innocent, &forged] {
+        let _ = std::fs::remove_file(p);
+    }
+    assert_eq!(status, 0, "the caller's getfds failed");
+    let ev = getfds(&events.lock().unwrap());
+    let by_fd = |fd: i32| ev.iter().filter(move |e| e["target_fd"] == fd).collect::<Vec<_>>();
+    let (m, f, d, s) = (by_fd(memfd), by_fd(forged_fd), by_fd(deleted_fd), by_fd(secret_fd));
+    assert_eq!((m.len(), f.len(), d.len(), s.len()), (1, 1, 1, CALLS), "events per fd");
+    assert_eq!(m[0]["file_kind"], "memfd", "{}", m[0]);
+    assert_eq!(f[0]["file_kind"], "regular", "{}", f[0]);
+    assert_eq!(f[0]["file_path"], forged.to_string_lossy().as_ref(), "{}", f[0]);
+    assert_eq!(d[0]["file_deleted"], true, "{}", d[0]);
+    let want_path = secret.to_string_lossy();
+    let mut changed = 0;
+    for e in &s {
+        assert_eq!(e["file_ino"], meta.ino(), "{e}");
+        assert_eq!(e["file_dev"], want_dev.as_str(), "{e}");
+        assert_eq!(e["file_deleted"], false, "{e}");
+        if e["file_path"].is_null() {
+            assert_eq!(e["file_changed"], true, "a null file_path without file_changed: {e}");
+            changed += 1;
+        } else {
+            assert_eq!(e["file_path"], want_path.as_ref(), "file_path names another file: {e}");
+            assert_eq!(e["file_changed"], false, "{e}");
+        }
+    }
+    eprintln!(
+        "{CALLS} getfds of {want_path}, the new fd swapped for {} {swaps} times: {changed} with file_changed, none with another path",
+        innocent.display()
+    );
+    assert!(swaps > 0, "the race was never run: the test proves nothing");
+}
