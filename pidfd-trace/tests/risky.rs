@@ -8,8 +8,9 @@
 //!   nor logged, `EPERM` refusals are, and the warn line is rate-limited (the counter is not).
 //!
 //! The processes are our own children, found in serve's warn lines by pid. The counters are
-//! host-wide: the deltas assume no other risky getfd on the machine meanwhile (as the suite's
-//! `risky_counter`).
+//! host-wide: other tests may make risky getfds meanwhile, so each delta must be exactly ours
+//! plus the risky getfds of other processes that serve's own events log (`--events-log -`)
+//! shows in the same window.
 mod common;
 
 use std::{
@@ -30,6 +31,9 @@ const NOBODY: u32 = 65534;
 struct Serve {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
+    events: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Events before this index predate the `before` scrape.
+    from: Mutex<usize>,
     addr: String,
 }
 
@@ -37,9 +41,22 @@ impl Serve {
     fn start() -> Self {
         common::require_root("risky-use tests");
         let (mut child, stderr) = common::spawn_collecting(
-            Command::new(AGENT).args(["serve", "--web.listen-address", "127.0.0.1:0"]).stdout(Stdio::null()),
+            Command::new(AGENT)
+                .args(["serve", "--web.listen-address", "127.0.0.1:0", "--events-log", "-"])
+                .stdout(Stdio::piped()),
         );
         common::wait_attached(&mut child, &stderr, Duration::from_secs(60));
+        let out = child.stdout.take().unwrap();
+        let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(10);
         let addr = loop {
             let lines = stderr.lock().unwrap().clone();
@@ -52,7 +69,35 @@ impl Serve {
             assert!(Instant::now() < deadline, "serve did not say where it serves: {lines:?}");
             std::thread::sleep(Duration::from_millis(20));
         };
-        Serve { child, stderr, addr }
+        Serve { child, stderr, events, from: Mutex::new(0), addr }
+    }
+
+    /// The counters now, and the start of the window for `others`.
+    fn before(&self) -> [u64; 5] {
+        std::thread::sleep(Duration::from_millis(1200));
+        *self.from.lock().unwrap() = self.events.lock().unwrap().len();
+        self.risky()
+    }
+
+    /// Risky getfds (per reason: exiting, cred, cross) that reached their target, made since
+    /// `before` by processes other than `mine`.
+    fn others(&self, mine: &[i32]) -> [u64; 3] {
+        let from = *self.from.lock().unwrap();
+        let ev = self.events.lock().unwrap();
+        let mut n = [0u64; 3];
+        for e in ev.iter().skip(from) {
+            let reached = e["errno"].is_null() || e["errno"] == "EPERM";
+            if e["event"] != "pidfd_getfd" || !reached || mine.iter().any(|p| e["pid"] == *p) {
+                continue;
+            }
+            let Some(risk) = e["risk"].as_array() else { continue };
+            for (i, r) in ["target_exiting", "cred_mismatch", "cross_container"].iter().enumerate() {
+                if risk.iter().any(|x| x == r) {
+                    n[i] += 1;
+                }
+            }
+        }
+        n
     }
 
     /// `name{labels}` → value of every sample whose name starts with `prefix`.
@@ -84,11 +129,22 @@ impl Serve {
         ]
     }
 
-    /// Polls until the risky counters moved from `before` by `want` (exiting, cred, cross),
-    /// or 10 s; then two more refreshes to see they do not move past it. The deltas.
-    fn settle(&self, before: [u64; 5], want: [u64; 3]) -> [u64; 5] {
+    /// Polls until the risky counters moved from `before` by `want` (exiting, cred, cross)
+    /// plus what other processes did (`others`), or 10 s; then two more refreshes to see they
+    /// do not move past it. The deltas, with what others did subtracted from the first three.
+    fn settle(&self, before: [u64; 5], want: [u64; 3], mine: &[i32]) -> [u64; 5] {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let delta = |now: [u64; 5]| std::array::from_fn::<u64, 5, _>(|i| now[i] - before[i]);
+        let delta = |now: [u64; 5]| {
+            let o = self.others(mine);
+            let mut d: [u64; 5] = std::array::from_fn(|i| now[i] - before[i]);
+            for i in 0..3 {
+                if o[i] > 0 {
+                    eprintln!("other processes made {} risky getfds with reason #{i} meanwhile", o[i]);
+                }
+                d[i] = d[i].wrapping_sub(o[i]);
+            }
+            d
+        };
         loop {
             let d = delta(self.risky());
             if d[..3] == want || Instant::now() > deadline {
@@ -239,7 +295,7 @@ fn risky_counter_exact_after_getfds_from_1100_cgroups() {
         std::fs::create_dir(d).unwrap();
     }
     let all: Vec<CString> = dirs.iter().map(|d| procs(d)).collect();
-    let before = serve.risky();
+    let before = serve.before();
 
     let peer = sleeper(None);
     let mover = fork_run(|| {
@@ -272,7 +328,7 @@ fn risky_counter_exact_after_getfds_from_1100_cgroups() {
     }
     kill(nobody);
 
-    let d = serve.settle(before, [0, 1, 0]);
+    let d = serve.settle(before, [0, 1, 0], &[mover, nobody, peer, std::process::id() as i32]);
     for d in dirs.iter().chain([&base]) {
         let _ = std::fs::remove_dir(d);
     }
@@ -297,7 +353,7 @@ fn cross_container_counted_when_both_containers_are_gone() {
         std::fs::create_dir(d).unwrap();
     }
     let (pa, pb) = (procs(&a), procs(&b));
-    let before = serve.risky();
+    let before = serve.before();
 
     let target = fork_run(move || {
         if !enter(&pb) {
@@ -327,7 +383,7 @@ fn cross_container_counted_when_both_containers_are_gone() {
         std::fs::remove_dir(d).unwrap();
     }
 
-    let d = serve.settle(before, [0, 0, 1]);
+    let d = serve.settle(before, [0, 0, 1], &[caller, target, std::process::id() as i32]);
     eprintln!("deltas: {d:?}");
     assert_eq!(d[..3], [0, 0, 1], "target_exiting, cred_mismatch, cross_container deltas");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -352,7 +408,7 @@ fn einval_not_counted_eperm_counted_warns_rate_limited() {
     const EINVAL_CALLS: i32 = 2000;
     const EPERM_CALLS: i32 = 300;
     let serve = Serve::start();
-    let before = serve.risky();
+    let before = serve.before();
     let target = sleeper(None);
     let drop_to_nobody = || unsafe {
         libc::setresgid(NOBODY, NOBODY, NOBODY) == 0 && libc::setresuid(NOBODY, NOBODY, NOBODY) == 0
@@ -400,7 +456,11 @@ fn einval_not_counted_eperm_counted_warns_rate_limited() {
     assert_eq!(wait(last), 0);
     kill(target);
 
-    let d = serve.settle(before, [0, EPERM_CALLS as u64 + 1, 0]);
+    let d = serve.settle(
+        before,
+        [0, EPERM_CALLS as u64 + 1, 0],
+        &[bad_flags, refused, last, target, std::process::id() as i32],
+    );
     eprintln!("deltas: {d:?} (burst took {burst:?})");
     assert_eq!(d[..3], [0, EPERM_CALLS as u64 + 1, 0], "only the EPERM refusals are counted");
     let lines = serve.lines();
