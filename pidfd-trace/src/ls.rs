@@ -80,10 +80,10 @@ fn write_text(out: impl Write, rows: &[&OpenPidfd], scan: &Scan) -> io::Result<(
         writeln!(
             out,
             "{:<16} {:>7} {:>6}  {:<16} {:>7} {:<7} {:<6} {:<8} {:>10}",
-            r.holder_comm,
+            crate::names::printable(&r.holder_comm),
             r.holder_pid,
             r.fd,
-            r.target_comm.as_deref().unwrap_or("-"),
+            crate::names::printable(r.target_comm.as_deref().unwrap_or("-")),
             r.target_pid.map_or("-".into(), |p| p.to_string()),
             r.target_state.as_str(),
             yes(r.thread),

@@ -130,6 +130,29 @@ pub fn event_name(kind: EventKind) -> &'static str {
     kind.name()
 }
 
+/// A name a traced process chose (`comm`, a file name) made safe for a terminal column, as
+/// `ps` does: every control character (newline, ESC, DEL, C1) becomes `?`, so a hostile name
+/// can neither split one record into two lines nor send escape sequences to the reader's
+/// terminal. JSON and the metrics exposition escape these themselves; only text views need this.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars().map(|c| if c.is_control() { '?' } else { c }).collect::<String>().into()
+    } else {
+        s.into()
+    }
+}
+
+/// A path for a space-separated `key=value` detail: as is when it is plain, else quoted with
+/// Rust string escapes (`"/tmp/a b\n"`), so spaces, quotes and control characters stay
+/// visible and unambiguous.
+pub fn detail_path(s: &str) -> String {
+    if s.chars().any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\\') {
+        format!("{s:?}")
+    } else {
+        s.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use pidfd_trace_common::clone_flags as cf;

@@ -174,4 +174,29 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!((v["used_pidfd"].as_i64(), v["uid"].as_u64()), (Some(999), Some(1000)));
     }
+
+    /// A hostile comm cannot split a record or reach the terminal; a risky getfd shows its
+    /// reasons and the file taken (both were missing from the text view: break-it pass).
+    #[test]
+    fn text_is_one_safe_line_and_shows_risk() {
+        let mut ev = failed_clone();
+        ev.comm = "x\n[FAKE] \x1b[2Jro".into();
+        ev.event = EventKind::PidfdGetfd;
+        (ev.ret, ev.errno, ev.stage, ev.flags, ev.flag_names) = (6, None, None, 0, vec![]);
+        ev.target_fd = Some(5);
+        ev.risk = Some(vec!["cred_mismatch", "cross_container"]);
+        ev.file_kind = Some("regular");
+        ev.file_path = Some("/tmp/a b\nc".into());
+        let clock = super::text::Clock::new(crate::cli::Timestamps::Relative, ev.ts);
+        let line = super::text::line(&ev, &clock);
+        assert!(!line.contains('\n') && !line.contains('\x1b'), "{line:?}");
+        assert!(line.contains("x?[FAKE] ?[2Jro"), "{line}");
+        assert!(line.contains("risk=cred_mismatch,cross_container"), "{line}");
+        assert!(line.contains(r#"file="/tmp/a b\nc""#), "{line}");
+        ev.file_path = None;
+        ev.file_kind = Some("memfd");
+        ev.risk = Some(vec![]);
+        let line = super::text::line(&ev, &clock);
+        assert!(line.contains("file_kind=memfd") && !line.contains("risk="), "{line}");
+    }
 }

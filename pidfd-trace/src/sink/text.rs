@@ -169,6 +169,15 @@ pub fn line(ev: &Event, clock: &Clock) -> String {
     if let Some(fd) = ev.target_fd {
         detail.push(format!("target_fd={fd}"));
     }
+    // pidfd_getfd: what README "Risky pidfd use" found, and the file taken.
+    if let Some(r) = ev.risk.as_ref().filter(|r| !r.is_empty()) {
+        detail.push(format!("risk={}", r.join(",")));
+    }
+    match (&ev.file_path, ev.file_kind) {
+        (Some(p), _) => detail.push(format!("file={}", crate::names::detail_path(p))),
+        (None, Some(k)) => detail.push(format!("file_kind={k}")),
+        (None, None) => {}
+    }
     if !ev.flag_names.is_empty() {
         detail.push(format!("flags={}", ev.flag_names.join("|")));
     }
@@ -178,7 +187,7 @@ pub fn line(ev: &Event, clock: &Clock) -> String {
     format!(
         "{:<w$} {:<16} {:>7} {:>7} {:>6} {:<17} {:<12} {}",
         clock.format(ev.ts),
-        ev.comm,
+        crate::names::printable(&ev.comm),
         ev.pid,
         ev.tid,
         ev.uid,
