@@ -148,6 +148,30 @@ pub mod hints {
     pub const ANON_PENDING: u8 = 1 << 7;
 }
 
+/// More facts, bits of `EventRecord::xhints` and `CounterKey::xhints` (issue kernel-truth).
+pub mod xhints {
+    /// The call came through the 32-bit (ia32) syscall entry: the JSON `compat`.
+    pub const COMPAT: u8 = 1 << 0;
+    /// The syscall exit fired without its entry: seccomp or a tracer refused the call
+    /// before the syscall ran (stage `denied`). The arguments are unknown.
+    pub const DENIED: u8 = 1 << 1;
+    /// The arguments themselves were refused before anything was allocated (stage `args`):
+    /// pidfd_open's pid <= 0; clone3's struct clone_args or set_tid unreadable.
+    pub const ARGS: u8 = 1 << 2;
+    /// task:task_newtask fired for this clone: the child exists, its host pid and the
+    /// flags the kernel acted on are in the record.
+    pub const NEWTASK: u8 = 1 << 3;
+    /// The kernel checked the used fd (pidfd or /proc/<pid> directory): `target_pid` 0 then
+    /// means "not a process fd", not "unknown".
+    pub const TARGET_CHECKED: u8 = 1 << 4;
+    /// clone succeeded but no pidfd for the child was found in the caller's fd table (it was
+    /// closed by another thread, or lies beyond the scanned range): `pidfd` is null.
+    pub const PIDFD_NOT_FOUND: u8 = 1 << 5;
+    /// The pidfd number in user memory was not the fd the kernel installed (overwritten
+    /// between the kernel's write and the syscall's return).
+    pub const PIDFD_SLOT_FORGED: u8 = 1 << 6;
+}
+
 /// One record in the `EVENTS` ring buffer, written at syscall exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -180,8 +204,11 @@ pub struct EventRecord {
     pub hints: u8,
     pub _pad: u8,
     /// pidfd_getfd / pidfd_send_signal: the pid (initial namespace) the pidfd refers to,
-    /// read from the caller's fd table at entry; 0 when unknown.
+    /// read from the caller's fd table at entry; pidfd_open: the pid behind the pidfd the
+    /// kernel installed, read at exit; 0 when unknown.
     pub target_pid: i32,
+    /// The process's name (thread-group leader's comm); the calling thread's when the
+    /// leader could not be read.
     pub comm: [u8; 16],
     /// The caller's real uid (initial user namespace) at exit, from
     /// `bpf_get_current_uid_gid`.
@@ -192,6 +219,24 @@ pub struct EventRecord {
     pub facts: TargetFacts,
     /// pidfd_getfd: the taken file's path as dentry names, read at syscall exit.
     pub path: PathParts,
+    /// The calling thread's name.
+    pub thread_comm: [u8; 16],
+    /// clone/clone3: the child's pid in the initial namespace (task:task_newtask); 0 unknown.
+    pub child_pid: i32,
+    /// The caller's process id in its own pid namespace; 0 when that namespace is the
+    /// initial one (or unknown).
+    pub ns_pid: i32,
+    /// clone/clone3: the child's pid in the caller's namespace (the return value);
+    /// pidfd_open / pidfd_send_signal / pidfd_getfd / waitid: the target's pid in the
+    /// caller's namespace; 0 when the caller is in the initial namespace or unknown.
+    pub ns_other: i32,
+    /// `xhints` bits.
+    pub xhints: u8,
+    pub _pad3: [u8; 3],
+    /// The name of the caller's cgroup2 directory (its kernfs node), read while the caller
+    /// was in the kernel: it names the container (`docker-<id>.scope`) even when the cgroup
+    /// is gone by the time the agent looks. NUL-terminated, truncated to fit; empty if unknown.
+    pub cgroup_name: [u8; CGROUP_NAME_BYTES],
 }
 
 /// Path components per record (`PathParts`), and the bytes kept of each.
@@ -230,6 +275,10 @@ impl Default for PathParts {
     }
 }
 
+/// Room for a cgroup directory name in a record: `cri-containerd-<64 hex>.scope` is 85
+/// bytes, kubelet's `kubepods-…-pod<uid>.slice:cri-containerd:<id>` about 120.
+pub const CGROUP_NAME_BYTES: usize = 128;
+
 /// Per-thread state kept between syscall entry and exit (`ENTER_STATE` map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -247,6 +296,18 @@ pub struct EnterState {
     pub target_pid: i32,
     /// pidfd_getfd / pidfd_send_signal: the target facts gathered at entry.
     pub facts: TargetFacts,
+    /// clone/clone3: the flags the kernel acted on (task:task_newtask), else 0.
+    pub kflags: u64,
+    /// clone3: the `struct clone_args` user pointer and the size argument.
+    pub uargs: u64,
+    pub usize: u64,
+    /// clone/clone3: the child's host pid (task:task_newtask), else 0.
+    pub child_pid: i32,
+    /// The target's pid in the caller's namespace (see `EventRecord::ns_other`).
+    pub ns_other: i32,
+    /// `xhints` bits gathered so far.
+    pub xhints: u8,
+    pub _pad2: [u8; 7],
 }
 
 /// Bits of `TargetFacts::risk`: what the kernel program concluded about the target of a
@@ -420,7 +481,8 @@ pub struct CounterKey {
     pub hints: u8,
     /// pidfd_send_signal's signal (0..=64, anything larger is clamped to 255).
     pub signal: u8,
-    pub _pad: u8,
+    /// `xhints` bits that change how the outcome is named (COMPAT, DENIED, ARGS).
+    pub xhints: u8,
     /// Positive errno of a failure; 0 on success.
     pub errno: u32,
     /// `flags & clone_flags::PIDFD_CONFLICTS` for clone/clone3; 0 otherwise.
@@ -448,6 +510,49 @@ pub mod fn_params {
     pub const ANON_INODE: usize = 4;
     /// 5.7+: cgroup_can_fork(struct task_struct *child, struct kernel_clone_args *kargs)
     pub const CGROUP_CAN_FORK: usize = 2;
+    /// The pidfd file's own release (its last close): pidfd_release(struct inode *, struct
+    /// file *) in kernel/fork.c before 6.9, pidfs_file_release(struct inode *, struct file *)
+    /// in fs/pidfs.c from 7.1.
+    pub const PIDFD_RELEASE: usize = 2;
+    /// __fput(struct file *): every file's last close, the release hook of 6.9 – 7.0, where
+    /// pidfs files have no release of their own.
+    pub const FPUT: usize = 1;
+}
+
+/// Pidfd close tracking (function-probe modes): slots of the `CLOSES` per-CPU array, and
+/// the lifetime histogram's buckets. README "Metrics": `pidfd_trace_pidfds_closed_total`,
+/// `pidfd_trace_pidfd_lifetime_seconds`.
+pub mod closes {
+    /// Pidfd files released (their last reference closed), every pidfd on the host.
+    pub const CLOSED: u32 = 0;
+    /// Of those, the ones whose creation a creation hook saw: they have a lifetime.
+    pub const TIMED: u32 = 1;
+    /// Sum of those lifetimes, nanoseconds.
+    pub const SUM_NS: u32 = 2;
+    /// Creations not remembered because the birth table (`PIDFD_BORN`) was full.
+    pub const BORN_FULL: u32 = 3;
+    /// First bucket slot: slot `BUCKET0 + i` counts lifetimes `<= BUCKETS_NS[i]` and greater
+    /// than the bucket before (not cumulative); the slot after the last bound is +Inf.
+    pub const BUCKET0: u32 = 4;
+    /// Upper bounds of the lifetime buckets, nanoseconds: 1 ms, 10 ms, 100 ms, 1 s, 10 s,
+    /// 1 min, 10 min, 1 h, 1 day (then +Inf).
+    pub const BUCKETS_NS: [u64; 9] = [
+        1_000_000,
+        10_000_000,
+        100_000_000,
+        1_000_000_000,
+        10_000_000_000,
+        60_000_000_000,
+        600_000_000_000,
+        3_600_000_000_000,
+        86_400_000_000_000,
+    ];
+    /// Slots of the array.
+    pub const COUNT: u32 = BUCKET0 + BUCKETS_NS.len() as u32 + 1;
+    /// Pidfd files whose creation time is remembered at once (struct file pointer → boot
+    /// time ns): a full table is counted in `BORN_FULL`, those pidfds close without a
+    /// lifetime. 32768 entries, about 2 MiB of kernel memory.
+    pub const BORN_MAX_ENTRIES: u32 = 32768;
 }
 
 /// Slots of the `STATS` per-CPU array.
@@ -468,6 +573,38 @@ pub mod stats {
     pub const COUNT: u32 = 8;
 }
 
+/// Tail programs of the syscall exits (pidfd-trace-ebpf/src/tracepoint/mod.rs, clone.rs): an
+/// exit program only bails, takes the entry state and picks the next step; the record (in two
+/// variants: with the pidfd_getfd file-path walk and without) and each heavy clone step (the
+/// fd-table scan for the installed pidfd, the pids cgroup walk, the saved registers of a
+/// refused clone) is its own program, so every kernel's verifier checks each once, alone.
+/// Slots of the `MAP` program array, and the programs the agent loads into them.
+pub mod exit_tail {
+    pub const MAP: &str = "EXIT_TAIL";
+    /// The record and the outcome counter (emit::finish). Required.
+    pub const EMIT: u32 = 0;
+    /// The same, for records that may be a pidfd_getfd's (its file path). Required.
+    pub const EMIT_PATH: u32 = 1;
+    /// Finds the pidfd a clone's kernel installed in the caller's fd table.
+    pub const SCAN: u32 = 2;
+    /// Walks the caller's pids cgroups when a clone failed with EAGAIN.
+    pub const PIDS: u32 = 3;
+    /// A failed clone without entry state: refused before it ran (seccomp, a tracer).
+    pub const DENIED: u32 = 4;
+    pub const SLOTS: u32 = 5;
+    pub const PROGRAMS: [(u32, &str); 5] = [
+        (EMIT, "exit_tail_emit"),
+        (EMIT_PATH, "exit_tail_emit_path"),
+        (SCAN, "exit_tail_scan"),
+        (PIDS, "exit_tail_pids"),
+        (DENIED, "exit_tail_denied"),
+    ];
+    /// Whether the agent can run without slot `idx` (reporting less) when a kernel refuses it.
+    pub const fn optional(idx: u32) -> bool {
+        idx >= SCAN
+    }
+}
+
 /// Names of the globals the agent overrides at load time with offsets read from the running
 /// kernel's tracepoint format files.
 pub mod globals {
@@ -476,6 +613,64 @@ pub mod globals {
     pub const PIDS_LIMIT: &str = "PIDS_LIMIT_OFFSETS";
     pub const FD_PID: &str = "FD_PID_OFFSETS";
     pub const RISK: &str = "RISK_OFFSETS";
+    /// Address of `pidfs_file_operations` (kallsyms; 0 when unknown): the `__fput` release
+    /// hook recognises a pidfd's file by its `f_op`.
+    pub const PIDFS_FOPS: &str = "PIDFS_FOPS";
+    /// Offset of `file.f_op` (BTF).
+    pub const FILE_F_OP: &str = "FILE_F_OP_OFF";
+    pub const TRUTH: &str = "TRUTH_OFFSETS";
+}
+
+/// Offsets (from BTF) behind the facts the caller cannot forge: whether a file is a pidfd or
+/// a `/proc/<pid>` directory, pid namespaces, and the process name. `valid == 0` disables
+/// them (the fields stay unknown).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TruthOffsets {
+    /// file.f_path.dentry
+    pub file_dentry: u32,
+    /// dentry.d_name.name
+    pub dentry_name: u32,
+    /// dentry.d_parent
+    pub dentry_parent: u32,
+    /// inode.i_sb, inode.i_mode
+    pub inode_sb: u32,
+    pub inode_mode: u32,
+    /// super_block.s_magic, super_block.s_root
+    pub sb_magic: u32,
+    pub sb_root: u32,
+    /// offsetof(proc_inode, pid) - offsetof(proc_inode, vfs_inode), as a signed number.
+    pub proc_pid_from_inode: i32,
+    /// pid.level, pid.numbers, sizeof(struct upid), upid.nr
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_size: u32,
+    pub upid_nr: u32,
+    /// task_struct.group_leader, task_struct.comm, task_struct.thread_pid
+    pub task_group_leader: u32,
+    pub task_comm: u32,
+    pub task_thread_pid: u32,
+    /// x86: offset of `task_struct.thread_info.status` (TS_COMPAT lives there) and whether
+    /// it is known (0 on other architectures: compat calls cannot be told apart).
+    pub task_ti_status: u32,
+    pub ti_status_valid: u32,
+    /// task_struct.cgroups → css_set.dfl_cgrp → cgroup.kn → kernfs_node.name; 0 if unknown.
+    pub cset_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kn_name: u32,
+    pub kn_valid: u32,
+    /// x86_64: the saved user registers, `task->stack + THREAD_SIZE - padding -
+    /// sizeof(pt_regs)` (THREAD_SIZE 16 or 32 KiB, padding 0 or 16: not in BTF, so the
+    /// programs try each and accept the one whose `orig_ax` is the syscall and `cs` the
+    /// 64-bit user segment): offsets of task_struct.stack, sizeof(struct pt_regs),
+    /// pt_regs.di, pt_regs.orig_ax and pt_regs.cs; `regs_valid` 0 elsewhere.
+    pub task_stack: u32,
+    pub regs_cs: u32,
+    pub pt_regs_size: u32,
+    pub regs_di: u32,
+    pub regs_orig_ax: u32,
+    pub regs_valid: u32,
+    pub valid: u32,
 }
 
 /// Offsets (from the kernel's BTF) needed to read the caller's pids cgroup counter and limit:
@@ -489,6 +684,8 @@ pub struct PidsLimitOffsets {
     pub pids_cgrp_id: u32,
     pub pids_counter: u32,
     pub pids_limit: u32,
+    /// cgroup_subsys_state.parent: the walk up to the ancestors, whose limits also apply.
+    pub css_parent: u32,
     pub valid: u32,
 }
 
@@ -528,5 +725,6 @@ mod user {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::PidsLimitOffsets {}
     unsafe impl aya::Pod for super::FdPidOffsets {}
+    unsafe impl aya::Pod for super::TruthOffsets {}
     unsafe impl aya::Pod for super::RiskOffsets {}
 }

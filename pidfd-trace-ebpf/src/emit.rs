@@ -9,13 +9,23 @@ use aya_ebpf::{
     },
 };
 use aya_log_ebpf::warn;
-use pidfd_trace_common::{CounterKey, EnterState, EventRecord, Mode, clone_flags, stats};
+use pidfd_trace_common::{
+    CGROUP_NAME_BYTES, CounterKey, EnterState, EventKind, EventRecord, Mode, clone_flags, stats, xhints,
+};
 
-use crate::maps::{EVENTS, OUTCOMES, bump_stat};
+use crate::{
+    maps::{EVENTS, OUTCOMES, bump_stat},
+    task::{caller_ns, cgroup_name, leader_comm},
+};
+
+/// The `xhints` bits that name an outcome (its stage, its ABI) and so go into counter keys.
+const COUNTED_XHINTS: u8 = xhints::COMPAT | xhints::DENIED | xhints::ARGS;
 
 /// Counts the outcome and sends the record. `ret` is the syscall's raw return value.
+/// `PATH`: the record may be a pidfd_getfd's, whose file path is walked in the kernel; false
+/// in programs that never emit one, so their verifier never sees the walk.
 #[inline(always)]
-pub fn finish<C: EbpfContext>(
+pub fn finish<C: EbpfContext, const PATH: bool>(
     ctx: &C,
     st: &EnterState,
     pid_tgid: u64,
@@ -65,11 +75,32 @@ pub fn finish<C: EbpfContext>(
         // The low half is the real uid (current_cred()->uid, initial user namespace).
         (*rec).uid = bpf_get_current_uid_gid() as u32;
         (*rec)._pad2 = 0;
+        (*rec).child_pid = st.child_pid;
+        let (level, ns_pid) = caller_ns();
+        (*rec).ns_pid = ns_pid;
+        let is_clone = kind == EventKind::Clone as u8 || kind == EventKind::Clone3 as u8;
+        // A clone's return value is the child's pid in the caller's namespace.
+        (*rec).ns_other = if is_clone && level > 0 && ret > 0 { ret as i32 } else { st.ns_other };
+        (*rec).xhints = st.xhints;
+        (*rec)._pad3 = [0; 3];
+        let cg = core::ptr::addr_of_mut!((*rec).cgroup_name);
+        cgroup_name(cg.cast(), CGROUP_NAME_BYTES as u32);
         (*rec).facts = st.facts;
-        crate::risk::file_path(&mut (*rec).path, st, ret);
+        if PATH {
+            crate::risk::file_path(&mut (*rec).path, st, ret);
+        } else {
+            (*rec).path.depth = 0;
+            (*rec).path.cut = 0;
+            (*rec).path.more = 0;
+        }
         // Zero-fills the buffer itself if it fails, so nothing uninitialised leaves.
+        let thread_comm = core::ptr::addr_of_mut!((*rec).thread_comm);
+        generated::bpf_get_current_comm(thread_comm.cast(), size_of::<[u8; 16]>() as u32);
+        // The process's name is its thread-group leader's; the thread's when unreadable.
         let comm = core::ptr::addr_of_mut!((*rec).comm);
-        generated::bpf_get_current_comm(comm.cast(), size_of::<[u8; 16]>() as u32);
+        if !leader_comm(comm.cast()) {
+            generated::bpf_get_current_comm(comm.cast(), size_of::<[u8; 16]>() as u32);
+        }
     }
     entry.submit(wakeup_flags());
 }
@@ -106,9 +137,15 @@ fn count_outcome<C: EbpfContext>(ctx: &C, kind: u8, hints: u8, st: &EnterState, 
         kind,
         hints,
         signal,
-        _pad: 0,
+        xhints: st.xhints & COUNTED_XHINTS,
         errno: if ret < 0 { (-ret) as u32 } else { 0 },
-        flag_bits: if is_clone { (st.flags & clone_flags::PIDFD_CONFLICTS) as u32 } else { 0 },
+        flag_bits: if is_clone {
+            (st.flags & clone_flags::PIDFD_CONFLICTS) as u32
+        } else if kind == EventKind::PidfdOpen as u8 {
+            pidfd_open_flag_bits(st.flags)
+        } else {
+            0
+        },
     };
     if let Some(v) = OUTCOMES.get_ptr_mut(&key) {
         unsafe { *v += 1 };
@@ -124,4 +161,14 @@ fn count_outcome<C: EbpfContext>(ctx: &C, kind: u8, hints: u8, st: &EnterState, 
     }
     bump_stat(stats::OUTCOMES_FULL);
     warn!(ctx, "outcome counter map full: kind {} errno {} not counted", kind, key.errno);
+}
+
+/// pidfd_open's flags as a counter key keeps them: PIDFD_THREAD (refused before 6.9) and one
+/// bit for "any flag no kernel accepts", so the key space stays at four values.
+#[inline(always)]
+fn pidfd_open_flag_bits(flags: u64) -> u32 {
+    const PIDFD_NONBLOCK: u64 = 0o4000;
+    const PIDFD_THREAD: u64 = 0o200;
+    let unknown = if flags & !(PIDFD_NONBLOCK | PIDFD_THREAD) != 0 { 0x8000_0000 } else { 0 };
+    (flags & PIDFD_THREAD) as u32 | unknown
 }

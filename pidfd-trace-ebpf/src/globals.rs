@@ -1,6 +1,6 @@
 //! Values the agent fills in at load time from the running kernel (tracepoint format files,
 //! BTF). Rust eBPF has no CO-RE relocations, so nothing here may be trusted at its default.
-use pidfd_trace_common::{FdPidOffsets, PidsLimitOffsets, RiskOffsets};
+use pidfd_trace_common::{FdPidOffsets, PidsLimitOffsets, RiskOffsets, TruthOffsets};
 
 /// Byte offsets of the syscall tracepoint fields, from
 /// `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`: every sys_enter record places its
@@ -19,6 +19,7 @@ static PIDS_LIMIT_OFFSETS: PidsLimitOffsets = PidsLimitOffsets {
     pids_cgrp_id: 0,
     pids_counter: 0,
     pids_limit: 0,
+    css_parent: 0,
     valid: 0,
 };
 
@@ -55,6 +56,50 @@ static FD_PID_OFFSETS: FdPidOffsets = FdPidOffsets {
 #[inline(always)]
 pub fn fd_pid_offsets() -> FdPidOffsets {
     unsafe { core::ptr::read_volatile(&FD_PID_OFFSETS) }
+}
+
+/// Offsets behind the facts a caller cannot forge (file kinds, pid namespaces, process
+/// name), from BTF; `valid == 0` when unknown.
+#[unsafe(no_mangle)]
+static TRUTH_OFFSETS: TruthOffsets = TruthOffsets {
+    file_dentry: 0,
+    dentry_name: 0,
+    dentry_parent: 0,
+    inode_sb: 0,
+    inode_mode: 0,
+    sb_magic: 0,
+    sb_root: 0,
+    proc_pid_from_inode: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_size: 0,
+    upid_nr: 0,
+    task_group_leader: 0,
+    task_comm: 0,
+    task_thread_pid: 0,
+    task_ti_status: 0,
+    ti_status_valid: 0,
+    cset_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kn_name: 0,
+    kn_valid: 0,
+    task_stack: 0,
+    regs_cs: 0,
+    pt_regs_size: 0,
+    regs_di: 0,
+    regs_orig_ax: 0,
+    regs_valid: 0,
+    valid: 0,
+};
+
+/// A reference, not a copy: the struct is large and the programs that use it are near the
+/// 512-byte BPF stack limit. The pointer goes through a volatile read so the compiler cannot
+/// fold the fields to their defaults (the agent overrides them at load).
+#[inline(always)]
+pub fn truth_offsets() -> &'static TruthOffsets {
+    let p: *const TruthOffsets = &TRUTH_OFFSETS;
+    // SAFETY: a valid pointer to a static; the volatile read only hides its value.
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
 /// Target-fact offsets (risk.rs), from BTF; `valid == 0` when unknown.
@@ -101,4 +146,22 @@ static RISK_OFFSETS: RiskOffsets = RiskOffsets {
 #[inline(always)]
 pub fn risk_offsets() -> RiskOffsets {
     unsafe { core::ptr::read_volatile(&RISK_OFFSETS) }
+}
+
+/// Address of `pidfs_file_operations` from /proc/kallsyms (0 when unknown) and the offset of
+/// `file.f_op` from BTF: the `__fput` release hook (6.9 – 7.0) compares one pointer per
+/// closed file against it. With 0 it falls back to the pidfs magic (three reads).
+#[unsafe(no_mangle)]
+static PIDFS_FOPS: u64 = 0;
+#[unsafe(no_mangle)]
+static FILE_F_OP_OFF: u32 = 0;
+
+#[inline(always)]
+pub fn pidfs_fops() -> u64 {
+    unsafe { core::ptr::read_volatile(&PIDFS_FOPS) }
+}
+
+#[inline(always)]
+pub fn file_f_op_off() -> u32 {
+    unsafe { core::ptr::read_volatile(&FILE_F_OP_OFF) }
 }

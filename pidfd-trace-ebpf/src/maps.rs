@@ -3,10 +3,11 @@ use core::sync::atomic::AtomicU64;
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pidfd_trace_common::{
-    CounterKey, ENTER_STATE_MAX_ENTRIES, EVENTS_RING_BYTES, EnterState, OUTCOMES_MAX_ENTRIES, risk, stats,
+    CounterKey, ENTER_STATE_MAX_ENTRIES, EVENTS_RING_BYTES, EnterState, OUTCOMES_MAX_ENTRIES, closes, risk,
+    stats,
 };
 
 /// Event records for the agent's decoder. The agent may resize it at load time.
@@ -32,6 +33,20 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT,
 #[map]
 pub static ENTER_STATE: LruHashMap<u64, EnterState> =
     LruHashMap::with_max_entries(ENTER_STATE_MAX_ENTRIES, 0);
+
+/// Pidfd closes and the lifetime histogram (`closes::*` slots); exact per-CPU counters.
+#[map]
+pub static CLOSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(closes::COUNT, 0);
+
+/// Creation time (boot ns) of each pidfd file a creation hook saw, keyed by its `struct file`
+/// pointer; the release hook takes the entry out. Written only while `CLOSE_ON[0]` is 1.
+#[map]
+pub static PIDFD_BORN: HashMap<u64, u64> = HashMap::with_max_entries(closes::BORN_MAX_ENTRIES, 0);
+
+/// `[0]` = 1 once the agent has attached a release hook: creation hooks remember births only
+/// then, so the birth table cannot fill with pidfds whose close nobody would see.
+#[map]
+pub static CLOSE_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 /// CLONE_PIDFD clones and pidfd_open calls between syscall entry and exit, host-wide. Hooks
 /// that fire for every clone exit or every fork (cgroup_can_fork, anon inodes) read this one
@@ -83,5 +98,13 @@ pub fn bump_stat(idx: u32) -> u64 {
             *p
         },
         None => 0,
+    }
+}
+
+/// Adds `n` to this CPU's slot `idx` of `CLOSES`.
+#[inline(always)]
+pub fn bump_close(idx: u32, n: u64) {
+    if let Some(p) = CLOSES.get_ptr_mut(idx) {
+        unsafe { *p += n };
     }
 }

@@ -48,7 +48,7 @@ unsafe fn read_ptr(base: *const u8, off: u32) -> Option<*const u8> {
 
 /// The `struct file *` at `fd` in `task`'s fd table.
 #[inline(always)]
-unsafe fn fd_file(task: *const u8, fd: u64) -> Option<*const u8> {
+pub unsafe fn fd_file(task: *const u8, fd: u64) -> Option<*const u8> {
     let off = fd_pid_offsets();
     if off.valid == 0 {
         return None;

@@ -206,8 +206,7 @@ impl Btf {
         self.size_of(f.type_id, 0)?.ok_or_else(|| BtfError::Unsized(format!("{struct_name}.{path}")))
     }
 
-    /// Size of a struct in bytes (tests).
-    #[cfg(test)]
+    /// Size in bytes of a named struct or union (e.g. `upid`, an array element the programs index).
     pub fn struct_size(&self, struct_name: &str) -> Result<u32, BtfError> {
         Ok(self.composite(struct_name)?.size_or_type)
     }

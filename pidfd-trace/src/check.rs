@@ -40,9 +40,9 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let btf = parsed.map(drop);
     // The plan exactly as trace/serve would carry it out: a real trial load and attach,
     // detached again when the session is dropped.
-    let (plan, attach_error) = match Session::start(&args.kernel) {
-        Ok(s) => (s.plan.clone(), None),
-        Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+    let (plan, blind_spots, attach_error) = match Session::start(&args.kernel) {
+        Ok(s) => (s.plan.clone(), s.blind_spots(), None),
+        Err(e) => (Vec::new(), Vec::new(), Some(format!("{e:#}"))),
     };
     let verdict = |r: &Result<(), crate::plan::Refusal>| match r {
         Ok(()) => "yes".to_string(),
@@ -76,9 +76,12 @@ pub fn run(args: CheckArgs) -> Result<()> {
                     "tracepoint": support(&facts.support.tracepoint),
                 },
                 "thread_pidfd": facts.sem.thread_pidfd,
-                "close_tracking": CLOSE_TRACKING,
+                "close_tracking": close_tracking(&plan),
+                "closes_traced": closes_traced(&plan),
                 "plan": plan.iter().map(plan_entry).collect::<Vec<_>>(),
                 "prototypes": prototypes,
+                // What this configuration cannot see (README "What the agent cannot see").
+                "blind_spots": blind_spots,
                 "attach_error": attach_error,
                 "error": attach_error.as_ref().map(|m| error_object(m, 1))
                     .or_else(|| btf.as_ref().err().map(|e| error_object(&e.to_string(), 1))),
@@ -108,7 +111,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 "thread pidfds  {}",
                 if facts.sem.thread_pidfd { "yes (6.9+)" } else { "no: CLONE_PIDFD|CLONE_THREAD is EINVAL" }
             );
-            println!("pidfd closes   {CLOSE_TRACKING}");
+            println!("pidfd closes   {}", close_tracking(&plan));
             println!("program types");
             println!("  fentry/fexit {}", verdict(&facts.support.fentry));
             println!("  kprobe       {}", verdict(&facts.support.kprobe));
@@ -127,6 +130,10 @@ pub fn run(args: CheckArgs) -> Result<()> {
             print_plan(&plan);
             if let Some(e) = &attach_error {
                 println!("  cannot attach: {e}");
+            }
+            println!("blind spots (what this configuration cannot see)");
+            for b in &blind_spots {
+                println!("  - {b}");
             }
         }
     }
@@ -188,13 +195,32 @@ pub fn cannot_see(hook: &str) -> &'static [&'static str] {
         "cgroup_can_fork" => &[
             "the cgroup controllers' refusal itself: pids_cgroup is inferred from the pids counter and limit at the failed exit",
         ],
+        crate::hooks::RELEASE_HOOK => &[
+            "pidfd closes and lifetimes (pidfd_trace_pidfds_closed_total stays 0): the periodic /proc inventory stands in",
+        ],
         _ => &["what this function probe adds (README: How it attaches)"],
     }
 }
 
-/// Where open/close information comes from (README "Open pidfds"): no mode hooks a pidfd's
-/// release yet, so in every mode, tracepoint mode included, it is the periodic inventory.
-const CLOSE_TRACKING: &str = "not traced by any hook; the periodic /proc inventory (`ls`, serve's pidfd_trace_open_pidfds and pidfd_trace_stale_pidfds gauges) is the source of open and close information";
+/// Whether the release hook is attached: pidfd closes are counted and timed by the kernel.
+fn closes_traced(plan: &[HookPlan]) -> bool {
+    plan.iter().any(|h| h.hook == hooks::RELEASE_HOOK && h.chosen.is_some())
+}
+
+/// Where close information comes from (README "Open pidfds: close tracking"): the release
+/// hook in function-probe modes; in tracepoint mode (or when no release function exists) no
+/// close is visible and the periodic inventory stands in.
+fn close_tracking(plan: &[HookPlan]) -> String {
+    match plan.iter().find(|h| h.hook == hooks::RELEASE_HOOK) {
+        Some(h) if h.chosen.is_some() => format!(
+            "traced: {} {} on every pidfd's last close (pidfd_trace_pidfds_closed_total, pidfd_trace_pidfd_lifetime_seconds); the /proc inventory still gives open and stale counts",
+            h.target,
+            h.chosen.map_or("", |m| m.name())
+        ),
+        Some(_) => "not visible in tracepoint mode (the pidfd_release hook needs fentry or kprobes); the periodic /proc inventory (`ls`, serve's pidfd_trace_open_pidfds and pidfd_trace_stale_pidfds gauges) stands in".to_string(),
+        None => "not visible: this kernel's BTF has no pidfd release function (pidfd_release, pidfs_file_release or __fput); the periodic /proc inventory (`ls`, serve's pidfd_trace_open_pidfds and pidfd_trace_stale_pidfds gauges) stands in".to_string(),
+    }
+}
 
 fn print_plan(plan: &[HookPlan]) {
     println!("  {:<18} {:<11} WHERE / WHY NOT BETTER", "HOOK", "MODE");

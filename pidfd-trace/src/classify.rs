@@ -1,7 +1,7 @@
 //! Which step of pidfd creation a failure came from, from what the kernel programs saw.
 //! Pure: the same function labels events and the metrics built from the kernel's counters,
 //! so the two can never disagree.
-use pidfd_trace_common::{EventKind, clone_flags as cf, hints};
+use pidfd_trace_common::{EventKind, clone_flags as cf, hints, xhints};
 use serde::Serialize;
 
 use crate::hooks::StageRule;
@@ -21,6 +21,12 @@ pub const NAMED_ERRNOS: [u32; 5] = [EAGAIN, EFAULT, EINVAL, ENFILE, EMFILE];
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    /// Refused before the syscall ran (a seccomp filter or a tracer): its exit fired without
+    /// its entry. Any syscall can carry it.
+    Denied,
+    /// The arguments were refused before anything was allocated: pidfd_open's pid <= 0,
+    /// clone3's `struct clone_args` or `set_tid` unreadable (EFAULT, no pidfd existed).
+    Args,
     /// Flag checks refused the combination (EINVAL before anything was allocated).
     Flags,
     /// No fd (EMFILE/ENFILE) for the pidfd.
@@ -39,6 +45,8 @@ impl Stage {
     /// The JSON `stage` value and metric label (docs/events.md).
     pub fn as_str(self) -> &'static str {
         match self {
+            Stage::Denied => "denied",
+            Stage::Args => "args",
             Stage::Flags => "flags",
             Stage::FdAlloc => "fd_alloc",
             Stage::UserMemory => "user_memory",
@@ -68,21 +76,45 @@ impl KernelSemantics {
     }
 }
 
-/// The stage of a failed pidfd creation; `None` for successes and for calls that do not
-/// create a pidfd (pidfd_getfd, pidfd_send_signal).
-pub fn stage(kind: EventKind, errno: u32, hint_bits: u8, flags: u64, sem: KernelSemantics) -> Option<Stage> {
+/// pidfd_open's flags (include/uapi/linux/pidfd.h): PIDFD_NONBLOCK (O_NONBLOCK), and
+/// PIDFD_THREAD (O_EXCL) from 6.9.
+const PIDFD_NONBLOCK: u64 = 0o4000;
+const PIDFD_THREAD: u64 = 0o200;
+
+/// The stage of a failed call: `denied` for any call refused before it ran; for pidfd
+/// creations the step that failed; `None` for successes and for other failed uses.
+/// `x` holds the record's `xhints` bits.
+pub fn stage(
+    kind: EventKind,
+    errno: u32,
+    hint_bits: u8,
+    x: u8,
+    flags: u64,
+    sem: KernelSemantics,
+) -> Option<Stage> {
     if errno == 0 {
         return None;
     }
+    if x & xhints::DENIED != 0 {
+        return Some(Stage::Denied);
+    }
     match crate::hooks::event(kind).stage {
+        StageRule::Clone if x & xhints::ARGS != 0 => Some(Stage::Args),
         StageRule::Clone => Some(clone_stage(kind, errno, hint_bits, flags, sem)),
         StageRule::PidfdOpen => Some(match errno {
-            EINVAL => Stage::Flags,
+            // pidfd_open checks its flags first, then pid > 0 (kernel/pid.c).
+            EINVAL if flags & !pidfd_open_flags(sem) != 0 => Stage::Flags,
+            EINVAL if x & xhints::ARGS != 0 => Stage::Args,
             EMFILE | ENFILE => Stage::FdAlloc,
             _ => Stage::Other,
         }),
         StageRule::None => None,
     }
+}
+
+/// The flags pidfd_open accepts on the running kernel.
+fn pidfd_open_flags(sem: KernelSemantics) -> u64 {
+    PIDFD_NONBLOCK | if sem.thread_pidfd { PIDFD_THREAD } else { 0 }
 }
 
 fn clone_stage(kind: EventKind, errno: u32, hint_bits: u8, flags: u64, sem: KernelSemantics) -> Stage {
@@ -167,13 +199,16 @@ mod tests {
             (Clone, 12, 0, P, NEW, Some(Stage::Other)),
             (PidfdOpen, 3, 0, 0, NEW, Some(Stage::Other)),
             (PidfdOpen, EINVAL, 0, 1, NEW, Some(Stage::Flags)),
+            (PidfdOpen, EINVAL, 0, 0, NEW, Some(Stage::Other)),
+            (PidfdOpen, EINVAL, 0, PIDFD_THREAD, NEW, Some(Stage::Other)),
+            (PidfdOpen, EINVAL, 0, PIDFD_THREAD, OLD, Some(Stage::Flags)),
             (PidfdOpen, EMFILE, 0, 0, NEW, Some(Stage::FdAlloc)),
             (PidfdGetfd, 1, 0, 0, NEW, None),
             (PidfdSendSignal, 3, 0, 0, NEW, None),
         ];
         for (kind, errno, h, flags, sem, want) in cases {
             assert_eq!(
-                stage(*kind, *errno, *h, *flags, *sem),
+                stage(*kind, *errno, *h, 0, *flags, *sem),
                 *want,
                 "{kind:?} errno {errno} flags {flags:#x} {sem:?}"
             );
@@ -195,7 +230,7 @@ mod tests {
         ];
         for (errno, h, stage_want, alloc) in cases {
             assert_eq!(
-                stage(EventKind::Clone3, *errno, *h, P, FN),
+                stage(EventKind::Clone3, *errno, *h, 0, P, FN),
                 Some(*stage_want),
                 "errno {errno} hints {h:#b}"
             );
@@ -206,16 +241,34 @@ mod tests {
             );
         }
         // Without the creation hook the same hints fall back to the errno rules.
-        assert_eq!(stage(EventKind::Clone3, EFAULT, COPY_PROCESS, P, NEW), Some(Stage::UserMemory));
+        assert_eq!(stage(EventKind::Clone3, EFAULT, COPY_PROCESS, 0, P, NEW), Some(Stage::UserMemory));
         assert_eq!(pidfd_allocated(EventKind::Clone3, EFAULT, COPY_PROCESS, NEW), None);
         // Refused before copy_process ran: function probes saw nothing, no pidfd existed.
-        assert_eq!(stage(EventKind::Clone, EINVAL, 0, P | cf::CLONE_PARENT_SETTID, FN), Some(Stage::Flags));
+        assert_eq!(
+            stage(EventKind::Clone, EINVAL, 0, 0, P | cf::CLONE_PARENT_SETTID, FN),
+            Some(Stage::Flags)
+        );
         assert_eq!(pidfd_allocated(EventKind::Clone, EINVAL, 0, FN), Some(false));
         assert_eq!(
             pidfd_allocated(EventKind::Clone3, 0, COPY_PROCESS | PIDFD_CREATED, FN),
             None,
             "successes"
         );
+    }
+
+    #[test]
+    fn extra_facts() {
+        use EventKind::*;
+        // pidfd_open(-5, 0) / (0, 0): the pid was refused, not the flags.
+        assert_eq!(stage(PidfdOpen, EINVAL, 0, xhints::ARGS, 0, NEW), Some(Stage::Args));
+        // Flags are checked first.
+        assert_eq!(stage(PidfdOpen, EINVAL, 0, xhints::ARGS, 4, NEW), Some(Stage::Flags));
+        for kind in [Clone, Clone3, PidfdOpen, PidfdGetfd, PidfdSendSignal] {
+            assert_eq!(stage(kind, 1, 0, xhints::DENIED, 0, NEW), Some(Stage::Denied), "{kind:?}");
+        }
+        assert_eq!(stage(Clone3, EFAULT, 0, xhints::ARGS, P, NEW), Some(Stage::Args));
+        assert_eq!(stage(Clone3, EFAULT, 0, xhints::ARGS, P, FN), Some(Stage::Args));
+        assert_eq!(stage(Clone3, 0, 0, xhints::DENIED, P, NEW), None);
     }
 
     #[test]

@@ -90,6 +90,12 @@ pub struct KernelArgs {
     /// Ring-buffer size in KiB (power of two, at least 4; testing loss accounting).
     #[arg(long, hide = true, value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
+    /// Also report 32-bit (ia32) callers, whose syscalls the syscalls:sys_* tracepoints skip.
+    /// Off by default: it runs a small program on every syscall of the host (raw_syscalls),
+    /// which costs a few percent of a tight non-pidfd syscall loop. `check` lists callers a
+    /// configuration cannot see.
+    #[arg(long)]
+    pub compat_syscalls: bool,
 }
 
 #[derive(Args, Debug)]

@@ -2,7 +2,7 @@
 //! Pure apart from the clock offset it is given; enrichment from /proc happens later.
 use std::collections::HashMap;
 
-use pidfd_trace_common::{EventKind, EventRecord, Mode, hints};
+use pidfd_trace_common::{EventKind, EventRecord, Mode, hints, xhints};
 
 use crate::{
     classify::{self, KernelSemantics},
@@ -88,12 +88,17 @@ impl Decoder {
         let row = hooks::event(kind);
         let errno = if r.ret < 0 { (-r.ret) as u32 } else { 0 };
         let ok = r.ret >= 0;
-        let comm_len = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+        let x = r.xhints;
+        // A call refused before it ran: its arguments were never seen.
+        let denied = x & xhints::DENIED != 0;
         let saved = |what: Saved| match (row.arg0 == what, row.arg1 == what) {
+            _ if denied => None,
             (true, _) => Some(r.arg0),
             (_, true) => Some(r.arg1),
             _ => None,
         };
+        let in_init_ns = r.ns_pid <= 0;
+        let positive = |v: i32| (v > 0).then_some(i64::from(v));
         let passed_pidfd = saved(Saved::Pidfd).map(|v| v as i32);
         let signal_nr = saved(Saved::Signal);
         // Target facts: only the calls that pass a pidfd gather them (risk.rs).
@@ -106,7 +111,10 @@ impl Decoder {
             pid: (r.pid_tgid >> 32) as u32,
             tid: r.pid_tgid as u32,
             uid: r.uid,
-            comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
+            ns_pid: positive(r.ns_pid),
+            comm: c_string(&r.comm),
+            thread_comm: c_string(&r.thread_comm),
+            compat: x & xhints::COMPAT != 0,
             cgroup_id: r.cgroup_id,
             cgroup: None,
             container_id: None,
@@ -116,18 +124,28 @@ impl Decoder {
             flag_names: names::flag_names(kind, r.flags),
             ret: r.ret,
             errno: (!ok).then(|| names::errno_name(errno)),
-            stage: classify::stage(kind, errno, r.hints, r.flags, self.sem),
+            stage: classify::stage(kind, errno, r.hints, x, r.flags, self.sem),
             pidfd: match row.returns {
                 _ if !ok => None,
                 Returns::ChildPid => (r.pidfd >= 0).then_some(r.pidfd),
                 Returns::NewPidfd => Some(r.ret as i32),
                 Returns::Other => None,
             },
-            child_pid: (row.returns == Returns::ChildPid && ok).then_some(r.ret),
-            target_pid: match saved(Saved::Pid) {
-                Some(pid) => Some(pid as i32 as i64),
-                None => (r.target_pid > 0).then_some(r.target_pid as i64),
+            // The kernel's own number for the child (task_newtask); the return value is the
+            // child's number in the caller's namespace, the same only in the initial one.
+            child_pid: match row.returns {
+                Returns::ChildPid if ok => positive(r.child_pid).or(in_init_ns.then_some(r.ret)),
+                _ => None,
             },
+            ns_child_pid: (row.returns == Returns::ChildPid && ok).then(|| positive(r.ns_other)).flatten(),
+            target_pid: match saved(Saved::Pid) {
+                // pidfd_open: the pid behind the pidfd the kernel installed; for a failure,
+                // the argument, which is a host pid only in the initial namespace.
+                Some(_) if r.target_pid > 0 => Some(i64::from(r.target_pid)),
+                Some(pid) => (in_init_ns && pid as i32 > 0).then_some(pid as i32 as i64),
+                None => positive(r.target_pid),
+            },
+            ns_target_pid: (row.returns != Returns::ChildPid).then(|| positive(r.ns_other)).flatten(),
             signal: signal_nr.map(names::signal_name),
             signal_nr,
             target_fd: saved(Saved::TargetFd).map(|fd| fd as i32 as i64),
@@ -138,6 +156,8 @@ impl Decoder {
                 .filter(|&ns| r.hints & hints::COPY_PROCESS != 0 && ns > 0),
             caller_open_pidfds: None,
             used_pidfd: passed_pidfd,
+            target_checked: x & xhints::TARGET_CHECKED != 0,
+            cgroup_leaf: Some(c_string(&r.cgroup_name)).filter(|s| !s.is_empty()),
             risk: seen.then(|| risk::kernel_reasons(&f)),
             target_exit: seen.then(|| risk::exit_names(&f)),
             target_uid: seen.then_some(f.target_uid),
@@ -153,6 +173,12 @@ impl Decoder {
             facts: f,
         }
     }
+}
+
+/// A NUL-terminated kernel string (comm) as text.
+fn c_string(b: &[u8]) -> String {
+    let len = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..len]).into_owned()
 }
 
 /// The JSON `mode` of a record's raw mode byte (`unknown` for a value no build writes).
@@ -193,6 +219,13 @@ pub mod testing {
             comm,
             uid: 1000,
             _pad2: 0,
+            thread_comm: comm,
+            child_pid: 0,
+            ns_pid: 0,
+            ns_other: 0,
+            xhints: 0,
+            _pad3: [0; 3],
+            cgroup_name: [0; pidfd_trace_common::CGROUP_NAME_BYTES],
             facts: Default::default(),
             path: Default::default(),
         }

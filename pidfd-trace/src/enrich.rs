@@ -150,17 +150,30 @@ impl Enricher {
 }
 
 fn enrich(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
-    // Only when the kernel could not resolve the pidfd at syscall entry.
+    // Only when the kernel could not check the fd at syscall entry (a checked fd that is not
+    // a pidfd has no target, whatever the fd number means in /proc by now).
     if ev.target_pid.is_none()
+        && !ev.target_checked
         && let Some(fd) = ev.used_pidfd
     {
         ev.target_pid = pidfd_target(ev.pid, fd);
     }
-    let info = cgroups.lookup(ev.cgroup_id, ev.pid);
+    let mut info = cgroups.lookup(ev.cgroup_id, ev.pid);
+    // The cgroup (and the caller) may be gone by now: the directory name the kernel had
+    // during the call still names the container (no pod UID: that is in an ancestor's name).
+    let mut from_leaf = false;
+    if info.container.is_none()
+        && info.path.is_none()
+        && let Some(c) = ev.cgroup_leaf.as_deref().and_then(cgroup::parse_container)
+    {
+        info.container = Some(c);
+        from_leaf = true;
+    }
     if let Some(c) = info.container {
         // The runtime is what the cgroup2 path says; a container found only through the v1
         // hierarchies (hybrid hosts) keeps its id and no runtime.
-        let on_path = info.path.as_deref().and_then(cgroup::parse_container).is_some_and(|p| p.id == c.id);
+        let on_path =
+            from_leaf || info.path.as_deref().and_then(cgroup::parse_container).is_some_and(|p| p.id == c.id);
         ev.container_runtime = on_path.then_some(c.runtime);
         ev.container_id = Some(c.id);
         ev.pod_uid = c.pod_uid;

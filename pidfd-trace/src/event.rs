@@ -22,10 +22,16 @@ pub struct Event {
     pub pid: u32,
     /// The calling thread.
     pub tid: u32,
+    /// The caller's process id in its own pid namespace, when that is not the initial one.
+    pub ns_pid: Option<i64>,
     /// The caller's real uid (initial user namespace), read in the kernel at exit.
     pub uid: u32,
-    /// The calling thread's command name.
+    /// The process's name (its thread-group leader's comm); `--comm` matches this.
     pub comm: String,
+    /// The calling thread's name.
+    pub thread_comm: String,
+    /// The call came through the 32-bit (ia32) syscall entry.
+    pub compat: bool,
     /// The caller's cgroup2 id.
     pub cgroup_id: u64,
     /// The caller's cgroup2 path, set by the enricher.
@@ -50,10 +56,16 @@ pub struct Event {
     pub stage: Option<Stage>,
     /// The new pidfd on success.
     pub pidfd: Option<i32>,
-    /// clone/clone3: the new child.
+    /// The new child, host pid namespace.
     pub child_pid: Option<i64>,
-    /// The process a pidfd refers to.
+    /// The child's pid in the caller's namespace (the clone's return value), when the caller
+    /// is not in the initial namespace.
+    pub ns_child_pid: Option<i64>,
+    /// The process the call targets, host pid namespace.
     pub target_pid: Option<i64>,
+    /// The target's pid in the caller's namespace, when the caller is not in the initial
+    /// namespace.
+    pub ns_target_pid: Option<i64>,
     /// pidfd_send_signal: the signal's name.
     pub signal: Option<String>,
     /// pidfd_send_signal: the signal's number.
@@ -75,6 +87,14 @@ pub struct Event {
     /// The pidfd a call that uses one passed (pidfd_getfd, pidfd_send_signal, ...); when the
     /// kernel could not resolve it to `target_pid`, the enricher tries /proc.
     pub used_pidfd: Option<i32>,
+    /// The kernel checked what the used fd is, so a null `target_pid` is a fact ("not a
+    /// process fd"), which the enricher must not fill from /proc.
+    #[serde(skip)]
+    pub target_checked: bool,
+    /// The caller's cgroup2 directory name as the kernel had it during the call; names the
+    /// container when the cgroup is gone before the enricher looks (not in the JSON schema).
+    #[serde(skip)]
+    pub cgroup_leaf: Option<String>,
     /// pidfd_getfd / pidfd_send_signal: why this use is risky (`target_exiting`,
     /// `cred_mismatch`, `cross_container`; README "Risky pidfd use"), `[]` when it is not,
     /// null when the kernel could not resolve the pidfd to its target.

@@ -339,7 +339,7 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
             },
         ]
     };
-    vec![
+    let mut hooks = vec![
         FnHook {
             hook: "copy_process",
             targets: vec![FnTarget {
@@ -359,7 +359,48 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
                 kprobe: &[("cgfork_kret", Kretprobe)],
             }],
         },
-    ]
+    ];
+    if let Some(release) = release_target(has_func) {
+        hooks.push(FnHook { hook: RELEASE_HOOK, targets: vec![release] });
+    }
+    hooks
+}
+
+/// The close-tracking hook's name in the plan and `pidfd_trace_probe_attached{hook}`.
+pub const RELEASE_HOOK: &str = "pidfd_release";
+
+/// The pidfd file's release on this kernel (README "Open pidfds: close tracking"): the pidfd
+/// file operations' own `.release` where there is one (`pidfd_release` before 6.9,
+/// `pidfs_file_release` from 7.1), else, with pidfs (6.9 – 7.0), every file's last close
+/// `__fput`, filtered to pidfs files in the kernel program. `None` (no row in the plan) when
+/// BTF has none of them.
+fn release_target(has_func: &dyn Fn(&str) -> bool) -> Option<FnTarget> {
+    use ProgKind::*;
+    use fn_params as p;
+    if has_func("pidfs_file_release") {
+        Some(FnTarget {
+            func: "pidfs_file_release",
+            params: p::PIDFD_RELEASE,
+            fexit: &[("pidfs_rel_fentry", Fentry)],
+            kprobe: &[("pidfs_rel_kprobe", Kprobe)],
+        })
+    } else if has_func("pidfd_release") {
+        Some(FnTarget {
+            func: "pidfd_release",
+            params: p::PIDFD_RELEASE,
+            fexit: &[("pidfd_rel_fentry", Fentry)],
+            kprobe: &[("pidfd_rel_kprobe", Kprobe)],
+        })
+    } else if has_func("pidfs_alloc_file") && has_func("__fput") {
+        Some(FnTarget {
+            func: "__fput",
+            params: p::FPUT,
+            fexit: &[("fput_fentry", Fentry)],
+            kprobe: &[("fput_kprobe", Kprobe)],
+        })
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -394,6 +435,9 @@ mod tests {
         }
         let mut hooks = function_hooks(&|_| true);
         hooks.extend(function_hooks(&|_| false));
+        // Each release target alone (the first one present wins).
+        hooks.extend(function_hooks(&|f| f != "pidfs_file_release"));
+        hooks.extend(function_hooks(&|f| f == "pidfs_alloc_file" || f == "__fput"));
         let fns: Vec<FnTarget> = hooks.into_iter().flat_map(|h| h.targets).collect();
         let mut syscalls_seen = std::collections::HashSet::new();
         let (mut programs, mut protos) = (0, 0);
@@ -453,7 +497,7 @@ mod tests {
             kind: EventKind::Waitid as u8,
             hints: 0,
             signal: 0,
-            _pad: 0,
+            xhints: 0,
             errno,
             flag_bits: 0,
         };
@@ -461,6 +505,24 @@ mod tests {
         assert_eq!(series(&key(0), Default::default()), s("ok"));
         assert_eq!(series(&key(10), Default::default()), s("ECHILD"));
         assert!(crate::sink::outcomes::initial_series(Default::default()).contains(&s("ok")[0]));
+    }
+
+    #[test]
+    fn release_target_per_kernel() {
+        let target = |fs: &'static [&'static str]| {
+            function_hooks(&|f| fs.contains(&f))
+                .into_iter()
+                .find(|h| h.hook == RELEASE_HOOK)
+                .map(|h| h.targets[0].func)
+        };
+        // 5.10 / 6.1: the pidfd fops' own release.
+        assert_eq!(target(&["anon_inode_getfile", "pidfd_release", "__fput"]), Some("pidfd_release"));
+        // 6.12 – 7.0: pidfs without a release: every file's last close, filtered.
+        assert_eq!(target(&["pidfs_alloc_file", "__fput"]), Some("__fput"));
+        // 7.1+: pidfs_file_release.
+        assert_eq!(target(&["pidfs_alloc_file", "pidfs_file_release", "__fput"]), Some("pidfs_file_release"));
+        // Nothing to hook: no row (check says closes are not traced).
+        assert_eq!(target(&["pidfs_alloc_file"]), None);
     }
 
     #[test]

@@ -203,8 +203,8 @@ pub async fn run_with_tick(
     let mut sweeps = 0u64;
     // The ready line (docs/cli.md, "Output and exit status"); a JSON object under `serve --log-format json`.
     crate::serve::logging::status(&session.attached_line());
-    let stopped_early = EARLY_STOP.load(Ordering::Relaxed) != 0;
-    while !stopped_early {
+    let mut stop = EARLY_STOP.load(Ordering::Relaxed) != 0;
+    while !stop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|err| PipelineError::Poll { what: "event ring buffer", err })?;
@@ -249,8 +249,8 @@ pub async fn run_with_tick(
                     return sink_closed(e, session);
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = sigint.recv() => stop = true,
+            _ = sigterm.recv() => stop = true,
         }
     }
     // Records already in the ring when the signal came are still delivered.

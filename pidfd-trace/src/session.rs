@@ -120,7 +120,15 @@ impl Session {
         let ring_bytes = args.ring_kib.map(|k| k * 1024);
         let forced = matches!(args.mode, ModeChoice::Fentry | ModeChoice::Kprobe);
         let probes = Probes::load(
-            &LoadOptions { layout, btf: &btf, kallsyms: &kallsyms, forced, ring_bytes },
+            &LoadOptions {
+                layout,
+                btf: &btf,
+                kallsyms: &kallsyms,
+                forced,
+                ring_bytes,
+                newtask: tracefs::newtask_layout(&root),
+                compat_syscalls: args.compat_syscalls.then(|| tracefs::raw_syscalls_layout(&root, layout)),
+            },
             &mut plan,
             &fns,
         )?;
@@ -135,6 +143,19 @@ impl Session {
         let chosen = |hook: &str| plan.iter().any(|h| h.hook == hook && h.chosen.is_some());
         facts.sem.creation_observed = chosen("copy_process") && chosen("pidfd_creation");
         Ok(Self { facts, plan, probes })
+    }
+
+    /// What this configuration cannot see or check, one sentence each (`check`'s
+    /// "blind_spots", README "What the agent cannot see").
+    pub fn blind_spots(&self) -> Vec<String> {
+        let mut v = vec![
+            "32-bit callers refused by seccomp before a clone ran: not reported (64-bit clones and every pidfd_open, pidfd_getfd and pidfd_send_signal are, as stage denied)".to_string(),
+        ];
+        if !self.probes.compat_attached {
+            v.push("32-bit (ia32) callers: the syscalls:sys_* tracepoints skip compat syscalls, so their pidfd calls are not reported; run with --compat-syscalls to see them".to_string());
+        }
+        v.extend(self.probes.blind_spots.iter().cloned());
+        v
     }
 
     /// Gives up every capability the agent no longer needs now that the programs are

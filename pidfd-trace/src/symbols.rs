@@ -39,6 +39,19 @@ impl Kallsyms {
         Self { found }
     }
 
+    /// The address of the data symbol `name` (kind r/R/d/D) in the text of /proc/kallsyms;
+    /// `None` when absent or hidden (kptr_restrict shows zeros).
+    pub fn data_address(text: &str, name: &str) -> Option<u64> {
+        text.lines().find_map(|line| {
+            let mut parts = line.split_whitespace();
+            let (addr, kind, sym) = (parts.next()?, parts.next()?, parts.next()?);
+            if sym != name || !matches!(kind, "r" | "R" | "d" | "D") {
+                return None;
+            }
+            u64::from_str_radix(addr, 16).ok().filter(|&a| a != 0)
+        })
+    }
+
     /// The symbol a kprobe on `func` attaches to, if the kernel has one.
     pub fn symbol(&self, func: &str) -> Option<&str> {
         self.found.get(func).map(String::as_str)
@@ -62,5 +75,9 @@ mod tests {
         assert_eq!(k.symbol("cgroup_can_fork"), None, "data symbols are not functions");
         assert_eq!(k.symbol("pidfs_alloc_file"), Some("pidfs_alloc_file"));
         assert_eq!(k.symbol("missing"), None);
+        let data = "ffffffff82000000 r pidfs_file_operations\n0000000000000000 r hidden_ops\n";
+        assert_eq!(Kallsyms::data_address(data, "pidfs_file_operations"), Some(0xffff_ffff_8200_0000));
+        assert_eq!(Kallsyms::data_address(data, "hidden_ops"), None);
+        assert_eq!(Kallsyms::data_address(text, "copy_process"), None, "a function is not data");
     }
 }

@@ -179,6 +179,30 @@ pub fn syscall_layout(root: &Path) -> Result<SyscallLayout, TracefsError> {
     layout.ok_or_else(|| TracefsError::MissingTracepoint("syscalls".into()))
 }
 
+/// Whether `raw_syscalls:sys_enter/sys_exit` put `id` at 8 and `args`/`ret` where the
+/// syscall tracepoints put theirs (`layout`), as the compat programs assume.
+pub fn raw_syscalls_layout(root: &Path, layout: SyscallLayout) -> Result<(), String> {
+    let enter = field_offsets(root, "raw_syscalls", "sys_enter").map_err(|e| e.to_string())?;
+    let exit = field_offsets(root, "raw_syscalls", "sys_exit").map_err(|e| e.to_string())?;
+    match (enter.get("id"), enter.get("args"), exit.get("id"), exit.get("ret")) {
+        (Some(8), Some(&a), Some(8), Some(&r)) if a == layout.arg0 && r == layout.ret => Ok(()),
+        other => Err(format!(
+            "raw_syscalls fields (id, args, id, ret) at {other:?}; expected id at 8, args at {}, ret at {}",
+            layout.arg0, layout.ret
+        )),
+    }
+}
+
+/// Whether `task:task_newtask` has the layout its program reads: `pid` at 8 and an 8-byte
+/// `clone_flags` at 32 (5.10 through 6.18).
+pub fn newtask_layout(root: &Path) -> Result<(), String> {
+    let fields = field_offsets(root, "task", "task_newtask").map_err(|e| e.to_string())?;
+    match (fields.get("pid"), fields.get("clone_flags")) {
+        (Some(8), Some(32)) => Ok(()),
+        (p, f) => Err(format!("task_newtask fields pid at {p:?}, clone_flags at {f:?}; expected 8 and 32")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

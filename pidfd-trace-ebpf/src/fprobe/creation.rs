@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use pidfd_trace_common::{Mode, fn_params, hints};
 
-use super::{current_call, is_err_ptr, mark};
+use super::{current_call, is_err_ptr, mark, release::born};
 
 // Parameter counts: the `// prototype:` line of each program below.
 const PIDFS_PARAMS: usize = fn_params::PIDFS_ALLOC_FILE;
@@ -17,14 +17,23 @@ const ANON_PARAMS: usize = fn_params::ANON_INODE;
 // prototype: pidfs_alloc_file/2: struct file *pidfs_alloc_file(struct pid *pid, unsigned int flags) [6.9-7.1]
 #[fexit(function = "pidfs_alloc_file")]
 pub fn pidfs_fexit(ctx: FExitContext) -> u32 {
-    created(!is_err_ptr(ctx.arg::<u64>(PIDFS_PARAMS)), Mode::Fexit);
+    let file = ctx.arg::<u64>(PIDFS_PARAMS);
+    created(!is_err_ptr(file), Mode::Fexit);
+    // Every pidfd is made here on 6.9+ (clone, pidfd_open, SO_PEERPIDFD, SCM_PIDFD, ...).
+    if !is_err_ptr(file) {
+        born(file);
+    }
     0
 }
 
 // prototype: pidfs_alloc_file/2: struct file *pidfs_alloc_file(struct pid *pid, unsigned int flags) [6.9-7.1]
 #[kretprobe]
 pub fn pidfs_kret(ctx: RetProbeContext) -> u32 {
-    created(!is_err_ptr(ctx.ret::<u64>()), Mode::Kprobe);
+    let file = ctx.ret::<u64>();
+    created(!is_err_ptr(file), Mode::Kprobe);
+    if !is_err_ptr(file) {
+        born(file);
+    }
     0
 }
 
@@ -32,7 +41,11 @@ pub fn pidfs_kret(ctx: RetProbeContext) -> u32 {
 #[fexit(function = "anon_inode_getfile")]
 pub fn anon_file_fexit(ctx: FExitContext) -> u32 {
     if is_pidfd_name(ctx.arg::<u64>(0)) {
-        created(!is_err_ptr(ctx.arg::<u64>(ANON_PARAMS)), Mode::Fexit);
+        let file = ctx.arg::<u64>(ANON_PARAMS);
+        created(!is_err_ptr(file), Mode::Fexit);
+        if !is_err_ptr(file) {
+            born(file);
+        }
     }
     0
 }
@@ -42,7 +55,9 @@ pub fn anon_file_fexit(ctx: FExitContext) -> u32 {
 pub fn anon_fd_fexit(ctx: FExitContext) -> u32 {
     if is_pidfd_name(ctx.arg::<u64>(0)) {
         // `int` return: only the low 32 bits are meaningful.
-        created(ctx.arg::<u64>(ANON_PARAMS) as i32 >= 0, Mode::Fexit);
+        let fd = ctx.arg::<u64>(ANON_PARAMS) as i32;
+        created(fd >= 0, Mode::Fexit);
+        born_fd(fd);
     }
     0
 }
@@ -62,24 +77,46 @@ pub fn anon_kprobe(ctx: ProbeContext) -> u32 {
 // prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
 #[kretprobe]
 pub fn anon_file_kret(ctx: RetProbeContext) -> u32 {
-    anon_returned(!is_err_ptr(ctx.ret::<u64>()));
+    let file = ctx.ret::<u64>();
+    if anon_returned(!is_err_ptr(file)) && !is_err_ptr(file) {
+        born(file);
+    }
     0
 }
 
 // prototype: anon_inode_getfd/4: int anon_inode_getfd(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
 #[kretprobe]
 pub fn anon_fd_kret(ctx: RetProbeContext) -> u32 {
-    anon_returned(ctx.ret::<u64>() as i32 >= 0);
+    let fd = ctx.ret::<u64>() as i32;
+    if anon_returned(fd >= 0) {
+        born_fd(fd);
+    }
     0
 }
 
+/// kprobe mode: the return of an anon inode call whose entry saw "[pidfd]"; true if so.
 #[inline(always)]
-fn anon_returned(ok: bool) {
+fn anon_returned(ok: bool) -> bool {
     if let Some(st) = current_call()
         && st.hints & hints::ANON_PENDING != 0
     {
         st.hints &= !hints::ANON_PENDING;
         mark(st, if ok { hints::PIDFD_CREATED } else { hints::PIDFD_CREATE_FAILED }, Mode::Kprobe);
+        return true;
+    }
+    false
+}
+
+/// anon_inode_getfd returns the fd it installed, not the file: find the file in the caller's
+/// fd table (the fd was installed before the function returned).
+#[inline(always)]
+fn born_fd(fd: i32) {
+    if fd < 0 {
+        return;
+    }
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    if let Some(file) = unsafe { crate::risk::fd_file(task, fd as u64) } {
+        born(file as u64);
     }
 }
 

@@ -9,6 +9,7 @@
 mod cgroup;
 mod copy_process;
 mod creation;
+mod release;
 
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use pidfd_trace_common::{EnterState, Mode};

@@ -2,10 +2,18 @@
 //! hosts that refuse fentry and lack kprobes. Each syscall has an enter program that saves its
 //! arguments per thread and an exit program that emits the outcome.
 mod clone;
+mod compat;
+mod newtask;
 mod pidfd;
 
-use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
-use pidfd_trace_common::{EnterState, EventKind, Mode, TargetFacts, hints, stats};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{map, tracepoint},
+    maps::{PerCpuArray, ProgramArray},
+    programs::TracePointContext,
+};
+use pidfd_trace_common::{EnterState, EventKind, Mode, TargetFacts, exit_tail, hints, stats, xhints};
 
 use crate::{
     emit,
@@ -94,13 +102,112 @@ fn ret(ctx: &TracePointContext) -> i64 {
 }
 
 /// Exit path shared by the pidfd_* syscalls, which need nothing beyond their arguments.
+/// A failed call whose entry never fired was refused before the syscall ran (seccomp, a
+/// tracer): it is reported as `denied` (`kind` names the syscall; `Waitid` never is, its exit
+/// is hot and its entry filters on the id type).
 #[inline(always)]
-fn exit_simple(ctx: &TracePointContext) {
+fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
     let id = bpf_get_current_pid_tgid();
-    let Some(st) = take(id) else {
-        return;
+    let ret = ret(ctx);
+    // The record is written by a tail program (`exit_tail`), verified once for every exit
+    // (a copy inlined in each exit program, twice in some, was past the 6.1 verifier's
+    // budget or took it a minute under emulation).
+    let mut st = match take(id) {
+        Some(st) => st,
+        // Refused before it ran: no entry state.
+        None if ret < 0 && kind != EventKind::Waitid => denied(kind),
+        None => return,
     };
-    emit::finish(ctx, &st, id, ret(ctx), -1, 0, mode_of(&st));
+    st.xhints |= x;
+    if kind == EventKind::PidfdOpen && ret >= 0 && st.xhints & xhints::DENIED == 0 {
+        // The target as the kernel resolved it: the pid behind the pidfd it installed.
+        let (level, _) = crate::task::caller_ns();
+        let t = crate::task::fd_target(ret as u64, false, level);
+        if t.checked {
+            st.target_pid = t.host;
+            st.xhints |= xhints::TARGET_CHECKED;
+        }
+    }
+    let Some(t) = tail_slot() else { return };
+    t.st = st;
+    t.id = id;
+    t.ret = ret;
+    t.hint = -1;
+    t.pidfd = -1;
+    t.extra = 0;
+    // Only pidfd_getfd records carry a file path (a 32-bit caller's kind is known at run time).
+    tail(
+        ctx,
+        if kind == EventKind::PidfdGetfd || x & xhints::COMPAT != 0 {
+            exit_tail::EMIT_PATH
+        } else {
+            exit_tail::EMIT
+        },
+    );
+}
+
+/// What a syscall exit hands to its tail programs (`exit_tail`). One slot per CPU: a tail
+/// call runs on the same CPU, in the same program run, without sleeping.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExitTail {
+    st: EnterState,
+    id: u64,
+    ret: i64,
+    /// The pidfd number read back from user memory (a hint), -1 if unreadable.
+    hint: i64,
+    /// x86_64 syscall number of the call (DENIED), 0 for 32-bit callers.
+    nr: u64,
+    pidfd: i32,
+    extra: u8,
+    _pad: [u8; 3],
+}
+
+#[map]
+static EXIT_TAIL_STATE: PerCpuArray<ExitTail> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static EXIT_TAIL: ProgramArray = ProgramArray::with_max_entries(exit_tail::SLOTS, 0);
+
+#[inline(always)]
+pub(super) fn tail_slot() -> Option<&'static mut ExitTail> {
+    // SAFETY: this CPU's slot of a per-CPU array; nothing else runs on it until the
+    // program chain ends.
+    EXIT_TAIL_STATE.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Jumps to tail program `idx`; returns only when its slot is empty (the agent could not
+/// load it on this kernel).
+#[inline(always)]
+pub(super) fn tail<C: EbpfContext>(ctx: &C, idx: u32) {
+    // SAFETY: the program array holds only tracepoint programs of this object.
+    unsafe { EXIT_TAIL.tail_call(ctx, idx) };
+}
+
+/// Last step of every exit that reports: the record and the counter.
+#[tracepoint(category = "syscalls", name = "exit_tail_emit")]
+pub fn exit_tail_emit(ctx: TracePointContext) -> u32 {
+    if let Some(t) = tail_slot() {
+        emit::finish::<_, false>(&ctx, &t.st, t.id, t.ret, t.pidfd, t.extra, mode_of(&t.st));
+    }
+    0
+}
+
+/// The same for exits whose record may be a pidfd_getfd's: with its file path.
+#[tracepoint(category = "syscalls", name = "exit_tail_emit_path")]
+pub fn exit_tail_emit_path(ctx: TracePointContext) -> u32 {
+    if let Some(t) = tail_slot() {
+        emit::finish::<_, true>(&ctx, &t.st, t.id, t.ret, t.pidfd, t.extra, mode_of(&t.st));
+    }
+    0
+}
+
+/// The state of a call whose entry never ran: nothing but its kind is known.
+#[inline(always)]
+fn denied(kind: EventKind) -> EnterState {
+    let mut st = entry(kind, 0, 0, 0, 0, 0);
+    st.xhints = xhints::DENIED;
+    st
 }
 
 /// Exit path of the calls that use a pidfd: returns before any map look-up unless such a
@@ -111,7 +218,7 @@ fn exit_use(ctx: &TracePointContext) {
     if !is_open(&USES_IN_FLIGHT) {
         return;
     }
-    exit_simple(ctx);
+    exit_simple(ctx, EventKind::Waitid, 0);
 }
 
 /// A fresh entry state as the tracepoints see a call; function probes may add to it later.
@@ -129,6 +236,13 @@ fn entry(kind: EventKind, flags: u64, arg0: u64, arg1: u64, uptr: u64, target_pi
         _pad: 0,
         target_pid,
         facts: TargetFacts::ZERO,
+        kflags: 0,
+        uargs: 0,
+        usize: 0,
+        child_pid: 0,
+        ns_other: 0,
+        xhints: 0,
+        _pad2: [0; 7],
     }
 }
 

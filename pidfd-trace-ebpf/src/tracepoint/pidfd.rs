@@ -1,16 +1,36 @@
 //! pidfd_open(2), pidfd_getfd(2), pidfd_send_signal(2) and waitid(2) on a pidfd, seen from the
 //! syscall tracepoints.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use pidfd_trace_common::EventKind;
+use pidfd_trace_common::{EventKind, xhints};
 
 use super::{arg, entry, exit_simple, exit_use, save};
-use crate::{risk, task::pidfd_target};
+use crate::{
+    risk,
+    task::{caller_ns, fd_target},
+};
 
 #[inline(always)]
 fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
-    // pidfd_getfd / pidfd_send_signal: resolve the pidfd now, while the caller still holds it.
-    let target_pid = if kind == EventKind::PidfdOpen { 0 } else { pidfd_target(arg0) };
-    let mut st = entry(kind, flags, arg0, arg1, 0, target_pid);
+    let mut st = entry(kind, flags, arg0, arg1, 0, 0);
+    let (level, _) = caller_ns();
+    if kind == EventKind::PidfdOpen {
+        // `pid` is a number in the caller's namespace; pid <= 0 is refused as an argument.
+        if arg0 as i32 <= 0 {
+            st.xhints |= xhints::ARGS;
+        }
+        if level > 0 {
+            st.ns_other = arg0 as i32;
+        }
+    } else {
+        // Resolve the fd now, while the caller still holds it: a pidfd, or (for
+        // pidfd_send_signal, which accepts them) a /proc/<pid> directory; nothing else.
+        let t = fd_target(arg0, kind == EventKind::PidfdSendSignal, level);
+        st.target_pid = t.host;
+        st.ns_other = t.ns;
+        if t.checked {
+            st.xhints |= xhints::TARGET_CHECKED;
+        }
+    }
     // The target facts (exiting, credentials, cgroup, the file taken) while the pidfd pins it.
     match kind {
         EventKind::PidfdGetfd => risk::gather(arg0, Some(arg1), &mut st.facts),
@@ -23,42 +43,60 @@ fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_open")]
 pub fn sys_enter_pidfd_open(ctx: TracePointContext) -> u32 {
-    enter(EventKind::PidfdOpen, arg(&ctx, 1), arg(&ctx, 0), 0);
+    open_enter(&ctx);
     0
+}
+
+/// pidfd_open's entry, also for 32-bit callers (compat.rs): same argument slots.
+#[inline(always)]
+pub(super) fn open_enter(ctx: &TracePointContext) {
+    enter(EventKind::PidfdOpen, arg(ctx, 1), arg(ctx, 0), 0);
+}
+
+#[inline(always)]
+pub(super) fn getfd_enter(ctx: &TracePointContext) {
+    enter(EventKind::PidfdGetfd, arg(ctx, 2), arg(ctx, 0), arg(ctx, 1));
+}
+
+#[inline(always)]
+pub(super) fn send_signal_enter(ctx: &TracePointContext) {
+    enter(EventKind::PidfdSendSignal, arg(ctx, 3), arg(ctx, 0), arg(ctx, 1));
 }
 
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_open")]
 pub fn sys_exit_pidfd_open(ctx: TracePointContext) -> u32 {
-    exit_simple(&ctx);
+    exit_simple(&ctx, EventKind::PidfdOpen, 0);
     0
 }
 
 // prototype: syscall:pidfd_getfd/3: SYSCALL_DEFINE3(pidfd_getfd, int, pidfd, int, fd, unsigned int, flags) [5.6-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_getfd")]
 pub fn sys_enter_pidfd_getfd(ctx: TracePointContext) -> u32 {
-    enter(EventKind::PidfdGetfd, arg(&ctx, 2), arg(&ctx, 0), arg(&ctx, 1));
+    getfd_enter(&ctx);
     0
 }
 
 // prototype: syscall:pidfd_getfd/3: SYSCALL_DEFINE3(pidfd_getfd, int, pidfd, int, fd, unsigned int, flags) [5.6-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_getfd")]
 pub fn sys_exit_pidfd_getfd(ctx: TracePointContext) -> u32 {
-    exit_use(&ctx);
+    // Not gated: pidfd_getfd is rare, and an exit without entry is a refused call.
+    exit_simple(&ctx, EventKind::PidfdGetfd, 0);
     0
 }
 
 // prototype: syscall:pidfd_send_signal/4: SYSCALL_DEFINE4(pidfd_send_signal, int, pidfd, int, sig, siginfo_t __user *, info, unsigned int, flags) [5.1-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_send_signal")]
 pub fn sys_enter_pidfd_send_signal(ctx: TracePointContext) -> u32 {
-    enter(EventKind::PidfdSendSignal, arg(&ctx, 3), arg(&ctx, 0), arg(&ctx, 1));
+    send_signal_enter(&ctx);
     0
 }
 
 // prototype: syscall:pidfd_send_signal/4: SYSCALL_DEFINE4(pidfd_send_signal, int, pidfd, int, sig, siginfo_t __user *, info, unsigned int, flags) [5.1-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_pidfd_send_signal")]
 pub fn sys_exit_pidfd_send_signal(ctx: TracePointContext) -> u32 {
-    exit_use(&ctx);
+    // Not gated: pidfd_send_signal is rare, and an exit without entry is a refused call.
+    exit_simple(&ctx, EventKind::PidfdSendSignal, 0);
     0
 }
 

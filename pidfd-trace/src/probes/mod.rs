@@ -9,12 +9,15 @@ pub use ring::{EventRing, KernelLog};
 use std::collections::HashSet;
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    Ebpf, EbpfLoader, VerifierLogLevel,
+    maps::{PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use log::{debug, warn};
-use pidfd_trace_common::{CounterKey, FdPidOffsets, PidsLimitOffsets, RiskOffsets, globals, risk, stats};
+use pidfd_trace_common::{
+    CounterKey, FdPidOffsets, PidsLimitOffsets, RiskOffsets, TruthOffsets, closes, exit_tail, globals, risk,
+    stats,
+};
 
 use crate::{
     btf::Btf,
@@ -85,6 +88,12 @@ pub struct LoadOptions<'a> {
     pub kallsyms: &'a Kallsyms,
     /// A forced function-probe mode fails the start instead of falling back.
     pub forced: bool,
+    /// `task:task_newtask` has the record layout its program reads (tracefs.rs); `Err`
+    /// says why not, and the program is not attached.
+    pub newtask: Result<(), String>,
+    /// `--compat-syscalls`: attach the raw_syscalls programs for 32-bit callers; `Err` when
+    /// raw_syscalls does not have the layout they read.
+    pub compat_syscalls: Option<Result<(), String>>,
     /// Ring-buffer size in bytes (power of two); `None` keeps the built-in default.
     pub ring_bytes: Option<u32>,
 }
@@ -103,6 +112,11 @@ pub struct Probes {
     ebpf: Ebpf,
     /// What is attached, in plan order (the `attached` line).
     pub attached: Vec<Attached>,
+    /// What the running configuration cannot see or check, one line each (`check`'s
+    /// "blind_spots"); empty when nothing is known to be missing.
+    pub blind_spots: Vec<String>,
+    /// The raw_syscalls programs for 32-bit callers are attached.
+    pub compat_attached: bool,
     /// aya's view of the kernel BTF, needed to load fentry/fexit; read on first use.
     aya_btf: Option<aya::Btf>,
     loaded: HashSet<&'static str>,
@@ -115,25 +129,79 @@ impl Probes {
     pub fn load(opts: &LoadOptions<'_>, plan: &mut [HookPlan], fns: &[FnHook]) -> Result<Self, LoadError> {
         let pids = pids_limit_offsets(opts.btf);
         let fd_pid = fd_pid_offsets(opts.btf);
+        let truth = truth_offsets(opts.btf);
+        let mut blind_spots = Vec::new();
+        if fd_pid.valid == 0 || truth.valid == 0 {
+            blind_spots.push(
+                "fd kinds: the kernel's file/dentry/pid shapes are not in BTF; a clone's pidfd is the number in user memory (forgeable), target_pid comes from /proc, comm is the thread's and no ns_* fields".to_string(),
+            );
+        }
         let risk = risk_offsets(opts.btf);
+        let (pidfs_fops, file_f_op) = pidfs_fops(opts.btf);
         let mut loader = EbpfLoader::new();
+        // Statistics and the refusal reason only: aya's default also asks for the verifier's
+        // per-instruction trace, and a refused program is loaded again to get it, which for
+        // a program near the 1M-instruction limit writes gigabytes of log (minutes of start-up
+        // under emulation before the refusal is reported at all).
+        loader.verifier_log_level(VerifierLogLevel::STATS);
         loader
+            .override_global(globals::PIDFS_FOPS, &pidfs_fops, true)
+            .override_global(globals::FILE_F_OP, &file_f_op, true)
             .override_global(globals::TP_ARG0, &opts.layout.arg0, true)
             .override_global(globals::TP_RET, &opts.layout.ret, true)
             .override_global(globals::PIDS_LIMIT, &pids, true)
             .override_global(globals::FD_PID, &fd_pid, true)
+            .override_global(globals::TRUTH, &truth, true)
             .override_global(globals::RISK, &risk, true);
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let ebpf = loader.load(OBJECT)?;
-        let mut probes = Probes { ebpf, attached: Vec::new(), aya_btf: None, loaded: HashSet::new() };
+        let mut probes = Probes {
+            ebpf,
+            attached: Vec::new(),
+            blind_spots,
+            compat_attached: false,
+            aya_btf: None,
+            loaded: HashSet::new(),
+        };
+        probes.load_exit_tails()?;
         for hook in plan.iter() {
             if hook.chosen == Some(AttachMode::Tracepoint) {
                 for dir in ["enter", "exit"] {
                     probes.attach_tracepoint(&format!("sys_{dir}_{}", hook.hook))?;
                 }
                 probes.attached.push(Attached { hook: hook.hook, mode: AttachMode::Tracepoint });
+            }
+        }
+        // The child and the flags as the kernel created them (clone pidfds, their flags).
+        match &opts.newtask {
+            Ok(()) => probes.attach_event_tracepoint(NEWTASK_PROG, "task", "task_newtask")?,
+            Err(why) => probes.blind_spots.push(format!(
+                "task:task_newtask unusable ({why}): a clone's pidfd is the number in user memory and its flags are the caller's"
+            )),
+        }
+        match &opts.compat_syscalls {
+            None => {}
+            Some(Err(why)) => probes.blind_spots.push(format!("--compat-syscalls refused: {why}")),
+            Some(Ok(())) if truth.ti_status_valid == 0 => probes.blind_spots.push(
+                "--compat-syscalls refused: this kernel's BTF has no thread_info.status (TS_COMPAT), so 32-bit calls cannot be told from 64-bit ones".into(),
+            ),
+            Some(Ok(())) => {
+                // The exit first: an entry program without its exit would leave entry state
+                // (and the in-flight gates) behind. A kernel that refuses either program runs
+                // without them and says so, like a kernel without TS_COMPAT.
+                let attached = [(COMPAT_EXIT_PROG, "sys_exit"), (COMPAT_ENTER_PROG, "sys_enter")]
+                    .into_iter()
+                    .try_for_each(|(prog, event)| probes.attach_event_tracepoint(prog, "raw_syscalls", event));
+                match attached {
+                    Ok(()) => probes.compat_attached = true,
+                    Err(e) => {
+                        let why = one_line(&e.to_string());
+                        warn!("--compat-syscalls: {why}");
+                        probes.blind_spots.push(format!("--compat-syscalls refused by this kernel: {why}"));
+                    }
+                }
             }
         }
         for f in fns {
@@ -165,7 +233,19 @@ impl Probes {
         }
         // Only loading needed aya's copy of the kernel BTF.
         probes.aya_btf = None;
+        if probes.attached.iter().any(|a| a.hook == crate::hooks::RELEASE_HOOK) {
+            probes.enable_close_tracking()?;
+        }
         Ok(probes)
+    }
+
+    /// Lets the creation hooks remember each pidfd's creation time (`CLOSE_ON[0] = 1`), now
+    /// that a release hook takes the entries out again.
+    fn enable_close_tracking(&mut self) -> Result<(), LoadError> {
+        let map = self.ebpf.map_mut("CLOSE_ON").ok_or(LoadError::MissingMap("CLOSE_ON"))?;
+        let mut on = aya::maps::Array::<_, u32>::try_from(map)
+            .map_err(|err| LoadError::Map { name: "CLOSE_ON", err })?;
+        on.set(0, 1, 0).map_err(|err| LoadError::Map { name: "CLOSE_ON", err })
     }
 
     /// Loads and attaches every program `mode` needs for `hook`; on any failure unloads
@@ -245,6 +325,61 @@ impl Probes {
         Ok(())
     }
 
+    /// Loads the syscall exits' tail programs (`exit_tail`) into their program array, before
+    /// any exit is attached. The record programs are required; a kernel whose verifier
+    /// refuses a clone step leaves that slot empty: clone exits then report without that
+    /// step's finding, and `check` lists it as a blind spot.
+    fn load_exit_tails(&mut self) -> Result<(), LoadError> {
+        for (idx, name) in exit_tail::PROGRAMS {
+            let loaded = (|| -> Result<aya::programs::ProgramFd, LoadError> {
+                let load_err = |err| LoadError::Load { name: name.into(), err: Box::new(err) };
+                let prog: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| LoadError::MissingProgram(name.into()))?
+                    .try_into()
+                    .map_err(load_err)?;
+                prog.load().map_err(load_err)?;
+                log_verified(name, prog.info().ok());
+                let fd = prog.fd().map_err(load_err)?;
+                fd.try_clone().map_err(|e| load_err(aya::programs::ProgramError::IOError(e)))
+            })();
+            let fd = match loaded {
+                Ok(fd) => fd,
+                Err(e) if !exit_tail::optional(idx) => return Err(e),
+                Err(e) => {
+                    let why = one_line(&e.to_string());
+                    warn!("{why}; clone/clone3 events go without that step");
+                    self.blind_spots.push(format!("{}: {why}", exit_tail_loss(idx)));
+                    continue;
+                }
+            };
+            let map = self.ebpf.map_mut(exit_tail::MAP).ok_or(LoadError::MissingMap(exit_tail::MAP))?;
+            let mut array =
+                ProgramArray::try_from(map).map_err(|err| LoadError::Map { name: exit_tail::MAP, err })?;
+            array.set(idx, &fd, 0).map_err(|err| LoadError::Map { name: exit_tail::MAP, err })?;
+        }
+        Ok(())
+    }
+
+    /// Loads program `name` and attaches it to the tracepoint `category:event`.
+    fn attach_event_tracepoint(&mut self, name: &str, category: &str, event: &str) -> Result<(), LoadError> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::MissingProgram(name.into()))?
+            .try_into()
+            .map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
+        prog.load().map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
+        log_verified(name, prog.info().ok());
+        prog.attach(category, event).map_err(|err| LoadError::Attach {
+            name: name.into(),
+            target: format!("{category}:{event}"),
+            err: Box::new(err),
+        })?;
+        Ok(())
+    }
+
     fn attach_tracepoint(&mut self, name: &str) -> Result<(), LoadError> {
         let prog: &mut TracePoint = self
             .ebpf
@@ -253,6 +388,7 @@ impl Probes {
             .try_into()
             .map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
         prog.load().map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
+        log_verified(name, prog.info().ok());
         prog.attach("syscalls", name).map_err(|err| LoadError::Attach {
             name: name.into(),
             target: format!("syscalls:{name}"),
@@ -280,7 +416,25 @@ impl Probes {
 
     /// The per-CPU counter maps now, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, LoadError> {
-        Ok(Counters { outcomes: self.outcomes()?, stats: self.stats()?, risky: self.risky()? })
+        Ok(Counters {
+            outcomes: self.outcomes()?,
+            stats: self.stats()?,
+            risky: self.risky()?,
+            closes: self.closes()?,
+        })
+    }
+
+    /// The `CLOSES` slots, summed over CPUs.
+    fn closes(&self) -> Result<[u64; closes::COUNT as usize], LoadError> {
+        let map = self.ebpf.map("CLOSES").ok_or(LoadError::MissingMap("CLOSES"))?;
+        let map =
+            PerCpuArray::<_, u64>::try_from(map).map_err(|err| LoadError::Map { name: "CLOSES", err })?;
+        let mut out = [0u64; closes::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot =
+                map.get(&(i as u32), 0).map_err(|err| LoadError::Map { name: "CLOSES", err })?.iter().sum();
+        }
+        Ok(out)
     }
 
     /// The risky-getfd counters (one per set of reasons, `risk::slot`), summed over CPUs.
@@ -422,6 +576,7 @@ fn pids_limit_offsets(btf: &Btf) -> PidsLimitOffsets {
             pids_cgrp_id: btf.enum_value("cgroup_subsys_id", "pids_cgrp_id")? as u32,
             pids_counter: btf.member_offset("pids_cgroup", "counter")?,
             pids_limit: btf.member_offset("pids_cgroup", "limit")?,
+            css_parent: btf.member_offset("cgroup_subsys_state", "parent")?,
             valid: 1,
         })
     };
@@ -467,6 +622,110 @@ fn fd_pid_offsets(btf: &Btf) -> FdPidOffsets {
                 "cannot resolve pidfds in the kernel on this kernel ({e}); target_pid comes from /proc and may be missing"
             );
             FdPidOffsets::default()
+        }
+    }
+}
+
+/// Logs (debug) how many instructions the verifier processed for a program: its complexity,
+/// against the kernel's 1M budget (kernels before 5.16 do not report it).
+fn log_verified(name: &str, info: Option<aya::programs::ProgramInfo>) {
+    if let Some(n) = info.and_then(|i| i.verified_instruction_count()) {
+        debug!("{name}: verifier processed {n} instructions");
+    }
+}
+
+/// What clone/clone3 events lack when the kernel refused the tail program of slot `idx`.
+fn exit_tail_loss(idx: u32) -> &'static str {
+    match idx {
+        exit_tail::SCAN => {
+            "clone pidfds: the fd-table scan was refused; a clone's pidfd is the number in user memory (forgeable)"
+        }
+        exit_tail::PIDS => {
+            "clone EAGAIN: the pids cgroup walk was refused; stage pids_cgroup is not told apart from other EAGAINs"
+        }
+        _ => "clone/clone3 refused before they ran (seccomp): not reported (stage denied)",
+    }
+}
+
+/// The program on `task:task_newtask` (pidfd-trace-ebpf/src/tracepoint/newtask.rs).
+const NEWTASK_PROG: &str = "task_newtask";
+/// The raw_syscalls programs for 32-bit callers (pidfd-trace-ebpf/src/tracepoint/compat.rs).
+const COMPAT_ENTER_PROG: &str = "compat_sys_enter";
+const COMPAT_EXIT_PROG: &str = "compat_sys_exit";
+
+/// Offsets behind the facts a caller cannot forge: file kinds (pidfs superblock, anon-inode
+/// dentry name, /proc/<pid> directories), pid namespaces and the process name.
+fn truth_offsets(btf: &Btf) -> TruthOffsets {
+    // x86 only: TS_COMPAT in thread_info.status (thread_info embedded in task_struct).
+    let ti_status = btf
+        .member_offset("task_struct", "thread_info")
+        .and_then(|ti| Ok(ti + btf.member_offset("thread_info", "status")?))
+        .ok()
+        .filter(|_| cfg!(target_arch = "x86_64"));
+    // The caller's cgroup2 directory name (container ids of short-lived containers).
+    let kn = (|| -> Result<(u32, u32, u32), crate::btf::BtfError> {
+        // pids_limit_offsets supplies task_struct.cgroups; it must be valid too.
+        btf.member_offset("task_struct", "cgroups")?;
+        Ok((
+            btf.member_offset("css_set", "dfl_cgrp")?,
+            btf.member_offset("cgroup", "kn")?,
+            btf.member_offset("kernfs_node", "name")?,
+        ))
+    })()
+    .ok();
+    // x86_64: the saved user registers (arguments of a clone refused before it ran).
+    let regs = (|| -> Result<[u32; 5], crate::btf::BtfError> {
+        Ok([
+            btf.member_offset("task_struct", "stack")?,
+            btf.member_offset("pt_regs", "cs")?,
+            btf.struct_size("pt_regs")?,
+            btf.member_offset("pt_regs", "di")?,
+            btf.member_offset("pt_regs", "orig_ax")?,
+        ])
+    })()
+    .ok()
+    .filter(|_| cfg!(target_arch = "x86_64"));
+    let read = || -> Result<TruthOffsets, crate::btf::BtfError> {
+        Ok(TruthOffsets {
+            task_stack: regs.map_or(0, |r| r[0]),
+            regs_cs: regs.map_or(0, |r| r[1]),
+            pt_regs_size: regs.map_or(0, |r| r[2]),
+            regs_di: regs.map_or(0, |r| r[3]),
+            regs_orig_ax: regs.map_or(0, |r| r[4]),
+            regs_valid: u32::from(regs.is_some()),
+            cset_dfl_cgrp: kn.map_or(0, |k| k.0),
+            cgroup_kn: kn.map_or(0, |k| k.1),
+            kn_name: kn.map_or(0, |k| k.2),
+            kn_valid: u32::from(kn.is_some()),
+            task_ti_status: ti_status.unwrap_or(0),
+            ti_status_valid: u32::from(ti_status.is_some()),
+            file_dentry: btf.member_offset("file", "f_path")? + btf.member_offset("path", "dentry")?,
+            dentry_name: btf.member_offset("dentry", "d_name")? + btf.member_offset("qstr", "name")?,
+            dentry_parent: btf.member_offset("dentry", "d_parent")?,
+            inode_sb: btf.member_offset("inode", "i_sb")?,
+            inode_mode: btf.member_offset("inode", "i_mode")?,
+            sb_magic: btf.member_offset("super_block", "s_magic")?,
+            sb_root: btf.member_offset("super_block", "s_root")?,
+            proc_pid_from_inode: btf.member_offset("proc_inode", "pid")? as i32
+                - btf.member_offset("proc_inode", "vfs_inode")? as i32,
+            pid_level: btf.member_offset("pid", "level")?,
+            pid_numbers: btf.member_offset("pid", "numbers")?,
+            upid_size: btf.struct_size("upid")?,
+            upid_nr: btf.member_offset("upid", "nr")?,
+            task_group_leader: btf.member_offset("task_struct", "group_leader")?,
+            task_comm: btf.member_offset("task_struct", "comm")?,
+            task_thread_pid: btf.member_offset("task_struct", "thread_pid")?,
+            valid: 1,
+        })
+    };
+    match read() {
+        Ok(o) => {
+            debug!("fd kind / pid namespace offsets from BTF: {o:?}");
+            o
+        }
+        Err(e) => {
+            warn!("cannot check fd kinds or pid namespaces on this kernel ({e}); see `pidfd-trace check`");
+            TruthOffsets::default()
         }
     }
 }
@@ -527,6 +786,22 @@ fn risk_offsets(btf: &Btf) -> RiskOffsets {
                 "cannot read pidfd targets in the kernel on this kernel ({e}); events carry no risk, file_kind or file_path"
             );
             RiskOffsets::default()
+        }
+    }
+}
+
+/// For the `__fput` release hook (6.9 – 7.0): the address of `pidfs_file_operations` from
+/// /proc/kallsyms and the offset of `file.f_op` from BTF. (0, 0) when either is unknown: the
+/// hook then recognises pidfs files by their superblock magic instead.
+fn pidfs_fops(btf: &Btf) -> (u64, u32) {
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    match (Kallsyms::data_address(&text, "pidfs_file_operations"), btf.member_offset("file", "f_op")) {
+        (Some(addr), Ok(off)) => (addr, off),
+        _ => {
+            debug!(
+                "pidfs_file_operations not in /proc/kallsyms (or file.f_op not in BTF): pidfs files are recognised by magic"
+            );
+            (0, 0)
         }
     }
 }

@@ -3,8 +3,10 @@
 //! are lost), plus build info and the attach plan. Event-derived metrics live in `events.rs`.
 use std::collections::HashMap;
 
-use pidfd_trace_common::stats;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::sync::{Arc, Mutex};
+
+use pidfd_trace_common::{closes, stats};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, core::Collector, proto};
 
 use super::Totals;
 use super::outcomes::{self, Family};
@@ -29,6 +31,77 @@ pub struct KernelMetrics {
     last_stats: [u64; stats::COUNT as usize],
     last_totals: Totals,
     risky: RiskyGetfd,
+    closed: IntCounter,
+    born_full: IntCounter,
+    last_closes: [u64; closes::COUNT as usize],
+    lifetime: LifetimeHistogram,
+}
+
+/// `pidfd_trace_pidfd_lifetime_seconds`: a histogram whose buckets the kernel fills (the
+/// release hook computes each lifetime's bucket, `closes::BUCKETS_NS`); exported as the
+/// kernel's running totals, so it is exact and survives lost records.
+#[derive(Clone)]
+pub struct LifetimeHistogram {
+    desc: prometheus::core::Desc,
+    /// Kernel `CLOSES` slots as last read.
+    now: Arc<Mutex<[u64; closes::COUNT as usize]>>,
+}
+
+impl LifetimeHistogram {
+    const NAME: &'static str = "pidfd_trace_pidfd_lifetime_seconds";
+    const HELP: &'static str = "How long each pidfd file lived, from its creation to its last close, for the pidfds whose creation the agent saw (function-probe modes only; empty in tracepoint mode). From the kernel's counters.";
+
+    fn register(reg: &Registry) -> Result<Self, MetricsError> {
+        let desc = prometheus::core::Desc::new(
+            Self::NAME.into(),
+            Self::HELP.into(),
+            Vec::new(),
+            std::collections::HashMap::new(),
+        )?;
+        let h = Self { desc, now: Arc::new(Mutex::new([0; closes::COUNT as usize])) };
+        reg.register(Box::new(h.clone()))?;
+        Ok(h)
+    }
+
+    fn set(&self, slots: &[u64; closes::COUNT as usize]) {
+        *self.now.lock().unwrap_or_else(|e| e.into_inner()) = *slots;
+    }
+
+    /// The histogram of the kernel slots `s`: cumulative buckets in seconds, count, sum.
+    fn proto(s: &[u64; closes::COUNT as usize]) -> proto::Histogram {
+        let mut h = proto::Histogram::default();
+        h.set_sample_count(s[closes::TIMED as usize]);
+        h.set_sample_sum(s[closes::SUM_NS as usize] as f64 / 1e9);
+        let mut cumulative = 0;
+        let mut buckets = Vec::new();
+        for (i, bound) in closes::BUCKETS_NS.iter().enumerate() {
+            cumulative += s[closes::BUCKET0 as usize + i];
+            let mut b = proto::Bucket::default();
+            b.set_cumulative_count(cumulative);
+            b.set_upper_bound(*bound as f64 / 1e9);
+            buckets.push(b);
+        }
+        h.set_bucket(buckets);
+        h
+    }
+}
+
+impl Collector for LifetimeHistogram {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<proto::MetricFamily> {
+        let slots = *self.now.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = proto::Metric::default();
+        m.set_histogram(Self::proto(&slots));
+        let mut f = proto::MetricFamily::default();
+        f.set_name(Self::NAME.into());
+        f.set_help(Self::HELP.into());
+        f.set_field_type(proto::MetricType::HISTOGRAM);
+        f.set_metric(vec![m]);
+        vec![f]
+    }
 }
 
 /// `pidfd_trace_getfd_risky_total{reason}` from the kernel's `RISKY` counters: one slot per
@@ -250,6 +323,18 @@ impl KernelMetrics {
             last_stats: [0; stats::COUNT as usize],
             last_totals: Totals::default(),
             risky: RiskyGetfd::register(reg)?,
+            closed: counter(
+                reg,
+                "pidfd_trace_pidfds_closed_total",
+                "Pidfd files released (their last close), every pidfd on the host, seen by the pidfd_release hook in function-probe modes; stays 0 in tracepoint mode, where the inventory (pidfd_trace_open_pidfds) is the source. From the kernel's counters.",
+            )?,
+            born_full: counter(
+                reg,
+                "pidfd_trace_pidfd_birth_table_full_total",
+                "Pidfd creations whose time was not remembered because the kernel's birth table was full: their close counts, but not their lifetime.",
+            )?,
+            last_closes: [0; closes::COUNT as usize],
+            lifetime: LifetimeHistogram::register(reg)?,
         })
     }
 
@@ -280,6 +365,14 @@ impl KernelMetrics {
             advance(c, &mut self.last_stats[slot as usize], st[slot as usize]);
         }
         self.risky.refresh(counters);
+        let c = &counters.closes;
+        advance(&self.closed, &mut self.last_closes[closes::CLOSED as usize], c[closes::CLOSED as usize]);
+        advance(
+            &self.born_full,
+            &mut self.last_closes[closes::BORN_FULL as usize],
+            c[closes::BORN_FULL as usize],
+        );
+        self.lifetime.set(c);
         advance(&self.received, &mut self.last_totals.delivered, totals.delivered);
         advance(&self.decode_errors, &mut self.last_totals.decode_errors, totals.decode_errors);
     }
@@ -337,6 +430,43 @@ mod tests {
     use pidfd_trace_common::risk;
 
     use super::*;
+
+    #[test]
+    fn lifetime_histogram_from_kernel_slots() {
+        let mut s = [0u64; closes::COUNT as usize];
+        s[closes::TIMED as usize] = 6;
+        s[closes::SUM_NS as usize] = 7_500_000_000;
+        s[closes::BUCKET0 as usize] = 3; // <= 1 ms
+        s[closes::BUCKET0 as usize + 4] = 2; // (1 s, 10 s]
+        s[closes::BUCKET0 as usize + closes::BUCKETS_NS.len()] = 1; // > 1 day
+        let h = LifetimeHistogram::proto(&s);
+        assert_eq!(h.get_sample_count(), 6);
+        assert_eq!(h.get_sample_sum(), 7.5);
+        let b: Vec<(f64, u64)> =
+            h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+        assert_eq!(
+            b,
+            [
+                (0.001, 3),
+                (0.01, 3),
+                (0.1, 3),
+                (1.0, 3),
+                (10.0, 5),
+                (60.0, 5),
+                (600.0, 5),
+                (3600.0, 5),
+                (86400.0, 5)
+            ],
+            "+Inf (6) is the count"
+        );
+        let reg = Registry::new();
+        let lh = LifetimeHistogram::register(&reg).unwrap();
+        lh.set(&s);
+        let text = prometheus::TextEncoder::new().encode_to_string(&reg.gather()).unwrap();
+        assert!(text.contains("pidfd_trace_pidfd_lifetime_seconds_bucket{le=\"10\"} 5"), "{text}");
+        assert!(text.contains("pidfd_trace_pidfd_lifetime_seconds_bucket{le=\"+Inf\"} 6"), "{text}");
+        assert!(text.contains("pidfd_trace_pidfd_lifetime_seconds_count 6"), "{text}");
+    }
 
     #[test]
     fn risky_reasons_from_kernel_slots() {

@@ -47,7 +47,7 @@ pub fn series(key: &CounterKey, sem: KernelSemantics) -> Vec<Series> {
                 StageRule::Clone => u64::from(key.flag_bits) | clone_flags::CLONE_PIDFD,
                 _ => u64::from(key.flag_bits),
             };
-            let stage = crate::classify::stage(kind, key.errno, key.hints, flags, sem)
+            let stage = crate::classify::stage(kind, key.errno, key.hints, key.xhints, flags, sem)
                 .map_or("other", |s| s.as_str())
                 .to_string();
             vec![(Family::CreateFailures, vec![source, stage, errno])]
@@ -110,7 +110,7 @@ pub fn initial_series(sem: KernelSemantics) -> Vec<Series> {
         kind: kind as u8,
         hints,
         signal,
-        _pad: 0,
+        xhints: 0,
         errno,
         flag_bits: flag_bits as u32,
     };
@@ -173,7 +173,7 @@ mod tests {
     use super::*;
 
     fn key(kind: EventKind, errno: u32, hints: u8, signal: u8, flag_bits: u64) -> CounterKey {
-        CounterKey { kind: kind as u8, hints, signal, _pad: 0, errno, flag_bits: flag_bits as u32 }
+        CounterKey { kind: kind as u8, hints, signal, xhints: 0, errno, flag_bits: flag_bits as u32 }
     }
 
     #[test]

@@ -62,3 +62,58 @@ impl Drop for PidsCgroup {
         let _ = fs::remove_dir(&self.dir);
     }
 }
+
+/// Two nested pids cgroups `a/b`: `a/pids.max` = `a_max`, `b/pids.max` = max. A caller in
+/// `b` is limited by its ancestor (issue 10, input 6).
+pub struct NestedPids {
+    root: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+impl NestedPids {
+    pub fn create(a_max: u32) -> Result<Self, String> {
+        let root = pids_root()?;
+        let a = root.join(format!("pidfd-trace-test-anc-{}", std::process::id()));
+        fs::create_dir(&a).map_err(|e| format!("mkdir {}: {e}", a.display()))?;
+        let b = a.join("b");
+        let cg = Self { root, a, b };
+        // cgroup2 needs the controller enabled for a's children (v1: always).
+        if cg.a.join("cgroup.subtree_control").exists() {
+            fs::write(cg.a.join("cgroup.subtree_control"), "+pids")
+                .map_err(|e| format!("a/subtree_control: {e}"))?;
+        }
+        fs::create_dir(&cg.b).map_err(|e| format!("mkdir {}: {e}", cg.b.display()))?;
+        fs::write(cg.a.join("pids.max"), a_max.to_string()).map_err(|e| format!("a/pids.max: {e}"))?;
+        fs::write(cg.b.join("pids.max"), "max").map_err(|e| format!("b/pids.max: {e}"))?;
+        Ok(cg)
+    }
+
+    pub fn enter(&self) -> Result<(), String> {
+        fs::write(self.b.join("cgroup.procs"), std::process::id().to_string())
+            .map_err(|e| format!("enter a/b: {e}"))
+    }
+
+    pub fn leave(&self) -> Result<(), String> {
+        fs::write(self.root.join("cgroup.procs"), std::process::id().to_string())
+            .map_err(|e| format!("leave a/b: {e}"))
+    }
+
+    /// The `max` counts of a's and b's pids.events, added: forks refused by the pids
+    /// controller (kernels differ in which cgroup counts a refusal caused by an ancestor:
+    /// the requester's, or the one whose limit was hit).
+    pub fn max_events(&self) -> Option<u64> {
+        let count = |d: &PathBuf| -> Option<u64> {
+            let ev = fs::read_to_string(d.join("pids.events")).ok()?;
+            ev.lines().find_map(|l| l.strip_prefix("max ")).and_then(|v| v.trim().parse().ok())
+        };
+        Some(count(&self.a)? + count(&self.b)?)
+    }
+}
+
+impl Drop for NestedPids {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.b);
+        let _ = fs::remove_dir(&self.a);
+    }
+}

@@ -1,11 +1,13 @@
 //! pidfd-workload: the in-tree workload that produces every pidfd outcome for real, and the
 //! suite that runs it against a live agent and checks the exact events (host tests and VMs).
 mod cgroup;
+mod closes;
 mod holders;
 mod risky;
 mod scenarios;
 mod suite;
 mod sys;
+mod truth;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -118,7 +120,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             let out = match (s.run)() {
-                Ok(expect) => serde_json::json!({"pid": std::process::id(), "expect": expect}),
+                Ok(expect) => serde_json::json!({"pid": truth::report_pid(), "expect": expect}),
                 Err(e) => serde_json::json!({"pid": std::process::id(), "error": e}),
             };
             println!("{out}");

@@ -412,6 +412,11 @@ impl CounterWatch {
         }
     }
 
+    /// The `serve` metrics address (host:port), for other checks that need a serve.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// The verdict; stops serve.
     pub fn finish(mut self) -> Result<(), String> {
         let err = match self.error.take() {
@@ -437,7 +442,7 @@ impl CounterWatch {
     }
 }
 
-fn wait_addr(lines: &std::sync::Mutex<Vec<String>>, timeout: Duration) -> Result<String, String> {
+pub fn wait_addr(lines: &std::sync::Mutex<Vec<String>>, timeout: Duration) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
     loop {
         {
@@ -460,7 +465,7 @@ fn wait_addr(lines: &std::sync::Mutex<Vec<String>>, timeout: Duration) -> Result
     }
 }
 
-fn scrape(addr: &str) -> Result<String, String> {
+pub fn scrape(addr: &str) -> Result<String, String> {
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;

@@ -4,8 +4,11 @@
 //! a scenario's events have arrived.
 use serde_json::{Value, json};
 
-use crate::sys::{
-    self, CLONE_PARENT_SETTID, CLONE_PIDFD, CLONE_SIGHAND, CLONE_THREAD, CLONE_VM, CloneArgs, SIGCHLD,
+use crate::{
+    sys::{
+        self, CLONE_PARENT_SETTID, CLONE_PIDFD, CLONE_SIGHAND, CLONE_THREAD, CLONE_VM, CloneArgs, SIGCHLD,
+    },
+    truth,
 };
 
 pub struct Scenario {
@@ -97,6 +100,64 @@ pub const ALL: &[Scenario] = &[
         name: "plain_fork_silent",
         what: "fork() without CLONE_PIDFD produces no event",
         run: plain_fork_silent,
+    },
+    // Issue 10 (kernel-truth): callers off the common path.
+    #[cfg(target_arch = "x86_64")]
+    Scenario {
+        name: "clone_forged_slot",
+        what: "CLONE_VM|CLONE_VFORK child overwrites the pidfd slot (12345, CHILD_SETTID, CHILD_CLEARTID): the installed fd",
+        run: truth::clone_forged_slot,
+    },
+    Scenario {
+        name: "send_signal_proc_dir",
+        what: "pidfd_send_signal on /proc/<pid> (target) and on a sysfs file (EBADF, no target); getfd on /proc/<pid>",
+        run: truth::send_signal_proc_dir,
+    },
+    Scenario {
+        name: "pid_namespace",
+        what: "calls from a new pid namespace: host pids, ns_pid / ns_child_pid / ns_target_pid",
+        run: truth::pid_namespace,
+    },
+    Scenario {
+        name: "thread_names",
+        what: "thread pfworker-7 of process pfmain: comm pfmain, thread_comm pfworker-7",
+        run: truth::thread_names,
+    },
+    Scenario {
+        name: "pidfd_open_bad_pid",
+        what: "pidfd_open(-5, 0) and (0, 0) → EINVAL, stage args (not flags)",
+        run: truth::pidfd_open_bad_pid,
+    },
+    Scenario {
+        name: "seccomp_denied",
+        what: "seccomp EPERM for pidfd_open, pidfd_getfd, pidfd_send_signal → stage denied",
+        run: truth::seccomp_denied,
+    },
+    Scenario {
+        name: "clone3_args_not_resident",
+        what: "clone3 args in an untouched MAP_SHARED file mapping: the event with its pidfd",
+        run: truth::clone3_args_not_resident,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Scenario {
+        name: "compat_calls",
+        what: "ia32 (int $0x80) pidfd_open, pidfd_send_signal, pidfd_getfd, clone, clone3 → compat: true",
+        run: truth::compat_calls,
+    },
+    Scenario {
+        name: "clone_pids_ancestor_limit",
+        what: "caller in a/b, a/pids.max=1, b/pids.max=max → EAGAIN, stage pids_cgroup",
+        run: truth::clone_pids_ancestor_limit,
+    },
+    Scenario {
+        name: "short_lived_container",
+        what: "docker-<id>.scope cgroup removed right after its only process's pidfd_open calls: container_id kept",
+        run: truth::short_lived_container,
+    },
+    Scenario {
+        name: "clone3_args_efault",
+        what: "clone3 set_tid on PROT_NONE, args straddling into PROT_NONE → EFAULT, stage args",
+        run: truth::clone3_args_efault,
     },
 ];
 
