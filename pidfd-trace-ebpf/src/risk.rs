@@ -110,7 +110,18 @@ unsafe fn pidfd_task(pidfd: u64) -> Option<*const u8> {
 
 /// Fills `facts` for a pidfd_getfd (`target_fd` = Some) or pidfd_send_signal.
 #[inline(always)]
-pub fn gather(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
+pub fn gather<const CONTAINERS: bool>(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
+    match target_fd {
+        Some(fd) => gather_facts::<CONTAINERS>(pidfd, fd, 1, facts),
+        None => gather_facts::<CONTAINERS>(pidfd, 0, 0, facts),
+    }
+}
+
+// A BPF subprogram (plain u64 arguments): inlined at each of its call sites (compat_sys_enter
+// has several), the container walks pushed a program past the verifier's 1M-instruction budget.
+#[inline(never)]
+fn gather_facts<const CONTAINERS: bool>(pidfd: u64, fd_arg: u64, has_fd: u64, facts: &mut TargetFacts) {
+    let target_fd = if has_fd != 0 { Some(fd_arg) } else { None };
     let ro = risk_offsets();
     if ro.valid == 0 {
         return;
@@ -189,7 +200,7 @@ pub fn gather(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
             }
             // Containers, decided now: a container that exits before the agent reads the
             // record, or 2,000 cgroups, change nothing (README "Risky pidfd use").
-            if facts.risk & risk::CGROUP_DIFFERS != 0 {
+            if CONTAINERS && facts.risk & risk::CGROUP_DIFFERS != 0 {
                 facts.target_container = container_of(kn);
                 facts.caller_container = match task_kn(bpf_get_current_task() as *const u8) {
                     Some(mine) => container_of(mine),
