@@ -289,13 +289,23 @@ pub struct PathParts {
     pub cut: u8,
     /// 1 when the walk stopped before reaching the root (more than `PATH_PARTS` components).
     pub more: u8,
-    pub _pad: [u8; 5],
+    /// 1 when the fd no longer held the file taken at syscall entry (other inode number or
+    /// device), in the caller's new fd and in the target's table: no names were read.
+    pub changed: u8,
+    pub _pad: [u8; 4],
     pub names: [[u8; PATH_PART_BYTES]; PATH_PARTS],
 }
 
 impl Default for PathParts {
     fn default() -> Self {
-        Self { depth: 0, cut: 0, more: 0, _pad: [0; 5], names: [[0; PATH_PART_BYTES]; PATH_PARTS] }
+        Self {
+            depth: 0,
+            cut: 0,
+            more: 0,
+            changed: 0,
+            _pad: [0; 4],
+            names: [[0; PATH_PART_BYTES]; PATH_PARTS],
+        }
     }
 }
 
@@ -342,13 +352,26 @@ pub mod risk {
     pub const TARGET_EXITING: u8 = 1 << 0;
     /// The target's uid, euid, suid or fsuid differs from the caller's real uid.
     pub const CRED_MISMATCH: u8 = 1 << 1;
-    /// Caller and target are in different cgroups (cgroup2 ids); the agent decides whether
-    /// both are containers (`cross_container`).
+    /// Caller and target are in different cgroups (cgroup2 ids). A fact, not a reason.
     pub const CGROUP_DIFFERS: u8 = 1 << 2;
     /// The target runs with elevated credentials: euid or suid differs from its uid.
     pub const TARGET_ELEVATED: u8 = 1 << 3;
+    /// pidfd_getfd: the taken file has no links left (`i_nlink == 0`): deleted, or never linked.
+    pub const FILE_DELETED: u8 = 1 << 5;
+    /// Caller and target are in two different containers, decided in the kernel at the call:
+    /// the nearest container-scope ancestor cgroup of each (`TargetFacts::caller_container`,
+    /// `target_container`) differs and at least one of them is a container.
+    pub const CROSS_CONTAINER: u8 = 1 << 4;
     /// The bits the `RISKY` counter is kept for.
-    pub const COUNTED: u8 = TARGET_EXITING | CRED_MISMATCH | CGROUP_DIFFERS;
+    pub const COUNTED: u8 = TARGET_EXITING | CRED_MISMATCH | CROSS_CONTAINER;
+
+    /// The `RISKY` slot of a set of counted bits: bit 0 `TARGET_EXITING`, bit 1
+    /// `CRED_MISMATCH`, bit 2 `CROSS_CONTAINER`; 0 is "not risky" and never bumped.
+    pub const fn slot(bits: u8) -> u32 {
+        ((bits & (TARGET_EXITING | CRED_MISMATCH)) | ((bits & CROSS_CONTAINER) >> 2)) as u32
+    }
+    /// Number of `RISKY` slots: every set of the three counted reasons.
+    pub const SLOTS: u32 = 8;
     /// The pidfd was resolved to a live `task_struct`: the target facts are valid.
     pub const TARGET_SEEN: u8 = 1 << 6;
     /// pidfd_getfd: the target's file at `targetfd` was found: the file facts are valid.
@@ -407,6 +430,11 @@ pub struct TargetFacts {
     pub exit: u8,
     /// The taken file's dentry name (NUL-terminated, truncated): `memfd:<name>`, `[pidfd]`, ...
     pub file_name: [u8; 32],
+    /// The kernfs node id of the caller's nearest container-scope cgroup (its own cgroup2
+    /// directory or an ancestor, README "Risky pidfd use"); 0 when not in a container.
+    pub caller_container: u64,
+    /// The same for the target.
+    pub target_container: u64,
 }
 
 impl TargetFacts {
@@ -424,25 +452,10 @@ impl TargetFacts {
         risk: 0,
         exit: 0,
         file_name: [0; 32],
+        caller_container: 0,
+        target_container: 0,
     };
 }
-
-/// Key of the `RISKY` per-CPU counter map: one slot per risky pidfd_getfd outcome, so that
-/// `pidfd_trace_getfd_risky_total{reason}` stays exact when records are lost. The cgroup
-/// ids are kept only when `CGROUP_DIFFERS` is set (the agent decides from them whether both
-/// sides are containers); otherwise both are 0.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RiskKey {
-    pub caller_cgroup: u64,
-    pub target_cgroup: u64,
-    /// `risk::COUNTED` bits of the call.
-    pub risk: u8,
-    pub _pad: [u8; 7],
-}
-
-/// Size of the `RISKY` map; a full map is counted in `stats::RISKY_FULL`.
-pub const RISKY_MAX_ENTRIES: u32 = 1024;
 
 /// Offsets (from BTF) for the target facts: struct pid → task, the task's exit state,
 /// credentials and cgroup, and the taken file's inode, superblock and name. The fd-table
@@ -489,6 +502,12 @@ pub struct RiskOffsets {
     /// `task_struct.last_siginfo` and `kernel_siginfo.si_code`.
     pub task_last_siginfo: u32,
     pub siginfo_code: u32,
+    /// `kernfs_node.parent` (`__parent` since 6.15) and `kernfs_node.name`: the cgroup
+    /// ancestry walk that decides `cross_container`.
+    pub kn_parent: u32,
+    pub kn_name: u32,
+    /// `inode.i_nlink` (`file_deleted`).
+    pub inode_i_nlink: u32,
     pub valid: u32,
 }
 
@@ -596,7 +615,8 @@ pub mod stats {
     pub const ENTER_FAILED: u32 = 3;
     /// clone3 whose `struct clone_args` could not be read at entry: flags unknown.
     pub const CLONE3_ARGS_UNREADABLE: u32 = 4;
-    /// A risky pidfd_getfd could not be counted because `RISKY` was full.
+    /// Never bumped: `RISKY` is an array indexed by the reason set and cannot fill. The slot
+    /// stays reserved so `pidfd_trace_getfd_risky_map_full_total` keeps reading 0.
     pub const RISKY_FULL: u32 = 5;
     pub const COUNT: u32 = 8;
 }
@@ -773,6 +793,5 @@ mod user {
     unsafe impl aya::Pod for super::FdPidOffsets {}
     unsafe impl aya::Pod for super::TruthOffsets {}
     unsafe impl aya::Pod for super::RiskOffsets {}
-    unsafe impl aya::Pod for super::RiskKey {}
     unsafe impl aya::Pod for super::NewFdOffsets {}
 }

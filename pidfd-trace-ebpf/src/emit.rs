@@ -52,7 +52,7 @@ pub fn finish<C: EbpfContext, const PATH: bool>(
     let hints = st.hints | hints;
     count_outcome(ctx, kind, hints, st, ret);
     if kind == pidfd_trace_common::EventKind::PidfdGetfd as u8 {
-        crate::risk::count(&st.facts);
+        crate::risk::count(&st.facts, ret);
     }
 
     let seq = bump_stat(stats::RECORDS);

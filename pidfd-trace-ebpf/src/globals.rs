@@ -147,6 +147,9 @@ static RISK_OFFSETS: RiskOffsets = RiskOffsets {
     mount_mountpoint: 0,
     task_last_siginfo: 0,
     siginfo_code: 0,
+    kn_parent: 0,
+    kn_name: 0,
+    inode_i_nlink: 0,
     valid: 0,
 };
 

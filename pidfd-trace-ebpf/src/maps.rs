@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pidfd_trace_common::{
-    CounterKey, ENTER_STATE_MAX_ENTRIES, EVENTS_RING_BYTES, EnterState, OUTCOMES_MAX_ENTRIES,
-    RISKY_MAX_ENTRIES, RiskKey, closes, stats,
+    CounterKey, ENTER_STATE_MAX_ENTRIES, EVENTS_RING_BYTES, EnterState, OUTCOMES_MAX_ENTRIES, closes, risk,
+    stats,
 };
 
 /// Event records for the agent's decoder. The agent may resize it at load time.
@@ -20,9 +20,10 @@ pub static OUTCOMES: PerCpuHashMap<CounterKey, u64> =
     PerCpuHashMap::with_max_entries(OUTCOMES_MAX_ENTRIES, 0);
 
 /// Exact counters of risky pidfd_getfd calls (risk.rs), behind
-/// `pidfd_trace_getfd_risky_total{reason}`; a lost record never changes them.
+/// `pidfd_trace_getfd_risky_total{reason}`, one slot per set of reasons (`risk::slot`): it
+/// cannot fill, and a lost record never changes it.
 #[map]
-pub static RISKY: PerCpuHashMap<RiskKey, u64> = PerCpuHashMap::with_max_entries(RISKY_MAX_ENTRIES, 0);
+pub static RISKY: PerCpuArray<u64> = PerCpuArray::with_max_entries(risk::SLOTS, 0);
 
 /// Self-accounting: records attempted, records lost, map failures (see `stats`).
 #[map]

@@ -3,19 +3,27 @@
 //! whose credentials does it run with, which cgroup is it in, and (getfd) which file sits at
 //! the fd being taken. Every read goes through offsets the agent took from this kernel's BTF;
 //! a failed read leaves the fact unset (`TARGET_SEEN` / `FILE_SEEN` say what is valid).
-use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
 };
+use aya_ebpf::{macros::map, maps::PerCpuArray};
 use pidfd_trace_common::{
-    EnterState, EventKind, PATH_PART_BYTES, PATH_PARTS, PathParts, RiskKey, TargetFacts, exit_facts, risk,
-    stats,
+    EnterState, EventKind, PATH_PART_BYTES, PATH_PARTS, PathParts, TargetFacts, exit_facts, risk,
 };
 
 use crate::{
     globals::{fd_pid_offsets, new_fd_offsets, risk_offsets},
-    maps::{RISKY, bump_stat},
+    maps::RISKY,
 };
+
+/// A cgroup directory name read by `container_of` (kernfs names are at most NAME_MAX + 1).
+#[map]
+static KN_NAME: PerCpuArray<[u8; KN_NAME_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+const KN_NAME_BYTES: usize = 256;
+/// How many cgroup levels `container_of` climbs from a task's own cgroup2 directory.
+const CONTAINER_LEVELS: usize = 8;
+/// The 64 hex digits of an OCI container id.
+const OCI_ID: usize = 64;
 
 /// include/linux/sched/signal.h: `signal_struct.flags`, the same bit in 5.10 … 6.18.
 const SIGNAL_GROUP_EXIT: u32 = 0x0000_0004;
@@ -200,7 +208,18 @@ unsafe fn pidfd_task(pidfd: u64) -> Option<*const u8> {
 
 /// Fills `facts` for a pidfd_getfd (`target_fd` = Some) or pidfd_send_signal.
 #[inline(always)]
-pub fn gather(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
+pub fn gather<const CONTAINERS: bool>(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
+    match target_fd {
+        Some(fd) => gather_facts::<CONTAINERS>(pidfd, fd, 1, facts),
+        None => gather_facts::<CONTAINERS>(pidfd, 0, 0, facts),
+    }
+}
+
+// A BPF subprogram (plain u64 arguments): inlined at each of its call sites (compat_sys_enter
+// has several), the container walks pushed a program past the verifier's 1M-instruction budget.
+#[inline(never)]
+fn gather_facts<const CONTAINERS: bool>(pidfd: u64, fd_arg: u64, has_fd: u64, facts: &mut TargetFacts) {
+    let target_fd = if has_fd != 0 { Some(fd_arg) } else { None };
     let ro = risk_offsets();
     if ro.valid == 0 {
         return;
@@ -269,15 +288,25 @@ pub fn gather(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
         }
 
         // cgroup2 id: task->cgroups->dfl_cgrp->kn->id, what bpf_get_current_cgroup_id reads.
-        if let Some(cset) = read_ptr(task, ro.task_cgroups)
-            && let Some(cgrp) = read_ptr(cset, ro.css_set_dfl_cgrp)
-            && let Some(kn) = read_ptr(cgrp, ro.cgroup_kn)
+        if let Some(kn) = task_kn(task)
             && let Some(id) = read::<u64>(kn, ro.kernfs_node_id)
         {
             facts.target_cgroup_id = id;
             let mine = bpf_get_current_cgroup_id();
             if id != 0 && mine != 0 && id != mine {
                 facts.risk |= risk::CGROUP_DIFFERS;
+            }
+            // Containers, decided now: a container that exits before the agent reads the
+            // record, or 2,000 cgroups, change nothing (README "Risky pidfd use").
+            if CONTAINERS && facts.risk & risk::CGROUP_DIFFERS != 0 {
+                facts.target_container = container_of(kn);
+                facts.caller_container = match task_kn(bpf_get_current_task() as *const u8) {
+                    Some(mine) => container_of(mine),
+                    None => 0,
+                };
+                if facts.caller_container != facts.target_container {
+                    facts.risk |= risk::CROSS_CONTAINER;
+                }
             }
         }
 
@@ -287,6 +316,9 @@ pub fn gather(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
         let Some(inode) = read_ptr(file, fd_pid_offsets().file_f_inode) else { return };
         facts.file_mode = read::<u16>(inode, ro.inode_i_mode).unwrap_or(0);
         facts.file_ino = read::<u64>(inode, ro.inode_i_ino).unwrap_or(0);
+        if read::<u32>(inode, ro.inode_i_nlink) == Some(0) {
+            facts.risk |= risk::FILE_DELETED;
+        }
         if let Some(sb) = read_ptr(inode, ro.inode_i_sb) {
             facts.file_magic = read::<u64>(sb, ro.sb_s_magic).unwrap_or(0) as u32;
             facts.file_dev = read::<u32>(sb, ro.sb_s_dev).unwrap_or(0);
@@ -300,58 +332,221 @@ pub fn gather(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
     }
 }
 
-/// Counts a pidfd_getfd with any counted risk bit in `RISKY` (exact: before the record).
+/// The errno values of pidfd_getfd that say the call reached its target: the kernel checks
+/// flags (`EINVAL`), the pidfd (`EBADF`), the task (`ESRCH`), then ptrace access (`EPERM`),
+/// then the target's fd (`EBADF` again). Only successes and `EPERM` refusals are counted: a
+/// call refused earlier never touched the target (README "Risky pidfd use").
+const EPERM: i64 = 1;
+
+/// Counts a pidfd_getfd with any counted risk bit in `RISKY` (exact: before the record), if it
+/// reached its target: it succeeded or the ptrace access check refused it (`EPERM`).
 #[inline(always)]
-pub fn count(facts: &TargetFacts) {
+pub fn count(facts: &TargetFacts, ret: i64) {
     let bits = facts.risk & risk::COUNTED;
-    if bits == 0 {
+    if bits == 0 || !(ret >= 0 || ret == -EPERM) {
         return;
     }
-    let differs = bits & risk::CGROUP_DIFFERS != 0;
-    let key = RiskKey {
-        caller_cgroup: if differs { unsafe { bpf_get_current_cgroup_id() } } else { 0 },
-        target_cgroup: if differs { facts.target_cgroup_id } else { 0 },
-        risk: bits,
-        _pad: [0; 7],
-    };
-    if let Some(v) = RISKY.get_ptr_mut(&key) {
+    if let Some(v) = RISKY.get_ptr_mut(risk::slot(bits)) {
         unsafe { *v += 1 };
-        return;
     }
-    if RISKY.insert(&key, &1u64, BPF_NOEXIST as u64).is_ok() {
-        return;
+}
+
+/// `task->cgroups->dfl_cgrp->kn`: the task's cgroup2 directory.
+#[inline(always)]
+unsafe fn task_kn(task: *const u8) -> Option<*const u8> {
+    let ro = risk_offsets();
+    unsafe {
+        let cset = read_ptr(task, ro.task_cgroups)?;
+        let cgrp = read_ptr(cset, ro.css_set_dfl_cgrp)?;
+        read_ptr(cgrp, ro.cgroup_kn)
     }
-    if let Some(v) = RISKY.get_ptr_mut(&key) {
-        unsafe { *v += 1 };
-        return;
+}
+
+/// The kernfs node id of the nearest container-scope directory from `kn` up (at most
+/// `CONTAINER_LEVELS` levels), 0 when there is none. The names are the ones
+/// pidfd-trace/src/cgroup/container.rs reads as a container: `docker-`, `cri-containerd-`,
+/// `crio-`, `libpod-` + 64 hex + `.scope`; `libpod-` + 64 hex; `…:runtime:` + 64 hex; a bare
+/// 64-hex name; `systemd-nspawn@….service`; `machine-….scope` under `machine.slice`.
+// A BPF subprogram, not inlined, and with as few branches as possible: every distinct path
+// through 8 levels of name checks is walked by the verifier (a byte loop exceeded its
+// 1M-instruction budget).
+#[inline(never)]
+fn container_of(kn: *const u8) -> u64 {
+    let ro = risk_offsets();
+    let Some(buf) = KN_NAME.get_ptr_mut(0) else { return 0 };
+    let mut kn = kn;
+    // A `machine-….scope` seen one level down, waiting for its parent to be machine.slice.
+    let mut machine = 0u64;
+    // SAFETY: probe reads only; `buf` is this CPU's scratch slot.
+    unsafe {
+        let buf = &mut *buf;
+        for _ in 0..CONTAINER_LEVELS {
+            let Some(name) = read_ptr(kn, ro.kn_name) else { return 0 };
+            let len = match bpf_probe_read_kernel_str_bytes(name, buf) {
+                Ok(s) => s.len(),
+                Err(_) => return 0,
+            };
+            let head = (
+                u64::from_le_bytes([buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]]),
+                u64::from_le_bytes([buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15]]),
+            );
+            let kind = scope_name(name, len, head);
+            let id = read::<u64>(kn, ro.kernfs_node_id).unwrap_or(0);
+            if kind == CONTAINER {
+                return id;
+            }
+            if kind == MACHINE_SLICE && machine != 0 {
+                return machine;
+            }
+            machine = if kind == MACHINE { id } else { 0 };
+            let Some(parent) = read_ptr(kn, ro.kn_parent) else { return 0 };
+            kn = parent;
+        }
     }
-    bump_stat(stats::RISKY_FULL);
+    0
+}
+
+/// What `scope_name` says of one cgroup directory name.
+const NOT_SCOPE: u8 = 0;
+const CONTAINER: u8 = 1;
+/// `machine-<name>.scope`: a container only directly under `machine.slice`.
+const MACHINE: u8 = 2;
+const MACHINE_SLICE: u8 = 3;
+
+/// `lit` (at most 8 bytes) as the little-endian u64 its bytes make.
+const fn word(lit: &[u8]) -> u64 {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < lit.len() {
+        v |= (lit[i] as u64) << (8 * i);
+        i += 1;
+    }
+    v
+}
+
+/// The low `n` bytes of a u64.
+const fn low(n: u32) -> u64 {
+    if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Bytes of `v` that are >= `c` (for ASCII `v`, `c` <= 0x80): their high bit set.
+#[inline(always)]
+fn ge(v: u64, c: u8) -> u64 {
+    ((v | HIGH).wrapping_sub(ONES * c as u64)) & HIGH
+}
+
+/// Whether all 8 bytes of `v` are `0-9a-f`, without a branch per byte.
+#[inline(always)]
+fn hex8(v: u64) -> u64 {
+    let ascii = !v & HIGH;
+    let digit = ge(v, b'0') & !ge(v, b'9' + 1);
+    let af = ge(v, b'a') & !ge(v, b'f' + 1);
+    ((digit | af) & ascii) ^ HIGH
+}
+
+/// What one cgroup directory name says (`len` bytes at `name`, the first 16 in `head`).
+#[inline(always)]
+unsafe fn scope_name(name: *const u8, len: usize, head: (u64, u64)) -> u8 {
+    if !(8..KN_NAME_BYTES - 1).contains(&len) {
+        return NOT_SCOPE;
+    }
+    let (h0, h1) = head;
+    if len == 13 && h0 == word(b"machine.") && h1 & low(5) == word(b"slice") {
+        return MACHINE_SLICE;
+    }
+    // SAFETY: probe reads within the name's `len` bytes.
+    unsafe {
+        let tail = read::<u64>(name, (len - 8) as u32).unwrap_or(0);
+        let scope = tail >> 16 == word(b".scope");
+        if h0 == word(b"systemd-") && h1 & low(7) == word(b"nspawn@") && tail == word(b".service") && len > 23
+        {
+            return CONTAINER;
+        }
+        if scope && h0 == word(b"machine-") && len > 14 {
+            return MACHINE;
+        }
+        let end = if scope { len - 6 } else { len };
+        if end < OCI_ID {
+            return NOT_SCOPE;
+        }
+        let start = end - OCI_ID;
+        let Some(id) = read::<[u64; OCI_ID / 8]>(name, start as u32) else { return NOT_SCOPE };
+        let bad = hex8(id[0])
+            | hex8(id[1])
+            | hex8(id[2])
+            | hex8(id[3])
+            | hex8(id[4])
+            | hex8(id[5])
+            | hex8(id[6])
+            | hex8(id[7]);
+        if bad != 0 {
+            return NOT_SCOPE;
+        }
+        let p7 = h0 & low(7);
+        let yes = match (start, scope) {
+            // A bare id (cgroupfs driver; user space also wants a runtime directory above it).
+            (0, false) => true,
+            (7, true) => p7 == word(b"docker-") || p7 == word(b"libpod-"),
+            (7, false) => p7 == word(b"libpod-"),
+            (15, true) => h0 == word(b"cri-cont") && h1 & low(7) == word(b"ainerd-"),
+            (5, true) => h0 & low(5) == word(b"crio-"),
+            _ => false,
+        };
+        // `kubepods-….slice:cri-containerd:<id>`.
+        let colon = !scope && start > 1 && read::<u8>(name, (start - 1) as u32) == Some(b':');
+        if yes || colon { CONTAINER } else { NOT_SCOPE }
+    }
 }
 
 /// pidfd_getfd, at syscall exit: the taken file's path as dentry names, written straight into
-/// the reserved record. The file is the caller's new fd on success (just installed; a sibling
-/// thread could close or replace it in between), else the target's `targetfd` (re-found
-/// through the pidfd). For every other record only the header is cleared: `depth` 0.
+/// the reserved record. The file is the caller's new fd on success, else the target's
+/// `targetfd` (re-found through the pidfd); either is used only if it is still the file seen
+/// at entry (same inode number and device: a sibling thread may have closed or replaced the
+/// new fd in between). On success a changed new fd falls back to the target's table; if that
+/// changed too, `changed` is set and no names are read. For every other record only the
+/// header is cleared: `depth` 0.
 #[inline(always)]
 pub fn file_path(out: &mut PathParts, st: &EnterState, ret: i64) {
     out.depth = 0;
     out.cut = 0;
     out.more = 0;
-    if st.kind != EventKind::PidfdGetfd as u8 || risk_offsets().valid == 0 {
+    out.changed = 0;
+    if st.kind != EventKind::PidfdGetfd as u8
+        || risk_offsets().valid == 0
+        || st.facts.risk & risk::FILE_SEEN == 0
+    {
         return;
     }
     // SAFETY: probe reads only; names are written into the record's own slots.
     unsafe {
-        let file = if ret >= 0 {
-            fd_file(bpf_get_current_task() as *const u8, ret as u64)
-        } else {
-            match pidfd_task(st.arg0) {
-                Some(task) => fd_file(task, st.arg1),
+        let mine = if ret >= 0 { fd_file(bpf_get_current_task() as *const u8, ret as u64) } else { None };
+        let file = match mine.filter(|f| same_file(*f, &st.facts)) {
+            Some(f) => Some(f),
+            None => match pidfd_task(st.arg0) {
+                Some(task) => fd_file(task, st.arg1).filter(|f| same_file(*f, &st.facts)),
                 None => None,
-            }
+            },
         };
-        let Some(file) = file else { return };
+        let Some(file) = file else {
+            out.changed = 1;
+            return;
+        };
         walk(out, file);
+    }
+}
+
+/// Whether `file` is the one seen at entry: same inode number and superblock device.
+#[inline(always)]
+unsafe fn same_file(file: *const u8, facts: &TargetFacts) -> bool {
+    let ro = risk_offsets();
+    unsafe {
+        let Some(inode) = read_ptr(file, fd_pid_offsets().file_f_inode) else { return false };
+        let Some(sb) = read_ptr(inode, ro.inode_i_sb) else { return false };
+        read::<u64>(inode, ro.inode_i_ino) == Some(facts.file_ino)
+            && read::<u32>(sb, ro.sb_s_dev) == Some(facts.file_dev)
     }
 }
 

@@ -196,6 +196,10 @@ impl Decoder {
             target_cgroup_id: (seen && f.target_cgroup_id != 0).then_some(f.target_cgroup_id),
             file_kind: risk::file_kind(&f),
             file_path: risk::file_path(&f, &r.path),
+            file_dev: risk::file_dev(&f),
+            file_ino: risk::file_seen(&f).then_some(f.file_ino),
+            file_deleted: risk::file_deleted(&f),
+            file_changed: risk::file_seen(&f).then_some(r.path.changed != 0),
             facts: f,
         }
     }

@@ -3,14 +3,17 @@
 //! cannot be found stays null.
 use std::{
     collections::HashMap,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use log::warn;
 use pidfd_trace_common::EventKind;
 
-use crate::{cgroup, classify::Stage, event::Event, inventory::helper::Helper, risk};
+use crate::{cgroup, classify::Stage, event::Event, inventory::helper::Helper};
 
 /// The inventory helper that counts a caller's pidfds for an agent without capabilities;
 /// without one (tests) the agent reads `/proc` itself.
@@ -26,11 +29,49 @@ pub fn set_counter(h: Arc<Helper>) {
     let _ = COUNTER.set(h);
 }
 
+/// Risky-getfd warn lines allowed per second (a burst of as many), README "Risky pidfd use".
+pub const RISKY_WARNS_PER_SEC: u32 = 10;
+
+/// Risky-getfd warn lines not written because of `RISKY_WARNS_PER_SEC`, since start:
+/// `pidfd_trace_risky_warnings_suppressed_total`.
+pub static RISKY_WARNS_SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+
 /// The enrichment stage of the pipeline: owns the cgroup resolver and its bounded caches.
 pub struct Enricher {
     cgroups: cgroup::Resolver,
     /// pid → (when counted, pidfds held): see COUNT_REUSE.
     counts: HashMap<u32, (Instant, Option<usize>)>,
+    warns: WarnLimit,
+}
+
+/// A token bucket for the risky-getfd warn line: `RISKY_WARNS_PER_SEC` tokens a second, as
+/// many at most; what it holds back is counted, and summed up in one line once lines flow again.
+struct WarnLimit {
+    tokens: f64,
+    at: Instant,
+    /// Suppressed since the last line written.
+    held: u64,
+}
+
+impl WarnLimit {
+    fn new() -> Self {
+        Self { tokens: RISKY_WARNS_PER_SEC as f64, at: Instant::now(), held: 0 }
+    }
+
+    /// Whether a line may be written now; Some(n) of the held-back lines to report first.
+    fn take(&mut self, now: Instant) -> Result<u64, ()> {
+        let rate = RISKY_WARNS_PER_SEC as f64;
+        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(std::mem::take(&mut self.held))
+        } else {
+            self.held += 1;
+            RISKY_WARNS_SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+            Err(())
+        }
+    }
 }
 
 impl Default for Enricher {
@@ -42,7 +83,7 @@ impl Default for Enricher {
 impl Enricher {
     /// An enricher for this host's cgroup mounts.
     pub fn new() -> Self {
-        Self { cgroups: cgroup::Resolver::new(), counts: HashMap::new() }
+        Self { cgroups: cgroup::Resolver::new(), counts: HashMap::new(), warns: WarnLimit::new() }
     }
 
     /// Fills in `cgroup`, `container_id`, `pod_uid` and `container_runtime`, and the
@@ -55,6 +96,38 @@ impl Enricher {
             ev.caller_open_pidfds = self.caller_pidfds(ev.pid);
         }
         enrich(&mut self.cgroups, ev);
+        self.risky_warn(ev);
+    }
+
+    /// The warn line of a risky pidfd_getfd that reached its target (it succeeded, or the
+    /// ptrace access check refused it with EPERM: what `pidfd_trace_getfd_risky_total`
+    /// counts), at most `RISKY_WARNS_PER_SEC` a second.
+    fn risky_warn(&mut self, ev: &Event) {
+        let Some(reasons) = ev.risk.as_ref() else { return };
+        let reached = ev.errno.is_none() || ev.errno.as_deref() == Some("EPERM");
+        if ev.event != EventKind::PidfdGetfd || reasons.is_empty() || !reached {
+            return;
+        }
+        let Ok(held) = self.warns.take(Instant::now()) else { return };
+        if held > 0 {
+            warn!(
+                "{held} risky pidfd_getfd warning lines suppressed (at most {RISKY_WARNS_PER_SEC} a second); pidfd_trace_getfd_risky_total counts every call"
+            );
+        }
+        let outcome = match ev.errno.as_deref() {
+            Some(e) => format!("was refused it ({e})"),
+            None => format!("got it as fd {}", ev.ret),
+        };
+        warn!(
+            "risky pidfd_getfd: pid {} ({}) asked for fd {} of pid {} and {outcome}: risk [{}], file_kind {}, file_path {}",
+            ev.pid,
+            ev.comm,
+            ev.target_fd.unwrap_or(-1),
+            ev.target_pid.unwrap_or(0),
+            reasons.join(","),
+            ev.file_kind.unwrap_or("unknown"),
+            ev.file_path.as_deref().unwrap_or("unknown"),
+        );
     }
 
     /// How many pidfds `pid` holds now; None if it is gone or unreadable.
@@ -104,38 +177,6 @@ fn enrich(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
         ev.pod_uid = c.pod_uid;
     }
     ev.cgroup = info.path;
-    risky_use(cgroups, ev);
-}
-
-/// The parts of README "Risky pidfd use" only user space can do: `cross_container` (both
-/// cgroups container-shaped, different containers) and the warn line of a risky pidfd_getfd.
-fn risky_use(cgroups: &mut cgroup::Resolver, ev: &mut Event) {
-    let Some(reasons) = ev.risk.as_mut() else { return };
-    if ev.facts.risk & pidfd_trace_common::risk::CGROUP_DIFFERS != 0
-        && let Some(mine) = ev.container_id.as_deref()
-    {
-        let target_pid = ev.target_pid.unwrap_or(0).max(0) as u32;
-        let theirs = cgroups.lookup(ev.facts.target_cgroup_id, target_pid).container;
-        if theirs.is_some_and(|t| *t.id != *mine) {
-            reasons.push(risk::CROSS_CONTAINER);
-        }
-    }
-    if ev.event == EventKind::PidfdGetfd && !reasons.is_empty() {
-        let outcome = match ev.errno.as_deref() {
-            Some(e) => format!("was refused it ({e})"),
-            None => format!("got it as fd {}", ev.ret),
-        };
-        warn!(
-            "risky pidfd_getfd: pid {} ({}) asked for fd {} of pid {} and {outcome}: risk [{}], file_kind {}, file_path {}",
-            ev.pid,
-            ev.comm,
-            ev.target_fd.unwrap_or(-1),
-            ev.target_pid.unwrap_or(0),
-            reasons.join(","),
-            ev.file_kind.unwrap_or("unknown"),
-            ev.file_path.as_deref().unwrap_or("unknown"),
-        );
-    }
 }
 
 fn pidfd_target(pid: u32, fd: i32) -> Option<i64> {
@@ -163,5 +204,16 @@ mod tests {
         );
         assert_eq!(parse_fdinfo_pid("pos:\t0\nPid:\t-1\n"), None);
         assert_eq!(parse_fdinfo_pid("pos:\t0\n"), None);
+    }
+
+    #[test]
+    fn warn_limit() {
+        let mut w = WarnLimit::new();
+        let t0 = w.at;
+        let burst = (0..RISKY_WARNS_PER_SEC + 5).filter(|_| w.take(t0).is_ok()).count();
+        assert_eq!(burst as u32, RISKY_WARNS_PER_SEC);
+        // A second later: the first line reports the 5 held back.
+        assert_eq!(w.take(t0 + Duration::from_secs(1)), Ok(5));
+        assert_eq!(w.take(t0 + Duration::from_secs(1)), Ok(0));
     }
 }

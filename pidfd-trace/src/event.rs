@@ -128,6 +128,16 @@ pub struct Event {
     pub file_kind: Option<&'static str>,
     /// pidfd_getfd of a regular file: its path, from the dentry names the kernel read at exit.
     pub file_path: Option<String>,
+    /// pidfd_getfd: the taken file's device (`major:minor` of its superblock), null when the
+    /// kernel did not see the file.
+    pub file_dev: Option<String>,
+    /// pidfd_getfd: the taken file's inode number.
+    pub file_ino: Option<u64>,
+    /// pidfd_getfd of a regular file: it has no links left (deleted).
+    pub file_deleted: Option<bool>,
+    /// pidfd_getfd: at syscall exit neither the caller's new fd nor the target's fd held the
+    /// file taken at entry any more (a sibling thread swapped it): `file_path` is null.
+    pub file_changed: Option<bool>,
     /// The raw target facts, for the enricher (not in the JSON schema).
     #[serde(skip)]
     pub facts: TargetFacts,

@@ -1,6 +1,6 @@
 //! Risky pidfd use (README "Risky pidfd use"): names what the kernel programs saw of a
-//! pidfd_getfd / pidfd_send_signal target (`TargetFacts`, pidfd-trace-ebpf/src/risk.rs), and
-//! decides what only user space can: whether two cgroups are two containers. Pure.
+//! pidfd_getfd / pidfd_send_signal target (`TargetFacts`, pidfd-trace-ebpf/src/risk.rs). Every
+//! reason is decided in the kernel at the call; this only names them. Pure.
 use pidfd_trace_common::{PATH_PARTS, PathParts, TargetFacts, exit_facts, risk};
 
 /// The `risk` reasons, in the order events list them and metrics export them.
@@ -33,7 +33,7 @@ pub fn target_seen(f: &TargetFacts) -> bool {
     f.risk & risk::TARGET_SEEN != 0
 }
 
-/// The reasons the kernel decided by itself (`cross_container` needs the agent).
+/// The reasons the kernel decided, in `REASONS` order.
 pub fn kernel_reasons(f: &TargetFacts) -> Vec<&'static str> {
     let mut v = Vec::new();
     if f.risk & risk::TARGET_EXITING != 0 {
@@ -41,6 +41,9 @@ pub fn kernel_reasons(f: &TargetFacts) -> Vec<&'static str> {
     }
     if f.risk & risk::CRED_MISMATCH != 0 {
         v.push(CRED_MISMATCH);
+    }
+    if f.risk & risk::CROSS_CONTAINER != 0 {
+        v.push(CROSS_CONTAINER);
     }
     v
 }
@@ -66,10 +69,55 @@ pub fn file_name(f: &TargetFacts) -> &[u8] {
     &f.file_name[..n]
 }
 
+/// Whether the kernel saw the taken file (the file facts are valid).
+pub fn file_seen(f: &TargetFacts) -> bool {
+    f.risk & risk::FILE_SEEN != 0
+}
+
+/// `file_dev` of a taken file: `major:minor` of its superblock (kernel encoding: major << 20).
+pub fn file_dev(f: &TargetFacts) -> Option<String> {
+    file_seen(f).then(|| format!("{}:{}", f.file_dev >> 20, f.file_dev & 0xf_ffff))
+}
+
+/// `file_deleted` of a taken regular file: no links left.
+pub fn file_deleted(f: &TargetFacts) -> Option<bool> {
+    (file_kind(f) == Some("regular")).then_some(f.risk & risk::FILE_DELETED != 0)
+}
+
+/// The kernel-encoded devices (major << 20 | minor) of the internal mounts memfds live on
+/// (shmem's, and hugetlbfs's for the default huge page size): found once by creating a memfd
+/// of each kind and reading its `st_dev`. A tmpfs file merely named `memfd:…` is elsewhere.
+fn memfd_devs() -> &'static [u32] {
+    static DEVS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    DEVS.get_or_init(|| {
+        [libc::MFD_CLOEXEC, libc::MFD_CLOEXEC | libc::MFD_HUGETLB]
+            .into_iter()
+            .filter_map(|flags| {
+                // SAFETY: plain syscalls on a NUL-terminated name and our own fd.
+                unsafe {
+                    let fd = libc::memfd_create(c"pidfd-trace-memfd-probe".as_ptr(), flags);
+                    if fd < 0 {
+                        return None;
+                    }
+                    let mut st: libc::stat = std::mem::zeroed();
+                    let ok = libc::fstat(fd, &mut st) == 0;
+                    libc::close(fd);
+                    ok.then(|| (libc::major(st.st_dev) << 20) | libc::minor(st.st_dev))
+                }
+            })
+            .collect()
+    })
+}
+
 /// `file_kind` of a taken file: regular, socket, memfd, dma_buf, pidfd, anon_inode, pipe,
 /// directory, char_device, block_device or other; None when the kernel did not see the file.
 pub fn file_kind(f: &TargetFacts) -> Option<&'static str> {
-    if f.risk & risk::FILE_SEEN == 0 {
+    kind(f, memfd_devs())
+}
+
+/// `file_kind`, given the devices memfds live on.
+fn kind(f: &TargetFacts, memfd_devs: &[u32]) -> Option<&'static str> {
+    if !file_seen(f) {
         return None;
     }
     let name = file_name(f);
@@ -79,7 +127,9 @@ pub fn file_kind(f: &TargetFacts) -> Option<&'static str> {
         PIDFS_MAGIC => "pidfd",
         ANON_INODE_FS_MAGIC if name == b"[pidfd]" => "pidfd",
         ANON_INODE_FS_MAGIC => "anon_inode",
-        TMPFS_MAGIC | HUGETLBFS_MAGIC if name.starts_with(b"memfd:") => "memfd",
+        TMPFS_MAGIC | HUGETLBFS_MAGIC if name.starts_with(b"memfd:") && memfd_devs.contains(&f.file_dev) => {
+            "memfd"
+        }
         _ => match fmt {
             S_IFSOCK => "socket",
             S_IFREG => "regular",
@@ -121,9 +171,17 @@ pub fn file_path(f: &TargetFacts, parts: &PathParts) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The device the tests' memfds are on.
+    const SHM: u32 = 17;
+
     fn facts(mode: u16, magic: u32, name: &str) -> TargetFacts {
-        let mut f =
-            TargetFacts { file_mode: mode, file_magic: magic, risk: risk::FILE_SEEN, ..TargetFacts::ZERO };
+        let mut f = TargetFacts {
+            file_mode: mode,
+            file_magic: magic,
+            file_dev: SHM,
+            risk: risk::FILE_SEEN,
+            ..TargetFacts::ZERO
+        };
         f.file_name[..name.len()].copy_from_slice(name.as_bytes());
         f
     }
@@ -145,9 +203,13 @@ mod tests {
             (facts(S_IFDIR | 0o755, 0xef53, "etc"), Some("directory")),
         ];
         for (f, want) in cases {
-            assert_eq!(file_kind(&f), want, "{:?}", String::from_utf8_lossy(file_name(&f)));
+            assert_eq!(kind(&f, &[SHM]), want, "{:?}", String::from_utf8_lossy(file_name(&f)));
         }
-        assert_eq!(file_kind(&TargetFacts::ZERO), None);
+        assert_eq!(kind(&TargetFacts::ZERO, &[SHM]), None);
+        // A tmpfs file named memfd:… on another tmpfs (/dev/shm) is a regular file.
+        let forged = TargetFacts { file_dev: SHM + 1, ..facts(S_IFREG | 0o600, TMPFS_MAGIC, "memfd:secret") };
+        assert_eq!(kind(&forged, &[SHM]), Some("regular"));
+        assert_eq!(file_dev(&TargetFacts { file_dev: (8 << 20) | 3, ..forged }).as_deref(), Some("8:3"));
     }
 
     #[test]

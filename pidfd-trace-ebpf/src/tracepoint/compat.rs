@@ -49,8 +49,8 @@ pub fn compat_sys_enter(ctx: TracePointContext) -> u32 {
         NR32_CLONE => clone::clone_enter(&ctx),
         NR32_CLONE3 => clone::clone3_enter(&ctx),
         NR32_PIDFD_OPEN => pidfd::open_enter(&ctx),
-        NR32_PIDFD_GETFD => pidfd::getfd_enter(&ctx),
-        _ => pidfd::send_signal_enter(&ctx),
+        NR32_PIDFD_GETFD => pidfd::getfd_enter::<false>(&ctx),
+        _ => pidfd::send_signal_enter::<false>(&ctx),
     }
     // Whatever the entry saved (nothing for a clone without CLONE_PIDFD) is a compat call.
     let tid = bpf_get_current_pid_tgid();

@@ -10,7 +10,9 @@ use crate::{
 };
 
 #[inline(always)]
-fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
+/// `CONTAINERS`: decide `cross_container` (compat_sys_enter, which holds every compat entry
+/// in one program, cannot afford the cgroup walk within the verifier's budget).
+fn enter<const CONTAINERS: bool>(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
     let mut st = entry(kind, flags, arg0, arg1, 0, 0);
     let (level, _) = caller_ns();
     if kind == EventKind::PidfdOpen {
@@ -33,8 +35,8 @@ fn enter(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
     }
     // The target facts (exiting, credentials, cgroup, the file taken) while the pidfd pins it.
     match kind {
-        EventKind::PidfdGetfd => risk::gather(arg0, Some(arg1), &mut st.facts),
-        EventKind::PidfdSendSignal => risk::gather(arg0, None, &mut st.facts),
+        EventKind::PidfdGetfd => risk::gather::<CONTAINERS>(arg0, Some(arg1), &mut st.facts),
+        EventKind::PidfdSendSignal => risk::gather::<CONTAINERS>(arg0, None, &mut st.facts),
         _ => {}
     }
     save(&st);
@@ -50,17 +52,17 @@ pub fn sys_enter_pidfd_open(ctx: TracePointContext) -> u32 {
 /// pidfd_open's entry, also for 32-bit callers (compat.rs): same argument slots.
 #[inline(always)]
 pub(super) fn open_enter(ctx: &TracePointContext) {
-    enter(EventKind::PidfdOpen, arg(ctx, 1), arg(ctx, 0), 0);
+    enter::<true>(EventKind::PidfdOpen, arg(ctx, 1), arg(ctx, 0), 0);
 }
 
 #[inline(always)]
-pub(super) fn getfd_enter(ctx: &TracePointContext) {
-    enter(EventKind::PidfdGetfd, arg(ctx, 2), arg(ctx, 0), arg(ctx, 1));
+pub(super) fn getfd_enter<const CONTAINERS: bool>(ctx: &TracePointContext) {
+    enter::<CONTAINERS>(EventKind::PidfdGetfd, arg(ctx, 2), arg(ctx, 0), arg(ctx, 1));
 }
 
 #[inline(always)]
-pub(super) fn send_signal_enter(ctx: &TracePointContext) {
-    enter(EventKind::PidfdSendSignal, arg(ctx, 3), arg(ctx, 0), arg(ctx, 1));
+pub(super) fn send_signal_enter<const CONTAINERS: bool>(ctx: &TracePointContext) {
+    enter::<CONTAINERS>(EventKind::PidfdSendSignal, arg(ctx, 3), arg(ctx, 0), arg(ctx, 1));
 }
 
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
@@ -73,7 +75,7 @@ pub fn sys_exit_pidfd_open(ctx: TracePointContext) -> u32 {
 // prototype: syscall:pidfd_getfd/3: SYSCALL_DEFINE3(pidfd_getfd, int, pidfd, int, fd, unsigned int, flags) [5.6-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_getfd")]
 pub fn sys_enter_pidfd_getfd(ctx: TracePointContext) -> u32 {
-    getfd_enter(&ctx);
+    getfd_enter::<true>(&ctx);
     0
 }
 
@@ -88,7 +90,7 @@ pub fn sys_exit_pidfd_getfd(ctx: TracePointContext) -> u32 {
 // prototype: syscall:pidfd_send_signal/4: SYSCALL_DEFINE4(pidfd_send_signal, int, pidfd, int, sig, siginfo_t __user *, info, unsigned int, flags) [5.1-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_send_signal")]
 pub fn sys_enter_pidfd_send_signal(ctx: TracePointContext) -> u32 {
-    send_signal_enter(&ctx);
+    send_signal_enter::<true>(&ctx);
     0
 }
 
@@ -111,7 +113,7 @@ pub fn sys_enter_waitid(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // flags = options (an int: the upper half is sign extension), arg0 = the pidfd.
-    enter(EventKind::Waitid, arg(&ctx, 3) & 0xffff_ffff, arg(&ctx, 1), 0);
+    enter::<true>(EventKind::Waitid, arg(&ctx, 3) & 0xffff_ffff, arg(&ctx, 1), 0);
     0
 }
 

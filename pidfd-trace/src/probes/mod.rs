@@ -15,8 +15,8 @@ use aya::{
 };
 use log::{debug, warn};
 use pidfd_trace_common::{
-    CounterKey, FdPidOffsets, NewFdOffsets, PidsLimitOffsets, RiskKey, RiskOffsets, TruthOffsets, closes,
-    exit_tail, globals, stats,
+    CounterKey, FdPidOffsets, NewFdOffsets, PidsLimitOffsets, RiskOffsets, TruthOffsets, closes, exit_tail,
+    globals, risk, stats,
 };
 
 use crate::{
@@ -440,15 +440,15 @@ impl Probes {
         Ok(out)
     }
 
-    /// Every risky-getfd counter, summed over CPUs.
-    fn risky(&self) -> Result<Vec<(RiskKey, u64)>, LoadError> {
+    /// The risky-getfd counters (one per set of reasons, `risk::slot`), summed over CPUs.
+    fn risky(&self) -> Result<[u64; risk::SLOTS as usize], LoadError> {
         let map = self.ebpf.map("RISKY").ok_or(LoadError::MissingMap("RISKY"))?;
-        let map = PerCpuHashMap::<_, RiskKey, u64>::try_from(map)
-            .map_err(|err| LoadError::Map { name: "RISKY", err })?;
-        let mut out = Vec::new();
-        for item in map.iter() {
-            let (k, per_cpu) = item.map_err(|err| LoadError::Map { name: "RISKY", err })?;
-            out.push((k, per_cpu.iter().sum()));
+        let map =
+            PerCpuArray::<_, u64>::try_from(map).map_err(|err| LoadError::Map { name: "RISKY", err })?;
+        let mut out = [0u64; risk::SLOTS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = map.get(&(i as u32), 0).map_err(|err| LoadError::Map { name: "RISKY", err })?;
+            *slot = per_cpu.iter().sum();
         }
         Ok(out)
     }
@@ -789,6 +789,10 @@ fn risk_offsets(btf: &Btf) -> RiskOffsets {
             mount_mountpoint: m("mount", "mnt_mountpoint")?,
             task_last_siginfo: m("task_struct", "last_siginfo")?,
             siginfo_code: m("kernel_siginfo", "si_code")?,
+            // 6.15 renamed the parent pointer (RCU-protected since).
+            kn_parent: m("kernfs_node", "parent").or_else(|_| m("kernfs_node", "__parent"))?,
+            kn_name: m("kernfs_node", "name")?,
+            inode_i_nlink: m("inode", "i_nlink")?,
             valid: 1,
         })
     };

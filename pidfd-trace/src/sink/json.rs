@@ -127,6 +127,10 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
         target_cgroup_id,
         file_kind,
         file_path,
+        file_dev,
+        file_ino,
+        file_deleted,
+        file_changed,
         facts: _,
     } = ev;
     out.extend_from_slice(b"{\"ts\":\"");
@@ -219,6 +223,14 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
     opt_string(out, *file_kind);
     out.extend_from_slice(b",\"file_path\":");
     opt_string(out, file_path.as_deref());
+    out.extend_from_slice(b",\"file_dev\":");
+    opt_string(out, file_dev.as_deref());
+    out.extend_from_slice(b",\"file_ino\":");
+    opt_int(out, *file_ino);
+    out.extend_from_slice(b",\"file_deleted\":");
+    opt_bool(out, *file_deleted);
+    out.extend_from_slice(b",\"file_changed\":");
+    opt_bool(out, *file_changed);
     out.push(b'}');
 }
 

@@ -104,17 +104,16 @@ impl Collector for LifetimeHistogram {
     }
 }
 
-/// `pidfd_trace_getfd_risky_total{reason}` from the kernel's `RISKY` counters. The kernel
-/// counts `target_exiting` and `cred_mismatch` by itself; for `cross_container` it keeps the
-/// (caller, target) cgroup pair and the agent counts the pairs whose two cgroups are two
-/// different containers, decided once per pair (README "Risky pidfd use").
+/// `pidfd_trace_getfd_risky_total{reason}` from the kernel's `RISKY` counters: one slot per
+/// set of reasons, every reason (`cross_container` too) decided in the kernel at the call
+/// (README "Risky pidfd use"), so the counter is exact and cannot fill.
 struct RiskyGetfd {
     counter: IntCounterVec,
+    /// `pidfd_trace_getfd_risky_map_full_total`: kept (a contract name) and always 0 since the
+    /// kernel map became an array that cannot fill.
     full: IntCounter,
-    cgroups: crate::cgroup::Resolver,
-    /// (caller cgroup, target cgroup) → different containers; only pairs whose two cgroup
-    /// paths were found (a pair not yet resolvable is retried on the next refresh).
-    pairs: HashMap<(u64, u64), bool>,
+    /// `pidfd_trace_risky_warnings_suppressed_total`: warn lines held back by the rate limit.
+    suppressed: IntCounter,
     /// What each reason has been advanced to.
     last: [u64; 3],
 }
@@ -124,7 +123,7 @@ impl RiskyGetfd {
         let by_reason = counter_vec(
             reg,
             "pidfd_trace_getfd_risky_total",
-            "pidfd_getfd calls (successful or refused) whose target was exiting, ran with other credentials, or sat in another container, by reason. A call with several reasons counts once per reason. From the kernel's counters.",
+            "pidfd_getfd calls that reached their target (succeeded or refused EPERM) whose target was exiting, ran with other credentials, or sat in another container, by reason. A call with several reasons counts once per reason. From the kernel's counters.",
             &["reason"],
         )?;
         for r in crate::risk::REASONS {
@@ -135,43 +134,27 @@ impl RiskyGetfd {
             full: counter(
                 reg,
                 "pidfd_trace_getfd_risky_map_full_total",
-                "Risky pidfd_getfd calls not counted because the kernel's RISKY map was full.",
+                "Always 0: the kernel's RISKY counters are one slot per set of reasons and cannot fill (kept for compatibility).",
             )?,
-            cgroups: crate::cgroup::Resolver::new(),
-            pairs: HashMap::new(),
+            suppressed: counter(
+                reg,
+                "pidfd_trace_risky_warnings_suppressed_total",
+                "Risky pidfd_getfd warn lines not logged because of the log rate limit (the calls are still counted in pidfd_trace_getfd_risky_total).",
+            )?,
             last: [0; 3],
         })
-    }
-
-    fn cross_container(&mut self, caller: u64, target: u64) -> bool {
-        if let Some(&v) = self.pairs.get(&(caller, target)) {
-            return v;
-        }
-        let (Some(a), Some(b)) = (self.cgroups.path_of(caller, 0), self.cgroups.path_of(target, 0)) else {
-            return false;
-        };
-        let v = match (crate::cgroup::parse_container(&a), crate::cgroup::parse_container(&b)) {
-            (Some(x), Some(y)) => x.id != y.id,
-            _ => false,
-        };
-        self.pairs.insert((caller, target), v);
-        v
     }
 
     fn refresh(&mut self, counters: &Counters) {
         use pidfd_trace_common::risk;
         let mut now = [0u64; 3];
-        for (key, n) in &counters.risky {
-            if key.risk & risk::TARGET_EXITING != 0 {
-                now[0] += n;
-            }
-            if key.risk & risk::CRED_MISMATCH != 0 {
-                now[1] += n;
-            }
-            if key.risk & risk::CGROUP_DIFFERS != 0
-                && self.cross_container(key.caller_cgroup, key.target_cgroup)
-            {
-                now[2] += n;
+        for (i, reason) in
+            [risk::TARGET_EXITING, risk::CRED_MISMATCH, risk::CROSS_CONTAINER].into_iter().enumerate()
+        {
+            for bits in 0..=u8::MAX {
+                if bits & risk::COUNTED == bits && bits & reason != 0 {
+                    now[i] += counters.risky[risk::slot(bits) as usize];
+                }
             }
         }
         for (i, reason) in crate::risk::REASONS.iter().enumerate() {
@@ -183,6 +166,10 @@ impl RiskyGetfd {
         let full = counters.stat(stats::RISKY_FULL);
         if full > self.full.get() {
             self.full.inc_by(full - self.full.get());
+        }
+        let held = crate::enrich::RISKY_WARNS_SUPPRESSED.load(std::sync::atomic::Ordering::Relaxed);
+        if held > self.suppressed.get() {
+            self.suppressed.inc_by(held - self.suppressed.get());
         }
     }
 }
@@ -440,13 +427,9 @@ pub fn register_attach_plan(reg: &Registry, rows: &[PlanRow]) -> Result<(), Metr
 
 #[cfg(test)]
 mod tests {
-    use pidfd_trace_common::{RiskKey, risk};
+    use pidfd_trace_common::risk;
 
     use super::*;
-
-    fn key(bits: u8, caller: u64, target: u64) -> RiskKey {
-        RiskKey { caller_cgroup: caller, target_cgroup: target, risk: bits, _pad: [0; 7] }
-    }
 
     #[test]
     fn lifetime_histogram_from_kernel_slots() {
@@ -486,27 +469,24 @@ mod tests {
     }
 
     #[test]
-    fn risky_reasons_from_kernel_keys() {
+    fn risky_reasons_from_kernel_slots() {
         let reg = Registry::new();
         let mut m = RiskyGetfd::register(&reg).unwrap();
         let value = |m: &RiskyGetfd, r: &str| m.counter.with_label_values(&[r]).get();
         assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [0, 0, 0], "exported at 0");
-        // Cgroup ids that exist nowhere: never container-shaped, so not cross_container.
-        let pair = (u64::MAX - 1, u64::MAX - 2);
-        let c = Counters {
-            risky: vec![
-                (key(risk::TARGET_EXITING | risk::CRED_MISMATCH, 0, 0), 3),
-                (key(risk::CRED_MISMATCH, 0, 0), 2),
-                (key(risk::CGROUP_DIFFERS, pair.0, pair.1), 5),
-            ],
-            ..Default::default()
-        };
+        let mut c = Counters::default();
+        c.risky[risk::slot(risk::TARGET_EXITING | risk::CRED_MISMATCH) as usize] = 3;
+        c.risky[risk::slot(risk::CRED_MISMATCH) as usize] = 2;
+        c.risky[risk::slot(risk::CROSS_CONTAINER) as usize] = 5;
+        c.risky[risk::slot(risk::CROSS_CONTAINER | risk::TARGET_EXITING) as usize] = 1;
         m.refresh(&c);
-        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [3, 5, 0]);
+        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [4, 5, 6]);
         m.refresh(&c); // the kernel's totals again: nothing added
-        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [3, 5, 0]);
-        m.pairs.insert(pair, true); // a pair decided to be two containers
-        m.refresh(&c);
-        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [3, 5, 5]);
+        assert_eq!(crate::risk::REASONS.map(|r| value(&m, r)), [4, 5, 6]);
+        // Eight distinct slots, none of them 0 ("not risky").
+        let mut slots: Vec<u32> = (0..=u8::MAX).filter(|b| b & risk::COUNTED == *b).map(risk::slot).collect();
+        slots.sort();
+        slots.dedup();
+        assert_eq!(slots, (0..risk::SLOTS).collect::<Vec<_>>());
     }
 }

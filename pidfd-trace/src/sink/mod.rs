@@ -96,6 +96,10 @@ mod tests {
             target_cgroup_id: None,
             file_kind: None,
             file_path: None,
+            file_dev: None,
+            file_ino: None,
+            file_deleted: None,
+            file_changed: None,
             facts: Default::default(),
         }
     }
