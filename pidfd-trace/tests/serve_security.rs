@@ -124,20 +124,28 @@ fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
-/// pidfd_open(own pid) from a thread named `comm`, so its event and series are ours alone.
-fn pidfd_open_as(comm: &str) -> i32 {
+/// pidfd_open(own pid) from a child process named `comm`, so its event and series are ours alone.
+fn pidfd_open_as(comm: &str) {
     assert!(comm.len() <= 15, "the kernel keeps 15 bytes of a comm");
-    std::thread::Builder::new()
-        .name(comm.to_string())
-        .spawn(|| {
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } as i32;
-            assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
-            unsafe { libc::close(fd) };
-            fd
-        })
-        .unwrap()
-        .join()
-        .unwrap()
+    // A process of its own named `comm`: events carry the process (thread-group leader) name
+    // in `comm` (docs/events.md), so a named thread of this test would not do.
+    let name = std::ffi::CString::new(comm).unwrap();
+    // SAFETY: the child only makes raw syscalls and `_exit`s (fork in a threaded process).
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+            let fd = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) as i32;
+            libc::_exit(if fd >= 0 { 0 } else { 1 });
+        }
+    }
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "pidfd_open in the {comm} child failed: status {status:#x}"
+    );
 }
 
 /// Raw HTTP/1.0 GET with every step bounded by `within`: (status, body), or why it failed.
