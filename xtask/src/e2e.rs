@@ -143,6 +143,8 @@ impl<'a> E2e<'a> {
                     "127.0.0.1:0",
                     "--log-format",
                     "json",
+                    // The compat_calls scenario's 32-bit callers are counted only with it.
+                    "--compat-syscalls",
                     "--events-log",
                 ])
                 .arg(&events)

@@ -307,7 +307,7 @@ pub fn scm_pidfd_blind() -> Result<Vec<Value>, String> {
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&control);
+    msg.msg_controllen = size_of_val(&control) as _;
     let r = unsafe { libc::recvmsg(sv[0], &mut msg, 0) };
     let mut got = None;
     let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };

@@ -565,7 +565,7 @@ pub fn compat_calls() -> Result<Vec<Value>, String> {
     }
     Ok(vec![
         json!({"event": "pidfd_open", "compat": true, "ret": fd, "pidfd": fd, "target_pid": child, "errno": null}),
-        json!({"event": "pidfd_send_signal", "compat": true, "ret": 0, "target_pid": child, "signal_nr": 0}),
+        json!({"event": "pidfd_send_signal", "compat": true, "ret": 0, "target_pid": child, "signal": "0", "signal_nr": 0}),
         json!({"event": "pidfd_getfd", "compat": true, "ret": got, "target_pid": child, "target_fd": 1}),
         json!({"event": "clone", "compat": true, "ret": c, "child_pid": c, "pidfd": clone_fd, "errno": null,
                "stage": null, "flag_names_include": ["CLONE_PIDFD"]}),
