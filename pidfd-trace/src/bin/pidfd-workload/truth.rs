@@ -146,7 +146,8 @@ pub fn send_signal_proc_dir() -> Result<Vec<Value>, String> {
         json!({"event": "pidfd_getfd", "ret": -9, "errno": "EBADF", "used_pidfd": dir, "target_pid": null}),
         json!({"event": "pidfd_send_signal", "ret": 0, "errno": null, "used_pidfd": dir, "target_pid": child,
                "signal": "SIGTERM"}),
-        json!({"event": "pidfd_send_signal", "ret": -9, "errno": "EBADF", "used_pidfd": sysfs, "target_pid": null}),
+        json!({"event": "pidfd_send_signal", "ret": -9, "errno": "EBADF", "used_pidfd": sysfs, "target_pid": null,
+               "signal": "SIGTERM"}),
         sentinel(),
     ])
 }
