@@ -3,16 +3,19 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use pidfd_trace_common::{EventKind, xhints};
 
-use super::{arg, entry, exit_simple, exit_use, save};
+use pidfd_trace_common::exit_tail;
+
+use super::{arg, entry, exit_simple, exit_use, save, tail};
 use crate::{
     risk,
     task::{caller_ns, fd_target},
 };
 
 #[inline(always)]
-/// `CONTAINERS`: decide `cross_container` (compat_sys_enter, which holds every compat entry
-/// in one program, cannot afford the cgroup walk within the verifier's budget).
-fn enter<const CONTAINERS: bool>(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
+/// `CONTAINERS`: decide `cross_container` with the container walk (`exit_tail::CONTAINER`);
+/// false in compat_sys_enter, which marks the saved state after this returns (a tail call
+/// never returns).
+fn enter<const CONTAINERS: bool>(ctx: &TracePointContext, kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
     let mut st = entry(kind, flags, arg0, arg1, 0, 0);
     let (level, _) = caller_ns();
     if kind == EventKind::PidfdOpen {
@@ -34,12 +37,17 @@ fn enter<const CONTAINERS: bool>(kind: EventKind, flags: u64, arg0: u64, arg1: u
         }
     }
     // The target facts (exiting, credentials, cgroup, the file taken) while the pidfd pins it.
-    match kind {
-        EventKind::PidfdGetfd => risk::gather::<CONTAINERS>(arg0, Some(arg1), &mut st.facts),
-        EventKind::PidfdSendSignal => risk::gather::<CONTAINERS>(arg0, None, &mut st.facts),
-        _ => {}
-    }
+    let target_kn = match kind {
+        EventKind::PidfdGetfd => risk::gather(arg0, Some(arg1), &mut st.facts),
+        EventKind::PidfdSendSignal => risk::gather(arg0, None, &mut st.facts),
+        _ => 0,
+    };
     save(&st);
+    // Target in another cgroup: is either side in a container? The walk is its own tail
+    // program (one level per run), and it writes its finding into the state saved above.
+    if CONTAINERS && risk::start_container_walk(target_kn) {
+        tail(ctx, exit_tail::CONTAINER);
+    }
 }
 
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
@@ -52,17 +60,17 @@ pub fn sys_enter_pidfd_open(ctx: TracePointContext) -> u32 {
 /// pidfd_open's entry, also for 32-bit callers (compat.rs): same argument slots.
 #[inline(always)]
 pub(super) fn open_enter(ctx: &TracePointContext) {
-    enter::<true>(EventKind::PidfdOpen, arg(ctx, 1), arg(ctx, 0), 0);
+    enter::<true>(ctx, EventKind::PidfdOpen, arg(ctx, 1), arg(ctx, 0), 0);
 }
 
 #[inline(always)]
 pub(super) fn getfd_enter<const CONTAINERS: bool>(ctx: &TracePointContext) {
-    enter::<CONTAINERS>(EventKind::PidfdGetfd, arg(ctx, 2), arg(ctx, 0), arg(ctx, 1));
+    enter::<CONTAINERS>(ctx, EventKind::PidfdGetfd, arg(ctx, 2), arg(ctx, 0), arg(ctx, 1));
 }
 
 #[inline(always)]
 pub(super) fn send_signal_enter<const CONTAINERS: bool>(ctx: &TracePointContext) {
-    enter::<CONTAINERS>(EventKind::PidfdSendSignal, arg(ctx, 3), arg(ctx, 0), arg(ctx, 1));
+    enter::<CONTAINERS>(ctx, EventKind::PidfdSendSignal, arg(ctx, 3), arg(ctx, 0), arg(ctx, 1));
 }
 
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
@@ -113,7 +121,7 @@ pub fn sys_enter_waitid(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // flags = options (an int: the upper half is sign extension), arg0 = the pidfd.
-    enter::<true>(EventKind::Waitid, arg(&ctx, 3) & 0xffff_ffff, arg(&ctx, 1), 0);
+    enter::<true>(&ctx, EventKind::Waitid, arg(&ctx, 3) & 0xffff_ffff, arg(&ctx, 1), 0);
     0
 }
 
