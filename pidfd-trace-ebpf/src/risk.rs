@@ -206,10 +206,22 @@ pub fn took_pidfd(facts: &TargetFacts) -> bool {
 /// The task behind the caller's `pidfd`, if that fd really is a pidfd.
 #[inline(always)]
 unsafe fn pidfd_task(pidfd: u64) -> Option<*const u8> {
+    unsafe { fd_task::<false>(pidfd) }
+}
+
+/// The task behind the caller's fd: a pidfd, or with `PROC_DIRS` also a `/proc/<pid>`
+/// directory (pidfd_send_signal takes either, and a caller must not slip past the risk facts
+/// by choosing the fd kind).
+#[inline(always)]
+unsafe fn fd_task<const PROC_DIRS: bool>(fd: u64) -> Option<*const u8> {
     let ro = risk_offsets();
     unsafe {
-        let file = fd_file(bpf_get_current_task() as *const u8, pidfd)?;
-        let pid = pidfd_pid(file)?;
+        let file = fd_file(bpf_get_current_task() as *const u8, fd)?;
+        let pid = match pidfd_pid(file) {
+            Some(pid) => pid,
+            None if PROC_DIRS => crate::task::proc_dir_pid_of(file)?,
+            None => return None,
+        };
         // pid->tasks[PIDTYPE_PID].first is &task->pid_links[PIDTYPE_PID].
         let node = read_ptr(pid, ro.pid_tasks)?;
         Some(node.wrapping_sub(ro.task_pid_links as usize))
@@ -237,7 +249,8 @@ fn gather_facts(pidfd: u64, fd_arg: u64, has_fd: u64, facts: &mut TargetFacts) -
     let mut target_kn = 0u64;
     // SAFETY: every access is a bpf_probe_read_kernel; bad pointers read as None.
     unsafe {
-        let Some(task) = pidfd_task(pidfd) else { return 0 };
+        let task = if has_fd != 0 { pidfd_task(pidfd) } else { fd_task::<true>(pidfd) };
+        let Some(task) = task else { return 0 };
         let Some(tflags) = read::<u32>(task, ro.task_flags) else { return 0 };
         facts.risk |= risk::TARGET_SEEN;
 
