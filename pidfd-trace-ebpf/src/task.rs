@@ -47,7 +47,7 @@ pub unsafe fn proc_dir_pid_of(file: *const u8) -> Option<*const u8> {
     if off.valid == 0 || t.valid == 0 {
         return None;
     }
-    unsafe { proc_dir_pid(file, &off, &t) }
+    unsafe { proc_dir_pid(file, &off, t) }
 }
 
 /// The struct pid of a `/proc/<pid>` directory (what pidfd_send_signal also accepts, through
