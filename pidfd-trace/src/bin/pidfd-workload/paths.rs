@@ -39,7 +39,7 @@ fn errno_name(r: i64) -> Value {
 }
 
 /// The pidfs inode number of `fd` (6.9+: `pidfd_ino`), or null before pidfs.
-fn pidfd_ino(fd: i64) -> Value {
+pub(crate) fn pidfd_ino(fd: i64) -> Value {
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatfs(fd as i32, &mut fs) } != 0 || fs.f_type as i64 != PIDFS_MAGIC {
