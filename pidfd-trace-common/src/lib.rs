@@ -621,17 +621,21 @@ pub mod stats {
     pub const COUNT: u32 = 8;
 }
 
-/// Tail programs of the syscall exits (pidfd-trace-ebpf/src/tracepoint/mod.rs, clone.rs): an
-/// exit program only bails, takes the entry state and picks the next step; the record (in two
-/// variants: with the pidfd_getfd file-path walk and without) and each heavy clone step (the
-/// fd-table scan for the installed pidfd, the pids cgroup walk, the saved registers of a
-/// refused clone) is its own program, so every kernel's verifier checks each once, alone.
+/// Tail programs of the syscall tracepoints (pidfd-trace-ebpf/src/tracepoint/mod.rs, clone.rs,
+/// risk.rs): an exit program only bails, takes the entry state and picks the next step; the
+/// record (in two variants: with the pidfd_getfd file path and without), each heavy clone step
+/// (the fd-table scan for the installed pidfd, the pids cgroup walk, the saved registers of a
+/// refused clone), the file-path walk and the container walk of pidfd_getfd /
+/// pidfd_send_signal entries are each their own program, so every kernel's verifier checks
+/// each once, alone (a walk inlined into its caller multiplied the paths the 5.10 and 6.1
+/// verifiers explored past their 1M-instruction budget).
 /// Slots of the `MAP` program array, and the programs the agent loads into them.
 pub mod exit_tail {
     pub const MAP: &str = "EXIT_TAIL";
     /// The record and the outcome counter (emit::finish). Required.
     pub const EMIT: u32 = 0;
-    /// The same, for records that may be a pidfd_getfd's (its file path). Required.
+    /// The same, for records that may be a pidfd_getfd's: with the file path `PATH` left in
+    /// the per-CPU path scratch. Required.
     pub const EMIT_PATH: u32 = 1;
     /// Finds the pidfd a clone's kernel installed in the caller's fd table.
     pub const SCAN: u32 = 2;
@@ -639,13 +643,21 @@ pub mod exit_tail {
     pub const PIDS: u32 = 3;
     /// A failed clone without entry state: refused before it ran (seccomp, a tracer).
     pub const DENIED: u32 = 4;
-    pub const SLOTS: u32 = 5;
-    pub const PROGRAMS: [(u32, &str); 5] = [
+    /// At a pidfd_getfd / pidfd_send_signal entry whose target is in another cgroup: one
+    /// cgroup2 directory level of the target's, then the caller's, container search per run,
+    /// calling itself for the next level (at most 2 × 8 + 1 tail calls of the kernel's 33).
+    pub const CONTAINER: u32 = 5;
+    /// At a pidfd_getfd exit: the taken file's dentry names into the path scratch, then `EMIT_PATH`.
+    pub const PATH: u32 = 6;
+    pub const SLOTS: u32 = 7;
+    pub const PROGRAMS: [(u32, &str); 7] = [
         (EMIT, "exit_tail_emit"),
         (EMIT_PATH, "exit_tail_emit_path"),
         (SCAN, "exit_tail_scan"),
         (PIDS, "exit_tail_pids"),
         (DENIED, "exit_tail_denied"),
+        (CONTAINER, "enter_tail_container"),
+        (PATH, "exit_tail_path"),
     ];
     /// Whether the agent can run without slot `idx` (reporting less) when a kernel refuses it.
     pub const fn optional(idx: u32) -> bool {

@@ -36,8 +36,8 @@ pub fn finish_creation<C: EbpfContext>(
 const COUNTED_XHINTS: u8 = xhints::COMPAT | xhints::DENIED | xhints::ARGS;
 
 /// Counts the outcome and sends the record. `ret` is the syscall's raw return value.
-/// `PATH`: the record may be a pidfd_getfd's, whose file path is walked in the kernel; false
-/// in programs that never emit one, so their verifier never sees the walk.
+/// `PATH`: the record may be a pidfd_getfd's, whose file path the `exit_tail_path` program
+/// left in the path scratch (risk.rs); false in programs that never emit one.
 #[inline(always)]
 pub fn finish<C: EbpfContext, const PATH: bool>(
     ctx: &C,
@@ -100,8 +100,11 @@ pub fn finish<C: EbpfContext, const PATH: bool>(
         let cg = core::ptr::addr_of_mut!((*rec).cgroup_name);
         cgroup_name(cg.cast(), CGROUP_NAME_BYTES as u32);
         (*rec).facts = st.facts;
-        if PATH {
-            crate::risk::file_path(&mut (*rec).path, st, ret);
+        let path =
+            if PATH && kind == EventKind::PidfdGetfd as u8 { crate::risk::path_scratch() } else { None };
+        if let Some(p) = path {
+            // Filled by exit_tail_path (or emptied by the exit that chose this program).
+            (*rec).path = *p;
         } else {
             (*rec).path.depth = 0;
             (*rec).path.cut = 0;

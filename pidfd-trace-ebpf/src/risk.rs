@@ -4,7 +4,8 @@
 //! the fd being taken. Every read goes through offsets the agent took from this kernel's BTF;
 //! a failed read leaves the fact unset (`TARGET_SEEN` / `FILE_SEEN` say what is valid).
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+    bpf_probe_read_kernel_str_bytes,
 };
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use pidfd_trace_common::{
@@ -13,7 +14,7 @@ use pidfd_trace_common::{
 
 use crate::{
     globals::{fd_pid_offsets, new_fd_offsets, risk_offsets},
-    maps::RISKY,
+    maps::{ENTER_STATE, RISKY},
 };
 
 /// A cgroup directory name read by `container_of` (kernfs names are at most NAME_MAX + 1).
@@ -206,28 +207,29 @@ unsafe fn pidfd_task(pidfd: u64) -> Option<*const u8> {
     }
 }
 
-/// Fills `facts` for a pidfd_getfd (`target_fd` = Some) or pidfd_send_signal.
+/// Fills `facts` for a pidfd_getfd (`target_fd` = Some) or pidfd_send_signal. Returns the
+/// target's cgroup2 directory (`struct kernfs_node *`) when it is not the caller's, for the
+/// container walk (`start_container_walk`), else 0.
 #[inline(always)]
-pub fn gather<const CONTAINERS: bool>(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) {
+pub fn gather(pidfd: u64, target_fd: Option<u64>, facts: &mut TargetFacts) -> u64 {
     match target_fd {
-        Some(fd) => gather_facts::<CONTAINERS>(pidfd, fd, 1, facts),
-        None => gather_facts::<CONTAINERS>(pidfd, 0, 0, facts),
+        Some(fd) => gather_facts(pidfd, fd, 1, facts),
+        None => gather_facts(pidfd, 0, 0, facts),
     }
 }
 
-// A BPF subprogram (plain u64 arguments): inlined at each of its call sites (compat_sys_enter
-// has several), the container walks pushed a program past the verifier's 1M-instruction budget.
-#[inline(never)]
-fn gather_facts<const CONTAINERS: bool>(pidfd: u64, fd_arg: u64, has_fd: u64, facts: &mut TargetFacts) {
+#[inline(always)]
+fn gather_facts(pidfd: u64, fd_arg: u64, has_fd: u64, facts: &mut TargetFacts) -> u64 {
     let target_fd = if has_fd != 0 { Some(fd_arg) } else { None };
     let ro = risk_offsets();
     if ro.valid == 0 {
-        return;
+        return 0;
     }
+    let mut target_kn = 0u64;
     // SAFETY: every access is a bpf_probe_read_kernel; bad pointers read as None.
     unsafe {
-        let Some(task) = pidfd_task(pidfd) else { return };
-        let Some(tflags) = read::<u32>(task, ro.task_flags) else { return };
+        let Some(task) = pidfd_task(pidfd) else { return 0 };
+        let Some(tflags) = read::<u32>(task, ro.task_flags) else { return 0 };
         facts.risk |= risk::TARGET_SEEN;
 
         // Exit: see README "Risky pidfd use" for where do_exit() sets each of these.
@@ -296,24 +298,18 @@ fn gather_facts<const CONTAINERS: bool>(pidfd: u64, fd_arg: u64, has_fd: u64, fa
             if id != 0 && mine != 0 && id != mine {
                 facts.risk |= risk::CGROUP_DIFFERS;
             }
-            // Containers, decided now: a container that exits before the agent reads the
+            // Containers are decided in the kernel too, by the container walk the entry
+            // program starts after this: a container that exits before the agent reads the
             // record, or 2,000 cgroups, change nothing (README "Risky pidfd use").
-            if CONTAINERS && facts.risk & risk::CGROUP_DIFFERS != 0 {
-                facts.target_container = container_of(kn);
-                facts.caller_container = match task_kn(bpf_get_current_task() as *const u8) {
-                    Some(mine) => container_of(mine),
-                    None => 0,
-                };
-                if facts.caller_container != facts.target_container {
-                    facts.risk |= risk::CROSS_CONTAINER;
-                }
+            if facts.risk & risk::CGROUP_DIFFERS != 0 {
+                target_kn = kn as u64;
             }
         }
 
         // pidfd_getfd: the file at targetfd in the target's table.
-        let Some(fd) = target_fd else { return };
-        let Some(file) = fd_file(task, fd) else { return };
-        let Some(inode) = read_ptr(file, fd_pid_offsets().file_f_inode) else { return };
+        let Some(fd) = target_fd else { return target_kn };
+        let Some(file) = fd_file(task, fd) else { return target_kn };
+        let Some(inode) = read_ptr(file, fd_pid_offsets().file_f_inode) else { return target_kn };
         facts.file_mode = read::<u16>(inode, ro.inode_i_mode).unwrap_or(0);
         facts.file_ino = read::<u64>(inode, ro.inode_i_ino).unwrap_or(0);
         if read::<u32>(inode, ro.inode_i_nlink) == Some(0) {
@@ -330,6 +326,7 @@ fn gather_facts<const CONTAINERS: bool>(pidfd: u64, fd_arg: u64, has_fd: u64, fa
         }
         facts.risk |= risk::FILE_SEEN;
     }
+    target_kn
 }
 
 /// The errno values of pidfd_getfd that say the call reached its target: the kernel checks
@@ -362,48 +359,140 @@ unsafe fn task_kn(task: *const u8) -> Option<*const u8> {
     }
 }
 
-/// The kernfs node id of the nearest container-scope directory from `kn` up (at most
-/// `CONTAINER_LEVELS` levels), 0 when there is none. The names are the ones
+/// Per-CPU state of the container walk, carried across the tail calls of
+/// `enter_tail_container` (tracepoint/mod.rs): one cgroup2 directory level per run, the
+/// target's directories first, then the caller's. A tail call runs on the same CPU in the
+/// same program run, so nothing else uses the slot meanwhile.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ContainerWalk {
+    /// The `struct kernfs_node *` to look at in this run.
+    kn: u64,
+    /// A `machine-….scope` seen one level down (its node id), waiting for its parent to be
+    /// `machine.slice`; 0 when none.
+    machine: u64,
+    /// The target's container, once its side is done.
+    target: u64,
+    /// Levels looked at on this side before this one.
+    level: u32,
+    /// 0: the target's directories; 1: the caller's.
+    side: u32,
+}
+
+#[map]
+static CONTAINER_WALK: PerCpuArray<ContainerWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sets up the container walk from the target's cgroup2 directory `target_kn` (from
+/// `gather`); the caller then tail-calls `exit_tail::CONTAINER`. False when there is nothing
+/// to walk.
+#[inline(always)]
+pub fn start_container_walk(target_kn: u64) -> bool {
+    if target_kn == 0 {
+        return false;
+    }
+    let Some(w) = CONTAINER_WALK.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's slot of a per-CPU array.
+    unsafe { *w = ContainerWalk { kn: target_kn, machine: 0, target: 0, level: 0, side: 0 } };
+    true
+}
+
+/// One run of the container walk: looks at one cgroup2 directory. Returns true when the walk
+/// goes on (the tail program calls itself); at the end it stores `target_container`,
+/// `caller_container` and `CROSS_CONTAINER` in this thread's entry state, which the syscall
+/// exit reads. What counts as a container scope is `container_scope`'s; a side ends at the
+/// first scope, at a read failure or after `CONTAINER_LEVELS` levels (0: not in a container).
+#[inline(always)]
+pub fn container_step() -> bool {
+    let Some(w) = CONTAINER_WALK.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's slot of a per-CPU array (see `ContainerWalk`).
+    let w = unsafe { &mut *w };
+    let id = match container_scope(w.kn as *const u8, &mut w.machine) {
+        Level::Scope(id) => id,
+        Level::Parent(p) if (w.level as usize) + 1 < CONTAINER_LEVELS => {
+            w.kn = p as u64;
+            w.level += 1;
+            return true;
+        }
+        _ => 0,
+    };
+    if w.side == 0 {
+        w.target = id;
+        w.side = 1;
+        w.level = 0;
+        w.machine = 0;
+        // SAFETY: probe reads only.
+        if let Some(mine) = unsafe { task_kn(bpf_get_current_task() as *const u8) } {
+            w.kn = mine as u64;
+            return true;
+        }
+        store_containers(w.target, 0);
+        return false;
+    }
+    store_containers(w.target, id);
+    false
+}
+
+/// Writes the walk's result into this thread's entry state (stored by the entry program
+/// before it started the walk).
+#[inline(always)]
+fn store_containers(target: u64, caller: u64) {
+    let id = bpf_get_current_pid_tgid();
+    let Some(st) = ENTER_STATE.get_ptr_mut(&id) else { return };
+    // SAFETY: a valid map value pointer.
+    unsafe {
+        (*st).facts.target_container = target;
+        (*st).facts.caller_container = caller;
+        if caller != target {
+            (*st).facts.risk |= risk::CROSS_CONTAINER;
+        }
+    }
+}
+
+/// What one cgroup2 directory level says.
+enum Level {
+    /// A container scope: its kernfs node id (the `machine-….scope` one for machine.slice).
+    Scope(u64),
+    /// Not a scope: look at this parent next.
+    Parent(*const u8),
+    /// The root, or a read failed.
+    End,
+}
+
+/// Whether the cgroup2 directory `kn` is a container scope. The names are the ones
 /// pidfd-trace/src/cgroup/container.rs reads as a container: `docker-`, `cri-containerd-`,
 /// `crio-`, `libpod-` + 64 hex + `.scope`; `libpod-` + 64 hex; `…:runtime:` + 64 hex; a bare
-/// 64-hex name; `systemd-nspawn@….service`; `machine-….scope` under `machine.slice`.
-// A BPF subprogram, not inlined, and with as few branches as possible: every distinct path
-// through 8 levels of name checks is walked by the verifier (a byte loop exceeded its
-// 1M-instruction budget).
-#[inline(never)]
-fn container_of(kn: *const u8) -> u64 {
+/// 64-hex name; `systemd-nspawn@….service`; `machine-….scope` under `machine.slice`
+/// (`machine` carries the scope seen one level down).
+#[inline(always)]
+fn container_scope(kn: *const u8, machine: &mut u64) -> Level {
     let ro = risk_offsets();
-    let Some(buf) = KN_NAME.get_ptr_mut(0) else { return 0 };
-    let mut kn = kn;
-    // A `machine-….scope` seen one level down, waiting for its parent to be machine.slice.
-    let mut machine = 0u64;
+    let Some(buf) = KN_NAME.get_ptr_mut(0) else { return Level::End };
     // SAFETY: probe reads only; `buf` is this CPU's scratch slot.
     unsafe {
         let buf = &mut *buf;
-        for _ in 0..CONTAINER_LEVELS {
-            let Some(name) = read_ptr(kn, ro.kn_name) else { return 0 };
-            let len = match bpf_probe_read_kernel_str_bytes(name, buf) {
-                Ok(s) => s.len(),
-                Err(_) => return 0,
-            };
-            let head = (
-                u64::from_le_bytes([buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]]),
-                u64::from_le_bytes([buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15]]),
-            );
-            let kind = scope_name(name, len, head);
-            let id = read::<u64>(kn, ro.kernfs_node_id).unwrap_or(0);
-            if kind == CONTAINER {
-                return id;
-            }
-            if kind == MACHINE_SLICE && machine != 0 {
-                return machine;
-            }
-            machine = if kind == MACHINE { id } else { 0 };
-            let Some(parent) = read_ptr(kn, ro.kn_parent) else { return 0 };
-            kn = parent;
+        let Some(name) = read_ptr(kn, ro.kn_name) else { return Level::End };
+        let len = match bpf_probe_read_kernel_str_bytes(name, buf) {
+            Ok(s) => s.len(),
+            Err(_) => return Level::End,
+        };
+        let head = (
+            u64::from_le_bytes([buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]]),
+            u64::from_le_bytes([buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15]]),
+        );
+        let kind = scope_name(name, len, head);
+        let id = read::<u64>(kn, ro.kernfs_node_id).unwrap_or(0);
+        if kind == CONTAINER {
+            return Level::Scope(id);
+        }
+        if kind == MACHINE_SLICE && *machine != 0 {
+            return Level::Scope(*machine);
+        }
+        *machine = if kind == MACHINE { id } else { 0 };
+        match read_ptr(kn, ro.kn_parent) {
+            Some(parent) => Level::Parent(parent),
+            None => Level::End,
         }
     }
-    0
 }
 
 /// What `scope_name` says of one cgroup directory name.
@@ -501,13 +590,36 @@ unsafe fn scope_name(name: *const u8, len: usize, head: (u64, u64)) -> u8 {
     }
 }
 
-/// pidfd_getfd, at syscall exit: the taken file's path as dentry names, written straight into
-/// the reserved record. The file is the caller's new fd on success, else the target's
-/// `targetfd` (re-found through the pidfd); either is used only if it is still the file seen
-/// at entry (same inode number and device: a sibling thread may have closed or replaced the
-/// new fd in between). On success a changed new fd falls back to the target's table; if that
-/// changed too, `changed` is set and no names are read. For every other record only the
-/// header is cleared: `depth` 0.
+/// The file path of the pidfd_getfd record in flight on this CPU: written by the
+/// `exit_tail_path` program, copied into the record by `exit_tail_emit_path`.
+#[map]
+static PATH_SCRATCH: PerCpuArray<PathParts> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's path scratch (see `PATH_SCRATCH`).
+#[inline(always)]
+pub fn path_scratch() -> Option<&'static mut PathParts> {
+    // SAFETY: this CPU's slot; nothing else runs on it until the program chain ends.
+    PATH_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Empties the path scratch: the record says "no path" unless `exit_tail_path` fills it (the
+/// agent may have been refused that program on this kernel).
+#[inline(always)]
+pub fn clear_path() {
+    if let Some(out) = path_scratch() {
+        out.depth = 0;
+        out.cut = 0;
+        out.more = 0;
+        out.changed = 0;
+    }
+}
+
+/// pidfd_getfd, at syscall exit: the taken file's path as dentry names, into `out` (the
+/// path scratch). The file is the caller's new fd on success, else the target's `targetfd`
+/// (re-found through the pidfd); either is used only if it is still the file seen at entry
+/// (same inode number and device: a sibling thread may have closed or replaced the new fd in
+/// between). On success a changed new fd falls back to the target's table; if that changed
+/// too, `changed` is set and no names are read. For every other record `depth` stays 0.
 #[inline(always)]
 pub fn file_path(out: &mut PathParts, st: &EnterState, ret: i64) {
     out.depth = 0;
@@ -520,7 +632,7 @@ pub fn file_path(out: &mut PathParts, st: &EnterState, ret: i64) {
     {
         return;
     }
-    // SAFETY: probe reads only; names are written into the record's own slots.
+    // SAFETY: probe reads only; names are written into the scratch's own slots.
     unsafe {
         let mine = if ret >= 0 { fd_file(bpf_get_current_task() as *const u8, ret as u64) } else { None };
         let file = match mine.filter(|f| same_file(*f, &st.facts)) {
@@ -552,6 +664,10 @@ unsafe fn same_file(file: *const u8, facts: &TargetFacts) -> bool {
 
 /// Up to `PATH_PARTS` names from the file's dentry towards the root, crossing mount points
 /// (`mount.mnt_mountpoint` in the parent mount) without spending a slot on them.
+// The number of names so far lives in `out.depth` (map memory) and is loaded again at each
+// step rather than carried in a register: the verifier then sees the same state at a step
+// whatever mix of names and mount crossings led there, and prunes (with `depth` in a
+// register the 5.10 and 6.1 verifiers walked every mix, past their 1M-instruction budget).
 #[inline(always)]
 unsafe fn walk(out: &mut PathParts, file: *const u8) {
     let ro = risk_offsets();
@@ -559,7 +675,6 @@ unsafe fn walk(out: &mut PathParts, file: *const u8) {
         let Some(mut dentry) = read_ptr(file, ro.file_dentry) else { return };
         let Some(vfsmnt) = read_ptr(file, ro.file_mnt) else { return };
         let mut mnt = vfsmnt.wrapping_sub(ro.mount_mnt as usize);
-        let mut depth = 0usize;
         // Each step either records a name or crosses one mount: 2 * PATH_PARTS bounds both.
         for _ in 0..2 * PATH_PARTS {
             let Some(parent) = read_ptr(dentry, ro.dentry_parent) else { break };
@@ -567,7 +682,6 @@ unsafe fn walk(out: &mut PathParts, file: *const u8) {
                 // The root of this mount: continue at its mount point, or stop at the root.
                 let Some(mparent) = read_ptr(mnt, ro.mount_parent) else { break };
                 if mparent == mnt {
-                    out.depth = depth as u8;
                     return;
                 }
                 let Some(mp) = read_ptr(mnt, ro.mount_mountpoint) else { break };
@@ -575,12 +689,13 @@ unsafe fn walk(out: &mut PathParts, file: *const u8) {
                 mnt = mparent;
                 continue;
             }
+            let depth = core::ptr::read_volatile(&out.depth) as usize;
             if depth >= PATH_PARTS {
                 out.more = 1;
-                break;
+                return;
             }
             let Some(name) = read_ptr(dentry, ro.dentry_name) else { break };
-            let slot = &mut out.names[depth & (PATH_PARTS - 1)];
+            let slot = &mut out.names[depth];
             match bpf_probe_read_kernel_str_bytes(name, slot) {
                 // A full slot is a cut name only if the name goes on past it.
                 Ok(s) if s.len() >= PATH_PART_BYTES - 1 => {
@@ -591,13 +706,10 @@ unsafe fn walk(out: &mut PathParts, file: *const u8) {
                 Ok(_) => {}
                 Err(_) => slot[0] = 0,
             }
-            depth += 1;
+            core::ptr::write_volatile(&mut out.depth, depth as u8 + 1);
             dentry = parent;
         }
-        out.depth = depth as u8;
-        if out.more == 0 {
-            // Ran out of steps before the root.
-            out.more = 1;
-        }
+        // Ran out of steps (or reads) before the root.
+        out.more = 1;
     }
 }

@@ -75,6 +75,7 @@ scenarios!(
     seccomp_denied,
     clone3_args_not_resident,
     compat_calls,
+    compat_getfd_cross_container,
     clone_pids_ancestor_limit,
     short_lived_container,
     clone3_args_efault,

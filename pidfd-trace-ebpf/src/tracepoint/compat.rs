@@ -45,14 +45,25 @@ pub fn compat_sys_enter(ctx: TracePointContext) -> u32 {
     if !ours(id) || !in_compat_syscall() {
         return 0;
     }
+    // The pidfd_* entries save their state as a compat call's (a risky use's container walk
+    // is a tail call: nothing after it would run).
     match id {
         NR32_CLONE => clone::clone_enter(&ctx),
         NR32_CLONE3 => clone::clone3_enter(&ctx),
-        NR32_PIDFD_OPEN => pidfd::open_enter(&ctx),
-        NR32_PIDFD_GETFD => pidfd::getfd_enter::<false>(&ctx),
-        _ => pidfd::send_signal_enter::<false>(&ctx),
+        NR32_PIDFD_OPEN => {
+            pidfd::open_enter(&ctx, xhints::COMPAT);
+            return 0;
+        }
+        NR32_PIDFD_GETFD => {
+            pidfd::getfd_enter(&ctx, xhints::COMPAT);
+            return 0;
+        }
+        _ => {
+            pidfd::send_signal_enter(&ctx, xhints::COMPAT);
+            return 0;
+        }
     }
-    // Whatever the entry saved (nothing for a clone without CLONE_PIDFD) is a compat call.
+    // Whatever a clone entry saved (nothing without CLONE_PIDFD) is a compat call.
     let tid = bpf_get_current_pid_tgid();
     if let Some(st) = ENTER_STATE.get_ptr_mut(&tid) {
         // SAFETY: a valid map value pointer.

@@ -137,15 +137,16 @@ fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
     t.hint = -1;
     t.pidfd = -1;
     t.extra = 0;
-    // Only pidfd_getfd records carry a file path (a 32-bit caller's kind is known at run time).
-    tail(
-        ctx,
-        if kind == EventKind::PidfdGetfd || x & xhints::COMPAT != 0 {
-            exit_tail::EMIT_PATH
-        } else {
-            exit_tail::EMIT
-        },
-    );
+    // Only pidfd_getfd records carry a file path (a 32-bit caller's kind is known at run time):
+    // the path walk, then the record with it; straight to the record (no path) if this kernel
+    // refused the walk.
+    if kind == EventKind::PidfdGetfd || x & xhints::COMPAT != 0 {
+        crate::risk::clear_path();
+        tail(ctx, exit_tail::PATH);
+        tail(ctx, exit_tail::EMIT_PATH);
+    } else {
+        tail(ctx, exit_tail::EMIT);
+    }
 }
 
 /// What a syscall exit hands to its tail programs (`exit_tail`). One slot per CPU: a tail
@@ -197,7 +198,32 @@ pub fn exit_tail_emit(ctx: TracePointContext) -> u32 {
 }
 
 // prototype: syscall:*/0: none: a tail program in EXIT_TAIL, entered by bpf_tail_call from a syscall exit program (same tracepoint context), never attached itself [5.10-7.3]
-/// The same for exits whose record may be a pidfd_getfd's: with its file path.
+/// A pidfd_getfd's file path into the path scratch, then the record (`exit_tail_emit_path`).
+#[tracepoint(category = "syscalls", name = "exit_tail_path")]
+pub fn exit_tail_path(ctx: TracePointContext) -> u32 {
+    if let Some(t) = tail_slot()
+        && let Some(out) = crate::risk::path_scratch()
+    {
+        crate::risk::file_path(out, &t.st, t.ret);
+    }
+    tail(&ctx, exit_tail::EMIT_PATH);
+    0
+}
+
+// prototype: syscall:*/0: none: a tail program in EXIT_TAIL, entered by bpf_tail_call from a syscall entry program or from itself (same tracepoint context), never attached itself [5.10-7.3]
+/// One level of the container walk of a pidfd_getfd / pidfd_send_signal entry (risk.rs
+/// `container_step`), then itself again for the next level.
+#[tracepoint(category = "syscalls", name = "enter_tail_container")]
+pub fn enter_tail_container(ctx: TracePointContext) -> u32 {
+    if crate::risk::container_step() {
+        tail(&ctx, exit_tail::CONTAINER);
+    }
+    0
+}
+
+// prototype: syscall:*/0: none: a tail program in EXIT_TAIL, entered by bpf_tail_call from a syscall exit program (same tracepoint context), never attached itself [5.10-7.3]
+/// The same for exits whose record may be a pidfd_getfd's: with the file path from the path
+/// scratch.
 #[tracepoint(category = "syscalls", name = "exit_tail_emit_path")]
 pub fn exit_tail_emit_path(ctx: TracePointContext) -> u32 {
     if let Some(t) = tail_slot() {

@@ -3,17 +3,20 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use pidfd_trace_common::{EventKind, xhints};
 
-use super::{arg, entry, exit_simple, exit_use, save};
+use pidfd_trace_common::exit_tail;
+
+use super::{arg, entry, exit_simple, exit_use, save, tail};
 use crate::{
     risk,
     task::{caller_ns, fd_target},
 };
 
+/// `x`: `xhints` the caller knows before the call (`COMPAT` from compat_sys_enter), saved
+/// with the state: a started container walk (`exit_tail::CONTAINER`) never returns here.
 #[inline(always)]
-/// `CONTAINERS`: decide `cross_container` (compat_sys_enter, which holds every compat entry
-/// in one program, cannot afford the cgroup walk within the verifier's budget).
-fn enter<const CONTAINERS: bool>(kind: EventKind, flags: u64, arg0: u64, arg1: u64) {
+fn enter(ctx: &TracePointContext, kind: EventKind, flags: u64, arg0: u64, arg1: u64, x: u8) {
     let mut st = entry(kind, flags, arg0, arg1, 0, 0);
+    st.xhints |= x;
     let (level, _) = caller_ns();
     if kind == EventKind::PidfdOpen {
         // `pid` is a number in the caller's namespace; pid <= 0 is refused as an argument.
@@ -34,35 +37,40 @@ fn enter<const CONTAINERS: bool>(kind: EventKind, flags: u64, arg0: u64, arg1: u
         }
     }
     // The target facts (exiting, credentials, cgroup, the file taken) while the pidfd pins it.
-    match kind {
-        EventKind::PidfdGetfd => risk::gather::<CONTAINERS>(arg0, Some(arg1), &mut st.facts),
-        EventKind::PidfdSendSignal => risk::gather::<CONTAINERS>(arg0, None, &mut st.facts),
-        _ => {}
-    }
+    let target_kn = match kind {
+        EventKind::PidfdGetfd => risk::gather(arg0, Some(arg1), &mut st.facts),
+        EventKind::PidfdSendSignal => risk::gather(arg0, None, &mut st.facts),
+        _ => 0,
+    };
     save(&st);
+    // Target in another cgroup: is either side in a container? The walk is its own tail
+    // program (one level per run), and it writes its finding into the state saved above.
+    if risk::start_container_walk(target_kn) {
+        tail(ctx, exit_tail::CONTAINER);
+    }
 }
 
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_open")]
 pub fn sys_enter_pidfd_open(ctx: TracePointContext) -> u32 {
-    open_enter(&ctx);
+    open_enter(&ctx, 0);
     0
 }
 
 /// pidfd_open's entry, also for 32-bit callers (compat.rs): same argument slots.
 #[inline(always)]
-pub(super) fn open_enter(ctx: &TracePointContext) {
-    enter::<true>(EventKind::PidfdOpen, arg(ctx, 1), arg(ctx, 0), 0);
+pub(super) fn open_enter(ctx: &TracePointContext, x: u8) {
+    enter(ctx, EventKind::PidfdOpen, arg(ctx, 1), arg(ctx, 0), 0, x);
 }
 
 #[inline(always)]
-pub(super) fn getfd_enter<const CONTAINERS: bool>(ctx: &TracePointContext) {
-    enter::<CONTAINERS>(EventKind::PidfdGetfd, arg(ctx, 2), arg(ctx, 0), arg(ctx, 1));
+pub(super) fn getfd_enter(ctx: &TracePointContext, x: u8) {
+    enter(ctx, EventKind::PidfdGetfd, arg(ctx, 2), arg(ctx, 0), arg(ctx, 1), x);
 }
 
 #[inline(always)]
-pub(super) fn send_signal_enter<const CONTAINERS: bool>(ctx: &TracePointContext) {
-    enter::<CONTAINERS>(EventKind::PidfdSendSignal, arg(ctx, 3), arg(ctx, 0), arg(ctx, 1));
+pub(super) fn send_signal_enter(ctx: &TracePointContext, x: u8) {
+    enter(ctx, EventKind::PidfdSendSignal, arg(ctx, 3), arg(ctx, 0), arg(ctx, 1), x);
 }
 
 // prototype: syscall:pidfd_open/2: SYSCALL_DEFINE2(pidfd_open, pid_t, pid, unsigned int, flags) [5.3-7.1]
@@ -75,7 +83,7 @@ pub fn sys_exit_pidfd_open(ctx: TracePointContext) -> u32 {
 // prototype: syscall:pidfd_getfd/3: SYSCALL_DEFINE3(pidfd_getfd, int, pidfd, int, fd, unsigned int, flags) [5.6-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_getfd")]
 pub fn sys_enter_pidfd_getfd(ctx: TracePointContext) -> u32 {
-    getfd_enter::<true>(&ctx);
+    getfd_enter(&ctx, 0);
     0
 }
 
@@ -90,7 +98,7 @@ pub fn sys_exit_pidfd_getfd(ctx: TracePointContext) -> u32 {
 // prototype: syscall:pidfd_send_signal/4: SYSCALL_DEFINE4(pidfd_send_signal, int, pidfd, int, sig, siginfo_t __user *, info, unsigned int, flags) [5.1-7.1]
 #[tracepoint(category = "syscalls", name = "sys_enter_pidfd_send_signal")]
 pub fn sys_enter_pidfd_send_signal(ctx: TracePointContext) -> u32 {
-    send_signal_enter::<true>(&ctx);
+    send_signal_enter(&ctx, 0);
     0
 }
 
@@ -113,7 +121,7 @@ pub fn sys_enter_waitid(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // flags = options (an int: the upper half is sign extension), arg0 = the pidfd.
-    enter::<true>(EventKind::Waitid, arg(&ctx, 3) & 0xffff_ffff, arg(&ctx, 1), 0);
+    enter(&ctx, EventKind::Waitid, arg(&ctx, 3) & 0xffff_ffff, arg(&ctx, 1), 0, 0);
     0
 }
 

@@ -352,7 +352,7 @@ impl Probes {
                 Err(e) if !exit_tail::optional(idx) => return Err(e),
                 Err(e) => {
                     let why = one_line(&e.to_string());
-                    warn!("{why}; clone/clone3 events go without that step");
+                    warn!("{why}; events go without that step: {}", exit_tail_loss(idx));
                     self.blind_spots.push(format!("{}: {why}", exit_tail_loss(idx)));
                     continue;
                 }
@@ -663,6 +663,10 @@ fn exit_tail_loss(idx: u32) -> &'static str {
         exit_tail::PIDS => {
             "clone EAGAIN: the pids cgroup walk was refused; stage pids_cgroup is not told apart from other EAGAINs"
         }
+        exit_tail::CONTAINER => {
+            "risky pidfd use: the container walk was refused; cross_container is never set (caller_container and target_container 0)"
+        }
+        exit_tail::PATH => "pidfd_getfd: the file-path walk was refused; file_path is null",
         _ => "clone/clone3 refused before they ran (seccomp): not reported (stage denied)",
     }
 }

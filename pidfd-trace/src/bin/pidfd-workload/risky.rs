@@ -212,6 +212,18 @@ const STAY_IN_CGROUPS: Duration = Duration::from_secs(3);
 /// Caller and target in two podman-shaped cgroups (`libpod-<64 hex>.scope`) under the
 /// cgroup2 mount; the caller takes the target's socket.
 pub fn getfd_cross_container() -> Result<Vec<Value>, String> {
+    cross_container(false)
+}
+
+/// The same from a 32-bit caller (ia32 pidfd_getfd through `int $0x80`): a compat caller is
+/// walked like any other (README "Risky pidfd use"; the suite's agent runs with
+/// --compat-syscalls).
+#[cfg(target_arch = "x86_64")]
+pub fn compat_getfd_cross_container() -> Result<Vec<Value>, String> {
+    cross_container(true)
+}
+
+fn cross_container(compat: bool) -> Result<Vec<Value>, String> {
     let me = std::process::id();
     let root = cgroup2_root()?;
     let base = root.join(format!("pidfd-trace-risky-{me}"));
@@ -235,7 +247,8 @@ pub fn getfd_cross_container() -> Result<Vec<Value>, String> {
         if !enter_cgroup(&a, me) {
             return Err(format!("cannot enter {}", a.display()));
         }
-        let (pidfd, r, _) = take(target, sv[1])?;
+        let (pidfd, r) =
+            if compat { take_compat(target, sv[1])? } else { take(target, sv[1]).map(|(p, r, _)| (p, r))? };
         std::thread::sleep(STAY_IN_CGROUPS);
         let end = sentinel();
         Ok((target, pidfd, r, end))
@@ -255,13 +268,35 @@ pub fn getfd_cross_container() -> Result<Vec<Value>, String> {
     if r < 0 {
         return Err(format!("pidfd_getfd across cgroups returned {r}"));
     }
-    Ok(vec![
-        json!({"event": "pidfd_open", "ret": pidfd, "target_pid": target}),
-        json!({"event": "pidfd_getfd", "ret": r, "errno": null, "target_pid": target, "target_fd": sv[1],
-               "risk": ["cross_container"], "container_id": id_a, "file_kind": "socket", "file_path": null,
-               "target_uid": 0, "target_elevated": false}),
-        end,
-    ])
+    let mut getfd = json!({"event": "pidfd_getfd", "ret": r, "errno": null, "target_pid": target, "target_fd": sv[1],
+           "risk": ["cross_container"], "container_id": id_a, "file_kind": "socket", "file_path": null,
+           "target_uid": 0, "target_elevated": false});
+    if compat {
+        getfd["compat"] = json!(true);
+    }
+    Ok(vec![json!({"event": "pidfd_open", "ret": pidfd, "target_pid": target}), getfd, end])
+}
+
+/// `take` with the pidfd_getfd made through the ia32 entry (the fd is only closed).
+#[cfg(target_arch = "x86_64")]
+fn take_compat(pid: i32, fd: i32) -> Result<(i64, i64), String> {
+    let pidfd = sys::pidfd_open(pid, 0);
+    if pidfd < 0 {
+        return Err(format!("pidfd_open({pid}) failed: {pidfd}"));
+    }
+    let r = crate::truth::int80(438, pidfd as u64, fd as u64, 0, 0, 0);
+    unsafe {
+        if r >= 0 {
+            libc::close(r as i32);
+        }
+        libc::close(pidfd as i32);
+    }
+    Ok((pidfd, r))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn take_compat(_pid: i32, _fd: i32) -> Result<(i64, i64), String> {
+    Err("no ia32 entry on this architecture".into())
 }
 
 /// Getfds per file kind in the benign scenario (a memfd and a socket: 2 × this in all).

@@ -174,6 +174,12 @@ pub const ALL: &[Scenario] = &[
         what: "ia32 (int $0x80) pidfd_open, pidfd_send_signal, pidfd_getfd, clone, clone3 → compat: true",
         run: truth::compat_calls,
     },
+    #[cfg(target_arch = "x86_64")]
+    Scenario {
+        name: "compat_getfd_cross_container",
+        what: "ia32 pidfd_getfd from one libpod-<id>.scope into another → risk cross_container, compat: true",
+        run: crate::risky::compat_getfd_cross_container,
+    },
     Scenario {
         name: "clone_pids_ancestor_limit",
         what: "caller in a/b, a/pids.max=1, b/pids.max=max → EAGAIN, stage pids_cgroup",

@@ -477,7 +477,7 @@ fn raw_clone3(args: *mut u8, size: usize) -> i64 {
 /// A 32-bit (ia32) syscall from this 64-bit process: `int $0x80` with the ia32 number and
 /// arguments in ebx, ecx, edx, esi, edi. Returns the kernel's value (negative errno).
 #[cfg(target_arch = "x86_64")]
-fn int80(nr: i64, a: u64, b: u64, c: u64, d: u64, e: u64) -> i64 {
+pub(crate) fn int80(nr: i64, a: u64, b: u64, c: u64, d: u64, e: u64) -> i64 {
     let mut r = nr;
     // SAFETY: a syscall with plain integer arguments; rbx is saved and restored around it
     // (LLVM reserves it). A fork-like clone's child returns here too and exits at once.
