@@ -5,7 +5,9 @@
 //! - `kernels/<arch>/<series>/vmlinuz` and `.../package` (cache, see [`kernels::ensure_kernels`])
 //! - `busybox/<arch>/busybox` (arm64: Debian's busybox-static, fetched once)
 //! - `<arch>/initramfs/` (staging) and `<arch>/initramfs.cpio.gz` (rebuilt every run)
-//! - `logs/<arch>-<series>.log` (full serial console of the last run)
+//! - `logs/<arch>-<series>.log` (full serial console of the last run) and
+//!   `logs/<arch>-<series>.boot1.log` (the first boot's, when its kernel crashed before the
+//!   suite and the guest was booted once more: see `boot_one`)
 //! - `matrix.md` (the table of the last run)
 
 mod initramfs;
@@ -225,6 +227,8 @@ pub(crate) struct KernelRun {
     prototypes: report::Prototypes,
     /// Show the console tail (guest-level trouble) rather than only per-mode stderr.
     console_tail: bool,
+    /// The first boot crashed before the suite and this is the second (see [`boot_one`]).
+    retried: Option<Retried>,
 }
 
 /// Boot every requested kernel, run the suite in each mode, print and write the matrix.
@@ -308,6 +312,7 @@ pub fn run(opts: &Options, root: &Path) -> Result<()> {
                 problems: Vec::new(),
                 prototypes: report::Prototypes::NotRun,
                 console_tail: false,
+                retried: None,
             })),
         }
     }
@@ -369,6 +374,15 @@ fn timeout_for(opts: &Options, arch: Arch) -> u64 {
     }
 }
 
+/// A first boot whose guest kernel crashed before the suite (see [`report::pre_suite_crash`]).
+pub(crate) struct Retried {
+    /// The crash, one line: first Oops/BUG/panic line, where, panic line.
+    crash: String,
+    /// That boot's console, kept beside the second boot's: `<arch>-<series>.boot1.log`.
+    log: PathBuf,
+    seconds: f64,
+}
+
 fn boot_one(
     opts: &Options,
     k: &kernels::CachedKernel,
@@ -379,15 +393,31 @@ fn boot_one(
     let id = k.spec.id();
     let timeout = timeout_for(opts, k.spec.arch);
     let log = logs.join(format!("{}-{}.log", k.spec.arch, k.spec.series));
+    let boot1_log = logs.join(format!("{}-{}.boot1.log", k.spec.arch, k.spec.series));
+    // a kept first console belongs to the run that made it
+    let _ = std::fs::remove_file(&boot1_log);
+    let guest_spec = qemu::Guest { label: &id, arch: k.spec.arch, smp: opts.smp };
     println!("vm [{id}] booting {} (TCG, timeout {timeout} s)", k.package);
-    let boot = qemu::boot(
-        &qemu::Guest { label: &id, arch: k.spec.arch, smp: opts.smp },
-        &k.vmlinuz,
-        initrd,
-        &log,
-        Duration::from_secs(timeout),
-    )?;
-    let guest = report::parse(&boot.lines);
+    let mut boot = qemu::boot(&guest_spec, &k.vmlinuz, initrd, &log, Duration::from_secs(timeout))?;
+    let mut guest = report::parse(&boot.lines);
+    let mut retried = None;
+    // A guest kernel that crashes before the suite's first marker has not run any program of
+    // ours: an emulator or guest-kernel fault, not a result (the 6.18 amd64 guest sometimes
+    // oopses on a stale int3 in sched_clock_cpu under TCG, see `qemu_command`). Boot such a
+    // guest once more, only once; a crash after the suite started stays a failure.
+    if let Some(crash) = report::pre_suite_crash(&guest).map(|c| c.to_string()) {
+        std::fs::rename(&log, &boot1_log)
+            .with_context(|| format!("cannot keep {} as {}", log.display(), boot1_log.display()))?;
+        println!(
+            "vm [{id}] guest kernel crashed before the suite started (an infrastructure fault, not a \
+             test result), booting {} once more; first console kept in {}: {crash}",
+            k.package,
+            boot1_log.display()
+        );
+        retried = Some(Retried { crash, log: boot1_log, seconds: boot.elapsed.as_secs_f64() });
+        boot = qemu::boot(&guest_spec, &k.vmlinuz, initrd, &log, Duration::from_secs(timeout))?;
+        guest = report::parse(&boot.lines);
+    }
     let mut run = KernelRun {
         spec: k.spec,
         package: k.package.clone(),
@@ -398,6 +428,7 @@ fn boot_one(
         problems: Vec::new(),
         prototypes: report::Prototypes::NotRun,
         console_tail: false,
+        retried,
     };
     judge(&mut run, modes, timeout);
     println!(
@@ -422,6 +453,7 @@ fn runs_view(runs: &[KernelRun]) -> Vec<report::KernelView<'_>> {
             problems: &r.problems,
             prototypes: &r.prototypes,
             seconds: r.boot.as_ref().map(|b| b.elapsed.as_secs_f64()),
+            retried: r.retried.as_ref().map(|x| x.crash.as_str()),
         })
         .collect()
 }
@@ -538,6 +570,18 @@ fn judge(run: &mut KernelRun, modes: &[String], timeout: u64) {
             guest_level = true;
         }
     }
+    if let Some(r) = &run.retried
+        && report::pre_suite_crash(g).is_some()
+    {
+        p.insert(
+            0,
+            format!(
+                "the guest kernel crashed before the suite on both boots (first boot: {}, console in {})",
+                r.crash,
+                r.log.display()
+            ),
+        );
+    }
     run.problems = p;
     run.console_tail = guest_level;
 }
@@ -611,6 +655,15 @@ fn print_summary(root: &Path, runs: &[KernelRun], modes: &[String], total: Durat
                 None => format!("{}=unfinished", m.mode),
             })
             .collect();
+        if let Some(x) = &r.retried {
+            println!(
+                "{:<11} first boot ({:.1}s) crashed before the suite, booted again: {} (log {})",
+                r.spec.id(),
+                x.seconds,
+                x.crash,
+                rel(root, &x.log).display()
+            );
+        }
         println!(
             "{:<11} {:<48} uname {}  init {}  total {:.1}s  btf hdr_len {}  [{}]  suites: {}  log {}",
             r.spec.id(),

@@ -29,6 +29,22 @@ pub struct Guest<'a> {
 }
 
 /// The qemu command for `arch`: TCG on both (KVM hangs right after decompression here).
+///
+/// amd64: `-cpu max` with single-threaded TCG (`thread=single`: the guest keeps its `smp`
+/// vCPUs, qemu runs them in turn on one host thread). With multi-threaded TCG (qemu 7.2,
+/// Debian 12) x86 guests execute stale copies of kernel text that another vCPU has just
+/// patched: Linux patches live code (static keys, ftrace, kprobes: what the agent's attach
+/// does too) by writing an int3 first, and a vCPU that still runs that int3 after the patch
+/// is complete dies with `Oops: int3` (x86 text_poke_bp's handler no longer knows it).
+/// Measured 2026-12-01, 2 vCPUs: booting the 6.18 guest oopsed this way (RIP
+/// `sched_clock_cpu+0x9`, the static key flipped at "sched_clock: Marking stable") in 1 of
+/// 111 boots here and in a fresh-clone CI run; a guest flipping the `sched_schedstats` key in
+/// a loop while both vCPUs schedule oopsed within 0-350 flips in 7 of 7 runs on 6.18 and in
+/// the one run on each of 6.12, 6.17, 6.19 and 7.3, and hung on 5.10 and 6.1, while with
+/// `thread=single` 5.10, 6.1, 6.12, 6.18 (2 runs) and 7.3 each did 511-944 flips in 40 s
+/// without a fault.
+/// arm64 patches a single instruction in place, which the architecture allows while other CPUs
+/// run it: the same loop did 997 flips on 7.3 with multi-threaded TCG, so arm64 keeps it.
 /// arm64: the `virt` board with `-cpu max`; `pauth-impdef` swaps the architected pointer
 /// authentication hash (QARMA, very slow to emulate) for qemu's own, which guests cannot tell.
 fn qemu_command(g: &Guest) -> (Command, &'static str) {
@@ -38,7 +54,7 @@ fn qemu_command(g: &Guest) -> (Command, &'static str) {
     };
     let mut c = Command::new(bin);
     match g.arch {
-        Arch::Amd64 => c.args(["-accel", "tcg", "-cpu", "max"]),
+        Arch::Amd64 => c.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
         Arch::Arm64 => c.args(["-machine", "virt", "-accel", "tcg", "-cpu", "max,pauth-impdef=on"]),
     };
     c.args(["-m", "1024", "-smp", &g.smp.to_string()]);

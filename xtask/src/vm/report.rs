@@ -44,6 +44,9 @@ pub struct Guest {
     pub done_at: Option<f64>,
     pub panic: Option<String>,
     pub oops: Vec<String>,
+    /// The guest kernel crashed (Oops, BUG or panic) before the suite's first marker, that is
+    /// before any of our programs ran: see [`pre_suite_crash`].
+    pub pre_suite_crash: Option<Crash>,
     /// First bytes of the guest's /sys/kernel/btf/vmlinux, hex.
     pub btf_hdr: Option<String>,
 }
@@ -60,6 +63,90 @@ impl Guest {
             _ => None,
         }
     }
+}
+
+/// A guest kernel crash, from its console lines (printk timestamps removed).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Crash {
+    /// The first `Oops: ...`, `BUG: ...` or `Kernel panic - not syncing: ...` line.
+    pub first: String,
+    /// Where it happened: the `RIP: ...` (amd64) or `pc : ...` (arm64) line after `first`.
+    pub at: Option<String>,
+    /// The `Kernel panic - not syncing: ...` line, when `first` is not already it.
+    pub panic: Option<String>,
+}
+
+impl std::fmt::Display for Crash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.first)?;
+        for more in [&self.at, &self.panic].into_iter().flatten() {
+            write!(f, " / {more}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The text of a kernel crash line: `Oops: ...`, `BUG: ...` (amd64), `Internal error: Oops:
+/// ...` (arm64) or `Kernel panic - not syncing: ...`, with its printk timestamp removed. The
+/// timestamp may follow other text on the same console line: SeaBIOS leaves "Booting from
+/// ROM.." unterminated, so with `quiet` the kernel's first line continues it.
+fn crash_text(line: &str) -> Option<&str> {
+    const HEADS: [&str; 4] = ["Oops: ", "BUG: ", "Internal error: Oops", "Kernel panic - not syncing"];
+    if let Some(p) = line.find("Kernel panic - not syncing") {
+        return Some(line[p..].trim_end());
+    }
+    let l = line.trim_start();
+    if HEADS.iter().any(|h| l.starts_with(h)) {
+        return Some(l.trim_end());
+    }
+    // "... [    1.483960] Oops: int3 ...": a timestamp anywhere, then one of the heads
+    let mut rest = line;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find("] ") else { break };
+        let ts = after[..close].trim();
+        let text = &after[close + 2..];
+        if !ts.is_empty()
+            && ts.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && HEADS.iter().any(|h| text.starts_with(h))
+        {
+            return Some(text.trim_end());
+        }
+        rest = after;
+    }
+    None
+}
+
+/// The faulting location of a crash report: `RIP: 0010:sched_clock_cpu+0x9/0x1f0` (amd64,
+/// without the segment) or `pc : el0_svc+0x34/0x120` (arm64).
+fn crash_location(line: &str) -> Option<String> {
+    let text = strip_printk_time(line);
+    if let Some(rip) = text.strip_prefix("RIP: ") {
+        let rip = rip.trim();
+        let rip = rip.split_once(':').filter(|(seg, _)| seg.len() == 4).map_or(rip, |(_, at)| at);
+        return Some(format!("RIP: {rip}"));
+    }
+    text.starts_with("pc : ").then(|| text.trim_end().to_string())
+}
+
+/// `[    1.483960] text` → `text`.
+fn strip_printk_time(line: &str) -> &str {
+    let l = line.trim_start();
+    if is_kernel_message(l)
+        && let Some((_, text)) = l.split_once("] ")
+    {
+        return text.trim_start();
+    }
+    l
+}
+
+/// The decision `cargo xtask vm` takes after a guest's first boot: `Some(crash)` when the
+/// guest kernel crashed before the suite's first marker (`=====PIDFD-SUITE-BEGIN`, or
+/// `=====PIDFD-CHECK-BEGIN` should `check` ever run first). No program of ours had run then,
+/// so it is an infrastructure fault (emulator, guest kernel), not a test result: the guest is
+/// booted once more. A crash after that marker is a result (`None` here) and fails the guest.
+pub fn pre_suite_crash(g: &Guest) -> Option<&Crash> {
+    g.pre_suite_crash.as_ref()
 }
 
 fn marker(line: &str) -> Option<&str> {
@@ -96,16 +183,28 @@ enum Target {
 pub fn parse(lines: &[(f64, String)]) -> Guest {
     let mut g = Guest::default();
     let mut state = State::Outside;
+    // Until the suite's (or check's) first marker, crash lines are collected in `early`.
+    let mut ours_started = false;
+    let mut early: Option<Crash> = None;
     for (t, line) in lines {
         if line.contains("Kernel panic - not syncing") && g.panic.is_none() {
             g.panic = Some(line.trim().to_string());
         }
-        let l = line.trim_start();
-        if (l.starts_with('[') && (l.contains("] BUG: ") || l.contains("] Oops: ")))
-            || l.starts_with("BUG: ")
-            || l.starts_with("Oops: ")
+        let crash = crash_text(line);
+        if let Some(c) = crash
+            && !c.starts_with("Kernel panic")
         {
-            g.oops.push(l.to_string());
+            g.oops.push(line.trim_start().to_string());
+        }
+        if !ours_started {
+            match (&mut early, crash) {
+                (None, Some(c)) => early = Some(Crash { first: c.to_string(), ..Default::default() }),
+                (Some(e), Some(c)) if c.starts_with("Kernel panic") && e.panic.is_none() && e.first != c => {
+                    e.panic = Some(c.to_string())
+                }
+                (Some(e), None) if e.at.is_none() => e.at = crash_location(line),
+                _ => {}
+            }
         }
         if let Some(m) = marker(line) {
             let f = marker_fields(m);
@@ -117,6 +216,7 @@ pub fn parse(lines: &[(f64, String)]) -> Guest {
             } else if m.starts_with(M_MOUNTS) {
                 g.mounts = f;
             } else if m.starts_with(M_SUITE_BEGIN) {
+                ours_started = true;
                 g.modes.push(ModeRun {
                     mode: field(&f, "mode").unwrap_or_default(),
                     started: *t,
@@ -132,6 +232,7 @@ pub fn parse(lines: &[(f64, String)]) -> Guest {
                 }
                 state = State::Outside;
             } else if m.starts_with(M_CHECK_BEGIN) {
+                ours_started = true;
                 g.check = Some(CheckRun::default());
                 state = State::Check;
             } else if m.starts_with(M_CHECK_END) {
@@ -185,6 +286,7 @@ pub fn parse(lines: &[(f64, String)]) -> Guest {
             State::Stderr(Target::Nowhere) => {}
         }
     }
+    g.pre_suite_crash = early;
     g
 }
 
@@ -333,6 +435,9 @@ pub struct KernelView<'a> {
     pub problems: &'a [String],
     pub prototypes: &'a Prototypes,
     pub seconds: Option<f64>,
+    /// The first boot's crash when the guest kernel crashed before the suite and was booted
+    /// once more (the table shows the second boot).
+    pub retried: Option<&'a str>,
 }
 
 fn md_cell(result: Option<&Scenario>) -> &'static str {
@@ -426,11 +531,14 @@ pub fn markdown(
     out.push_str(&guest);
     out.push_str("\n\n## Kernels\n\n| kernel | arch | package | uname | BTF hdr_len | guest time | status |\n|---|---|---|---|---|---|---|\n");
     for k in kernels {
-        let status = match (k.unavailable, k.problems.is_empty()) {
+        let mut status = match (k.unavailable, k.problems.is_empty()) {
             (Some(why), _) => format!("skipped: {why}"),
             (None, true) => "ok".into(),
             (None, false) => format!("**FAIL**: {}", k.problems.join("; ")),
         };
+        if let Some(crash) = k.retried {
+            status.push_str(&format!(" (second boot: the first crashed before the suite: {crash})"));
+        }
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} |\n",
             k.series,
@@ -685,6 +793,7 @@ error: boom\r
             problems: &[],
             prototypes,
             seconds: Some(60.0),
+            retried: (series == "6.1").then_some("Oops: int3: 0000 [#1] SMP NOPTI"),
         };
         let md = markdown(
             &[
@@ -701,6 +810,118 @@ error: boom\r
         assert!(md.contains("| *prototypes (check)* | not checked (agent lacks the key) | — |"), "{md}");
         assert!(md.contains("skipped: nothing named linux-image-7.9"), "{md}");
         assert!(md.contains("- `b`: needs 6.9 — 6.1 arm64 kprobe"), "{md}");
+        assert!(
+            md.contains("| 60 s | ok (second boot: the first crashed before the suite: Oops: int3: 0000 [#1] SMP NOPTI) |"),
+            "{md}"
+        );
+    }
+
+    /// The amd64 6.18 guest of a fresh-clone CI run (target/vm/logs/amd64-6.18.log, trimmed):
+    /// the kernel hit a stale int3 1.5 s into boot, before /init. The kernel's first line
+    /// continues SeaBIOS's unterminated "Booting from ROM..", behind a screen-clearing escape.
+    const INT3_AT_BOOT: &str = "\
+\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1.16.2-debian-1.16.2-1)\r
+Booting from ROM..\u{1b}c\u{1b}[?7l\u{1b}[2J[    1.483960] Oops: int3: 0000 [#1] SMP NOPTI\r
+[    1.484370] CPU: 0 UID: 0 PID: 51 Comm: kdamond.0 Not tainted 6.18.15+deb13-cloud-amd64 #1 PREEMPT(lazy)  Debian 6.18.15-1~bpo13+1 \r
+[    1.484470] Hardware name: QEMU Standard PC (i440FX + PIIX, 1996), BIOS 1.16.2-debian-1.16.2-1 04/01/2014\r
+[    1.484590] RIP: 0010:sched_clock_cpu+0x9/0x1f0\r
+[    1.484999] RSP: 0018:ff70fef3803bbc18 EFLAGS: 00000002\r
+[    1.485302] Call Trace:\r
+[    1.486136]  __schedule+0x11c/0xcf0\r
+[    1.486790] ---[ end trace 0000000000000000 ]---\r
+[    1.486855] RIP: 0010:sched_clock_cpu+0x9/0x1f0\r
+[    1.487048] Kernel panic - not syncing: Fatal exception in interrupt\r
+[    3.551694] Shutting down cpus with NMI\r
+";
+
+    /// Console lines as `qemu::boot` hands them over (escapes stripped, CR/LF removed).
+    fn console(text: &str) -> Vec<(f64, String)> {
+        text.lines().enumerate().map(|(i, l)| (i as f64, strip_ansi(l.trim_end_matches('\r')))).collect()
+    }
+
+    const SUITE_OK: &str = "\
+=====PIDFD-VM-INIT kernel=6.18.15+deb13-cloud-amd64=====
+=====PIDFD-VM-MOUNTS sysfs=ok tracefs=ok bpffs=ok cgroup2=ok pids=cgroup2 btf=yes=====
+=====PIDFD-SUITE-BEGIN mode=tracepoint=====
+{\"scenario\":\"clone_pidfd_ok\",\"mode\":\"tracepoint\",\"result\":\"pass\",\"detail\":\"\"}
+=====PIDFD-SUITE-END mode=tracepoint rc=0=====
+";
+
+    #[test]
+    fn crash_before_the_suite_is_an_infrastructure_fault() {
+        let g = parse(&console(INT3_AT_BOOT));
+        let c = pre_suite_crash(&g).expect("a crash before the suite");
+        assert_eq!(c.first, "Oops: int3: 0000 [#1] SMP NOPTI");
+        assert_eq!(c.at.as_deref(), Some("RIP: sched_clock_cpu+0x9/0x1f0"));
+        assert_eq!(c.panic.as_deref(), Some("Kernel panic - not syncing: Fatal exception in interrupt"));
+        assert_eq!(
+            c.to_string(),
+            "Oops: int3: 0000 [#1] SMP NOPTI / RIP: sched_clock_cpu+0x9/0x1f0 / \
+             Kernel panic - not syncing: Fatal exception in interrupt"
+        );
+        // the judge still sees it (a second such boot fails the guest as before)
+        assert!(g.panic.is_some() && g.oops.len() == 1, "{:?} {:?}", g.panic, g.oops);
+        assert!(g.init_at.is_none() && g.modes.is_empty());
+
+        // an Oops before the suite is one even if the guest then went on and ran it
+        let g = parse(&console(&format!(
+            "[    0.9] BUG: kernel NULL pointer dereference, address: 0000000000000008\n[    0.9] RIP: 0010:kdamond_fn+0x1/0x10\n{SUITE_OK}"
+        )));
+        let c = pre_suite_crash(&g).expect("an Oops before the suite");
+        assert_eq!(
+            c.to_string(),
+            "BUG: kernel NULL pointer dereference, address: 0000000000000008 / RIP: kdamond_fn+0x1/0x10"
+        );
+
+        // a panic with no Oops before it: /init died before the suite
+        let g = parse(&console(
+            "[    2.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n",
+        ));
+        assert_eq!(
+            pre_suite_crash(&g).map(|c| c.to_string()).as_deref(),
+            Some("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100")
+        );
+
+        // arm64 words it differently
+        let g = parse(&console(
+            "[    3.1] Internal error: Oops: 0000000096000004 [#1] SMP\n[    3.1] pc : sched_clock_cpu+0x10/0x50\n[    3.2] lr : update_rq_clock+0x3c/0x1a0\n",
+        ));
+        assert_eq!(
+            pre_suite_crash(&g).map(|c| c.to_string()).as_deref(),
+            Some("Internal error: Oops: 0000000096000004 [#1] SMP / pc : sched_clock_cpu+0x10/0x50")
+        );
+    }
+
+    #[test]
+    fn crash_after_the_suite_started_is_a_result() {
+        // a clean guest: nothing to retry
+        let g = parse(&console(SUITE_OK));
+        assert_eq!(pre_suite_crash(&g), None);
+        assert!(g.panic.is_none() && g.oops.is_empty());
+
+        // the same Oops once the suite's first marker is out: the guest fails, no second boot
+        let during = format!(
+            "=====PIDFD-VM-INIT kernel=6.18.15+deb13-cloud-amd64=====\n=====PIDFD-SUITE-BEGIN mode=fentry=====\n{}",
+            INT3_AT_BOOT.lines().skip(1).collect::<Vec<_>>().join("\n")
+        );
+        let g = parse(&console(&during));
+        assert_eq!(pre_suite_crash(&g), None);
+        assert!(g.panic.is_some() && !g.oops.is_empty());
+        assert!(!g.modes[0].end_seen);
+
+        // after `check` began (it runs our agent too)
+        let g = parse(&console(
+            "=====PIDFD-CHECK-BEGIN=====\n[    9.0] Oops: general protection fault, probably for non-canonical address 0xdead: 0000 [#1] SMP NOPTI\n",
+        ));
+        assert_eq!(pre_suite_crash(&g), None);
+        assert_eq!(g.oops.len(), 1);
+
+        // kernel lines that merely mention BUG or Oops are no crash
+        let g = parse(&console(
+            "[    0.1] x86/cpu: SGX disabled by BIOS. BUG: no\n[    0.2] Oopsie: not a crash\n",
+        ));
+        assert_eq!(pre_suite_crash(&g), None);
+        assert!(g.oops.is_empty());
     }
 
     #[test]
