@@ -88,15 +88,20 @@ struct Truth {
 }
 
 fn proc_truth(pid: u32) -> BTreeMap<i32, Truth> {
+    proc_truth_at(&format!("/proc/{pid}"))
+}
+
+/// The pidfds of the fd table shown under `base` (`/proc/<pid>` or `/proc/<pid>/task/<tid>`).
+fn proc_truth_at(base: &str) -> BTreeMap<i32, Truth> {
     let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+    for e in std::fs::read_dir(format!("{base}/fd")).unwrap() {
         let e = e.unwrap();
         let Ok(link) = std::fs::read_link(e.path()) else { continue };
         if link.to_str() != Some("anon_inode:[pidfd]") {
             continue;
         }
         let fd: i32 = e.file_name().to_str().unwrap().parse().unwrap();
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        let info = std::fs::read_to_string(format!("{base}/fdinfo/{fd}")).unwrap();
         let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
         let flags = u32::from_str_radix(&field("flags:").unwrap(), 8).unwrap();
         let p: i64 = field("Pid:").unwrap().parse().unwrap();
@@ -258,6 +263,62 @@ fn ls_equals_proc_while_processes_exit() {
             assert!(by_target.values().all(|s| s.len() == 1), "{by_target:?}");
         }
     }
+}
+
+/// Waits until `pid`'s thread-group leader has exited (a zombie while other threads live on),
+/// then returns the process's pidfds as read through one of its live threads.
+fn leaderless_truth(pid: u32) -> BTreeMap<i32, Truth> {
+    wait_for("the leader to exit", Duration::from_secs(10), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit(')').next().unwrap().trim_start().starts_with('Z').then_some(())
+    });
+    // What makes the case: the leader's own fd directory shows nothing.
+    assert!(proc_truth(pid).is_empty(), "the kernel shows a zombie leader's fds after all");
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|t| *t != pid)
+        .expect("a live thread");
+    proc_truth_at(&format!("/proc/{pid}/task/{tid}"))
+}
+
+/// A process whose main thread exited (pthread_exit() in main) while another thread holds
+/// its pidfds: `/proc/<pid>/fd` is empty, the pidfds are still open, and `ls` lists each once.
+#[test]
+fn ls_reads_a_process_whose_leader_exited() {
+    common::require_root("inventory tests");
+    let threads = kernel_at_least(6, 9);
+    let mut args = vec!["hold", "--comm", "inv-leaderless", "--leader-exits", "--live", "3"];
+    args.extend_from_slice(&["--reaped", "1", "--zombie", "1", "--nonblock", "1"]);
+    if threads {
+        args.extend_from_slice(&["--thread", "1"]);
+    }
+    let h = Holder::spawn(&args);
+    let mut truth = leaderless_truth(h.pid);
+    let made = h.first()["pidfds"].as_array().unwrap().len();
+    assert_eq!(truth.len(), made, "{truth:?}");
+    assert_eq!(made, if threads { 7 } else { 6 });
+    if !threads {
+        truth.values_mut().for_each(|t| t.ino = 0);
+    }
+    let out =
+        Command::new(AGENT).args(["ls", "--output", "json", "--pid", &h.pid.to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut got = BTreeMap::new();
+    for v in &rows {
+        assert_eq!(v["holder_pid"], h.pid, "{v}");
+        assert_eq!(v["holder_comm"], "inv-leaderless", "{v}");
+        let t = from_ls(v);
+        assert!(got.insert(t.fd, t).is_none(), "reported twice: {v}");
+    }
+    assert_eq!(got, truth, "ls differs from /proc/{}/task/<tid>", h.pid);
+    // The text total counts them too.
+    let out = Command::new(AGENT).args(["ls", "--pid", &h.pid.to_string()]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let total = format!("total: {made} open pidfds");
+    assert!(text.lines().last().is_some_and(|l| l.starts_with(&total)), "{text}");
 }
 
 #[test]
@@ -431,6 +492,17 @@ fn serve_gauges_and_leak_detection() {
     ]);
     let steady = Holder::spawn(&["leak", "--pattern", "steady", "--steady", "300", "--comm", "inv-steady"]);
     let mixed = Holder::spawn(&["hold", "--comm", "inv-gauge", "--live", "5", "--reaped", "4"]);
+    // Main thread exited, another thread holds the pidfds (read through /proc/<pid>/task).
+    let leaderless = Holder::spawn(&[
+        "hold",
+        "--comm",
+        "inv-leaderless2",
+        "--leader-exits",
+        "--live",
+        "2",
+        "--reaped",
+        "2",
+    ]);
     let stress = Command::new("stress-ng")
         .args(["--pidfd", "1", "--timeout", "15s", "--quiet"])
         .stdout(Stdio::null())
@@ -545,8 +617,9 @@ fn serve_gauges_and_leak_detection() {
             .then_some(())
     });
     // Gauges equal /proc for the test's own processes (comms unique to this test).
-    for (h, comm) in [(&steady, "inv-steady"), (&mixed, "inv-gauge")] {
-        let truth = proc_truth(h.pid);
+    for (h, comm) in [(&steady, "inv-steady"), (&mixed, "inv-gauge"), (&leaderless, "inv-leaderless2")] {
+        let truth = if h.pid == leaderless.pid { leaderless_truth(h.pid) } else { proc_truth(h.pid) };
+        assert!(!truth.is_empty(), "{comm}");
         let series = format!("pidfd_trace_open_pidfds{{comm=\"{comm}\"}}");
         let got = wait_for(&series, Duration::from_secs(5), || {
             metric(&serve.metrics(), &series).filter(|v| *v as usize == truth.len())
@@ -559,7 +632,13 @@ fn serve_gauges_and_leak_detection() {
     // Never flagged: the steady holder, the mixed holder, stress-ng.
     for r in records(&log).iter().filter(|r| r["event"] == "pidfd_leak_suspected") {
         let comm = r["comm"].as_str().unwrap();
-        assert!(r["pid"] != steady.pid && r["pid"] != mixed.pid && !comm.starts_with("stress-ng"), "{r}");
+        assert!(
+            r["pid"] != steady.pid
+                && r["pid"] != mixed.pid
+                && r["pid"] != leaderless.pid
+                && !comm.starts_with("stress-ng"),
+            "{r}"
+        );
     }
     let body = serve.metrics();
     assert!(metric(&body, "pidfd_trace_pidfd_leak_suspected{comm=\"inv-steady\"}").unwrap_or(0.0) == 0.0);

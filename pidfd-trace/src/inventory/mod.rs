@@ -7,6 +7,12 @@
 //! must carry the `Pid:` line only pidfds have. Processes and fds come and go during the
 //! scan: a process or fd that disappears is simply not reported, and each (process, fd) is
 //! visited once, so no pidfd is reported twice.
+//!
+//! A process whose thread-group leader has exited (`pthread_exit()` in `main`) while other
+//! threads live on still holds its fds, but the leader is a zombie and the kernel shows its
+//! `/proc/<pid>/fd` and `fdinfo` as empty directories (no error). For such a process alone
+//! (empty `fd`, `/proc/<pid>/stat` state `Z` with more than one thread) the table is read
+//! through a live thread, `/proc/<pid>/task/<tid>/fd`: see [`read_fd_table`].
 pub mod helper;
 pub mod leak;
 pub mod ledger;
@@ -136,11 +142,12 @@ impl Select {
 /// inventory never makes a pidfd of its own (which the agent would count as a creation).
 static PIDFS: OnceLock<bool> = OnceLock::new();
 
-fn pidfs_of(pid: u32, fd: &CStr) -> Option<bool> {
+/// `base` is the `/proc` directory the fd table is read through (see [`read_fd_table`]).
+fn pidfs_of(base: &str, fd: &CStr) -> Option<bool> {
     if let Some(known) = PIDFS.get() {
         return Some(*known);
     }
-    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{}", fd.to_string_lossy())).ok()?;
+    let path = std::ffi::CString::new(format!("{base}/fd/{}", fd.to_string_lossy())).ok()?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: NUL-terminated path and a local statfs.
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
@@ -210,16 +217,61 @@ pub fn describe_unreadable(u: &[Unreadable]) -> String {
 
 /// How many pidfds `pid` holds now (for the EMFILE/ENFILE link).
 pub fn count_pidfds(pid: u32) -> io::Result<usize> {
-    let mut n = 0;
-    let dir = open_dir(&format!("/proc/{pid}/fd"))?;
-    let mut fdinfo = None;
-    for_each_fd(&dir, |name, link| {
-        if is_pidfd_link(link) && read_fdinfo(pid, &mut fdinfo, name).is_ok_and(|i| i.pid.is_some()) {
-            n += 1;
+    read_fd_table(pid, |base| {
+        let mut n = 0;
+        let dir = open_dir(&format!("{base}/fd"))?;
+        let mut fdinfo = None;
+        let fds = for_each_fd(&dir, |name, link| {
+            if is_pidfd_link(link) && read_fdinfo(base, &mut fdinfo, name).is_ok_and(|i| i.pid.is_some()) {
+                n += 1;
+            }
+            Ok(())
+        })?;
+        Ok((fds, n))
+    })
+}
+
+/// `PF_EXITING` in `/proc/<pid>/stat`'s flags: set when a task starts to exit, before it
+/// lets go of its fd table.
+const PF_EXITING: u32 = 0x4;
+
+/// Reads the fd table of process `pid` with `read(base)`, which lists `{base}/fd` (and reads
+/// `{base}/fdinfo`) and returns the number of fds it looked at and its result.
+///
+/// `base` is `/proc/<pid>`, except for a process whose thread-group leader has exited while
+/// other threads live on: the kernel then shows the leader's `fd` and `fdinfo` as empty
+/// directories, although the process still holds its fds. Only when `/proc/<pid>/fd` is
+/// empty and `/proc/<pid>/stat` says zombie with more than one thread, the table is read
+/// through a live thread, `/proc/<pid>/task/<tid>`. A thread that began to exit before its
+/// listing was done may have let go of the table meanwhile (its listing may be cut short), so
+/// its result is dropped and the next thread is read; threads that are gone are skipped. One
+/// table is read, so no fd is counted twice. (A thread that unshared its fd table shows its
+/// own table; README "Open pidfds".)
+fn read_fd_table<T>(pid: u32, mut read: impl FnMut(&str) -> io::Result<(usize, T)>) -> io::Result<T> {
+    let (fds, leader) = read(&format!("/proc/{pid}"))?;
+    if fds > 0 {
+        return Ok(leader);
+    }
+    match read_stat(&format!("/proc/{pid}/stat\0")) {
+        Some(st) if st.state == 'Z' && st.threads > 1 => {}
+        _ => return Ok(leader),
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Ok(leader) };
+    let mut tids: Vec<u32> = tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    tids.sort_unstable();
+    for tid in tids.into_iter().filter(|&t| t != pid) {
+        let base = format!("/proc/{pid}/task/{tid}");
+        let got = match read(&base) {
+            Ok((_, got)) => got,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        // Not exiting after the listing: it held the table all along.
+        if read_stat(&format!("{base}/stat\0")).is_some_and(|st| st.flags & PF_EXITING == 0) {
+            return Ok(got);
         }
-        Ok(())
-    })?;
-    Ok(n)
+    }
+    Ok(leader) // every other thread exited meanwhile: the process is going
 }
 
 fn gone(e: &io::Error) -> bool {
@@ -232,13 +284,32 @@ pub(crate) fn list_pids() -> Vec<u32> {
 }
 
 fn read_comm(pid: u32) -> Option<String> {
-    read_stat(pid).map(|s| s.1)
+    read_pid_stat(pid).map(|s| s.comm)
 }
 
-/// `/proc/<pid>/stat`: (state, comm, start time); comm may contain spaces and parentheses.
-fn read_stat(pid: u32) -> Option<(char, String, u64)> {
+/// What the inventory reads of a `/proc/<pid>/stat` (or a thread's).
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    /// `R`, `S`, `Z`, ...
+    state: char,
+    /// The command name; may contain spaces and parentheses.
+    comm: String,
+    /// The task's `PF_*` flags.
+    flags: u32,
+    /// Threads in the thread group.
+    threads: u32,
+    /// Start time, clock ticks after boot.
+    start: u64,
+}
+
+fn read_pid_stat(pid: u32) -> Option<Stat> {
+    read_stat(&format!("/proc/{pid}/stat\0"))
+}
+
+/// Reads a `stat` file; `path` ends in NUL.
+fn read_stat(path: &str) -> Option<Stat> {
     let mut buf = [0u8; 1024];
-    let n = read_small(&format!("/proc/{pid}/stat\0"), &mut buf).ok()?;
+    let n = read_small(path, &mut buf).ok()?;
     parse_stat(&String::from_utf8_lossy(&buf[..n]))
 }
 
@@ -258,15 +329,19 @@ fn read_small(path: &str, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-fn parse_stat(s: &str) -> Option<(char, String, u64)> {
+fn parse_stat(s: &str) -> Option<Stat> {
     let open = s.find('(')?;
     let close = s.rfind(')')?;
     let comm = s.get(open + 1..close)?.to_string();
-    let mut rest = s.get(close + 2..)?.split(' ');
-    let state = rest.next()?.chars().next()?;
-    // Field 22 (starttime); `rest` starts at field 3.
-    let start = rest.nth(18)?.parse().ok()?;
-    Some((state, comm, start))
+    // `rest` starts at field 3 (state): field N is rest[N - 3].
+    let rest: Vec<&str> = s.get(close + 2..)?.split(' ').take(20).collect();
+    Some(Stat {
+        state: rest.first()?.chars().next()?,
+        comm,
+        flags: rest.get(6)?.parse().ok()?,
+        threads: rest.get(17)?.parse().ok()?,
+        start: rest.get(19)?.parse().ok()?,
+    })
 }
 
 #[derive(Default)]
@@ -274,7 +349,7 @@ struct TargetCache(HashMap<u32, Option<(char, String)>>);
 
 impl TargetCache {
     fn get(&mut self, pid: u32) -> Option<(char, String)> {
-        self.0.entry(pid).or_insert_with(|| read_stat(pid).map(|(s, c, _)| (s, c))).clone()
+        self.0.entry(pid).or_insert_with(|| read_pid_stat(pid).map(|s| (s.state, s.comm))).clone()
     }
 }
 
@@ -284,32 +359,33 @@ fn scan_process(
     out: &mut Scan,
     comm: &mut Option<String>,
 ) -> io::Result<()> {
-    let dir = open_dir(&format!("/proc/{pid}/fd"))?;
-    let mut fdinfo = None;
-    let mut found = Vec::new();
-    let mut fds = 0usize;
-    for_each_fd(&dir, |name, link| {
-        fds += 1;
-        if !is_pidfd_link(link) {
-            return Ok(());
-        }
-        let info = match read_fdinfo(pid, &mut fdinfo, name) {
-            Ok(i) => i,
-            // Closed since the listing: not open any more, not reported.
-            Err(e) if gone(&e) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let Some(raw_pid) = info.pid else { return Ok(()) };
-        let fd: i32 = name.to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(-1);
-        let pidfs = pidfs_of(pid, name);
-        found.push((fd, raw_pid, info, pidfs));
-        Ok(())
+    let (fds, found) = read_fd_table(pid, |base| {
+        let dir = open_dir(&format!("{base}/fd"))?;
+        let mut fdinfo = None;
+        let mut found = Vec::new();
+        let fds = for_each_fd(&dir, |name, link| {
+            if !is_pidfd_link(link) {
+                return Ok(());
+            }
+            let info = match read_fdinfo(base, &mut fdinfo, name) {
+                Ok(i) => i,
+                // Closed since the listing: not open any more, not reported.
+                Err(e) if gone(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let Some(raw_pid) = info.pid else { return Ok(()) };
+            let fd: i32 = name.to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(-1);
+            let pidfs = pidfs_of(base, name);
+            found.push((fd, raw_pid, info, pidfs));
+            Ok(())
+        })?;
+        Ok((fds, (fds, found)))
     })?;
     out.fds += fds;
     if found.is_empty() {
         return Ok(());
     }
-    let Some((_, stat_comm, start)) = read_stat(pid) else {
+    let Some(Stat { comm: stat_comm, start, .. }) = read_pid_stat(pid) else {
         return Ok(()); // exited meanwhile
     };
     let holder_comm = comm.clone().unwrap_or(stat_comm);
@@ -382,9 +458,10 @@ fn parse_fdinfo(s: &str) -> FdInfo {
     info
 }
 
-fn read_fdinfo(pid: u32, dir: &mut Option<OwnedFd>, name: &CStr) -> io::Result<FdInfo> {
+/// Reads `{base}/fdinfo/<name>`, opening (once) the `fdinfo` directory into `dir`.
+fn read_fdinfo(base: &str, dir: &mut Option<OwnedFd>, name: &CStr) -> io::Result<FdInfo> {
     if dir.is_none() {
-        *dir = Some(open_dir(&format!("/proc/{pid}/fdinfo"))?);
+        *dir = Some(open_dir(&format!("{base}/fdinfo"))?);
     }
     let dirfd = dir.as_ref().expect("set above").as_raw_fd();
     // SAFETY: openat on a valid dir fd with a NUL-terminated name.
@@ -409,13 +486,15 @@ fn open_dir(path: &str) -> io::Result<OwnedFd> {
     if fd < 0 { Err(io::Error::last_os_error()) } else { Ok(unsafe { OwnedFd::from_raw_fd(fd) }) }
 }
 
-/// Calls `f(name, link text)` for every fd in the `/proc/<pid>/fd` directory `dir`. An fd
-/// closed between the listing and its readlink is skipped; a refused readlink (another
-/// process's fds without CAP_SYS_PTRACE) is an error for the whole process.
-fn for_each_fd(dir: &OwnedFd, mut f: impl FnMut(&CStr, &[u8]) -> io::Result<()>) -> io::Result<()> {
+/// Calls `f(name, link text)` for every fd in the `/proc/<pid>/fd` directory `dir`; returns
+/// how many fds it listed. An fd closed between the listing and its readlink is skipped; a
+/// refused readlink (another process's fds without CAP_SYS_PTRACE) is an error for the whole
+/// process.
+fn for_each_fd(dir: &OwnedFd, mut f: impl FnMut(&CStr, &[u8]) -> io::Result<()>) -> io::Result<usize> {
     let dirfd = dir.as_raw_fd();
     let mut buf = vec![0u8; 32 * 1024];
     let mut link = [0u8; 64];
+    let mut listed = 0usize;
     loop {
         // SAFETY: getdents64 into a buffer of the given size.
         let n = unsafe { libc::syscall(libc::SYS_getdents64, dirfd, buf.as_mut_ptr(), buf.len()) };
@@ -423,7 +502,7 @@ fn for_each_fd(dir: &OwnedFd, mut f: impl FnMut(&CStr, &[u8]) -> io::Result<()>)
             return Err(io::Error::last_os_error());
         }
         if n == 0 {
-            return Ok(());
+            return Ok(listed);
         }
         let mut off = 0usize;
         while off < n as usize {
@@ -435,6 +514,7 @@ fn for_each_fd(dir: &OwnedFd, mut f: impl FnMut(&CStr, &[u8]) -> io::Result<()>)
             if name.to_bytes().first() == Some(&b'.') {
                 continue;
             }
+            listed += 1;
             // SAFETY: readlinkat into a local buffer of its size.
             let len = unsafe { libc::readlinkat(dirfd, name.as_ptr(), link.as_mut_ptr().cast(), link.len()) };
             if len < 0 {
@@ -467,7 +547,10 @@ mod tests {
     #[test]
     fn stat_with_odd_comm() {
         let s = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10 0\n";
-        assert_eq!(parse_stat(s), Some(('S', "a) b (c)".into(), 12345)));
+        assert_eq!(
+            parse_stat(s),
+            Some(Stat { state: 'S', comm: "a) b (c)".into(), flags: 4194560, threads: 1, start: 12345 })
+        );
     }
 
     #[test]

@@ -62,6 +62,11 @@ enum Cmd {
         nonblock: u32,
         #[arg(long)]
         comm: Option<String>,
+        /// A second thread makes and holds the pidfds while the main thread (the leader)
+        /// exits at once: the process lives on with a zombie leader, as after
+        /// pthread_exit() in main.
+        #[arg(long)]
+        leader_exits: bool,
     },
     /// Leak pidfds in one of the patterns seen in production; prints JSON, holds until stdin
     /// closes.
@@ -175,11 +180,16 @@ fn main() -> ExitCode {
             println!("{ok}");
             ExitCode::SUCCESS
         }
-        Cmd::Hold { live, reaped, zombie, thread, nonblock, comm } => {
+        Cmd::Hold { live, reaped, zombie, thread, nonblock, comm, leader_exits } => {
             if let Some(c) = comm {
                 sys::set_comm(&c);
             }
-            holders::hold(&holders::HoldSpec { live, reaped, zombie, thread, nonblock })
+            let spec = holders::HoldSpec { live, reaped, zombie, thread, nonblock };
+            if leader_exits {
+                std::thread::spawn(move || holders::hold(&spec));
+                sys::exit_thread()
+            }
+            holders::hold(&spec)
         }
         Cmd::Leak { pattern, every_ms, seconds, nofile, steady, comm } => {
             if let Some(c) = comm {

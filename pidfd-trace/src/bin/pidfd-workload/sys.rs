@@ -129,6 +129,18 @@ pub fn gettid() -> i32 {
     unsafe { libc::gettid() }
 }
 
+/// Ends the calling thread only (the exit syscall, not exit_group); the process lives on
+/// while other threads do. If the caller is the main thread, it stays a zombie thread-group
+/// leader, as after pthread_exit() in C's main. (libc::pthread_exit cannot be used from
+/// Rust's main: its forced unwind reaches the runtime's catch_unwind, and glibc aborts with
+/// "FATAL: exception not rethrown".)
+pub fn exit_thread() -> ! {
+    // SAFETY: ends this thread without unwinding; nothing on its stack is used afterwards
+    // (the other threads own everything they touch).
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("exit returned")
+}
+
 pub fn set_comm(name: &str) {
     let c = std::ffi::CString::new(name).expect("no NUL");
     unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
