@@ -345,11 +345,12 @@ fn parse_stat(s: &str) -> Option<Stat> {
 }
 
 #[derive(Default)]
-struct TargetCache(HashMap<u32, Option<(char, String)>>);
+/// Per target pid: its state, comm and thread count.
+struct TargetCache(HashMap<u32, Option<(char, String, u32)>>);
 
 impl TargetCache {
-    fn get(&mut self, pid: u32) -> Option<(char, String)> {
-        self.0.entry(pid).or_insert_with(|| read_pid_stat(pid).map(|s| (s.state, s.comm))).clone()
+    fn get(&mut self, pid: u32) -> Option<(char, String, u32)> {
+        self.0.entry(pid).or_insert_with(|| read_pid_stat(pid).map(|s| (s.state, s.comm, s.threads))).clone()
     }
 }
 
@@ -396,10 +397,16 @@ fn scan_process(
             p if p <= 0 => (None, TargetState::Unknown, None),
             p => {
                 let p = p as u32;
+                let thread = info.flags & O_EXCL != 0;
                 match targets.get(p) {
-                    Some((s, c)) => {
-                        let st =
-                            if matches!(s, 'Z' | 'X') { TargetState::Zombie } else { TargetState::Alive };
+                    // A process whose leader exited while other threads run is alive (its
+                    // leader's stat says Z); a thread pidfd's target is that one thread.
+                    Some((s, c, threads)) => {
+                        let st = if matches!(s, 'Z' | 'X') && (thread || threads <= 1) {
+                            TargetState::Zombie
+                        } else {
+                            TargetState::Alive
+                        };
                         (Some(p), st, Some(c))
                     }
                     // Reaped between the fdinfo read and now.
