@@ -28,6 +28,34 @@ use common::AGENT;
 
 const NOBODY: u32 = 65534;
 
+/// The JSON lines `child` prints on stdout, collected on a thread as they come.
+fn collect_json(child: &mut Child) -> Arc<Mutex<Vec<serde_json::Value>>> {
+    let out = child.stdout.take().unwrap();
+    let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = events.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    events
+}
+
+/// `pidfd-trace trace --output json` for processes named `comm`, attached, with its events.
+fn trace_comm(comm: &str) -> (Child, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let (mut trace, stderr) = common::spawn_collecting(
+        Command::new(AGENT)
+            .args(["trace", "--output", "json", "--mode", "tracepoint", "--comm", comm])
+            .stdout(Stdio::piped()),
+    );
+    common::wait_attached(&mut trace, &stderr, Duration::from_secs(60));
+    let events = collect_json(&mut trace);
+    (trace, events)
+}
+
 struct Serve {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -46,17 +74,7 @@ impl Serve {
                 .stdout(Stdio::piped()),
         );
         common::wait_attached(&mut child, &stderr, Duration::from_secs(60));
-        let out = child.stdout.take().unwrap();
-        let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
-                    sink.lock().unwrap().push(v);
-                }
-            }
-        });
+        let events = collect_json(&mut child);
         let deadline = Instant::now() + Duration::from_secs(10);
         let addr = loop {
             let lines = stderr.lock().unwrap().clone();
@@ -579,23 +597,7 @@ fn file_path_is_the_file_taken_or_null() {
     });
     unsafe { libc::close(go[0]) };
 
-    let (mut trace, stderr) = common::spawn_collecting(
-        Command::new(AGENT)
-            .args(["trace", "--output", "json", "--mode", "tracepoint", "--comm", COMM])
-            .stdout(Stdio::piped()),
-    );
-    common::wait_attached(&mut trace, &stderr, Duration::from_secs(60));
-    let out = trace.stdout.take().unwrap();
-    let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let sink = events.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
-                sink.lock().unwrap().push(v);
-            }
-        }
-    });
+    let (mut trace, events) = trace_comm(COMM);
     unsafe {
         libc::write(go[1], [1u8].as_ptr().cast(), 1);
         libc::close(go[1]);
@@ -690,23 +692,7 @@ fn file_path_through_bind_mounts() {
     let (dir_fd, file_fd) = (open(&dir_mnt.join("f")), open(&file_mnt));
     let target = sleeper(None);
 
-    let (mut trace, stderr) = common::spawn_collecting(
-        Command::new(AGENT)
-            .args(["trace", "--output", "json", "--mode", "tracepoint", "--comm", COMM])
-            .stdout(Stdio::piped()),
-    );
-    common::wait_attached(&mut trace, &stderr, Duration::from_secs(60));
-    let out = trace.stdout.take().unwrap();
-    let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let sink = events.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
-                sink.lock().unwrap().push(v);
-            }
-        }
-    });
+    let (mut trace, events) = trace_comm(COMM);
     let caller = fork_run(move || unsafe {
         libc::prctl(libc::PR_SET_NAME, c"rfx-bindpath".as_ptr());
         let pidfd = pidfd_open(target);
@@ -772,23 +758,7 @@ fn file_path_when_the_target_swaps_its_fd() {
         }
     });
 
-    let (mut trace, stderr) = common::spawn_collecting(
-        Command::new(AGENT)
-            .args(["trace", "--output", "json", "--mode", "tracepoint", "--comm", COMM])
-            .stdout(Stdio::piped()),
-    );
-    common::wait_attached(&mut trace, &stderr, Duration::from_secs(60));
-    let out = trace.stdout.take().unwrap();
-    let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let sink = events.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
-                sink.lock().unwrap().push(v);
-            }
-        }
-    });
+    let (mut trace, events) = trace_comm(COMM);
     // The caller writes the inode of every file it got, in call order, into a pipe.
     let mut rep = [0i32; 2];
     assert_eq!(unsafe { libc::pipe(rep.as_mut_ptr()) }, 0);
