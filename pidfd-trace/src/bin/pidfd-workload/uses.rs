@@ -279,8 +279,21 @@ pub fn clone3_autokill() -> Result<Vec<Value>, String> {
     unsafe { libc::close(pidfd) };
     let mut p = libc::pollfd { fd: watch as i32, events: libc::POLLIN, revents: 0 };
     let polled = unsafe { libc::poll(&mut p, 1, 10_000) };
-    let mut info = PidfdInfo { mask: PIDFD_INFO_EXIT, ..Default::default() };
-    let got = ret(unsafe { libc::syscall(libc::SYS_ioctl, watch as i32, PIDFD_GET_INFO, &mut info) });
+    // The pidfd polls readable as the child exits, and its exit information may be published
+    // a moment later (seen on 7.2: mask 0x7 without PIDFD_INFO_EXIT right after the poll):
+    // ask again for up to a second; every ask is an ioctl event.
+    let mut info = PidfdInfo::default();
+    let mut got = -1;
+    let mut asks = 0;
+    while asks < 100 {
+        info = PidfdInfo { mask: PIDFD_INFO_EXIT, ..Default::default() };
+        got = ret(unsafe { libc::syscall(libc::SYS_ioctl, watch as i32, PIDFD_GET_INFO, &mut info) });
+        asks += 1;
+        if got != 0 || info.mask & PIDFD_INFO_EXIT != 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     close(watch);
     // exit_code is a wait status: killed by SIGKILL is 9.
     if watch < 0 || polled != 1 || got != 0 || info.mask & PIDFD_INFO_EXIT == 0 || info.exit_code != 9 {
@@ -289,14 +302,17 @@ pub fn clone3_autokill() -> Result<Vec<Value>, String> {
             info.mask, info.exit_code
         ));
     }
-    Ok(vec![
+    let mut want = vec![
         json!({"event": "clone3", "ret": r, "pidfd": pidfd, "child_pid": r, "errno": null, "stage": null,
                "flag_names_include": names}),
         json!({"event": "pidfd_open", "ret": watch, "target_pid": r}),
         json!({"event": "pidfd_autokill", "function_probes_only": true, "ret": 0, "errno": null,
                "target_pid": r, "signal": "SIGKILL", "signal_nr": 9, "used_pidfd": null, "pidfd": null}),
-        json!({"event": "pidfd_ioctl", "ret": 0, "errno": null, "cmd": "PIDFD_GET_INFO", "used_pidfd": watch,
-               "target_pid": r}),
-        sentinel(),
-    ])
+    ];
+    for _ in 0..asks {
+        want.push(json!({"event": "pidfd_ioctl", "ret": 0, "errno": null, "cmd": "PIDFD_GET_INFO",
+                         "used_pidfd": watch, "target_pid": r}));
+    }
+    want.push(sentinel());
+    Ok(want)
 }
