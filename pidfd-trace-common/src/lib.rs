@@ -499,6 +499,9 @@ pub struct RiskOffsets {
     pub mount_mnt: u32,
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
+    /// `struct mount`'s `mnt.mnt_root`: the dentry a mount shows at its mount point (a bind
+    /// mount of a subdirectory shows that subdirectory, not its filesystem's root).
+    pub mount_mnt_root: u32,
     /// `task_struct.last_siginfo` and `kernel_siginfo.si_code`.
     pub task_last_siginfo: u32,
     pub siginfo_code: u32,
@@ -779,6 +782,9 @@ pub struct NewFdOffsets {
     /// `file.f_op`: every pidfd's file has the same operations (pidfs_file_operations, or
     /// pidfd_fops before 6.9), so the hot openat exit can turn other files away by it.
     pub file_f_op: u32,
+    /// `file.f_mode`: an `O_PATH` open of a pidfd (`FMODE_PATH`) is a pidfs file the kernel
+    /// refuses as a pidfd (its `f_op` is `empty_fops`).
+    pub file_f_mode: u32,
     /// `files_struct.fdtab` and `files_struct.fd_array`: while `files->fdt` is the embedded
     /// `fdtab` (the table was never expanded past 64 fds), the fd array is `fd_array`, one
     /// read shorter.

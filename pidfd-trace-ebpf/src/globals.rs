@@ -56,7 +56,7 @@ static FD_PID_OFFSETS: FdPidOffsets = FdPidOffsets {
 /// The openat exit's offsets (risk.rs `new_pidfd`), from BTF; `valid == 0` when unknown.
 #[unsafe(no_mangle)]
 static NEW_FD_OFFSETS: NewFdOffsets =
-    NewFdOffsets { file_f_op: 0, files_fdtab: 0, files_fd_array: 0, valid: 0 };
+    NewFdOffsets { file_f_op: 0, file_f_mode: 0, files_fdtab: 0, files_fd_array: 0, valid: 0 };
 
 #[inline(always)]
 pub fn new_fd_offsets() -> NewFdOffsets {
@@ -145,6 +145,7 @@ static RISK_OFFSETS: RiskOffsets = RiskOffsets {
     mount_mnt: 0,
     mount_parent: 0,
     mount_mountpoint: 0,
+    mount_mnt_root: 0,
     task_last_siginfo: 0,
     siginfo_code: 0,
     kn_parent: 0,

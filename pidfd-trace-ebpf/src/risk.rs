@@ -17,12 +17,13 @@ use crate::{
     maps::{ENTER_STATE, RISKY},
 };
 
-/// A cgroup directory name read by `container_of` (kernfs names are at most NAME_MAX + 1).
+/// A cgroup directory name read by `container_scope` (kernfs names are at most NAME_MAX + 1).
 #[map]
 static KN_NAME: PerCpuArray<[u8; KN_NAME_BYTES]> = PerCpuArray::with_max_entries(1, 0);
 const KN_NAME_BYTES: usize = 256;
-/// How many cgroup levels `container_of` climbs from a task's own cgroup2 directory.
-const CONTAINER_LEVELS: usize = 8;
+/// How many cgroup2 directories the container walk looks at per side: the task's own and its
+/// 8 nearest ancestors (README "Risky pidfd use").
+const CONTAINER_LEVELS: usize = 9;
 /// The 64 hex digits of an OCI container id.
 const OCI_ID: usize = 64;
 
@@ -36,6 +37,8 @@ const PIDFS_MAGIC: u32 = 0x5049_4446;
 /// include/uapi/linux/ptrace.h: the si_code of the PTRACE_EVENT_EXIT stop, SIGTRAP | 6 << 8.
 const PTRACE_EXIT_STOP_CODE: i32 = 5 | (6 << 8);
 const ANON_INODE_FS_MAGIC: u32 = 0x0904_1934;
+/// include/linux/fs.h: `file.f_mode` of an O_PATH open, 0x4000 in 5.10 … 7.3.
+const FMODE_PATH: u32 = 0x4000;
 
 #[inline(always)]
 unsafe fn read<T: Copy>(base: *const u8, off: u32) -> Option<T> {
@@ -144,6 +147,12 @@ pub fn new_pidfd(fd: u64) -> Option<NewPidfd> {
             return None;
         }
         let pid = pidfd_pid(file)?;
+        // An O_PATH open of a pidfd (`/proc/self/fd/N` with O_PATH) is a pidfs file too, but
+        // with `empty_fops`: the kernel refuses it as a pidfd, and learning its `f_op` would
+        // turn every real pidfd away from here on.
+        if read::<u32>(file, no.file_f_mode).unwrap_or(FMODE_PATH) & FMODE_PATH != 0 {
+            return None;
+        }
         if known == 0 && fop != 0 {
             // Learnt from a file the full check (filesystem magic, name) proved a pidfd.
             core::ptr::write_volatile(&raw mut PIDFD_FOPS, fop);
@@ -197,10 +206,22 @@ pub fn took_pidfd(facts: &TargetFacts) -> bool {
 /// The task behind the caller's `pidfd`, if that fd really is a pidfd.
 #[inline(always)]
 unsafe fn pidfd_task(pidfd: u64) -> Option<*const u8> {
+    unsafe { fd_task::<false>(pidfd) }
+}
+
+/// The task behind the caller's fd: a pidfd, or with `PROC_DIRS` also a `/proc/<pid>`
+/// directory (pidfd_send_signal takes either, and a caller must not slip past the risk facts
+/// by choosing the fd kind).
+#[inline(always)]
+unsafe fn fd_task<const PROC_DIRS: bool>(fd: u64) -> Option<*const u8> {
     let ro = risk_offsets();
     unsafe {
-        let file = fd_file(bpf_get_current_task() as *const u8, pidfd)?;
-        let pid = pidfd_pid(file)?;
+        let file = fd_file(bpf_get_current_task() as *const u8, fd)?;
+        let pid = match pidfd_pid(file) {
+            Some(pid) => pid,
+            None if PROC_DIRS => crate::task::proc_dir_pid_of(file)?,
+            None => return None,
+        };
         // pid->tasks[PIDTYPE_PID].first is &task->pid_links[PIDTYPE_PID].
         let node = read_ptr(pid, ro.pid_tasks)?;
         Some(node.wrapping_sub(ro.task_pid_links as usize))
@@ -228,7 +249,8 @@ fn gather_facts(pidfd: u64, fd_arg: u64, has_fd: u64, facts: &mut TargetFacts) -
     let mut target_kn = 0u64;
     // SAFETY: every access is a bpf_probe_read_kernel; bad pointers read as None.
     unsafe {
-        let Some(task) = pidfd_task(pidfd) else { return 0 };
+        let task = if has_fd != 0 { pidfd_task(pidfd) } else { fd_task::<true>(pidfd) };
+        let Some(task) = task else { return 0 };
         let Some(tflags) = read::<u32>(task, ro.task_flags) else { return 0 };
         facts.risk |= risk::TARGET_SEEN;
 
@@ -400,7 +422,8 @@ pub fn start_container_walk(target_kn: u64) -> bool {
 /// goes on (the tail program calls itself); at the end it stores `target_container`,
 /// `caller_container` and `CROSS_CONTAINER` in this thread's entry state, which the syscall
 /// exit reads. What counts as a container scope is `container_scope`'s; a side ends at the
-/// first scope, at a read failure or after `CONTAINER_LEVELS` levels (0: not in a container).
+/// first scope, at a read failure or after `CONTAINER_LEVELS` directories (0: not in a
+/// container).
 #[inline(always)]
 pub fn container_step() -> bool {
     let Some(w) = CONTAINER_WALK.get_ptr_mut(0) else { return false };
@@ -617,9 +640,11 @@ pub fn clear_path() {
 /// pidfd_getfd, at syscall exit: the taken file's path as dentry names, into `out` (the
 /// path scratch). The file is the caller's new fd on success, else the target's `targetfd`
 /// (re-found through the pidfd); either is used only if it is still the file seen at entry
-/// (same inode number and device: a sibling thread may have closed or replaced the new fd in
-/// between). On success a changed new fd falls back to the target's table; if that changed
-/// too, `changed` is set and no names are read. For every other record `depth` stays 0.
+/// (same inode number and device). When it is not, `changed` is set and no names are read:
+/// on success the kernel may have taken another file than the entry saw (the target swapped
+/// its fd in between) or a sibling thread may have replaced the new fd, and neither the new
+/// fd nor the target's table can tell which, so no path is better than a wrong one. For
+/// every other record `depth` stays 0.
 #[inline(always)]
 pub fn file_path(out: &mut PathParts, st: &EnterState, ret: i64) {
     out.depth = 0;
@@ -634,14 +659,15 @@ pub fn file_path(out: &mut PathParts, st: &EnterState, ret: i64) {
     }
     // SAFETY: probe reads only; names are written into the scratch's own slots.
     unsafe {
-        let mine = if ret >= 0 { fd_file(bpf_get_current_task() as *const u8, ret as u64) } else { None };
-        let file = match mine.filter(|f| same_file(*f, &st.facts)) {
-            Some(f) => Some(f),
-            None => match pidfd_task(st.arg0) {
-                Some(task) => fd_file(task, st.arg1).filter(|f| same_file(*f, &st.facts)),
+        let file = if ret >= 0 {
+            fd_file(bpf_get_current_task() as *const u8, ret as u64)
+        } else {
+            match pidfd_task(st.arg0) {
+                Some(task) => fd_file(task, st.arg1),
                 None => None,
-            },
+            }
         };
+        let file = file.filter(|f| same_file(*f, &st.facts));
         let Some(file) = file else {
             out.changed = 1;
             return;
@@ -676,9 +702,10 @@ unsafe fn walk(out: &mut PathParts, file: *const u8) {
         let Some(vfsmnt) = read_ptr(file, ro.file_mnt) else { return };
         let mut mnt = vfsmnt.wrapping_sub(ro.mount_mnt as usize);
         // Each step either records a name or crosses one mount: 2 * PATH_PARTS bounds both.
+        // As the kernel's prepend_path(): a mount ends at its own root dentry (`mnt_root`,
+        // a subdirectory for a bind mount), not at its filesystem's root.
         for _ in 0..2 * PATH_PARTS {
-            let Some(parent) = read_ptr(dentry, ro.dentry_parent) else { break };
-            if parent == dentry {
+            if Some(dentry) == read_ptr(mnt, ro.mount_mnt_root) {
                 // The root of this mount: continue at its mount point, or stop at the root.
                 let Some(mparent) = read_ptr(mnt, ro.mount_parent) else { break };
                 if mparent == mnt {
@@ -688,6 +715,12 @@ unsafe fn walk(out: &mut PathParts, file: *const u8) {
                 dentry = mp;
                 mnt = mparent;
                 continue;
+            }
+            let Some(parent) = read_ptr(dentry, ro.dentry_parent) else { break };
+            if parent == dentry {
+                // A filesystem root that is not its mount's root: a dentry of a detached
+                // mount or disconnected from it. The names so far are all there is.
+                return;
             }
             let depth = core::ptr::read_volatile(&out.depth) as usize;
             if depth >= PATH_PARTS {

@@ -38,6 +38,18 @@ unsafe fn fd_array(off: &FdPidOffsets) -> Option<(*const u8, u32)> {
     }
 }
 
+/// The `struct pid` behind `file` if it is a `/proc/<pid>` directory (what pidfd_send_signal
+/// accepts besides a pidfd), with the offsets the agent passed in.
+#[inline(always)]
+pub unsafe fn proc_dir_pid_of(file: *const u8) -> Option<*const u8> {
+    let off = fd_pid_offsets();
+    let t = truth_offsets();
+    if off.valid == 0 || t.valid == 0 {
+        return None;
+    }
+    unsafe { proc_dir_pid(file, &off, t) }
+}
+
 /// The struct pid of a `/proc/<pid>` directory (what pidfd_send_signal also accepts, through
 /// tgid_pidfd_to_pid): a procfs directory right below its mount's root whose proc_inode
 /// carries a pid. Other proc files and directories yield None.

@@ -158,18 +158,58 @@ pub fn file_path(f: &TargetFacts, parts: &PathParts) -> Option<String> {
     for i in (0..depth).rev() {
         let raw = &parts.names[i];
         let n = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let cut = parts.cut & (1 << i) != 0;
+        let mut name = &raw[..n];
+        if cut {
+            // The kernel cut at a byte count: drop a multi-byte UTF-8 character it split, so
+            // the name ends in `…`, not in U+FFFD.
+            name = trim_split_char(name);
+        }
         out.push('/');
-        out.push_str(&String::from_utf8_lossy(&raw[..n]));
-        if parts.cut & (1 << i) != 0 {
+        out.push_str(&String::from_utf8_lossy(name));
+        if cut {
             out.push('…');
         }
     }
     Some(out)
 }
 
+/// `name` without a trailing UTF-8 sequence that was cut short (at most 3 bytes go).
+fn trim_split_char(name: &[u8]) -> &[u8] {
+    // The start of the last character: up to 3 continuation bytes (10xxxxxx) back.
+    let Some(start) = (1..=4.min(name.len())).map(|k| name.len() - k).find(|&i| name[i] & 0xc0 != 0x80)
+    else {
+        return name;
+    };
+    let want = match name[start] {
+        b if b < 0x80 => 1,
+        b if b >= 0xf0 => 4,
+        b if b >= 0xe0 => 3,
+        b if b >= 0xc0 => 2,
+        _ => 1,
+    };
+    if name.len() - start < want { &name[..start] } else { name }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_name_never_ends_in_half_a_character() {
+        let mut parts = PathParts::default();
+        // 15 × "é" (2 bytes each) then the first byte of a 16th: 31 bytes, as the kernel cuts.
+        let mut name = "é".repeat(15).into_bytes();
+        name.push(0xc3);
+        parts.names[0][..name.len()].copy_from_slice(&name);
+        parts.depth = 1;
+        parts.cut = 1;
+        let f = facts(S_IFREG | 0o600, 0xef53, "x");
+        assert_eq!(file_path(&f, &parts).unwrap(), format!("/{}…", "é".repeat(15)));
+        assert_eq!(trim_split_char("aé".as_bytes()), "aé".as_bytes());
+        assert_eq!(trim_split_char(&[b'a', 0xe2, 0x82]), b"a");
+        assert_eq!(trim_split_char(b"plain"), b"plain");
+    }
 
     /// The device the tests' memfds are on.
     const SHM: u32 = 17;

@@ -149,8 +149,11 @@ impl Session {
     /// What this configuration cannot see or check, one sentence each (`check`'s
     /// "blind_spots", README "What the agent cannot see").
     pub fn blind_spots(&self) -> Vec<String> {
+        // Every configuration (README "What the agent cannot see").
         let mut v = vec![
             "32-bit callers refused by seccomp before a clone ran: not reported (64-bit clones and every pidfd_open, pidfd_getfd and pidfd_send_signal are, as stage denied)".to_string(),
+            "io_uring: IORING_OP_OPENAT of /proc/<pid>/fd/<n> (a reopened pidfd) and IORING_OP_WAITID with P_PIDFD make and use pidfds without a syscall: not reported".to_string(),
+            "seccomp SECCOMP_RET_ERRNO with errno 0 (or a user-notification supervisor's made-up value) fakes a success the kernel never ran: no event".to_string(),
         ];
         if !self.probes.compat_attached {
             v.push("32-bit (ia32) callers: the syscalls:sys_* tracepoints skip compat syscalls, so their pidfd calls are not reported; run with --compat-syscalls to see them".to_string());

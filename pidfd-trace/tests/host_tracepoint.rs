@@ -91,6 +91,27 @@ scenarios!(
     clone3_autokill,
 );
 
+/// The reopen scenario alone in a fresh agent: its O_PATH open of a pidfd comes before any
+/// real reopen, so an agent that learnt the pidfd `f_op` from it would miss every reopen
+/// after (break-it finding: one O_PATH open blinded the reopen, SO_PEERPIDFD and pidfs-handle
+/// paths for the agent's whole life).
+#[test]
+fn reopen_after_opath_in_a_fresh_agent() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pidfd-workload"))
+        .args(["suite", "--json", "--mode", "tracepoint", "--timeout", "30", "--only", "reopen"])
+        .arg("--agent")
+        .arg(env!("CARGO_BIN_EXE_pidfd-trace"))
+        .output()
+        .expect("run pidfd-workload suite");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("\"reopen\""))
+        .unwrap_or_else(|| panic!("no reopen result: {stdout}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+    assert_eq!(v["result"], "pass", "{line}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn suite_has_no_scenario_without_a_test() {
     let mut names: Vec<&String> = results().keys().collect();

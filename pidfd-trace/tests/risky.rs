@@ -28,6 +28,34 @@ use common::AGENT;
 
 const NOBODY: u32 = 65534;
 
+/// The JSON lines `child` prints on stdout, collected on a thread as they come.
+fn collect_json(child: &mut Child) -> Arc<Mutex<Vec<serde_json::Value>>> {
+    let out = child.stdout.take().unwrap();
+    let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = events.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    events
+}
+
+/// `pidfd-trace trace --output json` for processes named `comm`, attached, with its events.
+fn trace_comm(comm: &str) -> (Child, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let (mut trace, stderr) = common::spawn_collecting(
+        Command::new(AGENT)
+            .args(["trace", "--output", "json", "--mode", "tracepoint", "--comm", comm])
+            .stdout(Stdio::piped()),
+    );
+    common::wait_attached(&mut trace, &stderr, Duration::from_secs(60));
+    let events = collect_json(&mut trace);
+    (trace, events)
+}
+
 struct Serve {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -46,17 +74,7 @@ impl Serve {
                 .stdout(Stdio::piped()),
         );
         common::wait_attached(&mut child, &stderr, Duration::from_secs(60));
-        let out = child.stdout.take().unwrap();
-        let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
-                    sink.lock().unwrap().push(v);
-                }
-            }
-        });
+        let events = collect_json(&mut child);
         let deadline = Instant::now() + Duration::from_secs(10);
         let addr = loop {
             let lines = stderr.lock().unwrap().clone();
@@ -579,23 +597,7 @@ fn file_path_is_the_file_taken_or_null() {
     });
     unsafe { libc::close(go[0]) };
 
-    let (mut trace, stderr) = common::spawn_collecting(
-        Command::new(AGENT)
-            .args(["trace", "--output", "json", "--mode", "tracepoint", "--comm", COMM])
-            .stdout(Stdio::piped()),
-    );
-    common::wait_attached(&mut trace, &stderr, Duration::from_secs(60));
-    let out = trace.stdout.take().unwrap();
-    let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let sink = events.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
-                sink.lock().unwrap().push(v);
-            }
-        }
-    });
+    let (mut trace, events) = trace_comm(COMM);
     unsafe {
         libc::write(go[1], [1u8].as_ptr().cast(), 1);
         libc::close(go[1]);
@@ -649,4 +651,175 @@ fn file_path_is_the_file_taken_or_null() {
         innocent.display()
     );
     assert!(swaps > 0, "the race was never run: the test proves nothing");
+}
+
+/// `file_path` of files reached through bind mounts is the path the caller sees, as the
+/// kernel's d_path() gives it: a mount ends at its own root dentry, not at its filesystem's
+/// root (break-it finding: a bind-mounted file read as `/mnt/b/tmp/src/f`, a path that does
+/// not exist). A directory bind mount and a file bind mount, each taken with pidfd_getfd.
+#[test]
+fn file_path_through_bind_mounts() {
+    const COMM: &str = "rfx-bindpath";
+    common::require_root("risky-use tests");
+    let me = std::process::id();
+    let base = std::fs::canonicalize(std::env::temp_dir()).unwrap().join(format!("pidfd-trace-bind-{me}"));
+    let (src, dir_mnt, file_mnt) = (base.join("src"), base.join("dirmnt"), base.join("filemnt"));
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::create_dir_all(&dir_mnt).unwrap();
+    std::fs::write(src.join("sub/f"), b"x\n").unwrap();
+    std::fs::write(&file_mnt, b"").unwrap();
+    let cs = |p: &std::path::Path| CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let bind = |from: &std::path::Path, to: &std::path::Path| {
+        let r = unsafe {
+            libc::mount(cs(from).as_ptr(), cs(to).as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+        };
+        assert_eq!(
+            r,
+            0,
+            "mount --bind {} {}: {}",
+            from.display(),
+            to.display(),
+            std::io::Error::last_os_error()
+        );
+    };
+    bind(&src.join("sub"), &dir_mnt);
+    bind(&src.join("sub/f"), &file_mnt);
+    let open = |p: &std::path::Path| {
+        let fd = unsafe { libc::open(cs(p).as_ptr(), libc::O_RDONLY) };
+        assert!(fd >= 0, "open {}", p.display());
+        fd
+    };
+    let (dir_fd, file_fd) = (open(&dir_mnt.join("f")), open(&file_mnt));
+    let target = sleeper(None);
+
+    let (mut trace, events) = trace_comm(COMM);
+    let caller = fork_run(move || unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"rfx-bindpath".as_ptr());
+        let pidfd = pidfd_open(target);
+        for fd in [dir_fd, file_fd] {
+            let r = pidfd_getfd(pidfd, fd, 0);
+            if r < 0 {
+                return 3;
+            }
+            libc::close(r as i32);
+        }
+        0
+    });
+    let status = wait(caller);
+    kill(target);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let getfds = |ev: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        ev.iter().filter(|e| e["event"] == "pidfd_getfd" && e["pid"] == caller).cloned().collect()
+    };
+    while getfds(&events.lock().unwrap()).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe {
+        libc::kill(trace.id() as i32, libc::SIGTERM);
+        libc::close(dir_fd);
+        libc::close(file_fd);
+        libc::umount2(cs(&dir_mnt).as_ptr(), libc::MNT_DETACH);
+        libc::umount2(cs(&file_mnt).as_ptr(), libc::MNT_DETACH);
+    }
+    let _ = trace.wait();
+    let _ = std::fs::remove_dir_all(&base);
+    assert_eq!(status, 0, "the caller's getfds failed");
+    let ev = getfds(&events.lock().unwrap());
+    let path_of = |fd: i32| ev.iter().find(|e| e["target_fd"] == fd).map(|e| e["file_path"].clone());
+    assert_eq!(path_of(dir_fd), Some(serde_json::json!(dir_mnt.join("f").to_string_lossy())), "{ev:?}");
+    assert_eq!(path_of(file_fd), Some(serde_json::json!(file_mnt.to_string_lossy())), "{ev:?}");
+}
+
+/// A target that keeps swapping the fd being taken between two files: each pidfd_getfd's
+/// `file_path` is the file the caller really got (checked per call, by inode, in order) or
+/// null with `file_changed`, never the other file (break-it finding: 40 of 3000 named the
+/// file the entry saw while the kernel had already handed over the other one).
+#[test]
+fn file_path_when_the_target_swaps_its_fd() {
+    const CALLS: usize = 2000;
+    const SWAP_FD: i32 = 50;
+    const COMM: &str = "rfx-tgtswap";
+    use std::os::unix::fs::MetadataExt;
+    common::require_root("risky-use tests");
+    let me = std::process::id();
+    let tmp = std::fs::canonicalize(std::env::temp_dir()).unwrap();
+    let (a, b) = (tmp.join(format!("pidfd-trace-swap-a-{me}")), tmp.join(format!("pidfd-trace-swap-b-{me}")));
+    std::fs::write(&a, b"a\n").unwrap();
+    std::fs::write(&b, b"b\n").unwrap();
+    let (ino_a, ino_b) = (std::fs::metadata(&a).unwrap().ino(), std::fs::metadata(&b).unwrap().ino());
+    let cs = |p: &std::path::Path| CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let (fa, fb) =
+        unsafe { (libc::open(cs(&a).as_ptr(), libc::O_RDONLY), libc::open(cs(&b).as_ptr(), libc::O_RDONLY)) };
+    assert!(fa >= 0 && fb >= 0);
+    let target = fork_run(move || unsafe {
+        loop {
+            libc::dup2(fa, SWAP_FD);
+            libc::dup2(fb, SWAP_FD);
+        }
+    });
+
+    let (mut trace, events) = trace_comm(COMM);
+    // The caller writes the inode of every file it got, in call order, into a pipe.
+    let mut rep = [0i32; 2];
+    assert_eq!(unsafe { libc::pipe(rep.as_mut_ptr()) }, 0);
+    let caller = fork_run(move || unsafe {
+        libc::close(rep[0]);
+        libc::prctl(libc::PR_SET_NAME, c"rfx-tgtswap".as_ptr());
+        let pidfd = pidfd_open(target);
+        for _ in 0..CALLS {
+            let r = pidfd_getfd(pidfd, SWAP_FD, 0);
+            let mut st: libc::stat = std::mem::zeroed();
+            let ino = if r >= 0 && libc::fstat(r as i32, &mut st) == 0 { st.st_ino } else { 0 };
+            if r >= 0 {
+                libc::close(r as i32);
+            }
+            libc::write(rep[1], ino.to_ne_bytes().as_ptr().cast(), 8);
+        }
+        0
+    });
+    unsafe { libc::close(rep[1]) };
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8];
+    while unsafe { libc::read(rep[0], buf.as_mut_ptr().cast(), 8) } == 8 {
+        got.push(u64::from_ne_bytes(buf));
+    }
+    let status = wait(caller);
+    kill(target);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let getfds = |ev: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        ev.iter().filter(|e| e["event"] == "pidfd_getfd" && e["pid"] == caller).cloned().collect()
+    };
+    while getfds(&events.lock().unwrap()).len() < CALLS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe {
+        libc::kill(trace.id() as i32, libc::SIGTERM);
+        libc::close(fa);
+        libc::close(fb);
+    }
+    let _ = trace.wait();
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+    assert_eq!(status, 0);
+    let ev = getfds(&events.lock().unwrap());
+    assert_eq!((ev.len(), got.len()), (CALLS, CALLS), "events and calls");
+    let (mut named, mut changed) = (0, 0);
+    for (e, ino) in ev.iter().zip(&got) {
+        let want = if *ino == ino_a {
+            a.to_string_lossy()
+        } else if *ino == ino_b {
+            b.to_string_lossy()
+        } else {
+            continue;
+        };
+        if e["file_path"].is_null() {
+            assert_eq!(e["file_changed"], true, "a null file_path without file_changed: {e}");
+            changed += 1;
+        } else {
+            assert_eq!(e["file_path"], want.as_ref(), "file_path names a file the caller did not get: {e}");
+            named += 1;
+        }
+    }
+    eprintln!("{CALLS} getfds of a swapping fd: {named} with the right path, {changed} with file_changed");
+    assert!(named > 0, "no call named its file: the test proves nothing");
 }

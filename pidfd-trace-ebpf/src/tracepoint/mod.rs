@@ -129,6 +129,11 @@ fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
             st.target_pid = t.host;
             st.xhints |= xhints::TARGET_CHECKED;
         }
+        // Its file's inode and filesystem (`pidfd_ino` on pidfs, 6.9+), as for every creation
+        // path; a proven pidfd also teaches the reopen path the pidfd `f_op`.
+        if let Some(p) = crate::risk::new_pidfd(ret as u64) {
+            let _ = p.facts(&mut st.facts);
+        }
     }
     let Some(t) = tail_slot() else { return };
     t.st = st;

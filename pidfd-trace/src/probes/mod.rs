@@ -635,6 +635,7 @@ fn new_fd_offsets(btf: &Btf) -> NewFdOffsets {
     let read = || -> Result<NewFdOffsets, crate::btf::BtfError> {
         Ok(NewFdOffsets {
             file_f_op: btf.member_offset("file", "f_op")?,
+            file_f_mode: btf.member_offset("file", "f_mode")?,
             files_fdtab: btf.member_offset("files_struct", "fdtab")?,
             files_fd_array: btf.member_offset("files_struct", "fd_array")?,
             valid: 1,
@@ -791,6 +792,7 @@ fn risk_offsets(btf: &Btf) -> RiskOffsets {
             mount_mnt: m("mount", "mnt")?,
             mount_parent: m("mount", "mnt_parent")?,
             mount_mountpoint: m("mount", "mnt_mountpoint")?,
+            mount_mnt_root: m("mount", "mnt")? + m("vfsmount", "mnt_root")?,
             task_last_siginfo: m("task_struct", "last_siginfo")?,
             siginfo_code: m("kernel_siginfo", "si_code")?,
             // 6.15 renamed the parent pointer (RCU-protected since).

@@ -39,7 +39,7 @@ fn errno_name(r: i64) -> Value {
 }
 
 /// The pidfs inode number of `fd` (6.9+: `pidfd_ino`), or null before pidfs.
-fn pidfd_ino(fd: i64) -> Value {
+pub(crate) fn pidfd_ino(fd: i64) -> Value {
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatfs(fd as i32, &mut fs) } != 0 || fs.f_type as i64 != PIDFS_MAGIC {
@@ -251,11 +251,18 @@ pub fn reopen() -> Result<Vec<Value>, String> {
     let mut want = vec![json!({"event": "pidfd_open", "ret": fd, "target_pid": child})];
     let null = open("/dev/null");
     let link = format!("/proc/self/fd/{fd}");
+    // An O_PATH open of the pidfd is a pidfs file but no pidfd (the kernel refuses it as one:
+    // empty_fops): no event, and it must not blind the agent to the real reopens after it
+    // (tests/host_tracepoint.rs runs this scenario first thing in a fresh agent too).
+    let opath = {
+        let c = std::ffi::CString::new(link.as_str()).expect("no NUL");
+        ret(i64::from(unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) }))
+    };
     let live = open(&link);
     sys::reap(child);
     let dead = openat2(&link);
     let ino = pidfd_ino(fd);
-    for r in [null, live, dead, fd] {
+    for r in [null, opath, live, dead, fd] {
         if r >= 0 {
             unsafe { libc::close(r as i32) };
         }

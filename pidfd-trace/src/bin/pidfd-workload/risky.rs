@@ -249,9 +249,11 @@ fn cross_container(compat: bool) -> Result<Vec<Value>, String> {
         }
         let (pidfd, r) =
             if compat { take_compat(target, sv[1])? } else { take(target, sv[1]).map(|(p, r, _)| (p, r))? };
+        // pidfd_send_signal also takes a /proc/<pid> directory: the same facts for it.
+        let procdir = if compat { None } else { Some(signal_through_proc_dir(target)?) };
         std::thread::sleep(STAY_IN_CGROUPS);
         let end = sentinel();
-        Ok((target, pidfd, r, end))
+        Ok((target, pidfd, r, procdir, end))
     })();
     enter_cgroup(&orig, me);
     if let Ok(t) = &target {
@@ -264,7 +266,7 @@ fn cross_container(compat: bool) -> Result<Vec<Value>, String> {
     for d in [&a, &b, &base] {
         let _ = fs::remove_dir(d);
     }
-    let (target, pidfd, r, end) = result?;
+    let (target, pidfd, r, procdir, end) = result?;
     if r < 0 {
         return Err(format!("pidfd_getfd across cgroups returned {r}"));
     }
@@ -274,7 +276,29 @@ fn cross_container(compat: bool) -> Result<Vec<Value>, String> {
     if compat {
         getfd["compat"] = json!(true);
     }
-    Ok(vec![json!({"event": "pidfd_open", "ret": pidfd, "target_pid": target}), getfd, end])
+    let mut want = vec![json!({"event": "pidfd_open", "ret": pidfd, "target_pid": target}), getfd];
+    if let Some(ret) = procdir {
+        want.push(json!({"event": "pidfd_send_signal", "ret": ret, "errno": null, "target_pid": target,
+                         "signal": "0", "risk": ["cross_container"]}));
+    }
+    want.push(end);
+    Ok(want)
+}
+
+/// pidfd_send_signal(fd of `/proc/<pid>`, 0) (break-it finding: through a /proc directory the
+/// call got no risk facts at all); returns the call's result.
+fn signal_through_proc_dir(pid: i32) -> Result<i64, String> {
+    let path = std::ffi::CString::new(format!("/proc/{pid}")).expect("no NUL");
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("open /proc/{pid}: {}", std::io::Error::last_os_error()));
+    }
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, 0, std::ptr::null::<u8>(), 0) };
+    unsafe { libc::close(fd) };
+    if r != 0 {
+        return Err(format!("pidfd_send_signal(/proc/{pid}, 0): {}", std::io::Error::last_os_error()));
+    }
+    Ok(0)
 }
 
 /// `take` with the pidfd_getfd made through the ia32 entry (the fd is only closed).

@@ -402,9 +402,12 @@ fn pidfd_open_ok() -> Result<Vec<Value>, String> {
     if fd < 0 {
         return Err(format!("pidfd_open failed: {fd}"));
     }
+    // The pidfs inode (6.9+; null before), read by the kernel program from the installed file.
+    let ino = crate::paths::pidfd_ino(fd);
     unsafe { libc::close(fd as i32) };
     Ok(vec![
-        json!({"event": "pidfd_open", "ret": fd, "pidfd": fd, "target_pid": child, "errno": null, "stage": null}),
+        json!({"event": "pidfd_open", "ret": fd, "pidfd": fd, "target_pid": child, "errno": null, "stage": null,
+               "pidfd_ino": ino}),
         sentinel(),
     ])
 }
