@@ -341,8 +341,16 @@ pub struct EnterState {
     pub ns_other: i32,
     /// `xhints` bits gathered so far.
     pub xhints: u8,
-    pub _pad2: [u8; 7],
+    /// The caller's pid namespace level, read once at entry (`CALLER_NS_UNREAD`: not read;
+    /// the exit reads it). A thread's pid namespace does not change while it is in a syscall.
+    pub caller_level: u8,
+    pub _pad2: u16,
+    /// The caller's pid in its own namespace when `caller_level` > 0 (the record's `ns_pid`).
+    pub caller_ns_pid: i32,
 }
+
+/// `EnterState::caller_level` of a state whose entry did not read the caller's namespace.
+pub const CALLER_NS_UNREAD: u8 = 0xff;
 
 /// Bits of `TargetFacts::risk`: what the kernel program concluded about the target of a
 /// pidfd_getfd / pidfd_send_signal at syscall entry (README "Risky pidfd use").

@@ -162,6 +162,13 @@ pub fn new_pidfd(fd: u64) -> Option<NewPidfd> {
 }
 
 impl NewPidfd {
+    /// The target's pid in the initial namespace (`pid->numbers[0].nr`), reaped or not.
+    #[inline(always)]
+    pub fn host_nr(&self) -> i32 {
+        // SAFETY: probe read only.
+        unsafe { read::<i32>(self.pid, fd_pid_offsets().pid_numbers_nr) }.unwrap_or(0)
+    }
+
     /// The pid (initial namespace) the pidfd refers to, or 0 when that process was already
     /// reaped (then `exit_facts::REAPED` is set); `facts.file_ino` / `file_magic` get its
     /// inode number and filesystem magic (the pidfs inode number is `pidfd_ino`, 6.9+).

@@ -189,7 +189,7 @@ unsafe fn scan_for_pidfd<const VIA_INODE: bool>(
     fds: *const u8,
     max: u32,
     child: i32,
-    off: FdPidOffsets,
+    off: &FdPidOffsets,
     t: &TruthOffsets,
 ) -> Option<i32> {
     let fds = fds as u64;

@@ -130,7 +130,9 @@ fn release_begins(inode: u64, mode: Mode) {
         child_pid: 0,
         ns_other: 0,
         xhints: 0,
-        _pad2: [0; 7],
+        caller_level: pidfd_trace_common::CALLER_NS_UNREAD,
+        _pad2: 0,
+        caller_ns_pid: 0,
     };
     let id = bpf_get_current_pid_tgid();
     if AUTOKILL_STATE.insert(&id, &st, 0).is_ok() {

@@ -108,6 +108,11 @@ pub fn exit_tail_scan(ctx: TracePointContext) -> u32 {
                 }
                 t.pidfd = fd;
                 t.extra &= !hints::PIDFD_READBACK_FAULT;
+                // Its file's inode and filesystem: `pidfd_ino` (pidfs, 6.9+), as for every
+                // creation.
+                if let Some(p) = crate::risk::new_pidfd(fd as u64) {
+                    let _ = p.facts(&mut t.st.facts);
+                }
             }
             None => {
                 t.st.xhints |= xhints::PIDFD_NOT_FOUND;

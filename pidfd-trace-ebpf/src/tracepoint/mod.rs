@@ -122,17 +122,21 @@ fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
     };
     st.xhints |= x;
     if kind == EventKind::PidfdOpen && ret >= 0 && st.xhints & xhints::DENIED == 0 {
-        // The target as the kernel resolved it: the pid behind the pidfd it installed.
-        let (level, _) = crate::task::caller_ns();
-        let t = crate::task::fd_target(ret as u64, false, level);
-        if t.checked {
-            st.target_pid = t.host;
-            st.xhints |= xhints::TARGET_CHECKED;
-        }
-        // Its file's inode and filesystem (`pidfd_ino` on pidfs, 6.9+), as for every creation
-        // path; a proven pidfd also teaches the reopen path the pidfd `f_op`.
+        // The target as the kernel resolved it: the pid behind the pidfd it installed, with
+        // its file's inode and filesystem (`pidfd_ino` on pidfs, 6.9+), as for every creation
+        // path, in one walk of the fd table; a proven pidfd also teaches the reopen path the
+        // pidfd `f_op`.
         if let Some(p) = crate::risk::new_pidfd(ret as u64) {
-            let _ = p.facts(&mut st.facts);
+            let nr = p.facts(&mut st.facts);
+            st.target_pid = if nr != 0 { nr } else { p.host_nr() };
+            st.xhints |= xhints::TARGET_CHECKED;
+        } else {
+            // Offsets for the fast walk unknown on this kernel: the general resolver.
+            let t = crate::task::fd_target(ret as u64, false, 0);
+            if t.checked {
+                st.target_pid = t.host;
+                st.xhints |= xhints::TARGET_CHECKED;
+            }
         }
     }
     let Some(t) = tail_slot() else { return };
@@ -277,7 +281,9 @@ fn entry(kind: EventKind, flags: u64, arg0: u64, arg1: u64, uptr: u64, target_pi
         child_pid: 0,
         ns_other: 0,
         xhints: 0,
-        _pad2: [0; 7],
+        caller_level: pidfd_trace_common::CALLER_NS_UNREAD,
+        _pad2: 0,
+        caller_ns_pid: 0,
     }
 }
 

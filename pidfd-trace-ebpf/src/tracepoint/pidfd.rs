@@ -17,7 +17,10 @@ use crate::{
 fn enter(ctx: &TracePointContext, kind: EventKind, flags: u64, arg0: u64, arg1: u64, x: u8) {
     let mut st = entry(kind, flags, arg0, arg1, 0, 0);
     st.xhints |= x;
-    let (level, _) = caller_ns();
+    let (level, ns_pid) = caller_ns();
+    // Read once: the exit's record takes them from here.
+    st.caller_level = level as u8;
+    st.caller_ns_pid = ns_pid;
     if kind == EventKind::PidfdOpen {
         // `pid` is a number in the caller's namespace; pid <= 0 is refused as an argument.
         if arg0 as i32 <= 0 {

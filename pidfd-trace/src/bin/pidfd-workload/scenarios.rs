@@ -258,10 +258,12 @@ fn clone_ok(event: &str, ret: i64, pidfd: i32) -> Result<Value, String> {
     if ret <= 0 {
         return Err(format!("{event}(CLONE_PIDFD) failed unexpectedly: {ret}"));
     }
+    // The pidfs inode of the pidfd the kernel installed (6.9+; null before).
+    let ino = crate::paths::pidfd_ino(i64::from(pidfd));
     sys::wait_child(ret);
     unsafe { libc::close(pidfd) };
     Ok(json!({"event": event, "ret": ret, "pidfd": pidfd, "child_pid": ret, "errno": null, "stage": null,
-              "tid": sys::gettid(), "flag_names_include": ["CLONE_PIDFD"]}))
+              "tid": sys::gettid(), "flag_names_include": ["CLONE_PIDFD"], "pidfd_ino": ino}))
 }
 
 fn failure(event: &str, ret: i64, want: i64, stage: &str) -> Result<Value, String> {
@@ -386,9 +388,10 @@ fn clone3_thread() -> Result<Vec<Value>, String> {
             return Err(format!("kernel ≥ 6.9 refused a thread pidfd: {r}"));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+        let ino = crate::paths::pidfd_ino(i64::from(pidfd));
         unsafe { libc::close(pidfd) };
         json!({"event": "clone3", "ret": r, "pidfd": pidfd, "child_pid": r, "errno": null, "stage": null,
-               "flag_names_include": ["CLONE_PIDFD", "CLONE_THREAD"]})
+               "flag_names_include": ["CLONE_PIDFD", "CLONE_THREAD"], "pidfd_ino": ino})
     } else {
         failure("clone3", r, -22, "flags")?
     };
