@@ -3,7 +3,10 @@
 //! carries what the kernel acted on, which the caller cannot change afterwards: the child's
 //! pid in the initial namespace and the clone flags (without CSIGNAL).
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use pidfd_trace_common::{EventKind, xhints};
 
@@ -35,6 +38,42 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         let base = ctx.as_ptr() as *const u8;
         st.child_pid = *(base.add(PID_OFF) as *const i32);
         st.kflags = *(base.add(CLONE_FLAGS_OFF) as *const u64);
+        st.xhints |= xhints::NEWTASK;
+    }
+    0
+}
+
+// prototype: syscall:*/0: TRACE_EVENT(task_newtask, TP_PROTO(struct task_struct *task, u64 clone_flags)) as a raw tracepoint: ctx[0] = the child, ctx[1] = clone_flags; not a syscall [5.10-7.3]
+/// The same as `task_newtask`, attached as a raw tracepoint (preferred; the agent falls back
+/// to the event above when the kernel refuses it). A raw tracepoint gets the tracepoint's
+/// arguments as they are: no trace record is built (the child's comm copied, the perf buffer
+/// taken) before the program runs, which is most of what every fork on the host paid for this
+/// hook (bpf_stats on the 6.18 host: about 100 ns per fork as an event, see BENCHMARKS.md).
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn task_newtask_raw(ctx: RawTracePointContext) -> u32 {
+    if !in_flight() {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let Some(st) = ENTER_STATE.get_ptr_mut(&id) else { return 0 };
+    // SAFETY: a valid map value pointer; probe reads of the new task.
+    unsafe {
+        let st = &mut *st;
+        if st.kind != EventKind::Clone as u8 && st.kind != EventKind::Clone3 as u8 {
+            return 0;
+        }
+        let task = ctx.arg::<u64>(0) as *const u8;
+        // The child's host pid: task->thread_pid->numbers[0].nr (what the event's `pid` is).
+        let t = crate::globals::truth_offsets();
+        let fo = crate::globals::fd_pid_offsets();
+        let Ok(pid) = bpf_probe_read_kernel(task.add(t.task_thread_pid as usize) as *const *const u8) else {
+            return 0;
+        };
+        let Ok(nr) = bpf_probe_read_kernel(pid.add(fo.pid_numbers_nr as usize) as *const i32) else {
+            return 0;
+        };
+        st.child_pid = nr;
+        st.kflags = ctx.arg::<u64>(1);
         st.xhints |= xhints::NEWTASK;
     }
     0

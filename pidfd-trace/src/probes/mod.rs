@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
     maps::{PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, TracePoint},
+    programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint},
 };
 use log::{debug, warn};
 use pidfd_trace_common::{
@@ -177,10 +177,21 @@ impl Probes {
                 probes.attached.push(Attached { hook: hook.hook, mode: AttachMode::Tracepoint });
             }
         }
-        // The child and the flags as the kernel created them (clone pidfds, their flags).
-        match &opts.newtask {
-            Ok(()) => probes.attach_event_tracepoint(NEWTASK_PROG, "task", "task_newtask")?,
-            Err(why) => probes.blind_spots.push(format!(
+        // The child and the flags as the kernel created them (clone pidfds, their flags). As
+        // a raw tracepoint where the kernel allows it (no trace record built on every fork:
+        // BENCHMARKS.md), else as the event, whose record layout was checked.
+        let raw = if fd_pid.valid != 0 && truth.valid != 0 {
+            probes.attach_raw_tracepoint(NEWTASK_RAW_PROG, "task_newtask")
+        } else {
+            Err(LoadError::MissingProgram("no BTF offsets for the child's pid".into()))
+        };
+        match (raw, &opts.newtask) {
+            (Ok(()), _) => {}
+            (Err(raw_err), Ok(())) => {
+                debug!("task_newtask as a raw tracepoint refused ({raw_err}); attaching the event");
+                probes.attach_event_tracepoint(NEWTASK_PROG, "task", "task_newtask")?
+            }
+            (Err(_), Err(why)) => probes.blind_spots.push(format!(
                 "task:task_newtask unusable ({why}): a clone's pidfd is the number in user memory and its flags are the caller's"
             )),
         }
@@ -378,6 +389,23 @@ impl Probes {
         prog.attach(category, event).map_err(|err| LoadError::Attach {
             name: name.into(),
             target: format!("{category}:{event}"),
+            err: Box::new(err),
+        })?;
+        Ok(())
+    }
+
+    fn attach_raw_tracepoint(&mut self, name: &str, event: &str) -> Result<(), LoadError> {
+        let prog: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::MissingProgram(name.into()))?
+            .try_into()
+            .map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
+        prog.load().map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
+        log_verified(name, prog.info().ok());
+        prog.attach(event).map_err(|err| LoadError::Attach {
+            name: name.into(),
+            target: format!("raw_tracepoint:{event}"),
             err: Box::new(err),
         })?;
         Ok(())
@@ -674,6 +702,7 @@ fn exit_tail_loss(idx: u32) -> &'static str {
 
 /// The program on `task:task_newtask` (pidfd-trace-ebpf/src/tracepoint/newtask.rs).
 const NEWTASK_PROG: &str = "task_newtask";
+const NEWTASK_RAW_PROG: &str = "task_newtask_raw";
 /// The raw_syscalls programs for 32-bit callers (pidfd-trace-ebpf/src/tracepoint/compat.rs).
 const COMPAT_ENTER_PROG: &str = "compat_sys_enter";
 const COMPAT_EXIT_PROG: &str = "compat_sys_exit";
