@@ -210,6 +210,16 @@ fn targets(r: &Results) -> Vec<Target> {
         goal: 0.97,
         at_most: false,
     }))
+    // What the agent's programs add on a hot syscall beyond the tracepoint itself: the floor
+    // sits on the same tracepoints (tools::HOT_TRACEPOINTS).
+    .chain(Load::HOT.into_iter().map(|load| Target {
+        key: hot_floor_key(load),
+        what: hot_floor_title(load),
+        value: div(ratio(r, load, Tool::Agent), ratio(r, load, Tool::Floor)),
+        unit: "×",
+        goal: 0.97,
+        at_most: false,
+    }))
     .chain([
         Target {
             key: "agent_cpu_us_per_event",
@@ -256,6 +266,29 @@ fn hot_key(load: Load) -> &'static str {
         Load::Openat => "openat_throughput_ratio",
         Load::Getsockopt => "getsockopt_throughput_ratio",
         _ => "throughput_ratio",
+    }
+}
+
+/// The target key of a hot-syscall load against the floor: `<load>_vs_floor_throughput_ratio`.
+fn hot_floor_key(load: Load) -> &'static str {
+    match load {
+        Load::Read => "read_vs_floor_throughput_ratio",
+        Load::Recvmsg => "recvmsg_vs_floor_throughput_ratio",
+        Load::Ioctl => "ioctl_vs_floor_throughput_ratio",
+        Load::Openat => "openat_vs_floor_throughput_ratio",
+        Load::Getsockopt => "getsockopt_vs_floor_throughput_ratio",
+        _ => "vs_floor_throughput_ratio",
+    }
+}
+
+fn hot_floor_title(load: Load) -> &'static str {
+    match load {
+        Load::Read => "read loop, agent / floor",
+        Load::Recvmsg => "recvmsg loop, agent / floor",
+        Load::Ioctl => "ioctl loop, agent / floor",
+        Load::Openat => "openat loop, agent / floor",
+        Load::Getsockopt => "getsockopt loop, agent / floor",
+        _ => "agent / floor",
     }
 }
 

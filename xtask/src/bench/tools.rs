@@ -22,6 +22,21 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_pidfd_open",
 ];
 
+/// The agent's tracepoints on the hot syscalls of the `Load::HOT` loads (the use and creation
+/// paths of pidfd-trace/src/hooks.rs: ioctl, getsockopt, openat, openat2, waitid). The floor
+/// attaches there too, so that a hot load's `agent / floor` ratio is what our programs cost
+/// beyond what any program on that tracepoint costs (the tracepoint's own record and dispatch).
+pub const HOT_TRACEPOINTS: &[&str] = &[
+    "sys_enter_ioctl",
+    "sys_exit_ioctl",
+    "sys_enter_getsockopt",
+    "sys_exit_getsockopt",
+    "sys_exit_openat",
+    "sys_exit_openat2",
+    "sys_enter_waitid",
+    "sys_exit_waitid",
+];
+
 /// The peer: what a user would otherwise write, one line per pidfd_open and per CLONE_PIDFD
 /// clone with the same facts our records carry (caller, arguments, result, duration).
 const BPFTRACE_SCRIPT: &str = r#"
@@ -88,7 +103,7 @@ pub fn start(tool: Tool, bins: &Binaries<'_>, agent_args: &[&str]) -> Result<Opt
         Tool::Floor => {
             let mut c = Command::new(bins.agent);
             c.arg("bench-floor");
-            for tp in TRACEPOINTS {
+            for tp in TRACEPOINTS.iter().chain(HOT_TRACEPOINTS) {
                 c.args(["--tracepoint", &format!("syscalls:{tp}")]);
             }
             c.stdout(Stdio::null());
