@@ -703,7 +703,14 @@ unsafe fn same_file(file: *const u8, facts: &TargetFacts) -> bool {
 // register the 5.10 and 6.1 verifiers walked every mix, past their 1M-instruction budget).
 #[inline(always)]
 unsafe fn walk(out: &mut PathParts, file: *const u8) {
+    // The offsets the loop uses, loaded once into plain values before it (volatile, so that
+    // they are not loaded again through the map pointer at each step: the 5.10 and 6.1
+    // verifiers then refused this program).
     let ro = risk_offsets();
+    let off = |f: &u32| unsafe { core::ptr::read_volatile(f) };
+    let (mnt_root, mnt_parent, mnt_mountpoint) =
+        (off(&ro.mount_mnt_root), off(&ro.mount_parent), off(&ro.mount_mountpoint));
+    let (d_parent, d_name) = (off(&ro.dentry_parent), off(&ro.dentry_name));
     unsafe {
         let Some(mut dentry) = read_ptr(file, ro.file_dentry) else { return };
         let Some(vfsmnt) = read_ptr(file, ro.file_mnt) else { return };
@@ -712,18 +719,18 @@ unsafe fn walk(out: &mut PathParts, file: *const u8) {
         // As the kernel's prepend_path(): a mount ends at its own root dentry (`mnt_root`,
         // a subdirectory for a bind mount), not at its filesystem's root.
         for _ in 0..2 * PATH_PARTS {
-            if Some(dentry) == read_ptr(mnt, ro.mount_mnt_root) {
+            if Some(dentry) == read_ptr(mnt, mnt_root) {
                 // The root of this mount: continue at its mount point, or stop at the root.
-                let Some(mparent) = read_ptr(mnt, ro.mount_parent) else { break };
+                let Some(mparent) = read_ptr(mnt, mnt_parent) else { break };
                 if mparent == mnt {
                     return;
                 }
-                let Some(mp) = read_ptr(mnt, ro.mount_mountpoint) else { break };
+                let Some(mp) = read_ptr(mnt, mnt_mountpoint) else { break };
                 dentry = mp;
                 mnt = mparent;
                 continue;
             }
-            let Some(parent) = read_ptr(dentry, ro.dentry_parent) else { break };
+            let Some(parent) = read_ptr(dentry, d_parent) else { break };
             if parent == dentry {
                 // A filesystem root that is not its mount's root: a dentry of a detached
                 // mount or disconnected from it. The names so far are all there is.
@@ -734,7 +741,7 @@ unsafe fn walk(out: &mut PathParts, file: *const u8) {
                 out.more = 1;
                 return;
             }
-            let Some(name) = read_ptr(dentry, ro.dentry_name) else { break };
+            let Some(name) = read_ptr(dentry, d_name) else { break };
             let slot = &mut out.names[depth];
             match bpf_probe_read_kernel_str_bytes(name, slot) {
                 // A full slot is a cut name only if the name goes on past it.

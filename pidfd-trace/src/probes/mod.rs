@@ -883,7 +883,29 @@ pub fn load_floor(tracepoints: &[(String, String)]) -> Result<aya::Ebpf, LoadErr
     Ok(ebpf)
 }
 
-/// The first line of an error chain (verifier logs run to hundreds of lines).
+/// One line for an error chain whose verifier log runs to hundreds of lines: the first line
+/// and, when there are more, the last non-empty one, which is where the verifier says why it
+/// refused (the first is often an unrelated note such as "reg type unsupported for arg#0").
 fn one_line(e: &str) -> String {
-    e.lines().next().unwrap_or(e).chars().take(200).collect()
+    let first: String = e.lines().next().unwrap_or(e).chars().take(200).collect();
+    match e.lines().skip(1).filter(|l| !l.trim().is_empty()).last() {
+        Some(last) => format!("{first} … {}", last.trim().chars().take(200).collect::<String>()),
+        None => first,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_keeps_the_verifiers_last_word() {
+        let log = "loading program p failed: Verifier output: reg type unsupported for arg#0 function p#68\n\
+                   0: (bf) r6 = r1\n...\n\nBPF program is too large. Processed 1000001 insn\n";
+        assert_eq!(
+            one_line(log),
+            "loading program p failed: Verifier output: reg type unsupported for arg#0 function p#68 … BPF program is too large. Processed 1000001 insn"
+        );
+        assert_eq!(one_line("just this"), "just this");
+    }
 }
