@@ -10,7 +10,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use pidfd_trace_common::{
-    CALLER_NS_UNREAD, CGROUP_NAME_BYTES, CounterKey, EnterState, EventKind, EventRecord, Mode, clone_flags, stats, xhints,
+    CALLER_NS_UNREAD, CGROUP_NAME_BYTES, CounterKey, EnterState, EventKind, EventRecord, Mode, clone_flags,
+    stats, xhints,
 };
 
 use crate::{

@@ -804,7 +804,8 @@ mod tests {
             let lines: Vec<&str> = text.lines().collect();
             protos += lines.iter().filter(|l| l.trim_start().starts_with("// prototype:")).count();
             for (i, l) in lines.iter().enumerate() {
-                let attr = ["#[tracepoint", "#[raw_tracepoint", "#[fentry", "#[fexit", "#[kprobe", "#[kretprobe"];
+                let attr =
+                    ["#[tracepoint", "#[raw_tracepoint", "#[fentry", "#[fexit", "#[kprobe", "#[kretprobe"];
                 if !attr.iter().any(|a| l.starts_with(a)) {
                     continue;
                 }
