@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use pidfd_trace_common::{EventKind, xhints};
+use pidfd_trace_common::{EnterState, EventKind, xhints};
 
 use crate::maps::{ENTER_STATE, in_flight};
 
@@ -21,26 +21,33 @@ const CLONE_FLAGS_OFF: usize = 32;
 // prototype: syscall:*/0: TRACE_EVENT(task_newtask, TP_PROTO(struct task_struct *task, u64 clone_flags)); not a syscall: reads the record's pid and clone_flags, checked in its format file [5.10-7.1]
 #[tracepoint(category = "task", name = "task_newtask")]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
-    // Every fork and thread creation on the host lands here: one load of the in-flight word
-    // and out, unless a CLONE_PIDFD clone (or a clone3 whose flags were unreadable) is
-    // between its syscall entry and exit somewhere.
+    let Some(st) = pidfd_clone_in_flight() else { return 0 };
+    // SAFETY: direct context loads at constant offsets.
+    let base = ctx.as_ptr() as *const u8;
+    unsafe { record(st, *(base.add(PID_OFF) as *const i32), *(base.add(CLONE_FLAGS_OFF) as *const u64)) };
+    0
+}
+
+/// The calling thread's CLONE_PIDFD clone (or clone3 whose flags were unreadable) between its
+/// syscall entry and exit. Every fork and thread creation on the host asks: one load of the
+/// in-flight word and out while no such call is in flight anywhere.
+#[inline(always)]
+fn pidfd_clone_in_flight() -> Option<&'static mut EnterState> {
     if !in_flight() {
-        return 0;
+        return None;
     }
     let id = bpf_get_current_pid_tgid();
-    let Some(st) = ENTER_STATE.get_ptr_mut(&id) else { return 0 };
-    // SAFETY: a valid map value pointer; direct context loads at constant offsets.
-    unsafe {
-        let st = &mut *st;
-        if st.kind != EventKind::Clone as u8 && st.kind != EventKind::Clone3 as u8 {
-            return 0;
-        }
-        let base = ctx.as_ptr() as *const u8;
-        st.child_pid = *(base.add(PID_OFF) as *const i32);
-        st.kflags = *(base.add(CLONE_FLAGS_OFF) as *const u64);
-        st.xhints |= xhints::NEWTASK;
-    }
-    0
+    // SAFETY: a valid map value pointer, this thread's own entry.
+    let st = unsafe { &mut *ENTER_STATE.get_ptr_mut(&id)? };
+    (st.kind == EventKind::Clone as u8 || st.kind == EventKind::Clone3 as u8).then_some(st)
+}
+
+/// What the kernel created: the child's host pid and the clone flags it acted on.
+#[inline(always)]
+fn record(st: &mut EnterState, child_pid: i32, kflags: u64) {
+    st.child_pid = child_pid;
+    st.kflags = kflags;
+    st.xhints |= xhints::NEWTASK;
 }
 
 // prototype: syscall:*/0: TRACE_EVENT(task_newtask, TP_PROTO(struct task_struct *task, u64 clone_flags)) as a raw tracepoint: ctx[0] = the child, ctx[1] = clone_flags; not a syscall [5.10-7.3]
@@ -51,30 +58,19 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 /// hook (bpf_stats on the 6.18 host: about 100 ns per fork as an event, see BENCHMARKS.md).
 #[raw_tracepoint(tracepoint = "task_newtask")]
 pub fn task_newtask_raw(ctx: RawTracePointContext) -> u32 {
-    if !in_flight() {
-        return 0;
-    }
-    let id = bpf_get_current_pid_tgid();
-    let Some(st) = ENTER_STATE.get_ptr_mut(&id) else { return 0 };
-    // SAFETY: a valid map value pointer; probe reads of the new task.
+    let Some(st) = pidfd_clone_in_flight() else { return 0 };
+    let task = ctx.arg::<u64>(0) as *const u8;
+    // The child's host pid: task->thread_pid->numbers[0].nr (what the event's `pid` is).
+    let (t, fo) = (crate::globals::truth_offsets(), crate::globals::fd_pid_offsets());
+    // SAFETY: probe reads of the new task.
     unsafe {
-        let st = &mut *st;
-        if st.kind != EventKind::Clone as u8 && st.kind != EventKind::Clone3 as u8 {
-            return 0;
-        }
-        let task = ctx.arg::<u64>(0) as *const u8;
-        // The child's host pid: task->thread_pid->numbers[0].nr (what the event's `pid` is).
-        let t = crate::globals::truth_offsets();
-        let fo = crate::globals::fd_pid_offsets();
         let Ok(pid) = bpf_probe_read_kernel(task.add(t.task_thread_pid as usize) as *const *const u8) else {
             return 0;
         };
         let Ok(nr) = bpf_probe_read_kernel(pid.add(fo.pid_numbers_nr as usize) as *const i32) else {
             return 0;
         };
-        st.child_pid = nr;
-        st.kflags = ctx.arg::<u64>(1);
-        st.xhints |= xhints::NEWTASK;
+        record(st, nr, ctx.arg::<u64>(1));
     }
     0
 }
