@@ -1,7 +1,7 @@
 //! Kernel outcome counters → the contract metrics' label sets. Pure: each `OUTCOMES` key is
 //! named with the same functions (classify::stage, names::*) that label events, so a metric
 //! and the events it counts always agree.
-use pidfd_trace_common::{CounterKey, EventKind, GETFD_COPIED_PIDFD, clone_flags};
+use pidfd_trace_common::{CounterKey, EventKind, GETFD_COPIED_PIDFD, clone_flags, xhints};
 
 use crate::{
     classify::KernelSemantics,
@@ -30,6 +30,10 @@ pub enum Family {
 
 /// The label values of one series (in the order the metric declares its labels).
 pub type Series = (Family, Vec<String>);
+
+/// `signals_total{signal}` of a pidfd_send_signal refused before it ran (stage `denied`): its
+/// arguments were never seen (README: Metrics).
+pub const UNKNOWN_SIGNAL: &str = "unknown";
 
 /// The series one kernel counter slot adds to. A failed pidfd_getfd or pidfd_send_signal
 /// counts as a call and as a failure.
@@ -62,7 +66,13 @@ pub fn series(key: &CounterKey, sem: KernelSemantics) -> Vec<Series> {
             v
         }
         Feeds::Signal => {
-            let mut v = vec![(Family::Signals, vec![names::signal_name(u64::from(key.signal)).into_owned()])];
+            // A call refused before it ran (seccomp) never showed its signal: not signal 0.
+            let signal = if key.xhints & xhints::DENIED != 0 {
+                UNKNOWN_SIGNAL.to_string()
+            } else {
+                names::signal_name(u64::from(key.signal)).into_owned()
+            };
+            let mut v = vec![(Family::Signals, vec![signal])];
             v.extend(errno.map(|e| (Family::SignalFailures, vec![e])));
             v
         }
@@ -182,6 +192,19 @@ mod tests {
 
     fn key(kind: EventKind, errno: u32, hints: u8, signal: u8, flag_bits: u64) -> CounterKey {
         CounterKey { kind: kind as u8, hints, signal, xhints: 0, errno, flag_bits: flag_bits as u32 }
+    }
+
+    #[test]
+    fn a_denied_send_signal_is_no_signal_0() {
+        let sem = KernelSemantics::default();
+        let mut k = key(EventKind::PidfdSendSignal, 1, 0, 0, 0);
+        k.xhints = xhints::DENIED;
+        let got = series(&k, sem);
+        assert_eq!(got[0], (Family::Signals, vec![UNKNOWN_SIGNAL.to_string()]));
+        assert_eq!(got[1], (Family::SignalFailures, vec!["EPERM".to_string()]));
+        // A real signal 0 (a liveness probe) stays "0".
+        let got = series(&key(EventKind::PidfdSendSignal, 0, 0, 0, 0), sem);
+        assert_eq!(got, vec![(Family::Signals, vec!["0".to_string()])]);
     }
 
     #[test]
