@@ -122,48 +122,24 @@ pub struct Probes {
     loaded: HashSet<&'static str>,
 }
 
-/// Program `$name` of the object as its type (the binding's annotation), loaded into the
-/// kernel with its verifier statistics logged. A macro because aya's program types share no
-/// trait with `load`.
+/// Program `$name` of the object as a `$ty`, loaded into the kernel with its verifier
+/// statistics logged; `?` returns a `LoadError` from the enclosing function. A macro because
+/// aya's program types share no trait with `load`.
 macro_rules! load_program {
-    ($probes:expr, $name:expr) => {{
+    ($probes:expr, $name:expr, $ty:ty) => {{
         let name: &str = $name;
-        let prog = $probes
+        let load_err = |err| LoadError::Load { name: name.into(), err: Box::new(err) };
+        let prog: &mut $ty = $probes
             .ebpf
             .program_mut(name)
             .ok_or_else(|| LoadError::MissingProgram(name.into()))?
             .try_into()
-            .map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
-        load_logged(name, prog)?
+            .map_err(load_err)?;
+        prog.load().map_err(load_err)?;
+        log_verified(name, prog.info().ok());
+        prog
     }};
 }
-
-/// Loads one program of a type `load_program!` resolved (through `Loadable`).
-fn load_logged<'a, P: Loadable>(name: &str, prog: &'a mut P) -> Result<&'a mut P, LoadError> {
-    prog.load_it().map_err(|err| LoadError::Load { name: name.into(), err: Box::new(err) })?;
-    log_verified(name, prog.info_it());
-    Ok(prog)
-}
-
-/// The `load`/`info` pair every aya program type has, as one trait.
-trait Loadable {
-    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError>;
-    fn info_it(&self) -> Option<aya::programs::ProgramInfo>;
-}
-
-macro_rules! loadable {
-    ($($t:ty),*) => {$(
-        impl Loadable for $t {
-            fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
-                self.load()
-            }
-            fn info_it(&self) -> Option<aya::programs::ProgramInfo> {
-                self.info().ok()
-            }
-        }
-    )*};
-}
-loadable!(TracePoint, RawTracePoint);
 
 impl Probes {
     /// Loads the object, attaches the syscall tracepoints, then tries each function hook's
@@ -390,14 +366,7 @@ impl Probes {
         for (idx, name) in exit_tail::PROGRAMS {
             let loaded = (|| -> Result<aya::programs::ProgramFd, LoadError> {
                 let load_err = |err| LoadError::Load { name: name.into(), err: Box::new(err) };
-                let prog: &mut TracePoint = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| LoadError::MissingProgram(name.into()))?
-                    .try_into()
-                    .map_err(load_err)?;
-                prog.load().map_err(load_err)?;
-                log_verified(name, prog.info().ok());
+                let prog = load_program!(self, name, TracePoint);
                 let fd = prog.fd().map_err(load_err)?;
                 fd.try_clone().map_err(|e| load_err(aya::programs::ProgramError::IOError(e)))
             })();
@@ -421,7 +390,7 @@ impl Probes {
 
     /// Loads program `name` and attaches it to the tracepoint `category:event`.
     fn attach_event_tracepoint(&mut self, name: &str, category: &str, event: &str) -> Result<(), LoadError> {
-        let prog: &mut TracePoint = load_program!(self, name);
+        let prog = load_program!(self, name, TracePoint);
         prog.attach(category, event).map_err(|err| LoadError::Attach {
             name: name.into(),
             target: format!("{category}:{event}"),
@@ -432,7 +401,7 @@ impl Probes {
 
     /// Loads program `name` and attaches it to the raw tracepoint `event`.
     fn attach_raw_tracepoint(&mut self, name: &str, event: &str) -> Result<(), LoadError> {
-        let prog: &mut RawTracePoint = load_program!(self, name);
+        let prog = load_program!(self, name, RawTracePoint);
         prog.attach(event).map_err(|err| LoadError::Attach {
             name: name.into(),
             target: format!("raw_tracepoint:{event}"),
@@ -442,7 +411,7 @@ impl Probes {
     }
 
     fn attach_tracepoint(&mut self, name: &str) -> Result<(), LoadError> {
-        let prog: &mut TracePoint = load_program!(self, name);
+        let prog = load_program!(self, name, TracePoint);
         prog.attach("syscalls", name).map_err(|err| LoadError::Attach {
             name: name.into(),
             target: format!("syscalls:{name}"),
