@@ -162,18 +162,22 @@ pub fn new_pidfd(fd: u64) -> Option<NewPidfd> {
 }
 
 impl NewPidfd {
-    /// The target's pid in the initial namespace (`pid->numbers[0].nr`), reaped or not.
+    /// The target's pid in pid namespace `level` (0: the initial one), reaped or not; 0 if
+    /// it has no number there.
     #[inline(always)]
-    pub fn host_nr(&self) -> i32 {
-        // SAFETY: probe read only.
-        unsafe { read::<i32>(self.pid, fd_pid_offsets().pid_numbers_nr) }.unwrap_or(0)
+    pub fn nr_at(&self, level: u32) -> i32 {
+        if level == 0 {
+            // SAFETY: probe read only.
+            unsafe { read::<i32>(self.pid, fd_pid_offsets().pid_numbers_nr) }.unwrap_or(0)
+        } else {
+            crate::task::pid_nr(self.pid, level)
+        }
     }
 
-    /// The pid (initial namespace) the pidfd refers to, or 0 when that process was already
-    /// reaped (then `exit_facts::REAPED` is set); `facts.file_ino` / `file_magic` get its
-    /// inode number and filesystem magic (the pidfs inode number is `pidfd_ino`, 6.9+).
+    /// The pidfd file's inode number and filesystem magic into `facts` (`pidfd_ino` on pidfs,
+    /// 6.9+), nothing about its process.
     #[inline(always)]
-    pub fn facts(&self, facts: &mut TargetFacts) -> i32 {
+    pub fn file_facts(&self, facts: &mut TargetFacts) {
         let fo = fd_pid_offsets();
         let ro = risk_offsets();
         // SAFETY: probe reads only.
@@ -184,6 +188,19 @@ impl NewPidfd {
                     facts.file_magic = read::<u64>(sb, ro.sb_s_magic).unwrap_or(0) as u32;
                 }
             }
+        }
+    }
+
+    /// The pid (initial namespace) the pidfd refers to, or 0 when that process was already
+    /// reaped (then `exit_facts::REAPED` is set); `facts.file_ino` / `file_magic` get its
+    /// inode number and filesystem magic (the pidfs inode number is `pidfd_ino`, 6.9+).
+    #[inline(always)]
+    pub fn facts(&self, facts: &mut TargetFacts) -> i32 {
+        self.file_facts(facts);
+        let fo = fd_pid_offsets();
+        let ro = risk_offsets();
+        // SAFETY: probe reads only.
+        unsafe {
             // pid->tasks[PIDTYPE_PID].first: NULL once release_task() has detached the task.
             if read::<u64>(self.pid, ro.pid_tasks).unwrap_or(1) == 0 {
                 facts.exit |= exit_facts::REAPED;

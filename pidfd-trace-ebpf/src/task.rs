@@ -74,6 +74,18 @@ unsafe fn proc_dir_pid(file: *const u8, off: &FdPidOffsets, t: &TruthOffsets) ->
     }
 }
 
+/// `pid`'s number in pid namespace `level` (0 if it has none there), with the offsets the
+/// agent passed in.
+#[inline(always)]
+pub fn pid_nr(pid: *const u8, level: u32) -> i32 {
+    let t = truth_offsets();
+    if t.valid == 0 {
+        return 0;
+    }
+    // SAFETY: probe reads only.
+    unsafe { pid_nr_at(pid, level, t) }
+}
+
 /// `pid->numbers[level].nr`, or 0 when the pid is not visible at that level.
 #[inline(always)]
 unsafe fn pid_nr_at(pid: *const u8, level: u32, t: &TruthOffsets) -> i32 {

@@ -109,9 +109,10 @@ pub fn exit_tail_scan(ctx: TracePointContext) -> u32 {
                 t.pidfd = fd;
                 t.extra &= !hints::PIDFD_READBACK_FAULT;
                 // Its file's inode and filesystem: `pidfd_ino` (pidfs, 6.9+), as for every
-                // creation.
+                // creation; nothing about the child (alive when its pidfd was made, whether or
+                // not it was reaped by now).
                 if let Some(p) = crate::risk::new_pidfd(fd as u64) {
-                    let _ = p.facts(&mut t.st.facts);
+                    p.file_facts(&mut t.st.facts);
                 }
             }
             None => {

@@ -15,7 +15,9 @@ use aya_ebpf::{
     maps::{PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
-use pidfd_trace_common::{EnterState, EventKind, Mode, TargetFacts, exit_tail, hints, stats, xhints};
+use pidfd_trace_common::{
+    CALLER_NS_UNREAD, EnterState, EventKind, Mode, TargetFacts, exit_tail, hints, stats, xhints,
+};
 
 use crate::{
     emit,
@@ -127,9 +129,14 @@ fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
         // path, in one walk of the fd table; a proven pidfd also teaches the reopen path the
         // pidfd `f_op`.
         if let Some(p) = crate::risk::new_pidfd(ret as u64) {
-            let nr = p.facts(&mut st.facts);
-            st.target_pid = if nr != 0 { nr } else { p.host_nr() };
-            st.xhints |= xhints::TARGET_CHECKED;
+            // Only if that file is the process the caller named: another thread may have put
+            // another pidfd at fd `ret` (dup2) between the install and this exit. The kernel
+            // looked `pid` up in the caller's namespace, so its number there must be `pid`.
+            let level = if st.caller_level != CALLER_NS_UNREAD { u32::from(st.caller_level) } else { 0 };
+            if p.nr_at(level) == st.arg0 as i32 {
+                st.target_pid = p.facts(&mut st.facts);
+                st.xhints |= xhints::TARGET_CHECKED;
+            }
         } else {
             // Offsets for the fast walk unknown on this kernel: the general resolver.
             let t = crate::task::fd_target(ret as u64, false, 0);

@@ -263,7 +263,8 @@ fn clone_ok(event: &str, ret: i64, pidfd: i32) -> Result<Value, String> {
     sys::wait_child(ret);
     unsafe { libc::close(pidfd) };
     Ok(json!({"event": event, "ret": ret, "pidfd": pidfd, "child_pid": ret, "errno": null, "stage": null,
-              "tid": sys::gettid(), "flag_names_include": ["CLONE_PIDFD"], "pidfd_ino": ino}))
+              "tid": sys::gettid(), "flag_names_include": ["CLONE_PIDFD"], "pidfd_ino": ino,
+              "target_reason": null}))
 }
 
 fn failure(event: &str, ret: i64, want: i64, stage: &str) -> Result<Value, String> {
