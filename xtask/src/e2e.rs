@@ -699,9 +699,9 @@ fn count_expected(events: &[Value], into: &mut Counts) {
             ("pidfd_send_signal", failed) => {
                 bump(format!(
                     "pidfd_trace_signals_total{{signal={}}}",
-                    // A call refused before it ran (stage denied) has no signal in its event;
-                    // the kernel counts it under signal "0" (its argument was never read).
-                    e["signal"].as_str().unwrap_or("0")
+                    // A call refused before it ran (stage denied) has no signal in its event
+                    // and counts under signal "unknown" (README: Metrics).
+                    e["signal"].as_str().unwrap_or("unknown")
                 ));
                 if failed {
                     bump(format!("pidfd_trace_signal_failures_total{{errno={}}}", errno.unwrap_or_default()));
