@@ -75,25 +75,52 @@ impl Agent {
         }
     }
 
-    /// Waits until `done(events)` holds, returning a copy of the events; gives up at the
-    /// timeout or as soon as the agent has exited (its stderr then says why).
-    fn wait_for(&self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>, Vec<Value>> {
+    /// Waits until an event for which `done` holds has arrived, looking at each event once
+    /// (a suite prints thousands: a scan of all of them per arriving line starved the reader
+    /// thread); returns the events `keep` selects, in order. Gives up at the timeout or as
+    /// soon as the agent has exited: the error has the events kept so far, then the agent's
+    /// warnings (lost records, refused programs) or, if it exited, its stderr.
+    fn wait_for(
+        &self,
+        timeout: Duration,
+        keep: impl Fn(&Value) -> bool,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<Vec<Value>, (Vec<Value>, String)> {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.events;
         let mut evs = lock.lock().unwrap();
+        let (mut kept, mut next, mut finished) = (Vec::new(), 0, false);
         loop {
-            if done(&evs) {
-                return Ok(evs.clone());
+            for e in &evs[next..] {
+                if keep(e) {
+                    finished |= done(e);
+                    kept.push(e.clone());
+                }
+            }
+            next = evs.len();
+            if finished {
+                return Ok(kept);
             }
             let now = Instant::now();
             if now >= deadline || self.exited() {
-                let mut evs = evs.clone();
-                if self.exited() {
-                    evs.push(json!({"agent_exited": self.stderr.0.lock().unwrap().join(" | ")}));
-                }
-                return Err(evs);
+                drop(evs);
+                return Err((kept, self.why()));
             }
             evs = cv.wait_timeout(evs, (deadline - now).min(Duration::from_millis(200))).unwrap().0;
+        }
+    }
+
+    /// What the agent said that explains missing events: its whole stderr if it exited,
+    /// else its warnings and errors (at most the last 5); empty if none.
+    fn why(&self) -> String {
+        let lines = self.stderr.0.lock().unwrap();
+        if lines.iter().any(|l| l == "<eof>") {
+            return format!("; the agent exited: {}", lines.join(" | "));
+        }
+        let warn: Vec<&String> = lines.iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        match warn.len() {
+            0 => String::new(),
+            n => format!("; the agent warned: {}", warn[n.saturating_sub(5)..].iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" | ")),
         }
     }
 
@@ -170,34 +197,30 @@ fn matches(ev: &Value, want: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn of_pid(evs: &[Value], pid: u64) -> Vec<Value> {
-    evs.iter().filter(|e| e["pid"].as_u64() == Some(pid)).cloned().collect()
+fn of_pid(e: &Value, pid: u64) -> bool {
+    e["pid"].as_u64() == Some(pid)
 }
 
 /// Checks that the events of `pid` are exactly `want`, in order, once the last one arrived.
 fn check_exact(agent: &Agent, pid: u64, want: &[Value], timeout: Duration) -> Result<(), String> {
     let last = want.last().ok_or("scenario expects no events at all")?.clone();
-    let got = agent.wait_for(timeout, |evs| of_pid(evs, pid).iter().any(|e| matches(e, &last).is_ok()));
-    let evs = match got {
-        Ok(evs) => of_pid(&evs, pid),
-        Err(evs) => {
-            let exited = evs
-                .iter()
-                .find_map(|e| e["agent_exited"].as_str().map(|s| format!("; the agent exited: {s}")));
-            return Err(format!(
-                "timed out waiting for its events; got {} for pid {pid}: {}{}",
-                of_pid(&evs, pid).len(),
-                compact(&of_pid(&evs, pid)),
-                exited.unwrap_or_default()
-            ));
-        }
-    };
+    let evs = agent
+        .wait_for(timeout, |e| of_pid(e, pid), |e| matches(e, &last).is_ok())
+        .map_err(|(evs, why)| {
+            format!(
+                "timed out waiting for its events; got {} of {} for pid {pid}: {}{why}",
+                evs.len(),
+                want.len(),
+                compact(&evs)
+            )
+        })?;
     if evs.len() != want.len() {
         return Err(format!(
-            "expected {} events, agent printed {}: {}",
+            "expected {} events, agent printed {}: {}{}",
             want.len(),
             evs.len(),
-            compact(&evs)
+            compact(&evs),
+            agent.why()
         ));
     }
     for (i, (e, w)) in evs.iter().zip(want).enumerate() {
@@ -206,8 +229,16 @@ fn check_exact(agent: &Agent, pid: u64, want: &[Value], timeout: Duration) -> Re
     Ok(())
 }
 
+/// `event:ret:stage` of each event; of a long list the first 12 and the last 3 (a failure
+/// detail must stay readable in a CI log).
 fn compact(evs: &[Value]) -> String {
-    evs.iter().map(|e| format!("{}:{}:{}", e["event"], e["ret"], e["stage"])).collect::<Vec<_>>().join(", ")
+    let one = |e: &Value| format!("{}:{}:{}", e["event"], e["ret"], e["stage"]);
+    if evs.len() <= 16 {
+        return evs.iter().map(one).collect::<Vec<_>>().join(", ");
+    }
+    let head: Vec<String> = evs[..12].iter().map(one).collect();
+    let tail: Vec<String> = evs[evs.len() - 3..].iter().map(one).collect();
+    format!("{}, … {} more …, {}", head.join(", "), evs.len() - 15, tail.join(", "))
 }
 
 struct Outcome {
@@ -358,8 +389,8 @@ fn filter_comm(bin: &Path, mode: &str, timeout: Duration) -> Result<(), String> 
     let (b, _) = run_scenario("mix", Some("wl-filter-b"))?;
     let (a2, _) = run_scenario("einval", Some("wl-filter-a"))?;
     let evs = agent
-        .wait_for(timeout, |evs| evs.iter().any(|e| e["pid"].as_u64() == Some(a2)))
-        .map_err(|evs| format!("timed out; events: {}", compact(&evs)))?;
+        .wait_for(timeout, |_| true, |e| of_pid(e, a2))
+        .map_err(|(evs, why)| format!("timed out; events: {}{why}", compact(&evs)))?;
     agent.stop()?;
     let pids: Vec<u64> = evs.iter().filter_map(|e| e["pid"].as_u64()).collect();
     if pids != [a1, a2] || evs.iter().any(|e| e["errno"] != "EINVAL" || e["comm"] != "wl-filter-a") {
@@ -379,8 +410,8 @@ fn filter_pid(bin: &Path, mode: &str, timeout: Duration) -> Result<(), String> {
     let (other, _) = run_scenario("mix", None)?;
     let fd = crate::sys::pidfd_open(me as i32, 0);
     let evs = agent
-        .wait_for(timeout, |evs| evs.iter().any(|e| e["pid"].as_u64() == Some(me as u64)))
-        .map_err(|evs| format!("timed out; events: {}", compact(&evs)))?;
+        .wait_for(timeout, |_| true, |e| of_pid(e, me.into()))
+        .map_err(|(evs, why)| format!("timed out; events: {}{why}", compact(&evs)))?;
     unsafe { libc::close(fd as i32) };
     agent.stop()?;
     if evs.len() != 1 || evs[0]["ret"] != fd {

@@ -8,7 +8,10 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::sys::{self, CLONE_PIDFD, CloneArgs, SIGCHLD};
+use crate::{
+    scenarios::sentinel,
+    sys::{self, CLONE_PIDFD, CloneArgs, SIGCHLD},
+};
 
 /// The process whose events a scenario expects, when it is not the scenario process itself
 /// (the pid-namespace scenario's calls come from its namespace's init). 0: the scenario's.
@@ -41,16 +44,6 @@ fn next_fd() -> i32 {
 fn fdinfo_pid(fd: i64) -> Option<i64> {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
     info.lines().find_map(|l| l.strip_prefix("Pid:")).and_then(|v| v.trim().parse().ok())
-}
-
-/// The closing pidfd_open of ourselves (see scenarios::sentinel), with its host pid.
-fn sentinel() -> Value {
-    let pid = std::process::id() as i32;
-    let fd = sys::pidfd_open(pid, 0);
-    if fd >= 0 {
-        unsafe { libc::close(fd as i32) };
-    }
-    json!({"event": "pidfd_open", "ret": fd, "pidfd": fd, "target_pid": pid, "errno": null, "stage": null})
 }
 
 /// Input 4: `clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD)` whose child overwrites the parent's
