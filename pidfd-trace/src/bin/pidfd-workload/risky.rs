@@ -365,19 +365,27 @@ pub fn getfd_benign() -> Result<Vec<Value>, String> {
     Ok(want)
 }
 
+/// Risky getfds of processes other than the suite's scenarios reported so far by the suite's
+/// trace agent, per reason, counted as the kernel counts them (succeeded or refused EPERM).
+pub type Foreign<'a> = &'a dyn Fn() -> Vec<(String, u64)>;
+
 /// What the risky scenarios add to `pidfd_trace_getfd_risky_total{reason}`, sorted by reason.
 const RISKY_DELTAS: [(&str, u64); 3] = [("cred_mismatch", 2), ("cross_container", 1), ("target_exiting", 1)];
 
 /// A `serve` beside the suite's `trace` agent, watching `pidfd_trace_getfd_risky_total`: all
 /// three reasons exported at 0 from the start, raised by exactly what getfd_exiting,
-/// getfd_cred_mismatch and getfd_cross_container did, and not at all by getfd_benign. Only
-/// this suite makes risky getfds on the machine, and deltas are taken around our own runs.
+/// getfd_cred_mismatch and getfd_cross_container did, and not at all by getfd_benign. The
+/// counter is host-wide: what other processes add meanwhile is taken out, as the suite's
+/// trace agent reports their risky getfds (`Foreign`), so another program making risky getfds
+/// while the suite runs cannot fail it or hide a wrong count.
 pub struct CounterWatch {
     serve: std::process::Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     addr: String,
     timeout: Duration,
     start: Vec<(String, u64)>,
+    /// Risky getfds of other processes the trace agent had reported when `start` was read.
+    foreign_start: Vec<(String, u64)>,
     benign: Option<(Vec<(String, u64)>, u64)>,
     /// getfd_benign ran between `before_benign` and `after_benign`.
     checked: bool,
@@ -385,7 +393,7 @@ pub struct CounterWatch {
 }
 
 impl CounterWatch {
-    pub fn start(agent: &Path, mode: &str, timeout: Duration) -> Result<Self, String> {
+    pub fn start(agent: &Path, mode: &str, timeout: Duration, foreign: Foreign) -> Result<Self, String> {
         let mut serve = std::process::Command::new(agent)
             .args(["serve", "--mode", mode, "--web.listen-address", "127.0.0.1:0"])
             .stdin(std::process::Stdio::null())
@@ -400,6 +408,7 @@ impl CounterWatch {
             addr: String::new(),
             timeout,
             start: Vec::new(),
+            foreign_start: Vec::new(),
             benign: None,
             checked: false,
             error: None,
@@ -407,6 +416,7 @@ impl CounterWatch {
         let started = (|| {
             w.addr = wait_addr(&w.lines, timeout)?;
             w.start = risky(&w.addr)?;
+            w.foreign_start = foreign();
             if w.start.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>() != RISKY_DELTAS.map(|(r, _)| r) {
                 return Err(format!("want all three reasons exported from the start, got {:?}", w.start));
             }
@@ -418,27 +428,34 @@ impl CounterWatch {
         }
     }
 
-    fn deltas(&self) -> Result<Vec<(String, u64)>, String> {
+    /// The counter's rise since `start` per reason, less what other processes' risky getfds
+    /// (as `foreign` reports them) added meanwhile.
+    fn deltas(&self, foreign: Foreign) -> Result<Vec<(String, u64)>, String> {
         let now = risky(&self.addr)?;
+        let others = foreign();
+        let since = |v: &[(String, u64)], k: &str| v.iter().find(|b| b.0 == k).map_or(0, |b| b.1);
         Ok(now
             .iter()
-            .map(|(k, v)| (k.clone(), v - self.start.iter().find(|b| &b.0 == k).map_or(0, |b| b.1)))
+            .map(|(k, v)| {
+                let theirs = since(&others, k) - since(&self.foreign_start, k);
+                (k.clone(), (v - since(&self.start, k)).saturating_sub(theirs))
+            })
             .collect())
     }
 
     /// Before getfd_benign: the risky scenarios' counts must have arrived (polls up to the
     /// timeout; the metrics refresh once a second), then they are the baseline.
-    pub fn before_benign(&mut self) {
+    pub fn before_benign(&mut self, foreign: Foreign) {
         let r = (|| {
             let want: Vec<(String, u64)> = RISKY_DELTAS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
             let deadline = Instant::now() + self.timeout;
             loop {
-                let d = self.deltas()?;
+                let d = self.deltas(foreign)?;
                 if d == want {
-                    return Ok((risky(&self.addr)?, total(&self.addr, "pidfd_trace_getfd_total ")?));
+                    return Ok((d, total(&self.addr, "pidfd_trace_getfd_total ")?));
                 }
-                if Instant::now() > deadline || d.iter().zip(&want).any(|(d, w)| d.1 > w.1) {
-                    return Err(format!("risky scenarios: deltas {d:?}, want {want:?}"));
+                if Instant::now() > deadline {
+                    return Err(format!("risky scenarios: deltas {d:?} (other processes' risky getfds taken out), want {want:?}"));
                 }
                 std::thread::sleep(Duration::from_millis(250));
             }
@@ -449,22 +466,27 @@ impl CounterWatch {
         }
     }
 
-    /// After getfd_benign: two refreshes later nothing risky moved, while the getfd total rose
-    /// by at least the benign getfds.
-    pub fn after_benign(&mut self) {
+    /// After getfd_benign: nothing risky moved (once the metrics have refreshed, polled up to
+    /// the timeout so that other processes' risky getfds in flight are accounted for), while
+    /// the getfd total rose by at least the benign getfds.
+    pub fn after_benign(&mut self, foreign: Foreign) {
         let Some((before, getfd_before)) = self.benign.take() else { return };
         self.checked = true;
         std::thread::sleep(Duration::from_millis(2500));
-        let r = (|| {
-            let after = risky(&self.addr)?;
+        let deadline = Instant::now() + self.timeout;
+        let r = (|| loop {
+            let after = self.deltas(foreign)?;
             let getfd_after = total(&self.addr, "pidfd_trace_getfd_total ")?;
-            if after != before || getfd_after < getfd_before + 2 * BENIGN_EACH as u64 {
+            if after == before && getfd_after >= getfd_before + 2 * BENIGN_EACH as u64 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
                 return Err(format!(
-                    "benign: risky {before:?} -> {after:?} (must not move), getfd_total {getfd_before} -> {getfd_after} (must rise by >= {})",
+                    "benign: risky {before:?} -> {after:?} (must not move; other processes' risky getfds taken out), getfd_total {getfd_before} -> {getfd_after} (must rise by >= {})",
                     2 * BENIGN_EACH
                 ));
             }
-            Ok(())
+            std::thread::sleep(Duration::from_millis(500));
         })();
         if let Err(e) = r {
             self.error.get_or_insert(e);

@@ -124,6 +124,26 @@ impl Agent {
         }
     }
 
+    /// Risky pidfd_getfd events of processes not in `ours`, per reason, counted as the kernel
+    /// counts `pidfd_trace_getfd_risky_total` (the call succeeded or was refused EPERM; once per
+    /// reason).
+    fn foreign_risky(&self, ours: &[u64]) -> Vec<(String, u64)> {
+        let mut n: Vec<(String, u64)> = Vec::new();
+        for e in self.events.0.lock().unwrap().iter() {
+            let counted = e["ret"].as_i64().is_some_and(|r| r >= 0) || e["errno"] == "EPERM";
+            if e["event"] != "pidfd_getfd" || !counted || e["pid"].as_u64().is_none_or(|p| ours.contains(&p)) {
+                continue;
+            }
+            for r in e["risk"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                match n.iter_mut().find(|(k, _)| k == r) {
+                    Some((_, c)) => *c += 1,
+                    None => n.push((r.to_string(), 1)),
+                }
+            }
+        }
+        n
+    }
+
     fn exited(&self) -> bool {
         self.stderr.0.lock().unwrap().iter().any(|l| l == "<eof>")
     }
@@ -264,17 +284,22 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
         Ok(agent) => {
             // A serve beside the trace agent checks the risky-getfd counter around the risky
             // scenarios and the benign one (risky.rs), without running them twice.
-            let mut watch =
-                wanted("risky_counter").then(|| crate::risky::CounterWatch::start(agent_bin, mode, timeout));
+            // Scenario processes run so far: the others' risky getfds are taken out of the
+            // host-wide counter the watch reads.
+            let ours = std::cell::RefCell::new(Vec::new());
+            let foreign = || agent.foreign_risky(&ours.borrow());
+            let mut watch = wanted("risky_counter")
+                .then(|| crate::risky::CounterWatch::start(agent_bin, mode, timeout, &foreign));
             let mut watched = None;
             let mut closes = None;
             for s in scenarios::ALL.iter().filter(|s| wanted(s.name)) {
                 let benign = s.name == "getfd_benign";
                 if benign && let Some(Ok(w)) = watch.as_mut() {
-                    w.before_benign();
+                    w.before_benign(&foreign);
                 }
                 let mut absent = None;
                 let r = run_scenario(s.name, None).and_then(|(pid, mut want)| {
+                    ours.borrow_mut().push(pid);
                     absent = take_not_in_kernel(&mut want);
                     // Events only function probes see (`"function_probes_only": true`) are
                     // expected in fentry/kprobe mode and must be absent in tracepoint mode.
@@ -287,7 +312,7 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
                 });
                 if benign {
                     if let Some(Ok(w)) = watch.as_mut() {
-                        w.after_benign();
+                        w.after_benign(&foreign);
                         // The same serve checks close tracking (one serve start less in slow guests).
                         if wanted("close_tracking") {
                             closes = Some(crate::closes::run(w.addr(), mode, timeout));
