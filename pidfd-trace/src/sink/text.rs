@@ -79,7 +79,9 @@ struct BrokenDown {
 /// The calendar date and time of `unix_ns`, in the host's time zone (`localtime_r`, which
 /// reads TZ and /etc/localtime) or in UTC.
 fn broken_down(unix_ns: i128, local: bool) -> BrokenDown {
-    let secs = unix_ns.div_euclid(1_000_000_000) as libc::time_t;
+    // `time_t` is 64-bit on every target the agent builds for (glibc x86_64/aarch64, musl
+    // 1.2+); the `libc::time_t` alias is deprecated on musl, so the type is inferred.
+    let secs = unix_ns.div_euclid(1_000_000_000) as _;
     // SAFETY: an all-zero `tm` is valid; both calls only write into it.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     unsafe {

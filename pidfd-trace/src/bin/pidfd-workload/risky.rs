@@ -455,7 +455,9 @@ impl CounterWatch {
                     return Ok((d, total(&self.addr, "pidfd_trace_getfd_total ")?));
                 }
                 if Instant::now() > deadline {
-                    return Err(format!("risky scenarios: deltas {d:?} (other processes' risky getfds taken out), want {want:?}"));
+                    return Err(format!(
+                        "risky scenarios: deltas {d:?} (other processes' risky getfds taken out), want {want:?}"
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(250));
             }

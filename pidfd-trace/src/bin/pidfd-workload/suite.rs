@@ -120,7 +120,10 @@ impl Agent {
         let warn: Vec<&String> = lines.iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
         match warn.len() {
             0 => String::new(),
-            n => format!("; the agent warned: {}", warn[n.saturating_sub(5)..].iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" | ")),
+            n => format!(
+                "; the agent warned: {}",
+                warn[n.saturating_sub(5)..].iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" | ")
+            ),
         }
     }
 
@@ -131,7 +134,8 @@ impl Agent {
         let mut n: Vec<(String, u64)> = Vec::new();
         for e in self.events.0.lock().unwrap().iter() {
             let counted = e["ret"].as_i64().is_some_and(|r| r >= 0) || e["errno"] == "EPERM";
-            if e["event"] != "pidfd_getfd" || !counted || e["pid"].as_u64().is_none_or(|p| ours.contains(&p)) {
+            if e["event"] != "pidfd_getfd" || !counted || e["pid"].as_u64().is_none_or(|p| ours.contains(&p))
+            {
                 continue;
             }
             for r in e["risk"].as_array().into_iter().flatten().filter_map(Value::as_str) {
@@ -224,16 +228,16 @@ fn of_pid(e: &Value, pid: u64) -> bool {
 /// Checks that the events of `pid` are exactly `want`, in order, once the last one arrived.
 fn check_exact(agent: &Agent, pid: u64, want: &[Value], timeout: Duration) -> Result<(), String> {
     let last = want.last().ok_or("scenario expects no events at all")?.clone();
-    let evs = agent
-        .wait_for(timeout, |e| of_pid(e, pid), |e| matches(e, &last).is_ok())
-        .map_err(|(evs, why)| {
+    let evs = agent.wait_for(timeout, |e| of_pid(e, pid), |e| matches(e, &last).is_ok()).map_err(
+        |(evs, why)| {
             format!(
                 "timed out waiting for its events; got {} of {} for pid {pid}: {}{why}",
                 evs.len(),
                 want.len(),
                 compact(&evs)
             )
-        })?;
+        },
+    )?;
     if evs.len() != want.len() {
         return Err(format!(
             "expected {} events, agent printed {}: {}{}",
