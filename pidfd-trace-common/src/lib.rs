@@ -576,6 +576,14 @@ pub mod fn_params {
     /// __fput(struct file *): every file's last close, the release hook of 6.9 – 7.0, where
     /// pidfs files have no release of their own.
     pub const FPUT: usize = 1;
+    /// fd_install(unsigned int fd, struct file *file): where a prepared pidfd gets its number.
+    pub const FD_INSTALL: usize = 2;
+    /// put_unused_fd(unsigned int fd): a prepared fd given back unused (the path failed).
+    pub const PUT_UNUSED_FD: usize = 1;
+    /// umh_coredump_setup(struct subprocess_info *info, struct cred *new) (fs/coredump.c):
+    /// sets up the `core_pattern = |helper` process, which gets the crashing process's pidfd
+    /// at fd 3 (6.16+, `%F`).
+    pub const UMH_COREDUMP_SETUP: usize = 2;
 }
 
 /// Pidfd close tracking (function-probe modes): slots of the `CLOSES` per-CPU array, and
@@ -629,6 +637,11 @@ pub mod stats {
     /// Never bumped: `RISKY` is an array indexed by the reason set and cannot fill. The slot
     /// stays reserved so `pidfd_trace_getfd_risky_map_full_total` keeps reading 0.
     pub const RISKY_FULL: u32 = 5;
+    /// Function modes (6.9+): pidfds the kernel made and installed outside every path the
+    /// agent can name (no traced syscall in progress, not a recvmsg SCM_PIDFD, a fanotify
+    /// read or the coredump helper: io_uring, a future kernel path). Behind
+    /// `pidfd_trace_pidfds_unattributed_total`.
+    pub const FUNNEL_UNATTRIBUTED: u32 = 6;
     pub const COUNT: u32 = 8;
 }
 
@@ -691,7 +704,41 @@ pub mod globals {
     /// Offset of `file.f_op` (BTF).
     pub const FILE_F_OP: &str = "FILE_F_OP_OFF";
     pub const TRUTH: &str = "TRUTH_OFFSETS";
+    /// The creation funnel's syscall table (`FunnelSyscalls`).
+    pub const FUNNEL: &str = "FUNNEL_SYSCALLS";
 }
+
+/// Which syscall in progress names a pidfd the kernel made outside the traced syscalls (the
+/// function-mode creation funnel, README "Every way a pidfd is born"): the syscall number is
+/// read from the caller's saved registers (`bpf_task_pt_regs`, 5.15+) at `regs_nr` and
+/// looked up in these lists (-1: unused slot). The agent fills them from its own
+/// architecture's numbers; `valid == 0` attributes nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunnelSyscalls {
+    /// Offset of the syscall number in `struct pt_regs` (x86_64 `orig_ax`, arm64 `syscallno`).
+    pub regs_nr: u32,
+    pub valid: u32,
+    /// Native syscalls that receive an SCM_PIDFD control message (recvmsg, recvmmsg).
+    pub scm: [i32; 4],
+    /// Native syscalls that read a fanotify group (read, readv, pread64, preadv, preadv2).
+    pub fanotify: [i32; 6],
+    /// The same for x86 ia32 callers (`TS_COMPAT`): socketcall too.
+    pub scm_compat: [i32; 4],
+    pub fanotify_compat: [i32; 6],
+}
+
+impl FunnelSyscalls {
+    pub const NONE: FunnelSyscalls = FunnelSyscalls {
+        regs_nr: 0,
+        valid: 0,
+        scm: [-1; 4],
+        fanotify: [-1; 6],
+        scm_compat: [-1; 4],
+        fanotify_compat: [-1; 6],
+    };
+}
+
 
 /// Offsets (from BTF) behind the facts the caller cannot forge: whether a file is a pidfd or
 /// a `/proc/<pid>` directory, pid namespaces, and the process name. `valid == 0` disables
@@ -820,4 +867,5 @@ mod user {
     unsafe impl aya::Pod for super::TruthOffsets {}
     unsafe impl aya::Pod for super::RiskOffsets {}
     unsafe impl aya::Pod for super::NewFdOffsets {}
+    unsafe impl aya::Pod for super::FunnelSyscalls {}
 }

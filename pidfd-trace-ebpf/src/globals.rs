@@ -1,6 +1,8 @@
 //! Values the agent fills in at load time from the running kernel (tracepoint format files,
 //! BTF). Rust eBPF has no CO-RE relocations, so nothing here may be trusted at its default.
-use pidfd_trace_common::{FdPidOffsets, NewFdOffsets, PidsLimitOffsets, RiskOffsets, TruthOffsets};
+use pidfd_trace_common::{
+    FdPidOffsets, FunnelSyscalls, NewFdOffsets, PidsLimitOffsets, RiskOffsets, TruthOffsets,
+};
 
 /// Byte offsets of the syscall tracepoint fields, from
 /// `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`: every sys_enter record places its
@@ -185,4 +187,14 @@ pub fn pidfs_fops() -> u64 {
 #[inline(always)]
 pub fn file_f_op_off() -> u32 {
     unsafe { core::ptr::read_volatile(&FILE_F_OP_OFF) }
+}
+
+/// The creation funnel's syscall numbers and the saved-register offset of the syscall number
+/// (fprobe/funnel.rs); `valid == 0` when unknown.
+#[unsafe(no_mangle)]
+static FUNNEL_SYSCALLS: FunnelSyscalls = FunnelSyscalls::NONE;
+
+#[inline(always)]
+pub fn funnel_syscalls() -> &'static FunnelSyscalls {
+    opaque(&FUNNEL_SYSCALLS)
 }

@@ -70,6 +70,23 @@ pub static AUTOKILL_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 #[map]
 pub static AUTOKILL_STATE: LruHashMap<u64, EnterState> = LruHashMap::with_max_entries(1024, 0);
 
+/// Function modes: pidfds the creation funnel (fprobe/funnel.rs) saw made outside the
+/// traced syscalls and not yet installed, plus coredump helper set-ups in progress,
+/// host-wide. `fd_install` and `put_unused_fd` (every open on the host) return on this word
+/// before any map look-up while it is zero.
+pub static FUNNEL_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+/// The funnel's pending pidfd per thread (keyed by pid_tgid): the path, target facts and, in
+/// `arg0`, the `struct file *` until `fd_install` of that file gives it its number.
+#[map]
+pub static FUNNEL_STATE: LruHashMap<u64, EnterState> = LruHashMap::with_max_entries(1024, 0);
+
+/// `[0]` = 1 once the agent has attached the funnel's `fd_install` and `put_unused_fd`
+/// programs: pidfs allocations outside the traced syscalls are remembered only then, so no
+/// entry waits for an install nobody would see.
+#[map]
+pub static FUNNEL_ON: Array<u32> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
 pub fn in_flight() -> bool {
     is_open(&IN_FLIGHT)

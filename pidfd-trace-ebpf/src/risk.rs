@@ -162,6 +162,16 @@ pub fn new_pidfd(fd: u64) -> Option<NewPidfd> {
 }
 
 impl NewPidfd {
+    /// A pidfd file the kernel just made (`struct file *`), not yet in any fd table: `None`
+    /// if it is not a pidfd.
+    #[inline(always)]
+    pub fn of_file(file: u64) -> Option<NewPidfd> {
+        let file = file as *const u8;
+        // SAFETY: probe reads only.
+        let pid = unsafe { pidfd_pid(file) }?;
+        Some(NewPidfd { file, pid })
+    }
+
     /// The target's pid in pid namespace `level` (0: the initial one), reaped or not; 0 if
     /// it has no number there.
     #[inline(always)]

@@ -212,6 +212,10 @@ pub fn cannot_see(hook: &str) -> &'static [&'static str] {
         "setns" | "process_madvise" | "process_mrelease" | "pidfd_ioctl" | "waitid" => {
             &["this use of a pidfd: the kernel has no such syscall, so nothing can make the call"]
         }
+        crate::hooks::FUNNEL_HOOK => &[
+            "scm_pidfd and fanotify: the pidfds recvmsg (SCM_PIDFD) and fanotify reads (FAN_REPORT_PIDFD) install",
+        ],
+        "coredump_helper" => &["coredump: the pidfd a core_pattern helper finds at fd 3"],
         crate::hooks::RELEASE_HOOK => &[
             "pidfd closes and lifetimes (pidfd_trace_pidfds_closed_total stays 0): the periodic /proc inventory stands in",
         ],

@@ -427,7 +427,7 @@ const SCM_PIDFD: EventHook = EventHook {
     kind: EventKind::ScmPidfd,
     tracepoint: Tracepoint { syscalls: &[], enter: false, args: &[] },
     blind: &[
-        "scm_pidfd: the pidfd is installed inside recvmsg (scm_pidfd_recv) and its number is only in the caller's control buffer: seeing it from recvmsg's tracepoints means parsing every recvmsg's msghdr on the host (README: Every way a pidfd is born)",
+        "scm_pidfd: the pidfd is installed inside recvmsg (scm_pidfd_recv) and its number is only in the caller's control buffer: seeing it from recvmsg's tracepoints means parsing every recvmsg's msghdr on the host; fentry/kprobe modes see it on 6.9+ (hook pidfd_funnel) (README: Every way a pidfd is born)",
     ],
     ..SO_PEERPIDFD
 };
@@ -450,7 +450,7 @@ const FANOTIFY: EventHook = EventHook {
     kind: EventKind::Fanotify,
     tracepoint: Tracepoint { syscalls: &[], enter: false, args: &[] },
     blind: &[
-        "fanotify: the pidfd is made inside read(2) of a FAN_REPORT_PIDFD group and its number is only in the event buffer: seeing it from read's tracepoints means inspecting every read on the host (README: Every way a pidfd is born)",
+        "fanotify: the pidfd is made inside read(2) of a FAN_REPORT_PIDFD group and its number is only in the event buffer: seeing it from read's tracepoints means inspecting every read on the host; fentry/kprobe modes see it on 6.9+ (hook pidfd_funnel) (README: Every way a pidfd is born)",
     ],
     ..SO_PEERPIDFD
 };
@@ -469,7 +469,7 @@ const COREDUMP: EventHook = EventHook {
     kind: EventKind::Coredump,
     tracepoint: Tracepoint { syscalls: &[], enter: false, args: &[] },
     blind: &[
-        "coredump: the kernel installs the pidfd in the usermode helper it starts (umh_coredump_setup), with no syscall by anyone (README: Every way a pidfd is born)",
+        "coredump: the kernel installs the pidfd in the usermode helper it starts (umh_coredump_setup), with no syscall by anyone; fentry/kprobe modes see it (hook coredump_helper, 6.16+ makes it) (README: Every way a pidfd is born)",
     ],
     ..SO_PEERPIDFD
 };
@@ -608,6 +608,9 @@ pub struct FnHook {
     pub hook: &'static str,
     /// The kernel functions it needs, all attached in the same mode.
     pub targets: Vec<FnTarget>,
+    /// Creation paths no syscall tracepoint sees that this hook makes visible: their plan
+    /// rows take its mode (plan.rs `settle_covered`). Empty for the others.
+    pub covers: &'static [EventKind],
 }
 
 /// One kernel function's parameter count: what the programs expect and what this kernel's
@@ -687,8 +690,9 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
                 fexit: &[("cp_fentry", Fentry), ("cp_fexit", Fexit)],
                 kprobe: &[("cp_kprobe", Kprobe), ("cp_kretprobe", Kretprobe)],
             }],
+            covers: &[],
         },
-        FnHook { hook: "pidfd_creation", targets: creation },
+        FnHook { hook: "pidfd_creation", targets: creation, covers: &[] },
         FnHook {
             hook: "cgroup_can_fork",
             targets: vec![FnTarget {
@@ -697,6 +701,7 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
                 fexit: &[("cgfork_fexit", Fexit)],
                 kprobe: &[("cgfork_kret", Kretprobe)],
             }],
+            covers: &[],
         },
     ];
     // 7.1+: pidfds get a release hook, which sends the autokill SIGKILL.
@@ -717,13 +722,53 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
                     kprobe: &[("autokill_sig_kprobe", Kprobe), ("autokill_sig_kret", Kretprobe)],
                 },
             ],
+            covers: &[],
+        });
+    }
+    // 6.9+: every pidfd is a pidfs_alloc_file() file (the pidfd_creation hook's function);
+    // the creation funnel names the ones made outside the traced syscalls
+    // (pidfd-trace-ebpf/src/fprobe/funnel.rs).
+    if has_func("pidfs_alloc_file") && has_func("fd_install") && has_func("put_unused_fd") {
+        hooks.push(FnHook {
+            hook: FUNNEL_HOOK,
+            targets: vec![
+                FnTarget {
+                    func: "fd_install",
+                    params: p::FD_INSTALL,
+                    fexit: &[("funnel_install_fentry", Fentry)],
+                    kprobe: &[("funnel_install_kprobe", Kprobe)],
+                },
+                FnTarget {
+                    func: "put_unused_fd",
+                    params: p::PUT_UNUSED_FD,
+                    fexit: &[("funnel_unused_fentry", Fentry)],
+                    kprobe: &[("funnel_unused_kprobe", Kprobe)],
+                },
+            ],
+            covers: &[EventKind::ScmPidfd, EventKind::Fanotify],
+        });
+    }
+    if has_func("pidfs_alloc_file") && has_func("umh_coredump_setup") {
+        hooks.push(FnHook {
+            hook: "coredump_helper",
+            targets: vec![FnTarget {
+                func: "umh_coredump_setup",
+                params: p::UMH_COREDUMP_SETUP,
+                fexit: &[("coredump_fentry", Fentry), ("coredump_fexit", Fexit)],
+                kprobe: &[("coredump_kprobe", Kprobe), ("coredump_kret", Kretprobe)],
+            }],
+            covers: &[EventKind::Coredump],
         });
     }
     if let Some(release) = release_target(has_func) {
-        hooks.push(FnHook { hook: RELEASE_HOOK, targets: vec![release] });
+        hooks.push(FnHook { hook: RELEASE_HOOK, targets: vec![release], covers: &[] });
     }
     hooks
 }
+
+/// The creation funnel's hook (scm_pidfd, fanotify): once attached the agent turns the
+/// funnel on (`FUNNEL_ON`).
+pub const FUNNEL_HOOK: &str = "pidfd_funnel";
 
 /// The close-tracking hook's name in the plan and `pidfd_trace_probe_attached{hook}`.
 pub const RELEASE_HOOK: &str = "pidfd_release";

@@ -68,8 +68,9 @@ pub enum Refusal {
     /// Function hooks cannot be tracepoints.
     #[error("not a tracepoint")]
     NotATracepoint,
-    /// A creation path no syscall tracepoint sees, and no function probe covers yet.
-    #[error("not visible to syscall tracepoints, and no function probe covers this path yet")]
+    /// A creation path no syscall tracepoint sees (a function hook may cover it: hooks.rs
+    /// `FnHook::covers`).
+    #[error("not visible to syscall tracepoints")]
     NotVisible,
     /// The user chose `--mode tracepoint`.
     #[error("--mode tracepoint")]
@@ -276,7 +277,26 @@ pub fn build(
             chosen: None,
         });
     }
+    settle_covered(&mut plan, fns);
     Ok(plan)
+}
+
+/// Rows of creation paths no syscall tracepoint sees that a function hook makes visible
+/// (`FnHook::covers`): after the tracepoint's refusal they show that hook's target, candidate
+/// modes and chosen mode, so `check` and `pidfd_trace_probe_attached{hook="<path>"}` say in
+/// which mode the path is seen. Run on the plan before loading and again after it.
+pub fn settle_covered(plan: &mut [HookPlan], fns: &[FnHook]) {
+    for f in fns {
+        let Some(by) = plan.iter().find(|h| h.hook == f.hook).cloned() else { continue };
+        for kind in f.covers {
+            let Some(row) = plan.iter_mut().find(|h| h.hook == kind.name()) else { continue };
+            row.target = format!("{} (hook {})", by.target, f.hook);
+            // The first candidate is the tracepoint's refusal (`NotVisible`).
+            row.candidates.truncate(1);
+            row.candidates.extend(by.candidates.iter().cloned());
+            row.chosen = by.chosen;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -133,6 +133,7 @@ impl Session {
             &mut plan,
             &fns,
         )?;
+        plan::settle_covered(&mut plan, &fns);
         // Parsing BTF left ~15 MiB of freed heap behind; give it back (RSS 28 → 14 MiB).
         drop((raw, btf));
         // SAFETY: malloc_trim only releases free memory at the top of the heap (glibc only).

@@ -17,24 +17,28 @@ const ANON_PARAMS: usize = fn_params::ANON_INODE;
 // prototype: pidfs_alloc_file/2: struct file *pidfs_alloc_file(struct pid *pid, unsigned int flags) [6.9-7.1]
 #[fexit(function = "pidfs_alloc_file")]
 pub fn pidfs_fexit(ctx: FExitContext) -> u32 {
-    let file = ctx.arg::<u64>(PIDFS_PARAMS);
-    created(!is_err_ptr(file), Mode::Fexit);
-    // Every pidfd is made here on 6.9+ (clone, pidfd_open, SO_PEERPIDFD, SCM_PIDFD, ...).
-    if !is_err_ptr(file) {
-        born(file);
-    }
+    pidfs_made(ctx.arg::<u64>(PIDFS_PARAMS), Mode::Fexit);
     0
 }
 
 // prototype: pidfs_alloc_file/2: struct file *pidfs_alloc_file(struct pid *pid, unsigned int flags) [6.9-7.1]
 #[kretprobe]
 pub fn pidfs_kret(ctx: RetProbeContext) -> u32 {
-    let file = ctx.ret::<u64>();
-    created(!is_err_ptr(file), Mode::Kprobe);
-    if !is_err_ptr(file) {
+    pidfs_made(ctx.ret::<u64>(), Mode::Kprobe);
+    0
+}
+
+/// Every pidfd is made here on 6.9+ (clone, pidfd_open, SO_PEERPIDFD, SCM_PIDFD, fanotify,
+/// the coredump helper): one made outside a traced syscall goes to the funnel.
+#[inline(always)]
+fn pidfs_made(file: u64, mode: Mode) {
+    let ok = !is_err_ptr(file);
+    if !created(ok, mode) && ok {
+        super::funnel::untraced(file, mode);
+    }
+    if ok {
         born(file);
     }
-    0
 }
 
 // prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
@@ -120,11 +124,14 @@ fn born_fd(fd: i32) {
     }
 }
 
+/// Marks the traced call in progress on this thread, if any (then true).
 #[inline(always)]
-fn created(ok: bool, mode: Mode) {
+fn created(ok: bool, mode: Mode) -> bool {
     if let Some(st) = current_call() {
         mark(st, if ok { hints::PIDFD_CREATED } else { hints::PIDFD_CREATE_FAILED }, mode);
+        return true;
     }
+    false
 }
 
 /// Whether a kernel string is "[pidfd]" (anon inodes are also epoll, eventfd, ...). Only

@@ -10,6 +10,7 @@ mod autokill;
 mod cgroup;
 mod copy_process;
 mod creation;
+mod funnel;
 mod release;
 
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;

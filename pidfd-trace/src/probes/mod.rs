@@ -15,7 +15,7 @@ use aya::{
 };
 use log::{debug, warn};
 use pidfd_trace_common::{
-    CounterKey, FdPidOffsets, NewFdOffsets, PidsLimitOffsets, RiskOffsets, TruthOffsets, closes, exit_tail,
+    CounterKey, FdPidOffsets, FunnelSyscalls, NewFdOffsets, PidsLimitOffsets, RiskOffsets, TruthOffsets, closes, exit_tail,
     globals, risk, stats,
 };
 
@@ -158,6 +158,7 @@ impl Probes {
         let risk = risk_offsets(opts.btf);
         let new_fd = new_fd_offsets(opts.btf);
         let (pidfs_fops, file_f_op) = pidfs_fops(opts.btf);
+        let funnel = funnel_syscalls(opts.btf);
         let mut loader = EbpfLoader::new();
         // Statistics and the refusal reason only: aya's default also asks for the verifier's
         // per-instruction trace, and a refused program is loaded again to get it, which for
@@ -172,6 +173,7 @@ impl Probes {
             .override_global(globals::PIDS_LIMIT, &pids, true)
             .override_global(globals::FD_PID, &fd_pid, true)
             .override_global(globals::TRUTH, &truth, true)
+            .override_global(globals::FUNNEL, &funnel, true)
             .override_global(globals::RISK, &risk, true)
             .override_global(globals::NEW_FD, &new_fd, true);
         if let Some(bytes) = opts.ring_bytes {
@@ -269,16 +271,25 @@ impl Probes {
         if probes.attached.iter().any(|a| a.hook == crate::hooks::RELEASE_HOOK) {
             probes.enable_close_tracking()?;
         }
+        if probes.attached.iter().any(|a| a.hook == crate::hooks::FUNNEL_HOOK) {
+            probes.switch_on("FUNNEL_ON")?;
+        }
         Ok(probes)
     }
 
     /// Lets the creation hooks remember each pidfd's creation time (`CLOSE_ON[0] = 1`), now
     /// that a release hook takes the entries out again.
     fn enable_close_tracking(&mut self) -> Result<(), LoadError> {
-        let map = self.ebpf.map_mut("CLOSE_ON").ok_or(LoadError::MissingMap("CLOSE_ON"))?;
-        let mut on = aya::maps::Array::<_, u32>::try_from(map)
-            .map_err(|err| LoadError::Map { name: "CLOSE_ON", err })?;
-        on.set(0, 1, 0).map_err(|err| LoadError::Map { name: "CLOSE_ON", err })
+        self.switch_on("CLOSE_ON")
+    }
+
+    /// Sets `[0] = 1` in a one-slot switch array (`CLOSE_ON`, `FUNNEL_ON`): a kernel-side
+    /// feature whose programs are now all attached.
+    fn switch_on(&mut self, name: &'static str) -> Result<(), LoadError> {
+        let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        let mut on =
+            aya::maps::Array::<_, u32>::try_from(map).map_err(|err| LoadError::Map { name, err })?;
+        on.set(0, 1, 0).map_err(|err| LoadError::Map { name, err })
     }
 
     /// Loads and attaches every program `mode` needs for `hook`; on any failure unloads
@@ -698,6 +709,37 @@ const NEWTASK_RAW_PROG: &str = "task_newtask_raw";
 /// The raw_syscalls programs for 32-bit callers (pidfd-trace-ebpf/src/tracepoint/compat.rs).
 const COMPAT_ENTER_PROG: &str = "compat_sys_enter";
 const COMPAT_EXIT_PROG: &str = "compat_sys_exit";
+
+/// The creation funnel's syscall table (fprobe/funnel.rs): this architecture's numbers of
+/// the syscalls under which SCM_PIDFD and fanotify pidfds are made, and where `pt_regs`
+/// keeps the syscall number (x86_64 `orig_ax`, arm64 `syscallno`). `valid == 0` when BTF
+/// does not say: every funnel pidfd is then counted unattributed.
+fn funnel_syscalls(btf: &Btf) -> FunnelSyscalls {
+    let field = if cfg!(target_arch = "x86_64") { "orig_ax" } else { "syscallno" };
+    let Ok(regs_nr) = btf.member_offset("pt_regs", field) else { return FunnelSyscalls::NONE };
+    let n = |v: libc::c_long| v as i32;
+    let mut f = FunnelSyscalls {
+        regs_nr,
+        valid: 1,
+        scm: [n(libc::SYS_recvmsg), n(libc::SYS_recvmmsg), -1, -1],
+        fanotify: [
+            n(libc::SYS_read),
+            n(libc::SYS_readv),
+            n(libc::SYS_pread64),
+            n(libc::SYS_preadv),
+            n(libc::SYS_preadv2),
+            -1,
+        ],
+        ..FunnelSyscalls::NONE
+    };
+    if cfg!(target_arch = "x86_64") {
+        // arch/x86/entry/syscalls/syscall_32.tbl: recvmsg, recvmmsg, socketcall,
+        // recvmmsg_time64; read, readv, pread64, preadv, preadv2.
+        f.scm_compat = [372, 337, 102, 417];
+        f.fanotify_compat = [3, 145, 180, 333, 378, -1];
+    }
+    f
+}
 
 /// Offsets behind the facts a caller cannot forge: file kinds (pidfs superblock, anon-inode
 /// dentry name, /proc/<pid> directories), pid namespaces and the process name.

@@ -26,6 +26,7 @@ pub struct KernelMetrics {
     outcomes_full: IntCounter,
     enter_failed: IntCounter,
     clone3_unreadable: IntCounter,
+    unattributed: IntCounter,
     received: IntCounter,
     decode_errors: IntCounter,
     last_stats: [u64; stats::COUNT as usize],
@@ -310,6 +311,11 @@ impl KernelMetrics {
                 "pidfd_trace_clone3_args_unreadable_total",
                 "clone3 calls whose struct clone_args could not be read at entry (flags unknown, not counted).",
             )?,
+            unattributed: counter(
+                reg,
+                "pidfd_trace_pidfds_unattributed_total",
+                "Function modes, 6.9+: pidfds the kernel made outside every creation path the agent names (io_uring workers, an unknown kernel path): seen, not reported as events.",
+            )?,
             received: counter(
                 reg,
                 "pidfd_trace_events_received_total",
@@ -361,6 +367,7 @@ impl KernelMetrics {
             (&self.outcomes_full, stats::OUTCOMES_FULL),
             (&self.enter_failed, stats::ENTER_FAILED),
             (&self.clone3_unreadable, stats::CLONE3_ARGS_UNREADABLE),
+            (&self.unattributed, stats::FUNNEL_UNATTRIBUTED),
         ] {
             advance(c, &mut self.last_stats[slot as usize], st[slot as usize]);
         }
