@@ -739,7 +739,6 @@ impl FunnelSyscalls {
     };
 }
 
-
 /// Offsets (from BTF) behind the facts the caller cannot forge: whether a file is a pidfd or
 /// a `/proc/<pid>` directory, pid namespaces, and the process name. `valid == 0` disables
 /// them (the fields stay unknown).

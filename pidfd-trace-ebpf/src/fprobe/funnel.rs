@@ -29,7 +29,9 @@ use pidfd_trace_common::{EnterState, EventKind, Mode, fn_params, stats};
 use crate::{
     emit,
     globals::funnel_syscalls,
-    maps::{ENTER_STATE, FUNNEL_IN_FLIGHT, FUNNEL_ON, FUNNEL_STATE, USES_IN_FLIGHT, bump_stat, gate_add, is_open},
+    maps::{
+        ENTER_STATE, FUNNEL_IN_FLIGHT, FUNNEL_ON, FUNNEL_STATE, USES_IN_FLIGHT, bump_stat, gate_add, is_open,
+    },
     risk::NewPidfd,
     task::in_compat_syscall,
     tracepoint::entry,

@@ -269,7 +269,14 @@ fn exit_use(ctx: &TracePointContext) {
 
 /// A fresh entry state as the tracepoints see a call; function probes may add to it later.
 #[inline(always)]
-pub(crate) fn entry(kind: EventKind, flags: u64, arg0: u64, arg1: u64, uptr: u64, target_pid: i32) -> EnterState {
+pub(crate) fn entry(
+    kind: EventKind,
+    flags: u64,
+    arg0: u64,
+    arg1: u64,
+    uptr: u64,
+    target_pid: i32,
+) -> EnterState {
     EnterState {
         ts_ns: now(),
         flags,

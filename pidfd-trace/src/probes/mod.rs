@@ -15,8 +15,8 @@ use aya::{
 };
 use log::{debug, warn};
 use pidfd_trace_common::{
-    CounterKey, FdPidOffsets, FunnelSyscalls, NewFdOffsets, PidsLimitOffsets, RiskOffsets, TruthOffsets, closes, exit_tail,
-    globals, risk, stats,
+    CounterKey, FdPidOffsets, FunnelSyscalls, NewFdOffsets, PidsLimitOffsets, RiskOffsets, TruthOffsets,
+    closes, exit_tail, globals, risk, stats,
 };
 
 use crate::{
@@ -287,8 +287,7 @@ impl Probes {
     /// feature whose programs are now all attached.
     fn switch_on(&mut self, name: &'static str) -> Result<(), LoadError> {
         let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
-        let mut on =
-            aya::maps::Array::<_, u32>::try_from(map).map_err(|err| LoadError::Map { name, err })?;
+        let mut on = aya::maps::Array::<_, u32>::try_from(map).map_err(|err| LoadError::Map { name, err })?;
         on.set(0, 1, 0).map_err(|err| LoadError::Map { name, err })
     }
 

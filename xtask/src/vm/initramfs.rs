@@ -224,7 +224,7 @@ show() {{ cat "$1" 2>/dev/null; if [ -s "$1" ] && [ -n "$(tail -c 1 "$1")" ]; th
     for mode in inp.modes {
         s.push_str(&format!(
             r#"echo "{M_SUITE_BEGIN} mode={mode}{M_TAIL}"
-timeout -s KILL {t} {GUEST_WORKLOAD} suite --agent {GUEST_AGENT} --mode {mode} --json </dev/null >/tmp/suite.out 2>/tmp/suite.err
+PIDFD_WORKLOAD_GUEST=1 timeout -s KILL {t} {GUEST_WORKLOAD} suite --agent {GUEST_AGENT} --mode {mode} --json </dev/null >/tmp/suite.out 2>/tmp/suite.err
 rc=$?
 show /tmp/suite.out
 echo "{M_SUITE_END} mode={mode} rc=$rc{M_TAIL}"

@@ -2,6 +2,7 @@
 //! suite that runs it against a live agent and checks the exact events (host tests and VMs).
 mod cgroup;
 mod closes;
+mod coredump;
 mod holders;
 mod paths;
 mod risky;
@@ -97,6 +98,10 @@ enum Cmd {
         fds: u32,
     },
     /// Start the agent, run every scenario, and compare its events with what happened.
+    /// The `core_pattern` helper the `coredump_helper` check installs (not for people): drains
+    /// the core and writes what it found at fd `FD` (the kernel's pidfd) to REPORT.
+    #[command(hide = true)]
+    CoredumpHelper { report: PathBuf, fd: i32 },
     Suite {
         /// The pidfd-trace binary.
         #[arg(long)]
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
             println!("{out}");
             ExitCode::SUCCESS
         }
+        Cmd::CoredumpHelper { report, fd } => coredump::helper(&report, fd),
         Cmd::List => {
             for s in scenarios::ALL {
                 println!("{:<22} {}", s.name, s.what);

@@ -337,6 +337,13 @@ pub fn run(agent_bin: &Path, mode: &str, json_out: bool, only: &[String], timeou
             if wanted("filter_pid") {
                 outcomes.push(outcome("filter_pid", filter_pid(agent_bin, mode, timeout)));
             }
+            if wanted("coredump_helper") {
+                outcomes.push(match coredump_helper(&agent, mode, timeout) {
+                    Ok(Some(why)) => Outcome { name: "coredump_helper".into(), result: "skip", detail: why },
+                    Ok(None) => outcome("coredump_helper", Ok(())),
+                    Err(e) => outcome("coredump_helper", Err(e)),
+                });
+            }
             if let Some(r) = watched.or_else(|| watch.map(|w| w.and_then(|w| w.finish()))) {
                 outcomes.push(outcome("risky_counter", r));
             }
@@ -447,6 +454,39 @@ fn filter_pid(bin: &Path, mode: &str, timeout: Duration) -> Result<(), String> {
         return Err(format!("want only our pidfd_open (fd {fd}), not pid {other}'s; got {}", compact(&evs)));
     }
     Ok(())
+}
+
+/// The coredump helper's pidfd (README "Every way a pidfd is born"): in function modes the
+/// `coredump` event names the helper as the caller, the crashed child as `target_pid`, fd 3
+/// and the inode the helper found there. `Ok(Some(why))`: skipped (outside a VM guest, in
+/// tracepoint mode, or a kernel that gives the helper no pidfd).
+fn coredump_helper(agent: &Agent, mode: &str, timeout: Duration) -> Result<Option<String>, String> {
+    if std::env::var_os("PIDFD_WORKLOAD_GUEST").is_none() {
+        return Ok(Some("changes the host-wide core_pattern: runs in the VM matrix guests only".into()));
+    }
+    if mode == "tracepoint" {
+        return Ok(Some("tracepoint mode declares coredump not visible (check)".into()));
+    }
+    let (child, found) = crate::coredump::crash(timeout)?;
+    if found["pidfd_ino"].is_null() {
+        return Ok(Some(format!("not in this kernel: the helper found no pidfd at fd 3 ({found})")));
+    }
+    let helper = found["pid"].as_u64().ok_or("helper report without pid")?;
+    let evs = agent.wait_for(timeout, |e| e["event"] == "coredump", |e| e["target_pid"] == child).map_err(
+        |(evs, why)| format!("no coredump event for the crash of {child}: {}{why}", compact(&evs)),
+    )?;
+    let e = evs.last().expect("done on an event");
+    let observed = if mode == "kprobe" { "kprobe" } else { "fexit" };
+    let want = json!({"event": "coredump", "pid": helper, "ret": 0, "errno": null, "pidfd": 3,
+                      "target_pid": child, "pidfd_ino": found["pidfd_ino"], "mode": observed});
+    matches(e, &want).map_err(|m| format!("coredump event: {m}: {e}"))?;
+    if found["target_pid"] != child {
+        return Err(format!(
+            "the helper's fd 3 names {} in fdinfo, not the crashed {child}",
+            found["target_pid"]
+        ));
+    }
+    Ok(None)
 }
 
 fn report(outcomes: &[Outcome], mode: &str, json_out: bool) -> ExitCode {
