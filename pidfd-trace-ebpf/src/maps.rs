@@ -77,9 +77,11 @@ pub static AUTOKILL_STATE: LruHashMap<u64, EnterState> = LruHashMap::with_max_en
 pub static FUNNEL_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 
 /// The funnel's pending pidfd per thread (keyed by pid_tgid): the path, target facts and, in
-/// `arg0`, the `struct file *` until `fd_install` of that file gives it its number.
+/// `arg0`, the `struct file *` until `fd_install` of that file gives it its number. Not an
+/// LRU map: when it is full a new entry fails, counted in `stats::ENTER_FAILED`, instead of
+/// silently evicting another thread's pending pidfd.
 #[map]
-pub static FUNNEL_STATE: LruHashMap<u64, EnterState> = LruHashMap::with_max_entries(1024, 0);
+pub static FUNNEL_STATE: HashMap<u64, EnterState> = HashMap::with_max_entries(8192, 0);
 
 /// `[0]` = 1 once the agent has attached the funnel's `fd_install` and `put_unused_fd`
 /// programs: pidfs allocations outside the traced syscalls are remembered only then, so no

@@ -381,3 +381,30 @@ pub fn user_arg0(nr: u64) -> Option<u64> {
         None
     }
 }
+
+/// x86 `__USER32_CS`: the code segment of an ia32 task's saved registers.
+const USER32_CS: u64 = 0x23;
+
+/// x86_64 without the `bpf_task_pt_regs` helper (before 5.15): the number of the syscall in
+/// progress, from the saved user registers at the top of the task's stack (the layout whose
+/// `cs` is a user code segment, 64-bit or ia32). `None` where the layout is unknown (other
+/// architectures) or no candidate frame is a user one.
+#[inline(always)]
+pub fn syscall_nr_from_stack() -> Option<i32> {
+    let t = truth_offsets();
+    if t.regs_valid == 0 {
+        return None;
+    }
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let stack = read_ptr(task, t.task_stack)?;
+        for (size, pad) in STACK_LAYOUTS {
+            let regs = stack.add((size - pad - t.pt_regs_size) as usize);
+            let cs = bpf_probe_read_kernel(regs.add(t.regs_cs as usize) as *const u64).map(|c| c & 0xffff);
+            if cs == Ok(USER_CS) || cs == Ok(USER32_CS) {
+                return bpf_probe_read_kernel(regs.add(t.regs_orig_ax as usize) as *const i32).ok();
+            }
+        }
+        None
+    }
+}

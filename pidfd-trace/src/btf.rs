@@ -235,8 +235,14 @@ impl Btf {
         })
     }
 
-    /// Whether a `BTF_KIND_FUNC` with this name exists (what fentry/fexit need).
+    /// Whether a `BTF_KIND_FUNC` with this name exists (what fentry/fexit need). A name
+    /// `helper:<name>` asks instead whether the kernel has the BPF helper `bpf_<name>`
+    /// (`BPF_FUNC_<name>` in `enum bpf_func_id`): the hook table uses it for hooks whose
+    /// programs call a helper older kernels lack (hooks.rs `HELPER_TASK_PT_REGS`).
     pub fn has_func(&self, name: &str) -> bool {
+        if let Some(helper) = name.strip_prefix("helper:") {
+            return self.enum_value("bpf_func_id", &format!("BPF_FUNC_{helper}")).is_ok();
+        }
         self.named(name).any(|t| t.kind == FUNC)
     }
 

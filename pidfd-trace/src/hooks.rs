@@ -427,7 +427,7 @@ const SCM_PIDFD: EventHook = EventHook {
     kind: EventKind::ScmPidfd,
     tracepoint: Tracepoint { syscalls: &[], enter: false, args: &[] },
     blind: &[
-        "scm_pidfd: the pidfd is installed inside recvmsg (scm_pidfd_recv) and its number is only in the caller's control buffer: seeing it from recvmsg's tracepoints means parsing every recvmsg's msghdr on the host; fentry/kprobe modes see it on 6.9+ (hook pidfd_funnel) (README: Every way a pidfd is born)",
+        "scm_pidfd: the pidfd is installed inside recvmsg (scm_pidfd_recv) and its number is only in the caller's control buffer: seeing it from recvmsg's tracepoints means parsing every recvmsg's msghdr on the host; fentry/kprobe modes see it (hook pidfd_funnel) (README: Every way a pidfd is born)",
     ],
     ..SO_PEERPIDFD
 };
@@ -450,7 +450,7 @@ const FANOTIFY: EventHook = EventHook {
     kind: EventKind::Fanotify,
     tracepoint: Tracepoint { syscalls: &[], enter: false, args: &[] },
     blind: &[
-        "fanotify: the pidfd is made inside read(2) of a FAN_REPORT_PIDFD group and its number is only in the event buffer: seeing it from read's tracepoints means inspecting every read on the host; fentry/kprobe modes see it on 6.9+ (hook pidfd_funnel) (README: Every way a pidfd is born)",
+        "fanotify: the pidfd is made inside read(2) of a FAN_REPORT_PIDFD group and its number is only in the event buffer: seeing it from read's tracepoints means inspecting every read on the host; fentry/kprobe modes see it (hook pidfd_funnel) (README: Every way a pidfd is born)",
     ],
     ..SO_PEERPIDFD
 };
@@ -725,46 +725,93 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
             covers: &[],
         });
     }
-    // 6.9+: every pidfd is a pidfs_alloc_file() file (the pidfd_creation hook's function);
-    // the creation funnel names the ones made outside the traced syscalls
-    // (pidfd-trace-ebpf/src/fprobe/funnel.rs).
-    if has_func("pidfs_alloc_file") && has_func("fd_install") && has_func("put_unused_fd") {
+    // The creation funnel (pidfd-trace-ebpf/src/fprobe/funnel.rs) names the pidfds made
+    // outside the traced syscalls from the syscall in progress, read through the
+    // bpf_task_pt_regs helper (5.15+) or, on x86_64 without it, from the top of the task's
+    // stack. 6.9+: every pidfd is a pidfs_alloc_file() file, which the pidfd_creation hook's
+    // programs already see; before, the funnel adds its own anon-inode programs.
+    let helper = has_func(HELPER_TASK_PT_REGS);
+    let pidfs = has_func("pidfs_alloc_file");
+    if has_func("fd_install")
+        && has_func("put_unused_fd")
+        && (helper || (!pidfs && cfg!(target_arch = "x86_64")))
+    {
+        let mut targets = vec![
+            FnTarget {
+                func: "fd_install",
+                params: p::FD_INSTALL,
+                fexit: &[("funnel_install_fentry", Fentry)],
+                kprobe: &[("funnel_install_kprobe", Kprobe)],
+            },
+            FnTarget {
+                func: "put_unused_fd",
+                params: p::PUT_UNUSED_FD,
+                fexit: &[("funnel_unused_fentry", Fentry)],
+                kprobe: &[("funnel_unused_kprobe", Kprobe)],
+            },
+        ];
+        if !pidfs {
+            let anon =
+                |func: &'static str, fexit, kprobe| FnTarget { func, params: p::ANON_INODE, fexit, kprobe };
+            if helper {
+                targets.push(anon(
+                    "anon_inode_getfile",
+                    &[("funnel_anon_file_fexit", Fexit)],
+                    &[("funnel_anon_kprobe", Kprobe), ("funnel_anon_file_kret", Kretprobe)],
+                ));
+                targets.push(anon(
+                    "anon_inode_getfd",
+                    &[("funnel_anon_fd_fexit", Fexit)],
+                    &[("funnel_anon_kprobe", Kprobe), ("funnel_anon_fd_kret", Kretprobe)],
+                ));
+            } else {
+                targets.push(anon(
+                    "anon_inode_getfile",
+                    &[("funnel_anon_file_fexit_stack", Fexit)],
+                    &[("funnel_anon_kprobe", Kprobe), ("funnel_anon_file_kret_stack", Kretprobe)],
+                ));
+                targets.push(anon(
+                    "anon_inode_getfd",
+                    &[("funnel_anon_fd_fexit_stack", Fexit)],
+                    &[("funnel_anon_kprobe", Kprobe), ("funnel_anon_fd_kret_stack", Kretprobe)],
+                ));
+            }
+        }
         hooks.push(FnHook {
             hook: FUNNEL_HOOK,
-            targets: vec![
-                FnTarget {
-                    func: "fd_install",
-                    params: p::FD_INSTALL,
-                    fexit: &[("funnel_install_fentry", Fentry)],
-                    kprobe: &[("funnel_install_kprobe", Kprobe)],
-                },
-                FnTarget {
-                    func: "put_unused_fd",
-                    params: p::PUT_UNUSED_FD,
-                    fexit: &[("funnel_unused_fentry", Fentry)],
-                    kprobe: &[("funnel_unused_kprobe", Kprobe)],
-                },
-            ],
+            targets,
             covers: &[EventKind::ScmPidfd, EventKind::Fanotify],
         });
     }
-    if has_func("pidfs_alloc_file") && has_func("umh_coredump_setup") {
-        hooks.push(FnHook {
-            hook: "coredump_helper",
-            targets: vec![FnTarget {
-                func: "umh_coredump_setup",
-                params: p::UMH_COREDUMP_SETUP,
-                fexit: &[("coredump_fentry", Fentry), ("coredump_fexit", Fexit)],
-                kprobe: &[("coredump_kprobe", Kprobe), ("coredump_kret", Kretprobe)],
-            }],
-            covers: &[EventKind::Coredump],
-        });
+    // The coredump helper's pidfd at fd 3: upstream 6.16+ (pidfs_alloc_file, fed by the
+    // pidfd_creation hook's programs), and stable backports to 5.10/6.1 (anon inodes: the
+    // hook's own anon_inode_getfile programs).
+    let anon = !has_func("pidfs_alloc_file") && has_func("anon_inode_getfile");
+    if has_func("umh_coredump_setup") && (has_func("pidfs_alloc_file") || anon) {
+        let mut targets = vec![FnTarget {
+            func: "umh_coredump_setup",
+            params: p::UMH_COREDUMP_SETUP,
+            fexit: &[("coredump_fentry", Fentry), ("coredump_fexit", Fexit)],
+            kprobe: &[("coredump_kprobe", Kprobe), ("coredump_kret", Kretprobe)],
+        }];
+        if anon {
+            targets.push(FnTarget {
+                func: "anon_inode_getfile",
+                params: p::ANON_INODE,
+                fexit: &[("coredump_anon_fexit", Fexit)],
+                kprobe: &[("coredump_anon_kprobe", Kprobe), ("coredump_anon_kret", Kretprobe)],
+            });
+        }
+        hooks.push(FnHook { hook: "coredump_helper", targets, covers: &[EventKind::Coredump] });
     }
     if let Some(release) = release_target(has_func) {
         hooks.push(FnHook { hook: RELEASE_HOOK, targets: vec![release], covers: &[] });
     }
     hooks
 }
+
+/// `Btf::has_func` name of the BPF helper the creation funnel needs (5.15+).
+pub const HELPER_TASK_PT_REGS: &str = "helper:task_pt_regs";
 
 /// The creation funnel's hook (scm_pidfd, fanotify): once attached the agent turns the
 /// funnel on (`FUNNEL_ON`).
@@ -997,6 +1044,77 @@ mod tests {
             ["CLONE_PIDFD", "CLONE_AUTOREAP", "CLONE_NNP", "CLONE_PIDFD_AUTOKILL"]
         );
         assert_eq!(flag_names(EventKind::Clone3, 1 << 37), ["0x2000000000"]);
+    }
+
+    /// The creation funnel per kernel shape (fprobe/funnel.rs): pidfs kernels feed it from
+    /// the pidfd_creation hook's programs, anon-inode kernels through its own, and a kernel
+    /// without bpf_task_pt_regs (5.10) has no funnel; the coredump helper needs pidfs.
+    #[test]
+    fn funnel_hooks_per_kernel() {
+        let hooks = |fs: &'static [&'static str]| -> Vec<(&'static str, Vec<&'static str>)> {
+            function_hooks(&|f| fs.contains(&f))
+                .into_iter()
+                .map(|h| (h.hook, h.targets.iter().map(|t| t.func).collect()))
+                .collect()
+        };
+        let funnel = |hs: &[(&str, Vec<&'static str>)]| {
+            hs.iter().find(|(h, _)| *h == FUNNEL_HOOK).map(|h| h.1.clone())
+        };
+        let k618 = hooks(&[
+            "pidfs_alloc_file",
+            "fd_install",
+            "put_unused_fd",
+            HELPER_TASK_PT_REGS,
+            "umh_coredump_setup",
+        ]);
+        assert_eq!(funnel(&k618), Some(vec!["fd_install", "put_unused_fd"]));
+        assert!(k618.contains(&("coredump_helper", vec!["umh_coredump_setup"])));
+        let k61 = hooks(&[
+            "anon_inode_getfile",
+            "anon_inode_getfd",
+            "fd_install",
+            "put_unused_fd",
+            HELPER_TASK_PT_REGS,
+            "umh_coredump_setup",
+        ]);
+        assert_eq!(
+            funnel(&k61),
+            Some(vec!["fd_install", "put_unused_fd", "anon_inode_getfile", "anon_inode_getfd"])
+        );
+        assert!(
+            k61.contains(&("coredump_helper", vec!["umh_coredump_setup", "anon_inode_getfile"])),
+            "stable backports of the coredump pidfd use anon inodes"
+        );
+        // 5.10: no bpf_task_pt_regs: on x86_64 the funnel reads the stack's saved registers.
+        let k510 = hooks(&["anon_inode_getfile", "anon_inode_getfd", "fd_install", "put_unused_fd"]);
+        let stack_progs = function_hooks(&|f| {
+            ["anon_inode_getfile", "anon_inode_getfd", "fd_install", "put_unused_fd"].contains(&f)
+        })
+        .into_iter()
+        .flat_map(|h| h.targets)
+        .flat_map(|t| t.fexit.iter().chain(t.kprobe).map(|p| p.0))
+        .filter(|n| n.ends_with("_stack"))
+        .count();
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(
+                funnel(&k510),
+                Some(vec!["fd_install", "put_unused_fd", "anon_inode_getfile", "anon_inode_getfd"])
+            );
+            assert_eq!(stack_progs, 4);
+        } else {
+            assert_eq!(funnel(&k510), None);
+        }
+        assert!(!k510.iter().any(|(h, _)| *h == "coredump_helper"), "no umh_coredump_setup");
+        let covers = |k| {
+            function_hooks(&|_| true)
+                .into_iter()
+                .filter(|h| h.covers.contains(&k))
+                .map(|h| h.hook)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(covers(EventKind::ScmPidfd), [FUNNEL_HOOK]);
+        assert_eq!(covers(EventKind::Fanotify), [FUNNEL_HOOK]);
+        assert_eq!(covers(EventKind::Coredump), ["coredump_helper"]);
     }
 
     #[test]

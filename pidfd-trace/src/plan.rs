@@ -303,6 +303,40 @@ pub fn settle_covered(plan: &mut [HookPlan], fns: &[FnHook]) {
 mod tests {
     use super::*;
 
+    /// A path row a function hook covers shows that hook's target and candidates after the
+    /// tracepoint's refusal, and its chosen mode once loading chose one.
+    #[test]
+    fn covered_path_rows_take_the_hooks_mode() {
+        let path = HookPlan {
+            hook: "scm_pidfd",
+            target: "none".into(),
+            candidates: vec![Candidate { mode: AttachMode::Tracepoint, refused: Some(Refusal::NotVisible) }],
+            chosen: None,
+        };
+        let funnel = HookPlan {
+            hook: crate::hooks::FUNNEL_HOOK,
+            target: "fd_install + put_unused_fd".into(),
+            candidates: vec![
+                Candidate { mode: AttachMode::Fexit, refused: Some(Refusal::Trial("no".into())) },
+                Candidate { mode: AttachMode::Kprobe, refused: None },
+            ],
+            chosen: Some(AttachMode::Kprobe),
+        };
+        let fns = function_hooks(&|_| true);
+        let mut plan = vec![path, funnel];
+        settle_covered(&mut plan, &fns);
+        // Twice (before and after loading) gives the same rows.
+        settle_covered(&mut plan, &fns);
+        let row = &plan[0];
+        assert_eq!(row.chosen, Some(AttachMode::Kprobe));
+        assert_eq!(row.target, "fd_install + put_unused_fd (hook pidfd_funnel)");
+        let modes: Vec<_> = row.candidates.iter().map(|c| (c.mode, c.refused.is_none())).collect();
+        assert_eq!(
+            modes,
+            [(AttachMode::Tracepoint, false), (AttachMode::Fexit, false), (AttachMode::Kprobe, true)]
+        );
+    }
+
     #[test]
     fn forced_mode_errors_name_the_fix() {
         let hook = ForcedModeError {

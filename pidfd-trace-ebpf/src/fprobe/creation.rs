@@ -34,7 +34,8 @@ pub fn pidfs_kret(ctx: RetProbeContext) -> u32 {
 fn pidfs_made(file: u64, mode: Mode) {
     let ok = !is_err_ptr(file);
     if !created(ok, mode) && ok {
-        super::funnel::untraced(file, mode);
+        // pidfs kernels (6.9+) all have bpf_task_pt_regs.
+        super::funnel::untraced::<true>(file, mode);
     }
     if ok {
         born(file);

@@ -20,7 +20,10 @@
 //! one host-wide word and return while no funnel pidfd is pending, which is almost always.
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel, generated},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, generated,
+    },
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
@@ -29,6 +32,7 @@ use pidfd_trace_common::{EnterState, EventKind, Mode, fn_params, stats};
 use crate::{
     emit,
     globals::funnel_syscalls,
+    maps::in_flight,
     maps::{
         ENTER_STATE, FUNNEL_IN_FLIGHT, FUNNEL_ON, FUNNEL_STATE, USES_IN_FLIGHT, bump_stat, gate_add, is_open,
     },
@@ -37,48 +41,94 @@ use crate::{
     tracepoint::entry,
 };
 
-// Parameter count of umh_coredump_setup, whose fexit reads the return value after the last
-// argument (the other programs here read arguments only).
+// Parameter counts of the functions whose fexit programs read the return value after the
+// last argument (the other programs here read arguments only).
 const UMH_PARAMS: usize = fn_params::UMH_COREDUMP_SETUP;
+const ANON_PARAMS: usize = fn_params::ANON_INODE;
+/// `EnterState::kind` of the kprobe-mode marker between an anon inode call's entry (which
+/// sees the name) and its return (which sees the result); no event kind is 0.
+const ANON_MARK: u8 = 0;
 /// fs/coredump.c COREDUMP_PIDFD_NUMBER: where the helper finds the pidfd.
 const COREDUMP_PIDFD_NUMBER: i32 = 3;
 
 /// `pidfs_alloc_file` made pidfd file `file` with no traced syscall in progress on this
 /// thread (creation.rs): remember it until its `fd_install`, under the path it belongs to.
 #[inline(always)]
-pub fn untraced(file: u64, mode: Mode) {
+pub fn untraced<const HELPER: bool>(file: u64, mode: Mode) {
     let id = bpf_get_current_pid_tgid();
-    // A coredump helper being set up on this thread: its marker takes the file.
-    if is_open(&FUNNEL_IN_FLIGHT)
-        && let Some(st) = FUNNEL_STATE.get_ptr_mut(&id)
-    {
-        // SAFETY: the map value stays valid for this program run.
-        let st: &mut EnterState = unsafe { &mut *st };
-        if st.kind == EventKind::Coredump as u8 && st.arg0 == 0 {
-            if let Some(p) = NewPidfd::of_file(file) {
-                st.arg0 = file;
-                st.mode = mode as u8;
-                st.target_pid = p.facts(&mut st.facts);
-            }
-            return;
-        }
-    }
-    if FUNNEL_ON.get(0).copied().unwrap_or(0) == 0 {
+    if coredump_takes(id, file, mode) {
         return;
     }
-    // A traced path of the uses gate (getsockopt SO_PEERPIDFD) reports its own pidfd.
-    if is_open(&USES_IN_FLIGHT) && unsafe { ENTER_STATE.get(&id) }.is_some() {
-        return;
-    }
-    let Some(kind) = syscall_path() else {
-        bump_stat(stats::FUNNEL_UNATTRIBUTED);
-        return;
-    };
+    let Some(kind) = path_of::<HELPER>(id) else { return };
     let Some(p) = NewPidfd::of_file(file) else { return };
     let mut st = entry(kind, 0, file, 0, 0, 0);
     st.mode = mode as u8;
     st.target_pid = p.facts(&mut st.facts);
     pend(id, &st);
+}
+
+/// Before 6.9: `anon_inode_getfd("[pidfd]")` made and installed pidfd `fd` (fanotify's
+/// `pidfd_create`, 5.15 – 6.4): reported at once, if no traced call on this thread made it.
+#[inline(always)]
+fn untraced_fd<C: EbpfContext, const HELPER: bool>(ctx: &C, fd: i32, mode: Mode) {
+    if fd < 0 {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let Some(kind) = path_of::<HELPER>(id) else { return };
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: probe reads of the caller's fd table.
+    let Some(file) = (unsafe { crate::risk::fd_file(task, fd as u64) }) else { return };
+    let Some(p) = NewPidfd::of_file(file as u64) else { return };
+    let mut st = entry(kind, 0, 0, 0, 0, 0);
+    st.mode = mode as u8;
+    st.target_pid = p.facts(&mut st.facts);
+    emit::finish_creation(ctx, &st, id, 0, fd, mode);
+}
+
+/// The path a pidfd made now on thread `id` belongs to: `None` when the funnel is off, when a
+/// traced call of the thread makes it (its own programs report it: clone, pidfd_open,
+/// getsockopt SO_PEERPIDFD), or when the syscall in progress names no path (counted).
+#[inline(always)]
+fn path_of<const HELPER: bool>(id: u64) -> Option<EventKind> {
+    if !on() {
+        return None;
+    }
+    if (in_flight() || is_open(&USES_IN_FLIGHT)) && unsafe { ENTER_STATE.get(&id) }.is_some() {
+        return None;
+    }
+    let kind = syscall_path::<HELPER>();
+    if kind.is_none() {
+        bump_stat(stats::FUNNEL_UNATTRIBUTED);
+    }
+    kind
+}
+
+/// Whether the agent attached the funnel (`FUNNEL_ON`).
+#[inline(always)]
+fn on() -> bool {
+    FUNNEL_ON.get(0).copied().unwrap_or(0) != 0
+}
+
+/// A coredump helper being set up on thread `id` (its marker pending): the marker takes pidfd
+/// file `file`; true if so.
+#[inline(always)]
+fn coredump_takes(id: u64, file: u64, mode: Mode) -> bool {
+    if !is_open(&FUNNEL_IN_FLIGHT) {
+        return false;
+    }
+    let Some(st) = FUNNEL_STATE.get_ptr_mut(&id) else { return false };
+    // SAFETY: the map value stays valid for this program run.
+    let st: &mut EnterState = unsafe { &mut *st };
+    if st.kind != EventKind::Coredump as u8 || st.arg0 != 0 {
+        return false;
+    }
+    if let Some(p) = NewPidfd::of_file(file) {
+        st.arg0 = file;
+        st.mode = mode as u8;
+        st.target_pid = p.facts(&mut st.facts);
+    }
+    true
 }
 
 /// Stores `st` as this thread's pending funnel pidfd, opening the gate for a new entry.
@@ -100,20 +150,27 @@ fn drop_pending(id: u64) {
     }
 }
 
-/// The path the syscall in progress names, from the caller's saved registers.
+/// The path the syscall in progress names, from the caller's saved registers: through the
+/// `bpf_task_pt_regs` helper (5.15+; `HELPER`), else (x86_64 before 5.15) from the top of the
+/// task's stack (task.rs `syscall_nr_from_stack`). Programs built without `HELPER` load on
+/// kernels without the helper; the agent picks the variant (hooks.rs).
 #[inline(always)]
-fn syscall_path() -> Option<EventKind> {
+fn syscall_path<const HELPER: bool>() -> Option<EventKind> {
     let f = funnel_syscalls();
     if f.valid == 0 {
         return None;
     }
-    // SAFETY: the helper returns the task's saved user registers; probe read only.
-    let nr = unsafe {
-        let regs = generated::bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        if regs.is_null() {
-            return None;
+    let nr = if HELPER {
+        // SAFETY: the helper returns the task's saved user registers; probe read only.
+        unsafe {
+            let regs = generated::bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+            if regs.is_null() {
+                return None;
+            }
+            bpf_probe_read_kernel(regs.add(f.regs_nr as usize) as *const i32).ok()?
         }
-        bpf_probe_read_kernel(regs.add(f.regs_nr as usize) as *const i32).ok()?
+    } else {
+        crate::task::syscall_nr_from_stack()?
     };
     let compat = in_compat_syscall();
     let (scm, fan) = if compat { (&f.scm_compat, &f.fanotify_compat) } else { (&f.scm, &f.fanotify) };
@@ -243,5 +300,183 @@ pub fn coredump_kprobe(_ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn coredump_kret(ctx: RetProbeContext) -> u32 {
     coredump_ends(&ctx, ctx.ret::<u64>() as i32 as i64);
+    0
+}
+
+/// Before 6.9 only with the funnel on: whether an anon inode's name is "[pidfd]" (anon inodes
+/// are also eventfd, timerfd, bpf maps, ...: one 8-byte probe read for each of those).
+#[inline(always)]
+fn anon_pidfd_name(name: u64) -> bool {
+    on() && is_pidfd_name(name)
+}
+
+#[inline(always)]
+fn is_pidfd_name(name: u64) -> bool {
+    let mut buf = [0u8; 8];
+    matches!(unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf) }, Ok(b) if b == b"[pidfd]")
+}
+
+// The anon-inode programs come in two builds each: with the `bpf_task_pt_regs` helper
+// (5.15+) and without it (`_stack`: x86_64 before 5.15); the agent attaches one (hooks.rs).
+
+#[inline(always)]
+fn anon_file_exit<const HELPER: bool>(ctx: &FExitContext) {
+    if anon_pidfd_name(ctx.arg::<u64>(0)) {
+        let file = ctx.arg::<u64>(ANON_PARAMS);
+        if !super::is_err_ptr(file) {
+            untraced::<HELPER>(file, Mode::Fexit);
+        }
+    }
+}
+
+#[inline(always)]
+fn anon_fd_exit<const HELPER: bool>(ctx: &FExitContext) {
+    if anon_pidfd_name(ctx.arg::<u64>(0)) {
+        // `int` return: only the low 32 bits are meaningful.
+        untraced_fd::<_, HELPER>(ctx, ctx.arg::<u64>(ANON_PARAMS) as i32, Mode::Fexit);
+    }
+}
+
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+#[fexit(function = "anon_inode_getfile")]
+pub fn funnel_anon_file_fexit(ctx: FExitContext) -> u32 {
+    anon_file_exit::<true>(&ctx);
+    0
+}
+
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+#[fexit(function = "anon_inode_getfile")]
+pub fn funnel_anon_file_fexit_stack(ctx: FExitContext) -> u32 {
+    anon_file_exit::<false>(&ctx);
+    0
+}
+
+// prototype: anon_inode_getfd/4: int anon_inode_getfd(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+#[fexit(function = "anon_inode_getfd")]
+pub fn funnel_anon_fd_fexit(ctx: FExitContext) -> u32 {
+    anon_fd_exit::<true>(&ctx);
+    0
+}
+
+// prototype: anon_inode_getfd/4: int anon_inode_getfd(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+#[fexit(function = "anon_inode_getfd")]
+pub fn funnel_anon_fd_fexit_stack(ctx: FExitContext) -> u32 {
+    anon_fd_exit::<false>(&ctx);
+    0
+}
+
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags), and anon_inode_getfd/4 with the same parameters [5.3-6.8]
+/// kprobe mode: the name is only visible at entry: a marker for the return probe.
+#[kprobe]
+pub fn funnel_anon_kprobe(ctx: ProbeContext) -> u32 {
+    if anon_pidfd_name(ctx.arg::<u64>(0).unwrap_or(0)) {
+        let mut st = entry(EventKind::Coredump, 0, 0, 0, 0, 0);
+        st.kind = ANON_MARK;
+        pend(bpf_get_current_pid_tgid(), &st);
+    }
+    0
+}
+
+/// kprobe mode: the return of an anon inode call whose entry saw "[pidfd]"; true if so (the
+/// marker is gone).
+#[inline(always)]
+fn anon_marked() -> bool {
+    if !is_open(&FUNNEL_IN_FLIGHT) {
+        return false;
+    }
+    let id = bpf_get_current_pid_tgid();
+    match unsafe { FUNNEL_STATE.get(&id) } {
+        Some(st) if st.kind == ANON_MARK => {
+            drop_pending(id);
+            true
+        }
+        _ => false,
+    }
+}
+
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+#[kretprobe]
+pub fn funnel_anon_file_kret(ctx: RetProbeContext) -> u32 {
+    let file = ctx.ret::<u64>();
+    if anon_marked() && !super::is_err_ptr(file) {
+        untraced::<true>(file, Mode::Kprobe);
+    }
+    0
+}
+
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+#[kretprobe]
+pub fn funnel_anon_file_kret_stack(ctx: RetProbeContext) -> u32 {
+    let file = ctx.ret::<u64>();
+    if anon_marked() && !super::is_err_ptr(file) {
+        untraced::<false>(file, Mode::Kprobe);
+    }
+    0
+}
+
+// prototype: anon_inode_getfd/4: int anon_inode_getfd(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+#[kretprobe]
+pub fn funnel_anon_fd_kret(ctx: RetProbeContext) -> u32 {
+    if anon_marked() {
+        untraced_fd::<_, true>(&ctx, ctx.ret::<u64>() as i32, Mode::Kprobe);
+    }
+    0
+}
+
+// prototype: anon_inode_getfd/4: int anon_inode_getfd(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+#[kretprobe]
+pub fn funnel_anon_fd_kret_stack(ctx: RetProbeContext) -> u32 {
+    if anon_marked() {
+        untraced_fd::<_, false>(&ctx, ctx.ret::<u64>() as i32, Mode::Kprobe);
+    }
+    0
+}
+
+// The coredump helper's pidfd before 6.9 (stable backports of the `%F` pidfd to 5.10 and
+// 6.1: umh_coredump_setup → pidfd_prepare → anon_inode_getfile("[pidfd]"), put_unused_fd,
+// replace_fd to 3). Only while a set-up is pending somewhere (the gate) is a name read.
+
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+#[fexit(function = "anon_inode_getfile")]
+pub fn coredump_anon_fexit(ctx: FExitContext) -> u32 {
+    if is_open(&FUNNEL_IN_FLIGHT) && is_pidfd_name(ctx.arg::<u64>(0)) {
+        let file = ctx.arg::<u64>(ANON_PARAMS);
+        if !super::is_err_ptr(file) {
+            coredump_takes(bpf_get_current_pid_tgid(), file, Mode::Fexit);
+        }
+    }
+    0
+}
+
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+/// kprobe mode: the name is only visible at entry: the set-up's marker notes it (`arg1`).
+#[kprobe]
+pub fn coredump_anon_kprobe(ctx: ProbeContext) -> u32 {
+    if !is_open(&FUNNEL_IN_FLIGHT) || !is_pidfd_name(ctx.arg::<u64>(0).unwrap_or(0)) {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    if let Some(st) = FUNNEL_STATE.get_ptr_mut(&id) {
+        // SAFETY: the map value stays valid for this program run.
+        let st: &mut EnterState = unsafe { &mut *st };
+        if st.kind == EventKind::Coredump as u8 {
+            st.arg1 = 1;
+        }
+    }
+    0
+}
+
+// prototype: anon_inode_getfile/4: struct file *anon_inode_getfile(const char *name, const struct file_operations *fops, void *priv, int flags) [5.3-6.8]
+#[kretprobe]
+pub fn coredump_anon_kret(ctx: RetProbeContext) -> u32 {
+    if !is_open(&FUNNEL_IN_FLIGHT) {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let noted = matches!(unsafe { FUNNEL_STATE.get(&id) }, Some(st) if st.kind == EventKind::Coredump as u8 && st.arg1 == 1);
+    let file = ctx.ret::<u64>();
+    if noted && !super::is_err_ptr(file) {
+        coredump_takes(id, file, Mode::Kprobe);
+    }
     0
 }

@@ -15,7 +15,9 @@ const REPORT: &str = "/tmp/pidfd-workload-coredump.json";
 
 /// The helper the kernel starts: drains the core from stdin, then writes to `report` what it
 /// found at fd `fd` (its pid, the pidfd's pidfs inode and the pid fdinfo names) as JSON.
-pub fn helper(report: &Path, fd: i32) -> std::process::ExitCode {
+pub fn helper(report: &Path, fd: Option<i32>) -> std::process::ExitCode {
+    // A kernel without the `%F` specifier expands it to nothing: no fd argument, no pidfd.
+    let fd = fd.unwrap_or(-1);
     // Before the core is drained: the crashed process lives until then (core_pipe_limit 1
     // also makes the kernel wait for this helper to exit).
     let ino = crate::paths::pidfd_ino(i64::from(fd));

@@ -101,7 +101,7 @@ enum Cmd {
     /// The `core_pattern` helper the `coredump_helper` check installs (not for people): drains
     /// the core and writes what it found at fd `FD` (the kernel's pidfd) to REPORT.
     #[command(hide = true)]
-    CoredumpHelper { report: PathBuf, fd: i32 },
+    CoredumpHelper { report: PathBuf, fd: Option<i32> },
     Suite {
         /// The pidfd-trace binary.
         #[arg(long)]

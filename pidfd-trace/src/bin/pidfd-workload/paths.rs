@@ -293,8 +293,7 @@ pub fn reopen() -> Result<Vec<Value>, String> {
 /// recvmsg of an SCM_PIDFD message (6.5+): the kernel installs a pidfd, which no syscall
 /// tracepoint sees: in tracepoint mode `check` declares scm_pidfd not visible
 /// (tests/operator.rs) and no event may be invented for it; the function modes' creation
-/// funnel (6.9+, pidfs) reports it with the installed fd, this process as the target and the
-/// pidfs inode. The scenario proves the pidfd was really made.
+/// funnel reports it with the installed fd, this process as the target and the pidfs inode. The scenario proves the pidfd was really made.
 pub fn scm_pidfd_blind() -> Result<Vec<Value>, String> {
     let sv = socketpair()?;
     let one: i32 = 1;
@@ -381,7 +380,7 @@ const FAN_EVENT_INFO_TYPE_PIDFD: u8 = 4;
 /// A read of a FAN_REPORT_PIDFD fanotify group (5.15+): the kernel installs a pidfd of the
 /// process behind the event (here this one), which no syscall tracepoint sees: in tracepoint
 /// mode `check` declares fanotify not visible and no event may be invented; the function
-/// modes' creation funnel (6.9+) reports it. The scenario proves the pidfd was really made.
+/// modes' creation funnel reports it. The scenario proves the pidfd was really made.
 pub fn fanotify_blind() -> Result<Vec<Value>, String> {
     let group = ret(unsafe {
         libc::syscall(
@@ -450,16 +449,15 @@ pub fn fanotify_blind() -> Result<Vec<Value>, String> {
 }
 
 /// What a creation path only the function modes' funnel sees expects: its event (pidfd
-/// `pidfd` of this process, pidfs inode `ino`) where the funnel exists (pidfs, 6.9+: `ino`
-/// known), marked `function_probes_only` (absent in tracepoint mode), then the sentinel.
+/// `pidfd` of this process, pidfs inode `ino`, null before 6.9), marked
+/// `function_probes_only` (absent in tracepoint mode), then the sentinel. Every kernel that
+/// has these paths (5.15+) has the funnel's helper.
 fn funnel_seen(event: &str, pidfd: i32, ino: Value) -> Vec<Value> {
     eprintln!("{event}: the kernel installed pidfd {pidfd} (pidfd_ino {ino})");
-    let mut want = Vec::new();
-    if !ino.is_null() {
-        want.push(json!({"event": event, "function_probes_only": true, "ret": 0, "errno": null,
-                         "stage": null, "pidfd": pidfd, "target_pid": std::process::id(),
-                         "target_reason": null, "pidfd_ino": ino}));
-    }
-    want.push(sentinel());
-    want
+    vec![
+        json!({"event": event, "function_probes_only": true, "ret": 0, "errno": null,
+               "stage": null, "pidfd": pidfd, "target_pid": std::process::id(),
+               "target_reason": null, "pidfd_ino": ino}),
+        sentinel(),
+    ]
 }

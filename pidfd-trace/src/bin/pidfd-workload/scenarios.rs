@@ -118,12 +118,12 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "scm_pidfd_blind",
-        what: "recvmsg SCM_PIDFD makes a pidfd: no event in tracepoint mode (declared blind), the scm_pidfd event in fentry/kprobe modes on 6.9+",
+        what: "recvmsg SCM_PIDFD makes a pidfd: no event in tracepoint mode (declared blind), the scm_pidfd event in fentry/kprobe modes",
         run: crate::paths::scm_pidfd_blind,
     },
     Scenario {
         name: "fanotify_blind",
-        what: "a FAN_REPORT_PIDFD fanotify read makes a pidfd: no event in tracepoint mode (declared blind), the fanotify event in fentry/kprobe modes on 6.9+",
+        what: "a FAN_REPORT_PIDFD fanotify read makes a pidfd: no event in tracepoint mode (declared blind), the fanotify event in fentry/kprobe modes",
         run: crate::paths::fanotify_blind,
     },
     Scenario {
