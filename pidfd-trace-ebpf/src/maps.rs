@@ -89,6 +89,12 @@ pub static FUNNEL_STATE: HashMap<u64, EnterState> = HashMap::with_max_entries(81
 #[map]
 pub static FUNNEL_ON: Array<u32> = Array::with_max_entries(1, 0);
 
+/// The last pidfd file the funnel reported at an `fd_install`, per CPU: the anon_inode_getfd
+/// program of kernels before 5.12 (whose anon_inode_getfd calls the exported
+/// anon_inode_getfile, reported already) skips that file instead of reporting it twice.
+#[map]
+pub static FUNNEL_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 pub fn in_flight() -> bool {
     is_open(&IN_FLIGHT)

@@ -32,9 +32,9 @@ use pidfd_trace_common::{EnterState, EventKind, Mode, fn_params, stats};
 use crate::{
     emit,
     globals::funnel_syscalls,
-    maps::in_flight,
     maps::{
-        ENTER_STATE, FUNNEL_IN_FLIGHT, FUNNEL_ON, FUNNEL_STATE, USES_IN_FLIGHT, bump_stat, gate_add, is_open,
+        ENTER_STATE, FUNNEL_IN_FLIGHT, FUNNEL_LAST, FUNNEL_ON, FUNNEL_STATE, USES_IN_FLIGHT, bump_stat,
+        gate_add, in_flight, is_open,
     },
     risk::NewPidfd,
     task::in_compat_syscall,
@@ -79,6 +79,11 @@ fn untraced_fd<C: EbpfContext, const HELPER: bool>(ctx: &C, fd: i32, mode: Mode)
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe reads of the caller's fd table.
     let Some(file) = (unsafe { crate::risk::fd_file(task, fd as u64) }) else { return };
+    // Before 5.12 anon_inode_getfd calls the exported anon_inode_getfile, whose funnel
+    // program already reported this file at the fd_install inside.
+    if FUNNEL_LAST.get(0).copied() == Some(file as u64) {
+        return;
+    }
     let Some(p) = NewPidfd::of_file(file as u64) else { return };
     let mut st = entry(kind, 0, 0, 0, 0, 0);
     st.mode = mode as u8;
@@ -202,6 +207,10 @@ fn installed<C: EbpfContext>(ctx: &C, fd: u64, file: u64) {
     }
     st.arg0 = 0;
     drop_pending(id);
+    if let Some(last) = FUNNEL_LAST.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, valid for the program run.
+        unsafe { *last = file };
+    }
     let mode = if st.mode == Mode::Kprobe as u8 { Mode::Kprobe } else { Mode::Fexit };
     emit::finish_creation(ctx, &st, id, 0, fd as u32 as i32, mode);
 }

@@ -16,7 +16,7 @@ const REPORT: &str = "/tmp/pidfd-workload-coredump.json";
 /// The helper the kernel starts: drains the core from stdin, then writes to `report` what it
 /// found at fd `fd` (its pid, the pidfd's pidfs inode and the pid fdinfo names) as JSON.
 pub fn helper(report: &Path, fd: Option<i32>) -> std::process::ExitCode {
-    // A kernel without the `%F` specifier expands it to nothing: no fd argument, no pidfd.
+    // A kernel without the `%F` specifier expands it to an empty argument: no pidfd.
     let fd = fd.unwrap_or(-1);
     // Before the core is drained: the crashed process lives until then (core_pipe_limit 1
     // also makes the kernel wait for this helper to exit).
@@ -66,7 +66,8 @@ pub fn crash(timeout: Duration) -> Result<(i32, Value), String> {
             }
             if std::time::Instant::now() > end {
                 return Err(format!(
-                    "core_pattern {pattern:?}: no helper report after the crash of {child} (wait status {status:#x})"
+                    "core_pattern {pattern:?}: no helper report after the crash of {child} (wait status {status:#x}); kernel log: {}",
+                    kernel_log_about_cores()
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -77,4 +78,27 @@ pub fn crash(timeout: Duration) -> Result<(i32, Value), String> {
         let _ = std::fs::write(CORE_PIPE_LIMIT, l.trim_end());
     }
     result
+}
+
+/// The kernel log's lines about core dumps (`/dev/kmsg`, read without blocking), for a
+/// failure's detail: why the kernel did not start or feed the helper.
+fn kernel_log_about_cores() -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg")
+    else {
+        return "unreadable".into();
+    };
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 8192];
+    // One record per read; EAGAIN at the end.
+    while let Ok(n) = f.read(&mut buf) {
+        let rec = String::from_utf8_lossy(&buf[..n]);
+        let msg = rec.split_once(';').map_or(rec.as_ref(), |(_, m)| m).trim_end().to_string();
+        if msg.to_lowercase().contains("core") {
+            lines.push(msg);
+        }
+    }
+    let n = lines.len();
+    lines.into_iter().skip(n.saturating_sub(5)).collect::<Vec<_>>().join(" | ")
 }

@@ -101,7 +101,8 @@ enum Cmd {
     /// The `core_pattern` helper the `coredump_helper` check installs (not for people): drains
     /// the core and writes what it found at fd `FD` (the kernel's pidfd) to REPORT.
     #[command(hide = true)]
-    CoredumpHelper { report: PathBuf, fd: Option<i32> },
+    /// (FD is text: a kernel without `%F` passes an empty argument in its place.)
+    CoredumpHelper { report: PathBuf, fd: Option<String> },
     Suite {
         /// The pidfd-trace binary.
         #[arg(long)]
@@ -138,7 +139,7 @@ fn main() -> ExitCode {
             println!("{out}");
             ExitCode::SUCCESS
         }
-        Cmd::CoredumpHelper { report, fd } => coredump::helper(&report, fd),
+        Cmd::CoredumpHelper { report, fd } => coredump::helper(&report, fd.and_then(|f| f.parse().ok())),
         Cmd::List => {
             for s in scenarios::ALL {
                 println!("{:<22} {}", s.name, s.what);

@@ -468,7 +468,8 @@ fn coredump_helper(agent: &Agent, mode: &str, timeout: Duration) -> Result<Optio
         return Ok(Some("tracepoint mode declares coredump not visible (check)".into()));
     }
     let (child, found) = crate::coredump::crash(timeout)?;
-    if found["pidfd_ino"].is_null() {
+    // fdinfo's `Pid:` line (every pidfd has it; `pidfd_ino` is null on anon-inode kernels).
+    if found["target_pid"].is_null() {
         return Ok(Some(format!("not in this kernel: the helper found no pidfd at fd 3 ({found})")));
     }
     let helper = found["pid"].as_u64().ok_or("helper report without pid")?;
