@@ -1,6 +1,6 @@
 //! Ring-buffer bytes → `Event`: layout, clock conversion, names, stage and sequence numbers.
 //! Pure apart from the clock offset it is given; enrichment from /proc happens later.
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use pidfd_trace_common::{EventKind, EventRecord, Mode, TargetFacts, exit_facts, hints, xhints};
 
@@ -74,18 +74,45 @@ pub struct Decoder {
     sem: KernelSemantics,
     /// Sequence numbers and lost-record gaps so far.
     pub seq: SeqTracker,
+    /// The last cgroup directory name decoded (raw bytes) and its text, shared by the
+    /// events that carry it: a storm comes from one cgroup, and its events then cost no
+    /// allocation for `cgroup_leaf`.
+    leaf: Option<(Vec<u8>, Arc<str>)>,
 }
 
 impl Decoder {
     /// `boot_to_unix_ns`: CLOCK_REALTIME − CLOCK_BOOTTIME in ns (trace::boot_to_unix_ns);
     /// `sem`: what the running kernel does with pidfds.
     pub fn new(boot_to_unix_ns: i128, sem: KernelSemantics) -> Self {
-        Self { boot_to_unix_ns, sem, seq: SeqTracker::default() }
+        Self { boot_to_unix_ns, sem, seq: SeqTracker::default(), leaf: None }
     }
 
     /// One record. Errors: too short (`Size`, agent and programs from different builds) or an
     /// unknown kind (`Kind`).
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        self.with_record(bytes, |d, r, kind, seq| d.build(r, kind, seq))
+    }
+
+    /// `decode`, handing the event to `f` where it was built: the pipeline's way, which spares
+    /// moving the large `Event` out through a `Result` (a measurable part of a storm event).
+    pub fn decode_with<T>(
+        &mut self,
+        bytes: &[u8],
+        f: impl FnOnce(&mut Event) -> T,
+    ) -> Result<T, DecodeError> {
+        self.with_record(bytes, |d, r, kind, seq| {
+            let mut ev = d.build(r, kind, seq);
+            f(&mut ev)
+        })
+    }
+
+    /// The checks `decode` makes, then `f` with the record, its kind and its run-wide `seq`.
+    #[inline(always)]
+    fn with_record<T>(
+        &mut self,
+        bytes: &[u8],
+        f: impl FnOnce(&mut Self, &EventRecord, EventKind, u64) -> T,
+    ) -> Result<T, DecodeError> {
         let want = size_of::<EventRecord>();
         if bytes.len() < want {
             return Err(DecodeError::Size(bytes.len(), want));
@@ -103,12 +130,12 @@ impl Decoder {
         };
         let kind = EventKind::try_from(r.kind).map_err(DecodeError::Kind)?;
         let seq = self.seq.assign(r.cpu, r.cpu_seq);
-        Ok(self.build(r, kind, seq))
+        Ok(f(self, r, kind, seq))
     }
 
     /// Every field follows from the hook table row of `kind` (hooks.rs): what `ret`,
     /// `arg0` and `arg1` mean, which flag names apply and whether a pidfd was passed.
-    fn build(&self, r: &EventRecord, kind: EventKind, seq: u64) -> Event {
+    fn build(&mut self, r: &EventRecord, kind: EventKind, seq: u64) -> Event {
         let row = hooks::event(kind);
         let errno = if r.ret < 0 { (-r.ret) as u32 } else { 0 };
         let ok = r.ret >= 0;
@@ -145,7 +172,9 @@ impl Decoder {
             pod_uid: None,
             container_runtime: None,
             flags: r.flags,
-            flag_names: names::flag_names(kind, r.flags),
+            // No flags, no names (what flag_names gives for 0, without its table lookup:
+            // most calls pass none).
+            flag_names: if r.flags == 0 { Vec::new() } else { names::flag_names(kind, r.flags) },
             ret: r.ret,
             errno: (!ok).then(|| names::errno_name(errno)),
             stage: classify::stage(kind, errno, r.hints, x, r.flags, self.sem),
@@ -187,7 +216,7 @@ impl Decoder {
             caller_open_pidfds: None,
             used_pidfd: passed_pidfd,
             target_checked: x & xhints::TARGET_CHECKED != 0,
-            cgroup_leaf: Some(c_string(&r.cgroup_name)).filter(|s| !s.is_empty()),
+            cgroup_leaf: self.cgroup_leaf(&r.cgroup_name),
             risk: seen.then(|| risk::kernel_reasons(&f)),
             target_exit: seen.then(|| risk::exit_names(&f)),
             target_uid: seen.then_some(f.target_uid),
@@ -217,10 +246,26 @@ fn pidfd_ino(feeds: Feeds, ok: bool, f: &TargetFacts) -> Option<u64> {
     (made && ok && f.file_magic == risk::PIDFS_MAGIC && f.file_ino != 0).then_some(f.file_ino)
 }
 
-/// A NUL-terminated kernel string (comm) as text.
-fn c_string(b: &[u8]) -> String {
-    let len = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..len]).into_owned()
+impl Decoder {
+    /// The record's NUL-terminated cgroup directory name as text (lossy UTF-8), None when
+    /// empty; the last one is kept and shared (`leaf`).
+    fn cgroup_leaf(&mut self, raw: &[u8]) -> Option<Arc<str>> {
+        let raw = &raw[..raw.iter().position(|&c| c == 0).unwrap_or(raw.len())];
+        if raw.is_empty() {
+            return None;
+        }
+        match &mut self.leaf {
+            Some((last, text)) if last[..] == *raw => Some(text.clone()),
+            slot => {
+                let text: Arc<str> = String::from_utf8_lossy(raw).into();
+                let (last, shared) = slot.get_or_insert_with(|| (Vec::new(), text.clone()));
+                last.clear();
+                last.extend_from_slice(raw);
+                *shared = text.clone();
+                Some(text)
+            }
+        }
+    }
 }
 
 /// The JSON `mode` of a record's raw mode byte (`unknown` for a value no build writes).
@@ -419,6 +464,40 @@ mod tests {
         let mut r = record(EventKind::Clone, 1, 0);
         r.kind = 42;
         assert_eq!(decoder().decode(&bytes(&r)).unwrap_err(), DecodeError::Kind(42));
+    }
+
+    #[test]
+    fn cgroup_leaf_text_is_shared() {
+        let mut d = decoder();
+        let mut r = record(EventKind::PidfdOpen, 7, 0);
+        assert_eq!(d.decode(&bytes(&r)).unwrap().cgroup_leaf, None, "no name: null");
+        let name = |r: &mut pidfd_trace_common::EventRecord, n: &[u8]| {
+            r.cgroup_name = [0xaa; pidfd_trace_common::CGROUP_NAME_BYTES];
+            r.cgroup_name[..n.len()].copy_from_slice(n);
+            r.cpu_seq += 1;
+        };
+        name(&mut r, b"session-3.scope\0");
+        let a = d.decode(&bytes(&r)).unwrap().cgroup_leaf.unwrap();
+        let b = d
+            .decode(&{
+                name(&mut r, b"session-3.scope\0");
+                bytes(&r)
+            })
+            .unwrap()
+            .cgroup_leaf
+            .unwrap();
+        assert_eq!(&*a, "session-3.scope");
+        assert!(Arc::ptr_eq(&a, &b), "the same name shares its text");
+        name(&mut r, b"docker-\xff.scope\0");
+        assert_eq!(d.decode(&bytes(&r)).unwrap().cgroup_leaf.as_deref(), Some("docker-\u{fffd}.scope"));
+        name(&mut r, b"session-3\0");
+        assert_eq!(d.decode(&bytes(&r)).unwrap().cgroup_leaf.as_deref(), Some("session-3"), "a prefix");
+        name(&mut r, b"\0");
+        assert_eq!(d.decode(&bytes(&r)).unwrap().cgroup_leaf, None);
+        // All 128 bytes, no NUL.
+        r.cgroup_name = [b'x'; pidfd_trace_common::CGROUP_NAME_BYTES];
+        let full = d.decode(&bytes(&r)).unwrap().cgroup_leaf.unwrap();
+        assert_eq!(full.len(), pidfd_trace_common::CGROUP_NAME_BYTES);
     }
 
     #[test]

@@ -108,7 +108,7 @@ pub struct Event {
     /// The caller's cgroup2 directory name as the kernel had it during the call; names the
     /// container when the cgroup is gone before the enricher looks (not in the JSON schema).
     #[serde(skip)]
-    pub cgroup_leaf: Option<String>,
+    pub cgroup_leaf: Option<Arc<str>>,
     /// pidfd_getfd / pidfd_send_signal: why this use is risky (`target_exiting`,
     /// `cred_mismatch`, `cross_container`; README "Risky pidfd use"), `[]` when it is not,
     /// null when the kernel could not resolve the pidfd to its target.
@@ -164,6 +164,23 @@ impl Comm {
 
     /// From the kernel's `comm` bytes (NUL-terminated unless all 16 are used).
     pub fn from_kernel(raw: &[u8]) -> Self {
+        // The usual name, ASCII in a 16-byte field, read as one word: the first NUL and
+        // whether a byte before it has the high bit set, without a loop or UTF-8 check.
+        if let Ok(&raw16) = <&[u8; 16]>::try_from(raw) {
+            let w = u128::from_le_bytes(raw16);
+            const LOW: u128 = u128::from_le_bytes([0x01; 16]);
+            const HIGH: u128 = u128::from_le_bytes([0x80; 16]);
+            // The lowest set bit marks the first zero byte (exact for the first one).
+            let zeros = w.wrapping_sub(LOW) & !w & HIGH;
+            let len = (zeros.trailing_zeros() / 8) as usize; // 16 when there is none
+            let keep = if len == 16 { u128::MAX } else { (1u128 << (8 * len)) - 1 };
+            let name = w & keep;
+            if name & HIGH == 0 {
+                let mut buf = [0; Self::CAP];
+                buf[..16].copy_from_slice(&name.to_le_bytes());
+                return Self { len: len as u8, buf };
+            }
+        }
         let raw = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
         match std::str::from_utf8(raw) {
             Ok(s) => Self::from(s),
@@ -259,6 +276,23 @@ mod tests {
         let bad = *b"\xff\xfe\xc3\xa9\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff";
         assert_eq!(Comm::from_kernel(&bad).as_str(), String::from_utf8_lossy(&bad), "lossy, 44 bytes");
         assert_eq!(Comm::from_kernel(b"").as_str(), "");
+        // The one-word path against the general one, and the zeroed tail (Eq, Hash).
+        for raw in [
+            *b"\0bcdefghijklmnop",
+            *b"a\0cdefghijklmnop",
+            *b"pidfd-workload\0\x01",
+            *b"0123456789abcde\0",
+            *b"0123456789abcdef",
+            *b"\x01\x7f \t\n\x1b\0\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+            *b"caf\xc3\xa9\0\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+            *b"abc\x80\0\0\0\0\0\0\0\0\0\0\0\0",
+        ] {
+            let len = raw.iter().position(|&b| b == 0).unwrap_or(16);
+            let want = String::from_utf8_lossy(&raw[..len]);
+            let c = Comm::from_kernel(&raw);
+            assert_eq!(c.as_str(), want, "{raw:?}");
+            assert_eq!(c, Comm::from(&*want), "{raw:?}: bytes after the name are zero");
+        }
         assert_eq!(format!("[{:<6}]", Comm::from("ab")), "[ab    ]");
         assert_eq!(Comm::from("é".repeat(30).as_str()).len(), 48);
     }

@@ -98,21 +98,25 @@ impl Pipeline<'_> {
     /// sink; an undecodable record is counted and dropped; Err only when the sink cannot write.
     pub fn process(&mut self, bytes: &[u8]) -> std::io::Result<bool> {
         self.totals.delivered += 1;
-        let mut ev = match self.decoder.decode(bytes) {
-            Ok(ev) => ev,
+        let Self { decoder, filter, enricher, sink, totals } = self;
+        // The event stays where the decoder built it (no move of the large `Event`).
+        let shown = decoder.decode_with(bytes, |ev| {
+            if !filter.matches(ev) {
+                return Ok(false);
+            }
+            enricher.enrich(ev);
+            sink.event(ev)?;
+            totals.shown += 1;
+            Ok(true)
+        });
+        match shown {
+            Ok(shown) => shown,
             Err(e) => {
                 self.totals.decode_errors += 1;
                 warn!("dropping undecodable record: {e}");
-                return Ok(false);
+                Ok(false)
             }
-        };
-        if !self.filter.matches(&ev) {
-            return Ok(false);
         }
-        self.enricher.enrich(&mut ev);
-        self.sink.event(&ev)?;
-        self.totals.shown += 1;
-        Ok(true)
     }
 }
 
@@ -357,6 +361,8 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let mut r = ours(EventKind::PidfdOpen, 3);
         r.cgroup_id = std::fs::metadata("/sys/fs/cgroup").map_or(1, |m| m.ino());
+        // The directory name the kernel read (a systemd scope, a container's): shared too.
+        r.cgroup_name[..16].copy_from_slice(b"session-42.scope");
         let mut sink = JsonLines::new(std::fs::File::create("/dev/null").unwrap());
         let mut pipe = Pipeline {
             decoder: decoder(),
