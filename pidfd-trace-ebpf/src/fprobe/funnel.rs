@@ -125,10 +125,14 @@ fn coredump_takes(id: u64, file: u64, mode: Mode) -> bool {
     let Some(st) = FUNNEL_STATE.get_ptr_mut(&id) else { return false };
     // SAFETY: the map value stays valid for this program run.
     let st: &mut EnterState = unsafe { &mut *st };
-    if st.kind != EventKind::Coredump as u8 || st.arg0 != 0 {
+    if st.kind != EventKind::Coredump as u8 {
         return false;
     }
-    if let Some(p) = NewPidfd::of_file(file) {
+    // Several programs may see the same file (on anon-inode kernels the funnel's and the
+    // hook's own): the first fills the marker in, and every one of them leaves the file to it.
+    if st.arg0 == 0
+        && let Some(p) = NewPidfd::of_file(file)
+    {
         st.arg0 = file;
         st.mode = mode as u8;
         st.target_pid = p.facts(&mut st.facts);
@@ -162,7 +166,7 @@ fn drop_pending(id: u64) {
 #[inline(always)]
 fn syscall_path<const HELPER: bool>() -> Option<EventKind> {
     let f = funnel_syscalls();
-    if f.valid == 0 {
+    if f.valid == 0 || !user_task() {
         return None;
     }
     let nr = if HELPER {
@@ -190,6 +194,31 @@ fn syscall_path<const HELPER: bool>() -> Option<EventKind> {
         }
     }
     None
+}
+
+/// include/linux/sched.h
+const PF_IO_WORKER: u32 = 0x0000_0010;
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Whether the current task is a user process in a syscall of its own: not a kernel thread,
+/// not an io_uring worker, and with an mm. A usermode helper before its exec (the coredump
+/// helper's set-up) has zeroed saved registers, whose syscall number 0 is x86's read: it must
+/// not be taken for one.
+#[inline(always)]
+fn user_task() -> bool {
+    let ro = crate::globals::risk_offsets();
+    if ro.valid == 0 {
+        return false;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: probe reads of the current task.
+    unsafe {
+        let Ok(flags) = bpf_probe_read_kernel(task.add(ro.task_flags as usize) as *const u32) else {
+            return false;
+        };
+        let mm = bpf_probe_read_kernel(task.add(ro.task_mm as usize) as *const u64).unwrap_or(0);
+        flags & (PF_KTHREAD | PF_IO_WORKER) == 0 && mm != 0
+    }
 }
 
 /// `fd_install(fd, file)`: if `file` is this thread's pending funnel pidfd, it now has its
