@@ -356,55 +356,53 @@ const USER_CS: u64 = 0x33;
 /// FRED) are not in BTF: each combination is tried.
 const STACK_LAYOUTS: [(u32, u32); 4] = [(16384, 0), (16384, 16), (32768, 0), (32768, 16)];
 
-/// The first argument register (x86_64 `di`) of the current syscall as the caller made it,
-/// from the task's saved user registers: the candidate frame whose `orig_ax` is syscall `nr`
-/// and whose `cs` is the 64-bit user segment. Only read on rare paths (a failed clone whose
-/// entry never fired).
-#[inline(always)]
-pub fn user_arg0(nr: u64) -> Option<u64> {
-    let t = truth_offsets();
-    if t.regs_valid == 0 {
-        return None;
-    }
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let stack = read_ptr(task, t.task_stack)?;
-        for (size, pad) in STACK_LAYOUTS {
-            let regs = stack.add((size - pad - t.pt_regs_size) as usize);
-            if bpf_probe_read_kernel(regs.add(t.regs_orig_ax as usize) as *const u64) == Ok(nr)
-                && bpf_probe_read_kernel(regs.add(t.regs_cs as usize) as *const u64).map(|c| c & 0xffff)
-                    == Ok(USER_CS)
-            {
-                return bpf_probe_read_kernel(regs.add(t.regs_di as usize) as *const u64).ok();
-            }
-        }
-        None
-    }
-}
-
 /// x86 `__USER32_CS`: the code segment of an ia32 task's saved registers.
 const USER32_CS: u64 = 0x23;
 
-/// x86_64 without the `bpf_task_pt_regs` helper (before 5.15): the number of the syscall in
-/// progress, from the saved user registers at the top of the task's stack (the layout whose
-/// `cs` is a user code segment, 64-bit or ia32). `None` where the layout is unknown (other
-/// architectures) or no candidate frame is a user one.
+/// x86_64: the task's saved user registers at the top of its stack, from the first candidate
+/// layout whose frame `ok` accepts, given its `cs` (low 16 bits) and `orig_ax`. `None` where
+/// the layout is unknown (other architectures) or no candidate is accepted.
 #[inline(always)]
-pub fn syscall_nr_from_stack() -> Option<i32> {
+fn user_regs(ok: impl Fn(u64, u64) -> bool) -> Option<*const u8> {
     let t = truth_offsets();
     if t.regs_valid == 0 {
         return None;
     }
+    // SAFETY: probe reads only.
     unsafe {
         let task = bpf_get_current_task() as *const u8;
         let stack = read_ptr(task, t.task_stack)?;
         for (size, pad) in STACK_LAYOUTS {
             let regs = stack.add((size - pad - t.pt_regs_size) as usize);
             let cs = bpf_probe_read_kernel(regs.add(t.regs_cs as usize) as *const u64).map(|c| c & 0xffff);
-            if cs == Ok(USER_CS) || cs == Ok(USER32_CS) {
-                return bpf_probe_read_kernel(regs.add(t.regs_orig_ax as usize) as *const i32).ok();
+            let ax = bpf_probe_read_kernel(regs.add(t.regs_orig_ax as usize) as *const u64);
+            if let (Ok(cs), Ok(ax)) = (cs, ax)
+                && ok(cs, ax)
+            {
+                return Some(regs);
             }
         }
         None
     }
+}
+
+/// The first argument register (x86_64 `di`) of the current syscall as the caller made it,
+/// from the task's saved user registers: the candidate frame whose `orig_ax` is syscall `nr`
+/// and whose `cs` is the 64-bit user segment. Only read on rare paths (a failed clone whose
+/// entry never fired).
+#[inline(always)]
+pub fn user_arg0(nr: u64) -> Option<u64> {
+    let regs = user_regs(|cs, ax| cs == USER_CS && ax == nr)?;
+    // SAFETY: probe read only.
+    unsafe { bpf_probe_read_kernel(regs.add(truth_offsets().regs_di as usize) as *const u64).ok() }
+}
+
+/// x86_64 without the `bpf_task_pt_regs` helper (before 5.15): the number of the syscall in
+/// progress, from the saved user registers (the frame whose `cs` is a user code segment,
+/// 64-bit or ia32). `None` on other architectures or without a user frame.
+#[inline(always)]
+pub fn syscall_nr_from_stack() -> Option<i32> {
+    let regs = user_regs(|cs, _| cs == USER_CS || cs == USER32_CS)?;
+    // SAFETY: probe read only.
+    unsafe { bpf_probe_read_kernel(regs.add(truth_offsets().regs_orig_ax as usize) as *const i32).ok() }
 }

@@ -611,6 +611,9 @@ pub struct FnHook {
     /// Creation paths no syscall tracepoint sees that this hook makes visible: their plan
     /// rows take its mode (plan.rs `settle_covered`). Empty for the others.
     pub covers: &'static [EventKind],
+    /// Other hooks whose programs feed this one (the pidfs creation programs of
+    /// `pidfd_creation` on 6.9+): a covered path is seen only when they are attached too.
+    pub fed_by: &'static [&'static str],
 }
 
 /// One kernel function's parameter count: what the programs expect and what this kernel's
@@ -691,8 +694,9 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
                 kprobe: &[("cp_kprobe", Kprobe), ("cp_kretprobe", Kretprobe)],
             }],
             covers: &[],
+            fed_by: &[],
         },
-        FnHook { hook: "pidfd_creation", targets: creation, covers: &[] },
+        FnHook { hook: "pidfd_creation", targets: creation, covers: &[], fed_by: &[] },
         FnHook {
             hook: "cgroup_can_fork",
             targets: vec![FnTarget {
@@ -702,6 +706,7 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
                 kprobe: &[("cgfork_kret", Kretprobe)],
             }],
             covers: &[],
+            fed_by: &[],
         },
     ];
     // 7.1+: pidfds get a release hook, which sends the autokill SIGKILL.
@@ -723,6 +728,7 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
                 },
             ],
             covers: &[],
+            fed_by: &[],
         });
     }
     // The creation funnel (pidfd-trace-ebpf/src/fprobe/funnel.rs) names the pidfds made
@@ -757,23 +763,23 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
                 targets.push(anon(
                     "anon_inode_getfile",
                     &[("funnel_anon_file_fexit", Fexit)],
-                    &[("funnel_anon_kprobe", Kprobe), ("funnel_anon_file_kret", Kretprobe)],
+                    &[("funnel_anon_file_kret", Kretprobe), ("funnel_anon_kprobe", Kprobe)],
                 ));
                 targets.push(anon(
                     "anon_inode_getfd",
                     &[("funnel_anon_fd_fexit", Fexit)],
-                    &[("funnel_anon_kprobe", Kprobe), ("funnel_anon_fd_kret", Kretprobe)],
+                    &[("funnel_anon_fd_kret", Kretprobe), ("funnel_anon_kprobe", Kprobe)],
                 ));
             } else {
                 targets.push(anon(
                     "anon_inode_getfile",
                     &[("funnel_anon_file_fexit_stack", Fexit)],
-                    &[("funnel_anon_kprobe", Kprobe), ("funnel_anon_file_kret_stack", Kretprobe)],
+                    &[("funnel_anon_file_kret_stack", Kretprobe), ("funnel_anon_kprobe", Kprobe)],
                 ));
                 targets.push(anon(
                     "anon_inode_getfd",
                     &[("funnel_anon_fd_fexit_stack", Fexit)],
-                    &[("funnel_anon_kprobe", Kprobe), ("funnel_anon_fd_kret_stack", Kretprobe)],
+                    &[("funnel_anon_fd_kret_stack", Kretprobe), ("funnel_anon_kprobe", Kprobe)],
                 ));
             }
         }
@@ -781,6 +787,7 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
             hook: FUNNEL_HOOK,
             targets,
             covers: &[EventKind::ScmPidfd, EventKind::Fanotify],
+            fed_by: if pidfs { &["pidfd_creation"] } else { &[] },
         });
     }
     // The coredump helper's pidfd at fd 3: upstream 6.16+ (pidfs_alloc_file, fed by the
@@ -791,21 +798,27 @@ pub fn function_hooks(has_func: &dyn Fn(&str) -> bool) -> Vec<FnHook> {
         let mut targets = vec![FnTarget {
             func: "umh_coredump_setup",
             params: p::UMH_COREDUMP_SETUP,
-            fexit: &[("coredump_fentry", Fentry), ("coredump_fexit", Fexit)],
-            kprobe: &[("coredump_kprobe", Kprobe), ("coredump_kret", Kretprobe)],
+            // The exit first: an entry without its exit would leave a marker (and the gate) behind.
+            fexit: &[("coredump_fexit", Fexit), ("coredump_fentry", Fentry)],
+            kprobe: &[("coredump_kret", Kretprobe), ("coredump_kprobe", Kprobe)],
         }];
         if anon {
             targets.push(FnTarget {
                 func: "anon_inode_getfile",
                 params: p::ANON_INODE,
                 fexit: &[("coredump_anon_fexit", Fexit)],
-                kprobe: &[("coredump_anon_kprobe", Kprobe), ("coredump_anon_kret", Kretprobe)],
+                kprobe: &[("coredump_anon_kret", Kretprobe), ("coredump_anon_kprobe", Kprobe)],
             });
         }
-        hooks.push(FnHook { hook: "coredump_helper", targets, covers: &[EventKind::Coredump] });
+        hooks.push(FnHook {
+            hook: "coredump_helper",
+            targets,
+            covers: &[EventKind::Coredump],
+            fed_by: if anon { &[] } else { &["pidfd_creation"] },
+        });
     }
     if let Some(release) = release_target(has_func) {
-        hooks.push(FnHook { hook: RELEASE_HOOK, targets: vec![release], covers: &[] });
+        hooks.push(FnHook { hook: RELEASE_HOOK, targets: vec![release], covers: &[], fed_by: &[] });
     }
     hooks
 }

@@ -288,13 +288,15 @@ pub fn build(
 pub fn settle_covered(plan: &mut [HookPlan], fns: &[FnHook]) {
     for f in fns {
         let Some(by) = plan.iter().find(|h| h.hook == f.hook).cloned() else { continue };
+        // The hooks that feed it must be attached too (pidfs kernels: pidfd_creation).
+        let fed = f.fed_by.iter().all(|h| plan.iter().any(|p| p.hook == *h && p.chosen.is_some()));
         for kind in f.covers {
             let Some(row) = plan.iter_mut().find(|h| h.hook == kind.name()) else { continue };
             row.target = format!("{} (hook {})", by.target, f.hook);
             // The first candidate is the tracepoint's refusal (`NotVisible`).
             row.candidates.truncate(1);
             row.candidates.extend(by.candidates.iter().cloned());
-            row.chosen = by.chosen;
+            row.chosen = if fed { by.chosen } else { None };
         }
     }
 }
@@ -322,8 +324,18 @@ mod tests {
             ],
             chosen: Some(AttachMode::Kprobe),
         };
+        // pidfs kernels: the funnel is fed by pidfd_creation's programs.
+        let creation = HookPlan {
+            hook: "pidfd_creation",
+            target: "pidfs_alloc_file".into(),
+            candidates: vec![Candidate { mode: AttachMode::Kprobe, refused: None }],
+            chosen: Some(AttachMode::Kprobe),
+        };
         let fns = function_hooks(&|_| true);
-        let mut plan = vec![path, funnel];
+        let mut unfed = vec![path.clone(), funnel.clone()];
+        settle_covered(&mut unfed, &fns);
+        assert_eq!(unfed[0].chosen, None, "without pidfd_creation the funnel sees nothing");
+        let mut plan = vec![path, funnel, creation];
         settle_covered(&mut plan, &fns);
         // Twice (before and after loading) gives the same rows.
         settle_covered(&mut plan, &fns);

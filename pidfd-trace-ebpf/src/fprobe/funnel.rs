@@ -75,15 +75,15 @@ fn untraced_fd<C: EbpfContext, const HELPER: bool>(ctx: &C, fd: i32, mode: Mode)
         return;
     }
     let id = bpf_get_current_pid_tgid();
-    let Some(kind) = path_of::<HELPER>(id) else { return };
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe reads of the caller's fd table.
     let Some(file) = (unsafe { crate::risk::fd_file(task, fd as u64) }) else { return };
     // Before 5.12 anon_inode_getfd calls the exported anon_inode_getfile, whose funnel
-    // program already reported this file at the fd_install inside.
+    // program already reported (or counted) this file at the fd_install inside.
     if FUNNEL_LAST.get(0).copied() == Some(file as u64) {
         return;
     }
+    let Some(kind) = path_of::<HELPER>(id) else { return };
     let Some(p) = NewPidfd::of_file(file as u64) else { return };
     let mut st = entry(kind, 0, 0, 0, 0, 0);
     st.mode = mode as u8;
@@ -408,9 +408,16 @@ pub fn funnel_anon_fd_fexit_stack(ctx: FExitContext) -> u32 {
 #[kprobe]
 pub fn funnel_anon_kprobe(ctx: ProbeContext) -> u32 {
     if anon_pidfd_name(ctx.arg::<u64>(0).unwrap_or(0)) {
+        let id = bpf_get_current_pid_tgid();
+        // A coredump set-up's marker stays: its own programs take this file.
+        if is_open(&FUNNEL_IN_FLIGHT)
+            && matches!(unsafe { FUNNEL_STATE.get(&id) }, Some(st) if st.kind == EventKind::Coredump as u8)
+        {
+            return 0;
+        }
         let mut st = entry(EventKind::Coredump, 0, 0, 0, 0, 0);
         st.kind = ANON_MARK;
-        pend(bpf_get_current_pid_tgid(), &st);
+        pend(id, &st);
     }
     0
 }

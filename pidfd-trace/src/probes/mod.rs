@@ -273,6 +273,9 @@ impl Probes {
         }
         if probes.attached.iter().any(|a| a.hook == crate::hooks::FUNNEL_HOOK) {
             probes.switch_on("FUNNEL_ON")?;
+            probes.blind_spots.push(
+                "scm_pidfd/fanotify through io_uring: a pidfd made by an io_uring submission is counted (pidfd_trace_pidfds_unattributed_total), not reported; one whose completion runs as task work at the end of another syscall is named after that syscall (README: Every way a pidfd is born)".to_string(),
+            );
         }
         Ok(probes)
     }
@@ -732,9 +735,10 @@ fn funnel_syscalls(btf: &Btf) -> FunnelSyscalls {
         ..FunnelSyscalls::NONE
     };
     if cfg!(target_arch = "x86_64") {
-        // arch/x86/entry/syscalls/syscall_32.tbl: recvmsg, recvmmsg, socketcall,
-        // recvmmsg_time64; read, readv, pread64, preadv, preadv2.
-        f.scm_compat = [372, 337, 102, 417];
+        // arch/x86/entry/syscalls/syscall_32.tbl: recvmsg, recvmmsg, recvmmsg_time64; read,
+        // readv, pread64, preadv, preadv2. Not socketcall (102): it multiplexes getsockopt
+        // too, so an ia32 SO_PEERPIDFD through it would be named scm_pidfd.
+        f.scm_compat = [372, 337, 417, -1];
         f.fanotify_compat = [3, 145, 180, 333, 378, -1];
     }
     f

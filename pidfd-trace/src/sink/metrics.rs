@@ -314,7 +314,7 @@ impl KernelMetrics {
             unattributed: counter(
                 reg,
                 "pidfd_trace_pidfds_unattributed_total",
-                "Function modes, 6.9+: pidfds the kernel made outside every creation path the agent names (io_uring workers, an unknown kernel path): seen, not reported as events.",
+                "Function modes (the creation funnel): pidfds the kernel made outside every creation path the agent can name (io_uring, kernel threads, a syscall it does not name): seen, not reported as events. 0 while the funnel is not attached (tracepoint mode): then nothing is seen.",
             )?,
             received: counter(
                 reg,

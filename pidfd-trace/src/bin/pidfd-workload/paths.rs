@@ -451,7 +451,8 @@ pub fn fanotify_blind() -> Result<Vec<Value>, String> {
 /// What a creation path only the function modes' funnel sees expects: its event (pidfd
 /// `pidfd` of this process, pidfs inode `ino`, null before 6.9), marked
 /// `function_probes_only` (absent in tracepoint mode), then the sentinel. Every kernel that
-/// has these paths (5.15+) has the funnel's helper.
+/// has these paths has the funnel: 5.15+ through bpf_task_pt_regs, Debian's 5.10 (which has
+/// FAN_REPORT_PIDFD) through the x86_64 stack's saved registers.
 fn funnel_seen(event: &str, pidfd: i32, ino: Value) -> Vec<Value> {
     eprintln!("{event}: the kernel installed pidfd {pidfd} (pidfd_ino {ino})");
     vec![
