@@ -38,20 +38,32 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // SIGINT and SIGTERM wait (blocked) until the command is known: trace and serve then turn
+    // one that came during start-up into a clean stop (docs/cli.md), any other command dies
+    // of it as usual once it is unblocked below.
+    let stop_signals = block_stop_signals();
     let raw: Vec<String> = std::env::args().collect();
     if serve::logging::json_requested(&raw) {
         serve::logging::force_json();
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(e) => {
+            unblock(&stop_signals);
+            return usage_error(e);
+        }
     };
     if matches!(cli.command, Command::Serve(_) | Command::Trace(_)) {
         // SIGHUP never stops trace or serve (docs/cli.md): ignored while loading, then the
         // pipeline's handler reopens the events log.
         // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
         unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+        if let Err(e) = pipeline::Signals::hold_early() {
+            eprintln!("pidfd-trace: error: {e}");
+            return ExitCode::FAILURE;
+        }
     }
+    unblock(&stop_signals);
     if let Command::Serve(args) = &cli.command
         && let Err(e) = args.validate()
     {
@@ -73,6 +85,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Blocks SIGINT and SIGTERM in this (the only) thread; returns the set for `unblock`.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is valid storage for sigemptyset; the calls only touch it and
+    // this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Unblocks what `block_stop_signals` blocked: a signal that came meanwhile is delivered now.
+fn unblock(set: &libc::sigset_t) {
+    // SAFETY: a valid set; only this thread's mask changes.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut()) };
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -142,11 +142,13 @@ pub struct Signals {
 static EARLY_STOP: AtomicI32 = AtomicI32::new(0);
 
 impl Signals {
-    /// Holds SIGINT and SIGTERM (and ignores SIGHUP) from the first instruction on, before a
-    /// tokio runtime exists: `serve` builds its runtime only after loading and dropping
-    /// privileges (one thread while it does), which takes a second or more, and a signal's
-    /// default action would kill it meanwhile (status 143, no summary). A stop signal held here
-    /// ends the pipeline as soon as it starts (clean stop, exit 0, docs/cli.md).
+    /// Holds SIGINT and SIGTERM (and ignores SIGHUP) before a tokio runtime exists, for trace
+    /// and serve (main.rs, which keeps both signals blocked from its first instruction until
+    /// this is in place): `serve` builds its runtime only after loading and dropping
+    /// privileges, which takes a second or more, and a signal's default action would kill
+    /// either command meanwhile (status 143, no summary; a SIGTERM 20 ms after exec killed
+    /// trace on a busy CI host). A stop signal held here ends the pipeline as soon as it
+    /// starts (clean stop, exit 0, docs/cli.md).
     ///
     /// Errors: the kernel refused `sigaction` (never for these signals).
     pub fn hold_early() -> Result<()> {

@@ -54,8 +54,8 @@ pub enum ServeError {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    // From here on a SIGTERM (systemd stop, kubelet) during start-up is a clean stop.
-    pipeline::Signals::hold_early()?;
+    // A SIGTERM (systemd stop, kubelet) during start-up is a clean stop: main() held it
+    // (`Signals::hold_early`) before anything else.
     // Bad input first: nothing is loaded into the kernel until these succeed.
     let web = match &args.web_config_file {
         Some(path) => {
