@@ -359,11 +359,13 @@ const STACK_LAYOUTS: [(u32, u32); 4] = [(16384, 0), (16384, 16), (32768, 0), (32
 /// x86 `__USER32_CS`: the code segment of an ia32 task's saved registers.
 const USER32_CS: u64 = 0x23;
 
-/// x86_64: the task's saved user registers at the top of its stack, from the first candidate
-/// layout whose frame `ok` accepts, given its `cs` (low 16 bits) and `orig_ax`. `None` where
-/// the layout is unknown (other architectures) or no candidate is accepted.
+/// x86_64: the task's saved user registers at the top of its stack: the first candidate
+/// layout whose frame has a user `cs` (64-bit only with `NR`, where its `orig_ax` must also be
+/// `nr`; 64-bit or ia32 without). `None` where the layout is unknown (other architectures) or
+/// no candidate is accepted. No closure: a closure became a BPF subprogram with a pointer
+/// argument, which the 5.10 and 6.1 verifiers refuse ("Unrecognized arg#0 type PTR").
 #[inline(always)]
-fn user_regs(ok: impl Fn(u64, u64) -> bool) -> Option<*const u8> {
+fn user_regs<const NR: bool>(nr: u64) -> Option<*const u8> {
     let t = truth_offsets();
     if t.regs_valid == 0 {
         return None;
@@ -374,11 +376,15 @@ fn user_regs(ok: impl Fn(u64, u64) -> bool) -> Option<*const u8> {
         let stack = read_ptr(task, t.task_stack)?;
         for (size, pad) in STACK_LAYOUTS {
             let regs = stack.add((size - pad - t.pt_regs_size) as usize);
-            let cs = bpf_probe_read_kernel(regs.add(t.regs_cs as usize) as *const u64).map(|c| c & 0xffff);
-            let ax = bpf_probe_read_kernel(regs.add(t.regs_orig_ax as usize) as *const u64);
-            if let (Ok(cs), Ok(ax)) = (cs, ax)
-                && ok(cs, ax)
-            {
+            let Ok(cs) = bpf_probe_read_kernel(regs.add(t.regs_cs as usize) as *const u64) else { continue };
+            let cs = cs & 0xffff;
+            let ok = if NR {
+                cs == USER_CS
+                    && bpf_probe_read_kernel(regs.add(t.regs_orig_ax as usize) as *const u64) == Ok(nr)
+            } else {
+                cs == USER_CS || cs == USER32_CS
+            };
+            if ok {
                 return Some(regs);
             }
         }
@@ -392,7 +398,7 @@ fn user_regs(ok: impl Fn(u64, u64) -> bool) -> Option<*const u8> {
 /// entry never fired).
 #[inline(always)]
 pub fn user_arg0(nr: u64) -> Option<u64> {
-    let regs = user_regs(|cs, ax| cs == USER_CS && ax == nr)?;
+    let regs = user_regs::<true>(nr)?;
     // SAFETY: probe read only.
     unsafe { bpf_probe_read_kernel(regs.add(truth_offsets().regs_di as usize) as *const u64).ok() }
 }
@@ -402,7 +408,7 @@ pub fn user_arg0(nr: u64) -> Option<u64> {
 /// 64-bit or ia32). `None` on other architectures or without a user frame.
 #[inline(always)]
 pub fn syscall_nr_from_stack() -> Option<i32> {
-    let regs = user_regs(|cs, _| cs == USER_CS || cs == USER32_CS)?;
+    let regs = user_regs::<false>(0)?;
     // SAFETY: probe read only.
     unsafe { bpf_probe_read_kernel(regs.add(truth_offsets().regs_orig_ax as usize) as *const i32).ok() }
 }
