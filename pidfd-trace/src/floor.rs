@@ -17,7 +17,7 @@ pub fn run(args: BenchFloorArgs) -> Result<()> {
     }
     tracefs::ensure_mounted()?;
     // Block the stop signals before attaching, so that one arriving early is not lost.
-    let set = stop_signals();
+    let set = crate::pipeline::stop_signal_set();
     // SAFETY: a valid, initialised signal set; this thread is the only one.
     if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
         bail!("blocking SIGINT/SIGTERM failed");
@@ -28,15 +28,4 @@ pub fn run(args: BenchFloorArgs) -> Result<()> {
     // SAFETY: waits for one of the blocked signals in `set`.
     unsafe { libc::sigwait(&set, &mut sig) };
     Ok(())
-}
-
-fn stop_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set before sigaddset uses it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        set
-    }
 }

@@ -89,16 +89,10 @@ fn main() -> ExitCode {
 
 /// Blocks SIGINT and SIGTERM in this (the only) thread; returns the set for `unblock`.
 fn block_stop_signals() -> libc::sigset_t {
-    // SAFETY: a zeroed sigset_t is valid storage for sigemptyset; the calls only touch it and
-    // this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
+    let set = pipeline::stop_signal_set();
+    // SAFETY: a valid set; only this thread's mask changes.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    set
 }
 
 /// Unblocks what `block_stop_signals` blocked: a signal that came meanwhile is delivered now.

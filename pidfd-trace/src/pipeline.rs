@@ -137,6 +137,19 @@ pub struct Signals {
     hup: tokio::signal::unix::Signal,
 }
 
+/// The stop signals, SIGINT and SIGTERM, as a set (main.rs blocks them during start-up,
+/// `bench-floor` waits for them).
+pub fn stop_signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set before sigaddset uses it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
 /// The stop signal (SIGINT or SIGTERM) that arrived between [`Signals::hold_early`] and the
 /// pipeline's start; 0 if none.
 static EARLY_STOP: AtomicI32 = AtomicI32::new(0);

@@ -2,7 +2,6 @@
 //! with the name "[pidfd]" (5.3 – 6.8). Which ones the running kernel has is the agent's
 //! decision (BTF and kallsyms), not this file's.
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_str_bytes,
     macros::{fexit, kprobe, kretprobe},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
@@ -139,9 +138,5 @@ fn created(ok: bool, mode: Mode) -> bool {
 /// reached while a pidfd call is in flight somewhere.
 #[inline(always)]
 fn is_pidfd_name(name: u64) -> bool {
-    if !crate::maps::in_flight() {
-        return false;
-    }
-    let mut buf = [0u8; 8];
-    matches!(unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf) }, Ok(b) if b == b"[pidfd]")
+    crate::maps::in_flight() && super::is_pidfd_name(name)
 }

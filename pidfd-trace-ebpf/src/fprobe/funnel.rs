@@ -22,13 +22,14 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes, generated,
+        generated,
     },
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use pidfd_trace_common::{EnterState, EventKind, Mode, fn_params, stats};
 
+use super::is_pidfd_name;
 use crate::{
     emit,
     globals::funnel_syscalls,
@@ -346,12 +347,6 @@ pub fn coredump_kret(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn anon_pidfd_name(name: u64) -> bool {
     on() && is_pidfd_name(name)
-}
-
-#[inline(always)]
-fn is_pidfd_name(name: u64) -> bool {
-    let mut buf = [0u8; 8];
-    matches!(unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf) }, Ok(b) if b == b"[pidfd]")
 }
 
 // The anon-inode programs come in two builds each: with the `bpf_task_pt_regs` helper

@@ -34,6 +34,15 @@ fn mark(st: &mut EnterState, bits: u8, mode: Mode) {
     st.mode = mode as u8;
 }
 
+/// Whether an anon inode's name (a kernel string) is "[pidfd]": anon inodes are also epoll,
+/// eventfd, bpf maps, ...; one 8-byte probe read. Callers gate it first (creation.rs on a
+/// pidfd call in flight, funnel.rs on the funnel or a coredump set-up).
+#[inline(always)]
+fn is_pidfd_name(name: u64) -> bool {
+    let mut buf = [0u8; 8];
+    matches!(unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf) }, Ok(b) if b == b"[pidfd]")
+}
+
 /// Kernel pointers returned as `ERR_PTR(-errno)` fall in the last page of the address space.
 #[inline(always)]
 fn is_err_ptr(v: u64) -> bool {
