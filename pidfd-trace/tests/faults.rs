@@ -154,10 +154,38 @@ fn entry_state_does_not_leak() {
     assert!(agent.child.wait().unwrap().success());
 }
 
+/// Waits until `pid` has reached main: SIGTERM blocked (main's first instruction) or caught
+/// (the held handler), as /proc/PID/status shows (SigBlk, SigCgt; bit 14 = signal 15). No
+/// program can turn a signal that comes before its first instruction (exec, the dynamic
+/// loader) into anything but the default action, and on a busy CI host that took over 20 ms.
+fn wait_for_main(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let term = 1u64 << (libc::SIGTERM - 1);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let mask = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        if (mask("SigBlk:") | mask("SigCgt:")) & term != 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never reached main (SIGTERM neither blocked nor caught)"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// A stop signal while the agent is still starting (loading takes a second or more: BTF, the
 /// verifier) is a clean stop: exit 0 and the closing summary, for `trace` and `serve` alike
-/// (docs/cli.md "Output and exit status"). serve used to die with status 143 during its first
-/// ~1.5 s: its handlers came only with its tokio runtime, after loading.
+/// (docs/cli.md "Output and exit status"), from main's first instruction on. serve used to die
+/// with status 143 during its first ~1.5 s: its handlers came only with its tokio runtime,
+/// after loading.
 #[test]
 fn stop_signal_during_start_up_is_a_clean_stop() {
     common::require_root("fault tests");
@@ -165,18 +193,19 @@ fn stop_signal_during_start_up_is_a_clean_stop() {
         [&["trace", "--output", "json"], &["serve", "--web.listen-address", "127.0.0.1:0"]];
     for cmd in cmds {
         for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
-            for delay_ms in [20u64, 300, 1000] {
+            for delay_ms in [0u64, 20, 300, 1000] {
                 let child = Command::new(common::AGENT)
                     .args(cmd)
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
                     .unwrap();
+                wait_for_main(child.id());
                 std::thread::sleep(Duration::from_millis(delay_ms));
                 unsafe { libc::kill(child.id() as i32, sig) };
                 let out = child.wait_with_output().unwrap();
                 let err = String::from_utf8_lossy(&out.stderr);
-                let what = format!("{} with {name} after {delay_ms} ms", cmd[0]);
+                let what = format!("{} with {name} {delay_ms} ms after reaching main", cmd[0]);
                 assert!(out.status.success(), "{what}: clean exit, got {}; stderr:\n{err}", out.status);
                 assert!(
                     err.contains("events received"),
