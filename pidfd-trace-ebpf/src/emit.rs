@@ -17,6 +17,7 @@ use pidfd_trace_common::{
 use crate::{
     maps::{EVENTS, OUTCOMES, bump_stat},
     task::{caller_ns, cgroup_name, leader_comm},
+    words::copy_words,
 };
 
 /// `finish` for the creation paths' exits (tracepoint/paths.rs): never a pidfd_getfd, so
@@ -135,23 +136,6 @@ pub fn finish<C: EbpfContext, const PATH: bool>(
     entry.submit(wakeup_flags());
 }
 
-/// Copies a record part word by word. A plain assignment of a struct this size compiles to a
-/// call to the byte-at-a-time `memmove` the BPF target links in (for `TargetFacts`, 96 bytes,
-/// about 800 instructions per record). `T` must be a multiple of 8 bytes, and both places
-/// 8-byte aligned (checked below for every use).
-#[inline(always)]
-unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
-    const { assert!(size_of::<T>() % 8 == 0) };
-    let (d, s) = (dst as *mut u64, src as *const u64);
-    let mut i = 0;
-    while i < size_of::<T>() / 8 {
-        // SAFETY: in bounds of T; volatile so that LLVM does not turn the loop back into
-        // a memmove call.
-        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
-        i += 1;
-    }
-}
-
 const _: () = {
     use core::mem::offset_of;
     assert!(offset_of!(EventRecord, facts) % 8 == 0);
@@ -165,16 +149,30 @@ const _: () = {
 /// Wake-up batching. A wake-up costs far more than the record itself (irq_work plus an IPI,
 /// a VM exit under virtualisation, then a context switch in the agent), and the kernel's
 /// default wakes the reader for every record whenever it has caught up, i.e. per event at
-/// moderate rates. So records are submitted silently until the ring holds at least
-/// 1/`WAKEUP_FILL_DIVISOR` of its size; the agent also drains on a fixed tick
-/// (pipeline.rs), which bounds how long a record can wait.
+/// moderate rates. So records are submitted silently, and the reader is woken only by the
+/// record that takes the ring's fill across a multiple of 1/`WAKEUP_FILL_DIVISOR` of its
+/// size (at most three wake-ups per fill, each one draining what is there), and by every
+/// record once the ring is 3/4 full, where a missed wake-up could lose records. Waking for
+/// every record above 1/4 full, as before, made every record of a storm pay a wake-up (9% of
+/// exit_tail_emit's samples in `native_write_msr`). The agent also drains on a fixed tick
+/// (pipeline.rs), which bounds how long a record can wait, also if two CPUs' records
+/// crossed a mark together and neither saw it.
 const WAKEUP_FILL_DIVISOR: u64 = 4;
+
+/// Bytes one record takes in the ring: the record and the ring's 8-byte header, rounded to 8
+/// (kernel/bpf/ringbuf.c, `BPF_RINGBUF_HDR_SZ`).
+const RECORD_RING_BYTES: u64 = (size_of::<EventRecord>() as u64 + 8 + 7) & !7;
 
 #[inline(always)]
 fn wakeup_flags() -> u64 {
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    if avail.saturating_mul(WAKEUP_FILL_DIVISOR) >= size {
+    let mark = EVENTS.query(BPF_RB_RING_SIZE as u64) / WAKEUP_FILL_DIVISOR;
+    if mark == 0 {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    }
+    // `avail` already counts this record (reserved, not yet submitted).
+    let crossed = avail / mark != avail.saturating_sub(RECORD_RING_BYTES) / mark;
+    if crossed || avail / mark >= WAKEUP_FILL_DIVISOR - 1 {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -22,6 +22,7 @@ mod maps;
 mod risk;
 mod task;
 mod tracepoint;
+mod words;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

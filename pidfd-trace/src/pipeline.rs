@@ -214,7 +214,7 @@ pub async fn run_with_tick(
     };
     let Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // The kernel programs wake us only once the ring is a quarter full (emit.rs); this tick
+    // The kernel programs wake us only when the ring's fill crosses a quarter mark (emit.rs); this tick
     // drains it otherwise, so no record waits longer than DRAIN_INTERVAL.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

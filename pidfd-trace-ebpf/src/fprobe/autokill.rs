@@ -13,7 +13,7 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use pidfd_trace_common::{EnterState, EventKind, Mode, TargetFacts, fn_params};
+use pidfd_trace_common::{EnterState, EventKind, Mode, fn_params};
 
 use crate::{
     emit,
@@ -112,28 +112,8 @@ fn release_begins(inode: u64, mode: Mode) {
         }
         bpf_probe_read_kernel((pid as *const u8).add(off.pid_numbers_nr as usize) as *const i32).unwrap_or(0)
     };
-    let st = EnterState {
-        ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() },
-        flags: 0,
-        arg0: 0,
-        arg1: 0,
-        uptr: 0,
-        kind: EventKind::PidfdAutokill as u8,
-        hints: 0,
-        mode: mode as u8,
-        _pad: 0,
-        target_pid,
-        facts: TargetFacts::ZERO,
-        kflags: 0,
-        uargs: 0,
-        usize: 0,
-        child_pid: 0,
-        ns_other: 0,
-        xhints: 0,
-        caller_level: pidfd_trace_common::CALLER_NS_UNREAD,
-        _pad2: 0,
-        caller_ns_pid: 0,
-    };
+    let mut st = crate::tracepoint::entry(EventKind::PidfdAutokill, 0, 0, 0, 0, target_pid);
+    st.mode = mode as u8;
     let id = bpf_get_current_pid_tgid();
     if AUTOKILL_STATE.insert(&id, &st, 0).is_ok() {
         gate_add(&AUTOKILL_IN_FLIGHT, 1);

@@ -10,7 +10,7 @@ use pidfd_trace_common::{
     exit_tail, hints, stats, xhints,
 };
 
-use super::{arg, entry, ret, save, tail, tail_slot, take};
+use super::{arg, entry, entry_slot, ret, save, tail, tail_slot, take};
 use crate::{
     maps::{bump_stat, in_flight},
     task::{fd_walk_known, installed_pidfd, pids_cgroup_at_limit, user_arg0},
@@ -39,7 +39,9 @@ pub(super) fn clone_enter(ctx: &TracePointContext) {
     if flags & CLONE_PIDFD == 0 {
         return;
     }
-    save(&entry(EventKind::Clone, flags, 0, 0, arg(ctx, 2), 0));
+    if let Some(st) = entry_slot(EventKind::Clone, flags, 0, 0, arg(ctx, 2), 0) {
+        save(st);
+    }
 }
 
 // prototype: syscall:clone3/2: SYSCALL_DEFINE2(clone3, struct clone_args __user *, uargs, size_t, size) [5.3-7.1]
@@ -69,10 +71,10 @@ pub(super) fn clone3_enter(ctx: &TracePointContext) {
         return;
     }
     let uptr = unsafe { bpf_probe_read_user((uargs + CLONE_ARGS_PIDFD_OFF) as *const u64) }.unwrap_or(0);
-    let mut st = entry(EventKind::Clone3, flags, 0, 0, uptr, 0);
+    let Some(st) = entry_slot(EventKind::Clone3, flags, 0, 0, uptr, 0) else { return };
     st.uargs = uargs;
     st.usize = arg(ctx, 1);
-    save(&st);
+    save(st);
 }
 
 // prototype: syscall:clone/5: SYSCALL_DEFINE5(clone, unsigned long, clone_flags, unsigned long, newsp, int __user *, parent_tidptr, int __user *, child_tidptr, unsigned long, tls) [5.2-7.1]
@@ -156,7 +158,7 @@ pub fn exit_tail_denied(ctx: TracePointContext) -> u32 {
     if flags & CLONE_PIDFD == 0 {
         return 0;
     }
-    t.st = entry(kind, flags, 0, 0, 0, 0);
+    super::init_entry(&mut t.st, kind, flags, 0, 0, 0, 0);
     t.st.xhints = xhints::DENIED;
     t.pidfd = -1;
     t.extra = 0;

@@ -23,6 +23,7 @@ use crate::{
     emit,
     globals::{tp_arg_off, tp_ret_off},
     maps::{ENTER_STATE, IN_FLIGHT, USES_IN_FLIGHT, bump_stat, gate_add, is_open},
+    words::{copy_words, zero_words},
 };
 
 /// Where every kernel we know puts a sys_enter record's first argument: after the 8-byte
@@ -66,6 +67,19 @@ fn save(st: &EnterState) {
         return;
     }
     gate_add(gate(st.kind), 1);
+}
+
+/// Takes this thread's entry state into `dst` (the tail slot: no copy on the stack), if its
+/// enter program stored one; false, `dst` untouched, if not.
+#[inline(always)]
+fn take_into(id: u64, dst: &mut EnterState) -> bool {
+    let Some(p) = ENTER_STATE.get_ptr(&id) else { return false };
+    // SAFETY: a map value of this type, and the tail slot; both 8-aligned.
+    unsafe { copy_words(dst, p) };
+    let _ = ENTER_STATE.remove(&id);
+    gate_add(gate(dst.kind), u64::MAX);
+    dst.hints &= !hints::ANON_PENDING;
+    true
 }
 
 /// Takes this thread's entry state, if its enter program stored one.
@@ -116,12 +130,17 @@ fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
     // The record is written by a tail program (`exit_tail`), verified once for every exit
     // (a copy inlined in each exit program, twice in some, was past the 6.1 verifier's
     // budget or took it a minute under emulation).
-    let mut st = match take(id) {
-        Some(st) => st,
+    let Some(t) = tail_slot() else { return };
+    if !take_into(id, &mut t.st) {
         // Refused before it ran: no entry state.
-        None if ret < 0 && kind != EventKind::Waitid => denied(kind),
-        None => return,
-    };
+        if ret < 0 && kind != EventKind::Waitid {
+            init_entry(&mut t.st, kind, 0, 0, 0, 0, 0);
+            t.st.xhints = xhints::DENIED;
+        } else {
+            return;
+        }
+    }
+    let st = &mut t.st;
     st.xhints |= x;
     if kind == EventKind::PidfdOpen && ret >= 0 && st.xhints & xhints::DENIED == 0 {
         // The target as the kernel resolved it: the pid behind the pidfd it installed, with
@@ -146,8 +165,6 @@ fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
             }
         }
     }
-    let Some(t) = tail_slot() else { return };
-    t.st = st;
     t.id = id;
     t.ret = ret;
     t.hint = -1;
@@ -248,14 +265,6 @@ pub fn exit_tail_emit_path(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The state of a call whose entry never ran: nothing but its kind is known.
-#[inline(always)]
-fn denied(kind: EventKind) -> EnterState {
-    let mut st = entry(kind, 0, 0, 0, 0, 0);
-    st.xhints = xhints::DENIED;
-    st
-}
-
 /// Exit path of the calls that use a pidfd: returns before any map look-up unless such a
 /// call is in flight somewhere on the host (hot syscalls such as waitid exit here for every
 /// call, pidfd or not).
@@ -268,6 +277,8 @@ fn exit_use(ctx: &TracePointContext) {
 }
 
 /// A fresh entry state as the tracepoints see a call; function probes may add to it later.
+/// On the stack: for the rarer paths (funnel, coredump, compat's other kinds). The hot entries
+/// use `entry_slot`.
 #[inline(always)]
 pub(crate) fn entry(
     kind: EventKind,
@@ -298,6 +309,64 @@ pub(crate) fn entry(
         caller_level: pidfd_trace_common::CALLER_NS_UNREAD,
         _pad2: 0,
         caller_ns_pid: 0,
+    }
+}
+
+/// Where the hot syscall entries build their state (`entry_slot`) before `save` copies it
+/// into `ENTER_STATE`. One per CPU: a syscall entry program runs to its end on one CPU, and
+/// no program of ours that builds an entry state runs in interrupt context.
+#[map]
+static ENTRY_SCRATCH: PerCpuArray<EnterState> = PerCpuArray::with_max_entries(1, 0);
+
+/// `entry`, written in this CPU's scratch slot (`init_entry`) instead of on the stack; None
+/// only if the slot cannot be had (never: a one-slot per-CPU array).
+#[inline(always)]
+pub(crate) fn entry_slot(
+    kind: EventKind,
+    flags: u64,
+    arg0: u64,
+    arg1: u64,
+    uptr: u64,
+    target_pid: i32,
+) -> Option<&'static mut EnterState> {
+    let p = ENTRY_SCRATCH.get_ptr_mut(0)?;
+    init_entry(p, kind, flags, arg0, arg1, uptr, target_pid);
+    // SAFETY: this CPU's slot, fully written; nothing else uses it until this program ends.
+    Some(unsafe { &mut *p })
+}
+
+/// Writes a fresh entry state (`entry`) at `st`, which is not on the stack (the scratch slot,
+/// the tail slot): all zero as 8-byte stores (`zero_words`), then the non-zero fields. The
+/// struct literal of `entry`, with this many zero fields, becomes a `memset` of an odd-offset
+/// stack range, which the BPF target lowers to a call of its byte-at-a-time `memset`
+/// subprogram: ~750 instructions, 18% of sys_enter_pidfd_open's samples under `perf`
+/// (BENCHMARKS.md). Volatile zeroing on the stack instead is past the 512-byte stack limit in
+/// programs that inline several entries (compat_sys_enter, the funnel's).
+#[inline(always)]
+pub(crate) fn init_entry(
+    st: *mut EnterState,
+    kind: EventKind,
+    flags: u64,
+    arg0: u64,
+    arg1: u64,
+    uptr: u64,
+    target_pid: i32,
+) {
+    // SAFETY: the caller's `st` is valid for writes and 8-aligned (an EnterState's alignment).
+    // Volatile like the zeroing: plain stores of arguments that are constant zero after
+    // inlining would be merged into a `memset` call again.
+    unsafe {
+        use core::ptr::{addr_of_mut, write_volatile as w};
+        zero_words(st);
+        w(addr_of_mut!((*st).ts_ns), now());
+        w(addr_of_mut!((*st).flags), flags);
+        w(addr_of_mut!((*st).arg0), arg0);
+        w(addr_of_mut!((*st).arg1), arg1);
+        w(addr_of_mut!((*st).uptr), uptr);
+        w(addr_of_mut!((*st).kind), kind as u8);
+        w(addr_of_mut!((*st).mode), Mode::Tracepoint as u8);
+        w(addr_of_mut!((*st).target_pid), target_pid);
+        w(addr_of_mut!((*st).caller_level), pidfd_trace_common::CALLER_NS_UNREAD);
     }
 }
 

@@ -5,7 +5,7 @@ use pidfd_trace_common::{EventKind, xhints};
 
 use pidfd_trace_common::exit_tail;
 
-use super::{arg, entry, exit_simple, exit_use, save, tail};
+use super::{arg, entry_slot, exit_simple, exit_use, save, tail};
 use crate::{
     risk,
     task::{caller_ns, fd_target},
@@ -15,7 +15,7 @@ use crate::{
 /// with the state: a started container walk (`exit_tail::CONTAINER`) never returns here.
 #[inline(always)]
 fn enter(ctx: &TracePointContext, kind: EventKind, flags: u64, arg0: u64, arg1: u64, x: u8) {
-    let mut st = entry(kind, flags, arg0, arg1, 0, 0);
+    let Some(st) = entry_slot(kind, flags, arg0, arg1, 0, 0) else { return };
     st.xhints |= x;
     let (level, ns_pid) = caller_ns();
     // Read once: the exit's record takes them from here.
@@ -45,7 +45,7 @@ fn enter(ctx: &TracePointContext, kind: EventKind, flags: u64, arg0: u64, arg1: 
         EventKind::PidfdSendSignal => risk::gather(arg0, None, &mut st.facts),
         _ => 0,
     };
-    save(&st);
+    save(st);
     // Target in another cgroup: is either side in a container? The walk is its own tail
     // program (one level per run), and it writes its finding into the state saved above.
     if risk::start_container_walk(target_kn) {

@@ -6,13 +6,15 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use pidfd_trace_common::EventKind;
 
-use super::{arg, entry, exit_use, save};
+use super::{arg, entry_slot, exit_use, save};
 use crate::task::pidfd_target;
 
 /// Saves the entry state of a use of `pidfd` whose target is `target_pid` (0: unknown).
 #[inline(always)]
 fn enter_use(kind: EventKind, flags: u64, pidfd: u64, arg1: u64, target_pid: i32) {
-    save(&entry(kind, flags, pidfd, arg1, 0, target_pid));
+    if let Some(st) = entry_slot(kind, flags, pidfd, arg1, 0, target_pid) {
+        save(st);
+    }
 }
 
 // prototype: syscall:setns/2: SYSCALL_DEFINE2(setns, int, fd, int, flags) [3.0-7.1]
