@@ -149,19 +149,21 @@ const _: () = {
 /// Wake-up batching. A wake-up costs far more than the record itself (irq_work plus an IPI,
 /// a VM exit under virtualisation, then a context switch in the agent), and the kernel's
 /// default wakes the reader for every record whenever it has caught up, i.e. per event at
-/// moderate rates. So records are submitted silently, and the reader is woken only by the
-/// record that takes the ring's fill across a multiple of 1/`WAKEUP_FILL_DIVISOR` of its
-/// size (at most three wake-ups per fill, each one draining what is there), and by every
-/// record once the ring is 3/4 full, where a missed wake-up could lose records. Waking for
-/// every record above 1/4 full, as before, made every record of a storm pay a wake-up (9% of
-/// exit_tail_emit's samples in `native_write_msr`). The agent also drains on a fixed tick
-/// (pipeline.rs), which bounds how long a record can wait, also if two CPUs' records
-/// crossed a mark together and neither saw it.
+/// moderate rates. So records are submitted silently, and the reader is woken when the ring's
+/// fill reaches a higher multiple of 1/`WAKEUP_FILL_DIVISOR` of its size than the last record
+/// saw (`WAKE_LEVEL`; at most three wake-ups per fill, each draining what is there), and by
+/// every record once the ring is 3/4 full, where a missed wake-up could lose records. Waking
+/// for every record above 1/4 full, as before, made every record of a storm pay a wake-up (9%
+/// of exit_tail_emit's samples in `native_write_msr`). The level is kept rather than the
+/// crossing recomputed from this record's size, because another CPU's reservation between
+/// this record's reserve and its query would hide the crossing from both. The agent also
+/// drains on a fixed tick (pipeline.rs), which bounds how long a record can wait.
 const WAKEUP_FILL_DIVISOR: u64 = 4;
 
-/// Bytes one record takes in the ring: the record and the ring's 8-byte header, rounded to 8
-/// (kernel/bpf/ringbuf.c, `BPF_RINGBUF_HDR_SZ`).
-const RECORD_RING_BYTES: u64 = (size_of::<EventRecord>() as u64 + 8 + 7) & !7;
+/// The fill level (in quarters of the ring) the last record saw. Racy by design: two CPUs
+/// that both see a new level both wake the reader, which costs one extra wake-up, never a
+/// missed one.
+static mut WAKE_LEVEL: u64 = 0;
 
 #[inline(always)]
 fn wakeup_flags() -> u64 {
@@ -170,9 +172,13 @@ fn wakeup_flags() -> u64 {
     if mark == 0 {
         return BPF_RB_FORCE_WAKEUP as u64;
     }
-    // `avail` already counts this record (reserved, not yet submitted).
-    let crossed = avail / mark != avail.saturating_sub(RECORD_RING_BYTES) / mark;
-    if crossed || avail / mark >= WAKEUP_FILL_DIVISOR - 1 {
+    let level = avail / mark;
+    // SAFETY: a plain u64 global of this object; volatile so that each run reads and writes it.
+    let last = unsafe { core::ptr::read_volatile(&raw const WAKE_LEVEL) };
+    if level != last {
+        unsafe { core::ptr::write_volatile(&raw mut WAKE_LEVEL, level) };
+    }
+    if level > last || level >= WAKEUP_FILL_DIVISOR - 1 {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -130,6 +130,7 @@ fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
     // The record is written by a tail program (`exit_tail`), verified once for every exit
     // (a copy inlined in each exit program, twice in some, was past the 6.1 verifier's
     // budget or took it a minute under emulation).
+    // A one-slot per-CPU array: the lookup cannot fail (else the state would stay taken).
     let Some(t) = tail_slot() else { return };
     if !take_into(id, &mut t.st) {
         // Refused before it ran: no entry state.
@@ -277,8 +278,8 @@ fn exit_use(ctx: &TracePointContext) {
 }
 
 /// A fresh entry state as the tracepoints see a call; function probes may add to it later.
-/// On the stack: for the rarer paths (funnel, coredump, compat's other kinds). The hot entries
-/// use `entry_slot`.
+/// On the stack: for function probes, which must not use the per-CPU scratch slot
+/// (`ENTRY_SCRATCH`), and the rarer paths. The hot syscall entries use `entry_slot`.
 #[inline(always)]
 pub(crate) fn entry(
     kind: EventKind,
@@ -313,8 +314,12 @@ pub(crate) fn entry(
 }
 
 /// Where the hot syscall entries build their state (`entry_slot`) before `save` copies it
-/// into `ENTER_STATE`. One per CPU: a syscall entry program runs to its end on one CPU, and
-/// no program of ours that builds an entry state runs in interrupt context.
+/// into `ENTER_STATE`. One per CPU, like the tail slot: only syscall tracepoint programs and
+/// their tail calls use either, and those run to their end with preemption disabled
+/// (perf_syscall_enter/exit, kernel/trace/trace_syscalls.c; `__DO_TRACE` before 6.14) and
+/// under `bpf_prog_active`, so no other tracepoint or kprobe program of ours runs on that CPU
+/// meanwhile. Function probes (fentry/fexit, which run with only migration disabled, and
+/// `autokill_sig_fexit`, which can run in hard IRQ) must build theirs on the stack (`entry`).
 #[map]
 static ENTRY_SCRATCH: PerCpuArray<EnterState> = PerCpuArray::with_max_entries(1, 0);
 
