@@ -74,17 +74,30 @@ pub unsafe fn fd_file(task: *const u8, fd: u64) -> Option<*const u8> {
 /// `None`: its `i_private` / `private_data` is not a `struct pid` and must never be read as one.
 #[inline(always)]
 pub unsafe fn pidfd_pid(file: *const u8) -> Option<*const u8> {
+    unsafe { pidfd_file(file) }.map(|f| f.pid)
+}
+
+/// What proving `file` a pidfd read on the way: its `struct pid`, inode and filesystem magic
+/// (`pidfd_pid`), kept so that the facts of a new pidfd need not read them again.
+struct PidfdFile {
+    pid: *const u8,
+    inode: *const u8,
+    magic: u32,
+}
+
+#[inline(always)]
+unsafe fn pidfd_file(file: *const u8) -> Option<PidfdFile> {
     let fo = fd_pid_offsets();
     let ro = risk_offsets();
     unsafe {
         let inode = read_ptr(file, fo.file_f_inode)?;
         let sb = read_ptr(inode, ro.inode_i_sb)?;
         let magic = read::<u64>(sb, ro.sb_s_magic)? as u32;
-        if fo.via_inode != 0 {
+        let pid = if fo.via_inode != 0 {
             if magic != PIDFS_MAGIC {
                 return None;
             }
-            read_ptr(inode, fo.inode_i_private)
+            read_ptr(inode, fo.inode_i_private)?
         } else {
             if magic != ANON_INODE_FS_MAGIC {
                 return None;
@@ -94,8 +107,9 @@ pub unsafe fn pidfd_pid(file: *const u8) -> Option<*const u8> {
             if read::<[u8; 8]>(name, 0)? != *b"[pidfd]\0" {
                 return None;
             }
-            read_ptr(file, fo.file_private_data)
-        }
+            read_ptr(file, fo.file_private_data)?
+        };
+        Some(PidfdFile { pid, inode, magic })
     }
 }
 
@@ -110,8 +124,9 @@ const NR_OPEN_DEFAULT: u64 = 64;
 
 /// A pidfd the current call just installed in the caller's fd table (`new_pidfd`).
 pub struct NewPidfd {
-    file: *const u8,
     pid: *const u8,
+    inode: *const u8,
+    magic: u32,
 }
 
 /// The caller's fd `fd`, just installed by a creation path, if it is a pidfd. `None` for any
@@ -146,7 +161,7 @@ pub fn new_pidfd(fd: u64) -> Option<NewPidfd> {
         if known != 0 && fop != known {
             return None;
         }
-        let pid = pidfd_pid(file)?;
+        let f = pidfd_file(file)?;
         // An O_PATH open of a pidfd (`/proc/self/fd/N` with O_PATH) is a pidfs file too, but
         // with `empty_fops`: the kernel refuses it as a pidfd, and learning its `f_op` would
         // turn every real pidfd away from here on.
@@ -157,7 +172,7 @@ pub fn new_pidfd(fd: u64) -> Option<NewPidfd> {
             // Learnt from a file the full check (filesystem magic, name) proved a pidfd.
             core::ptr::write_volatile(&raw mut PIDFD_FOPS, fop);
         }
-        Some(NewPidfd { file, pid })
+        Some(NewPidfd { pid: f.pid, inode: f.inode, magic: f.magic })
     }
 }
 
@@ -166,10 +181,9 @@ impl NewPidfd {
     /// if it is not a pidfd.
     #[inline(always)]
     pub fn of_file(file: u64) -> Option<NewPidfd> {
-        let file = file as *const u8;
         // SAFETY: probe reads only.
-        let pid = unsafe { pidfd_pid(file) }?;
-        Some(NewPidfd { file, pid })
+        let f = unsafe { pidfd_file(file as *const u8) }?;
+        Some(NewPidfd { pid: f.pid, inode: f.inode, magic: f.magic })
     }
 
     /// The target's pid in pid namespace `level` (0: the initial one), reaped or not; 0 if
@@ -185,20 +199,12 @@ impl NewPidfd {
     }
 
     /// The pidfd file's inode number and filesystem magic into `facts` (`pidfd_ino` on pidfs,
-    /// 6.9+), nothing about its process.
+    /// 6.9+), nothing about its process. The inode and magic are those the pidfd check read.
     #[inline(always)]
     pub fn file_facts(&self, facts: &mut TargetFacts) {
-        let fo = fd_pid_offsets();
-        let ro = risk_offsets();
-        // SAFETY: probe reads only.
-        unsafe {
-            if let Some(inode) = read_ptr(self.file, fo.file_f_inode) {
-                facts.file_ino = read::<u64>(inode, ro.inode_i_ino).unwrap_or(0);
-                if let Some(sb) = read_ptr(inode, ro.inode_i_sb) {
-                    facts.file_magic = read::<u64>(sb, ro.sb_s_magic).unwrap_or(0) as u32;
-                }
-            }
-        }
+        // SAFETY: probe read only.
+        facts.file_ino = unsafe { read::<u64>(self.inode, risk_offsets().inode_i_ino) }.unwrap_or(0);
+        facts.file_magic = self.magic;
     }
 
     /// The pid (initial namespace) the pidfd refers to, or 0 when that process was already
@@ -206,18 +212,21 @@ impl NewPidfd {
     /// inode number and filesystem magic (the pidfs inode number is `pidfd_ino`, 6.9+).
     #[inline(always)]
     pub fn facts(&self, facts: &mut TargetFacts) -> i32 {
+        self.facts_nr(facts, self.nr_at(0))
+    }
+
+    /// `facts` for a caller that has already read the pid in the initial namespace
+    /// (`nr_at(0)`), which is `nr0`: one probe read fewer.
+    #[inline(always)]
+    pub fn facts_nr(&self, facts: &mut TargetFacts, nr0: i32) -> i32 {
         self.file_facts(facts);
-        let fo = fd_pid_offsets();
-        let ro = risk_offsets();
-        // SAFETY: probe reads only.
-        unsafe {
-            // pid->tasks[PIDTYPE_PID].first: NULL once release_task() has detached the task.
-            if read::<u64>(self.pid, ro.pid_tasks).unwrap_or(1) == 0 {
-                facts.exit |= exit_facts::REAPED;
-                return 0;
-            }
-            read::<i32>(self.pid, fo.pid_numbers_nr).unwrap_or(0)
+        // SAFETY: probe read only.
+        // pid->tasks[PIDTYPE_PID].first: NULL once release_task() has detached the task.
+        if unsafe { read::<u64>(self.pid, risk_offsets().pid_tasks) }.unwrap_or(1) == 0 {
+            facts.exit |= exit_facts::REAPED;
+            return 0;
         }
+        nr0
     }
 }
 

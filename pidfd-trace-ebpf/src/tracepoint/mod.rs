@@ -153,8 +153,10 @@ fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
             // another pidfd at fd `ret` (dup2) between the install and this exit. The kernel
             // looked `pid` up in the caller's namespace, so its number there must be `pid`.
             let level = if st.caller_level != CALLER_NS_UNREAD { u32::from(st.caller_level) } else { 0 };
-            if p.nr_at(level) == st.arg0 as i32 {
-                st.target_pid = p.facts(&mut st.facts);
+            let nr = p.nr_at(level);
+            if nr == st.arg0 as i32 {
+                st.target_pid =
+                    if level == 0 { p.facts_nr(&mut st.facts, nr) } else { p.facts(&mut st.facts) };
                 st.xhints |= xhints::TARGET_CHECKED;
             }
         } else {
