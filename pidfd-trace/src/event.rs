@@ -188,6 +188,12 @@ impl Comm {
         }
     }
 
+    /// The whole fixed-size buffer and how many of its bytes are the name (`as_str`); the
+    /// bytes past the name are zero. For writers that copy a constant size (sink/json.rs).
+    pub fn raw(&self) -> (&[u8; Self::CAP], usize) {
+        (&self.buf, self.len as usize)
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         // SAFETY: `buf[..len]` is always a whole valid str (see From<&str>).

@@ -9,7 +9,7 @@
 use std::io::{self, Write};
 
 use super::Sink;
-use crate::event::{Event, format_rfc3339};
+use crate::event::{Comm, Event, format_rfc3339};
 
 /// Lines are handed to the writer once this much is buffered, and at every `flush` (the end
 /// of each drain of the ring buffer): one write per drain at moderate rates, one per ~70
@@ -148,9 +148,9 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
     out.extend_from_slice(b",\"uid\":");
     int(out, *uid);
     out.extend_from_slice(b",\"comm\":");
-    string(out, comm.as_str());
+    comm_string(out, comm);
     out.extend_from_slice(b",\"thread_comm\":");
-    string(out, thread_comm.as_str());
+    comm_string(out, thread_comm);
     out.extend_from_slice(b",\"compat\":");
     out.extend_from_slice(if *compat { b"true" } else { b"false" });
     out.extend_from_slice(b",\"cgroup_id\":");
@@ -264,6 +264,27 @@ fn string(out: &mut Vec<u8>, s: &str) {
     } else {
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+/// `string` of a task name: when it needs no escaping, its whole fixed-size buffer is copied
+/// (a constant-size copy, no `memcpy` call) and only its length kept.
+fn comm_string(out: &mut Vec<u8>, c: &Comm) {
+    let (buf, len) = c.raw();
+    if !buf[..len].iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
+        string(out, c.as_str());
+        return;
+    }
+    out.reserve(buf.len() + 2);
+    let at = out.len();
+    // SAFETY: `buf.len() + 2` bytes of spare capacity reserved above; the first `len + 2`
+    // are written (quote, name, quote) before `set_len` exposes them.
+    unsafe {
+        let p = out.as_mut_ptr().add(at);
+        *p = b'"';
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), p.add(1), buf.len());
+        *p.add(1 + len) = b'"';
+        out.set_len(at + len + 2);
     }
 }
 
@@ -417,6 +438,26 @@ mod tests {
             let want = serde_json::to_vec(ev).unwrap();
             assert_eq!(String::from_utf8_lossy(&buf), String::from_utf8_lossy(&want));
             assert_eq!(buf, want);
+        }
+    }
+
+    #[test]
+    fn names_are_serde_jsons() {
+        let mut buf = Vec::new();
+        for name in ["", "a", "pidfd-bench-load", "0123456789abcdef", "tab\there", "q\"uote", "é"] {
+            for c in [
+                Comm::from(name),
+                Comm::from_kernel(&{
+                    let mut raw = [0u8; 16];
+                    let n = name.len().min(16);
+                    raw[..n].copy_from_slice(&name.as_bytes()[..n]);
+                    raw
+                }),
+            ] {
+                buf.clear();
+                comm_string(&mut buf, &c);
+                assert_eq!(buf, serde_json::to_vec(c.as_str()).unwrap(), "{name:?}");
+            }
         }
     }
 
