@@ -326,7 +326,10 @@ pub struct EnterState {
     pub hints: u8,
     /// `Mode` of the richest hook that saw this call (function probes upgrade it).
     pub mode: u8,
-    pub _pad: u8,
+    /// 1 while this is a call's state between its entry and exit; 0 once its exit took it
+    /// (task-local storage keeps the slot: pidfd-trace-ebpf/src/state.rs). Unused (0) in the
+    /// hash store, where a taken state is deleted.
+    pub live: u8,
     pub target_pid: i32,
     /// pidfd_getfd / pidfd_send_signal: the target facts gathered at entry.
     pub facts: TargetFacts,
@@ -706,7 +709,13 @@ pub mod globals {
     pub const TRUTH: &str = "TRUTH_OFFSETS";
     /// The creation funnel's syscall table (`FunnelSyscalls`).
     pub const FUNNEL: &str = "FUNNEL_SYSCALLS";
+    /// `u8`, 1: per-thread entry states in task-local storage (`TASK_STATE`), 0: in the
+    /// `ENTER_STATE` hash (pidfd-trace-ebpf/src/state.rs).
+    pub const STATE_IN_TASK: &str = "STATE_IN_TASK";
 }
+
+/// The kernel-program map of per-thread entry states in task-local storage.
+pub const TASK_STATE_MAP: &str = "TASK_STATE";
 
 /// Which syscall in progress names a pidfd the kernel made outside the traced syscalls (the
 /// function-mode creation funnel, README "Every way a pidfd is born"): the syscall number is

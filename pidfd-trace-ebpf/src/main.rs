@@ -20,6 +20,7 @@ mod fprobe;
 mod globals;
 mod maps;
 mod risk;
+mod state;
 mod task;
 mod tracepoint;
 mod words;

@@ -14,7 +14,7 @@ use pidfd_trace_common::{
 
 use crate::{
     globals::{fd_pid_offsets, new_fd_offsets, risk_offsets},
-    maps::{ENTER_STATE, RISKY},
+    maps::RISKY,
 };
 
 /// A cgroup directory name read by `container_scope` (kernfs names are at most NAME_MAX + 1).
@@ -503,7 +503,7 @@ pub fn container_step() -> bool {
 #[inline(always)]
 fn store_containers(target: u64, caller: u64) {
     let id = bpf_get_current_pid_tgid();
-    let Some(st) = ENTER_STATE.get_ptr_mut(&id) else { return };
+    let Some(st) = crate::state::current(id) else { return };
     // SAFETY: a valid map value pointer.
     unsafe {
         (*st).facts.target_container = target;

@@ -2,6 +2,7 @@
 use anyhow::Result;
 use serde_json::json;
 
+use crate::probes::state::StateStore;
 use crate::{
     cli::{CheckArgs, Output},
     hooks,
@@ -40,9 +41,9 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let btf = parsed.map(drop);
     // The plan exactly as trace/serve would carry it out: a real trial load and attach,
     // detached again when the session is dropped.
-    let (plan, blind_spots, attach_error) = match Session::start(&args.kernel) {
-        Ok(s) => (s.plan.clone(), s.blind_spots(), None),
-        Err(e) => (Vec::new(), Vec::new(), Some(format!("{e:#}"))),
+    let (plan, blind_spots, state_store, attach_error) = match Session::start(&args.kernel) {
+        Ok(s) => (s.plan.clone(), s.blind_spots(), Some(s.probes.state_store.clone()), None),
+        Err(e) => (Vec::new(), Vec::new(), None, Some(format!("{e:#}"))),
     };
     let verdict = |r: &Result<(), crate::plan::Refusal>| match r {
         Ok(()) => "yes".to_string(),
@@ -78,6 +79,10 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 "thread_pidfd": facts.sem.thread_pidfd,
                 "close_tracking": close_tracking(&plan),
                 "closes_traced": closes_traced(&plan),
+                "entry_state": state_store.as_ref().map(|st| json!({
+                    "store": st.key(),
+                    "reason": match st { StateStore::Task => None, StateStore::Hash(why) => Some(why) },
+                })),
                 "plan": plan.iter().map(plan_entry).collect::<Vec<_>>(),
                 "prototypes": prototypes,
                 // What this configuration cannot see (README "What the agent cannot see").
@@ -112,6 +117,9 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 if facts.sem.thread_pidfd { "yes (6.9+)" } else { "no: CLONE_PIDFD|CLONE_THREAD is EINVAL" }
             );
             println!("pidfd closes   {}", close_tracking(&plan));
+            if let Some(st) = &state_store {
+                println!("entry state    {}", st.describe());
+            }
             println!("program types");
             println!("  fentry/fexit {}", verdict(&facts.support.fentry));
             println!("  kprobe       {}", verdict(&facts.support.kprobe));

@@ -85,6 +85,7 @@ fn check_schema() -> Value {
         "thread_pidfd": "bool",
         "close_tracking": "string",
         "closes_traced": "bool",
+        "entry_state": { "store": "string", "reason": "string|null" },
         "blind_spots": ["string"],
         "plan": [{
             "hook": "string",
@@ -128,6 +129,10 @@ fn check_json_follows_the_documented_schema() {
     assert_eq!(doc["versions"]["pidfd_trace"], env!("CARGO_PKG_VERSION"));
     assert_eq!(doc["versions"]["kernel"], doc["kernel"]);
     assert_eq!(doc["ok"].as_bool(), Some(out.status.success()), "ok is the exit status");
+    // The store is probed, and the reason is given exactly when it is not task storage.
+    let store = doc["entry_state"]["store"].as_str();
+    assert!(matches!(store, Some("task_storage" | "hash")), "entry_state.store: {}", doc["entry_state"]);
+    assert_eq!(store == Some("hash"), doc["entry_state"]["reason"].is_string(), "{}", doc["entry_state"]);
     assert_eq!(doc["ok"].as_bool(), Some(doc["error"].is_null()));
     assert_eq!(doc["tracefs"]["ok"], true, "{}", doc["tracefs"]);
     assert_eq!(doc["program_types"]["tracepoint"]["ok"], true);

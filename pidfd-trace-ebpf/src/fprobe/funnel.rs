@@ -34,8 +34,8 @@ use crate::{
     emit,
     globals::funnel_syscalls,
     maps::{
-        ENTER_STATE, FUNNEL_IN_FLIGHT, FUNNEL_LAST, FUNNEL_ON, FUNNEL_STATE, USES_IN_FLIGHT, bump_stat,
-        gate_add, in_flight, is_open,
+        FUNNEL_IN_FLIGHT, FUNNEL_LAST, FUNNEL_ON, FUNNEL_STATE, USES_IN_FLIGHT, bump_stat, gate_add,
+        in_flight, is_open,
     },
     risk::NewPidfd,
     task::in_compat_syscall,
@@ -100,7 +100,7 @@ fn path_of<const HELPER: bool>(id: u64) -> Option<EventKind> {
     if !on() {
         return None;
     }
-    if (in_flight() || is_open(&USES_IN_FLIGHT)) && unsafe { ENTER_STATE.get(&id) }.is_some() {
+    if (in_flight() || is_open(&USES_IN_FLIGHT)) && crate::state::current(id).is_some() {
         return None;
     }
     let kind = syscall_path::<HELPER>();

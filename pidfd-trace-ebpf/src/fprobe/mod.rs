@@ -16,7 +16,7 @@ mod release;
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use pidfd_trace_common::{EnterState, Mode};
 
-use crate::maps::{ENTER_STATE, in_flight};
+use crate::{maps::in_flight, state};
 
 /// The calling thread's in-flight pidfd call, if any. Cheap when nothing is in flight.
 #[inline(always)]
@@ -25,7 +25,7 @@ fn current_call() -> Option<&'static mut EnterState> {
         return None;
     }
     let id = bpf_get_current_pid_tgid();
-    ENTER_STATE.get_ptr_mut(&id).map(|p| unsafe { &mut *p })
+    state::current(id).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]

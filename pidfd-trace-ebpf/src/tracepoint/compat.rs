@@ -12,7 +12,7 @@ use aya_ebpf::{
 use pidfd_trace_common::{EventKind, xhints};
 
 use super::{clone, exit_simple, pidfd};
-use crate::{maps::ENTER_STATE, task::in_compat_syscall};
+use crate::{state, task::in_compat_syscall};
 
 /// arch/x86/entry/syscalls/syscall_32.tbl
 const NR32_CLONE: i64 = 120;
@@ -65,7 +65,7 @@ pub fn compat_sys_enter(ctx: TracePointContext) -> u32 {
     }
     // Whatever a clone entry saved (nothing without CLONE_PIDFD) is a compat call.
     let tid = bpf_get_current_pid_tgid();
-    if let Some(st) = ENTER_STATE.get_ptr_mut(&tid) {
+    if let Some(st) = state::current(tid) {
         // SAFETY: a valid map value pointer.
         unsafe { (*st).xhints |= xhints::COMPAT };
     }

@@ -22,7 +22,8 @@ use pidfd_trace_common::{
 use crate::{
     emit,
     globals::{tp_arg_off, tp_ret_off},
-    maps::{ENTER_STATE, IN_FLIGHT, USES_IN_FLIGHT, bump_stat, gate_add, is_open},
+    maps::{IN_FLIGHT, USES_IN_FLIGHT, bump_stat, gate_add, is_open},
+    state,
     words::{copy_words, zero_words},
 };
 
@@ -62,7 +63,7 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 #[inline(always)]
 fn save(st: &EnterState) {
     let id = bpf_get_current_pid_tgid();
-    if ENTER_STATE.insert(&id, st, 0).is_err() {
+    if !state::store(id, st) {
         bump_stat(stats::ENTER_FAILED);
         return;
     }
@@ -73,10 +74,10 @@ fn save(st: &EnterState) {
 /// enter program stored one; false, `dst` untouched, if not.
 #[inline(always)]
 fn take_into(id: u64, dst: &mut EnterState) -> bool {
-    let Some(p) = ENTER_STATE.get_ptr(&id) else { return false };
+    let Some(p) = state::current(id) else { return false };
     // SAFETY: a map value of this type, and the tail slot; both 8-aligned.
     unsafe { copy_words(dst, p) };
-    let _ = ENTER_STATE.remove(&id);
+    state::end(id, p);
     gate_add(gate(dst.kind), u64::MAX);
     dst.hints &= !hints::ANON_PENDING;
     true
@@ -85,8 +86,10 @@ fn take_into(id: u64, dst: &mut EnterState) -> bool {
 /// Takes this thread's entry state, if its enter program stored one.
 #[inline(always)]
 fn take(id: u64) -> Option<EnterState> {
-    let mut st = unsafe { ENTER_STATE.get(&id) }.copied()?;
-    let _ = ENTER_STATE.remove(&id);
+    let p = state::current(id)?;
+    // SAFETY: a map value pointer of this thread's state.
+    let mut st = unsafe { *p };
+    state::end(id, p);
     gate_add(gate(st.kind), u64::MAX);
     st.hints &= !hints::ANON_PENDING;
     Some(st)
@@ -300,7 +303,7 @@ pub(crate) fn entry(
         kind: kind as u8,
         hints: 0,
         mode: Mode::Tracepoint as u8,
-        _pad: 0,
+        live: 0,
         target_pid,
         facts: TargetFacts::ZERO,
         kflags: 0,
@@ -316,7 +319,7 @@ pub(crate) fn entry(
 }
 
 /// Where the hot syscall entries build their state (`entry_slot`) before `save` copies it
-/// into `ENTER_STATE`. One per CPU, like the tail slot: only syscall tracepoint programs and
+/// into the thread's entry state (state.rs). One per CPU, like the tail slot: only syscall tracepoint programs and
 /// their tail calls use either, and those run to their end with preemption disabled
 /// (perf_syscall_enter/exit, kernel/trace/trace_syscalls.c; `__DO_TRACE` before 6.14) and
 /// under `bpf_prog_active`, so no other tracepoint or kprobe program of ours runs on that CPU

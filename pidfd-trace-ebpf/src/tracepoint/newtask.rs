@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use pidfd_trace_common::{EnterState, EventKind, xhints};
 
-use crate::maps::{ENTER_STATE, in_flight};
+use crate::{maps::in_flight, state};
 
 /// Field offsets of the task_newtask record (`pid` after the 8-byte common header, then
 /// `comm[16]`, then `clone_flags` aligned to 8), the same from 5.10 to 6.18; the agent checks
@@ -38,7 +38,7 @@ fn pidfd_clone_in_flight() -> Option<&'static mut EnterState> {
     }
     let id = bpf_get_current_pid_tgid();
     // SAFETY: a valid map value pointer, this thread's own entry.
-    let st = unsafe { &mut *ENTER_STATE.get_ptr_mut(&id)? };
+    let st = unsafe { &mut *state::current(id)? };
     (st.kind == EventKind::Clone as u8 || st.kind == EventKind::Clone3 as u8).then_some(st)
 }
 

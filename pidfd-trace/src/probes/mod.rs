@@ -4,9 +4,10 @@
 //! (ring.rs), a `Counters` snapshot of the per-CPU maps, and the map fd the privilege drop
 //! tests reading with (plus the raw bpf() look-up that test makes).
 mod ring;
+pub mod state;
 
 pub use ring::{EventRing, KernelLog};
-use std::collections::HashSet;
+use std::{borrow::Cow, collections::HashSet};
 
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
@@ -76,6 +77,27 @@ pub enum LoadError {
     /// `--mode fentry|kprobe` and the trial load failed for a hook.
     #[error(transparent)]
     ForcedMode(#[from] ForcedModeError),
+    /// The embedded object could not be prepared for this kernel's entry-state store
+    /// (probes/state.rs): a broken build.
+    #[error(
+        "preparing the eBPF object for the LRU hash entry-state store: {0}; the agent and its kernel programs are from a broken build, rebuild them"
+    )]
+    StateStore(String),
+}
+
+/// A loader for the embedded object on this kernel: the entry-state store probed
+/// (probes/state.rs), its global set, and the object bytes it needs.
+fn object_for_kernel(
+    loader: &mut EbpfLoader<'_>,
+) -> Result<(state::StateStore, Cow<'static, [u8]>), LoadError> {
+    let store = state::StateStore::probe();
+    let object = state::object_for(&store, OBJECT).map_err(LoadError::StateStore)?;
+    if store != state::StateStore::Task {
+        loader.map_max_entries(pidfd_trace_common::TASK_STATE_MAP, 1);
+    }
+    // aya 0.14 has no user-space type for task storage maps; only the kernel programs use it.
+    loader.allow_unsupported_maps();
+    Ok((store, object))
 }
 
 /// What loading needs from the rest of start-up.
@@ -117,6 +139,8 @@ pub struct Probes {
     pub blind_spots: Vec<String>,
     /// The raw_syscalls programs for 32-bit callers are attached.
     pub compat_attached: bool,
+    /// Where the kernel programs keep per-thread entry state on this kernel (`check`).
+    pub state_store: state::StateStore,
     /// aya's view of the kernel BTF, needed to load fentry/fexit; read on first use.
     aya_btf: Option<aya::Btf>,
     loaded: HashSet<&'static str>,
@@ -179,9 +203,14 @@ impl Probes {
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
-        let ebpf = loader.load(OBJECT)?;
+        let (state_store, object) = object_for_kernel(&mut loader)?;
+        let in_task = state_store.global();
+        loader.override_global(globals::STATE_IN_TASK, &in_task, true);
+        debug!("entry state: {}", state_store.describe());
+        let ebpf = loader.load(&object)?;
         let mut probes = Probes {
             ebpf,
+            state_store,
             attached: Vec::new(),
             blind_spots,
             compat_attached: false,
@@ -903,7 +932,9 @@ fn pidfs_fops(btf: &Btf) -> (u64, u32) {
 /// stay attached while the returned handle lives.
 pub fn load_floor(tracepoints: &[(String, String)]) -> Result<aya::Ebpf, LoadError> {
     const FLOOR: &str = "pidfd_floor";
-    let mut ebpf = aya::EbpfLoader::new().load(OBJECT)?;
+    let mut loader = aya::EbpfLoader::new();
+    let (_, object) = object_for_kernel(&mut loader)?;
+    let mut ebpf = loader.load(&object)?;
     let prog: &mut aya::programs::TracePoint = ebpf
         .program_mut(FLOOR)
         .ok_or_else(|| LoadError::MissingProgram(FLOOR.into()))?

@@ -557,6 +557,9 @@ fn judge(run: &mut KernelRun, modes: &[String], timeout: u64) {
                 c.rc.map(|r| r.to_string()).unwrap_or_else(|| "?".into())
             )),
             Some(c) => {
+                if let Some(bad) = report::entry_state(c, run.spec.series) {
+                    p.push(bad);
+                }
                 run.prototypes = report::prototypes(c);
                 if let report::Prototypes::Bad(bad) = &run.prototypes {
                     for b in bad {

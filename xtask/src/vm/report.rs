@@ -368,6 +368,19 @@ pub fn attach_plan(check: &CheckRun) -> Vec<String> {
     out
 }
 
+/// Whether the guest's `check --output json` chose the entry-state store its kernel series
+/// should get (docs/cli.md `entry_state`): task-local storage from 5.12 on (tracing programs
+/// may call bpf_task_storage_get since 5.12), the hash before. None when it did; else one line.
+pub fn entry_state(check: &CheckRun, series: &str) -> Option<String> {
+    let doc = serde_json::from_str::<Value>(&check.stdout.join("\n")).ok()?;
+    let got = doc["entry_state"]["store"].as_str();
+    let (major, minor) =
+        series.split_once('.').map(|(a, b)| (a.parse().unwrap_or(0), b.parse().unwrap_or(0)))?;
+    let want = if (major, minor) >= (5u32, 12u32) { "task_storage" } else { "hash" };
+    (got != Some(want))
+        .then(|| format!("entry state store: want {want} on {series}, check says {}", doc["entry_state"]))
+}
+
 /// What the guest's `check --output json` said about the hooked functions' prototypes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prototypes {

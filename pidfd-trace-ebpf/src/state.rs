@@ -1,0 +1,128 @@
+//! Per-thread entry state: what a call's entry program leaves for the hooks that see it
+//! later on the same thread and for its exit. Two stores, one chosen by the agent at load
+//! time (`STATE_IN_TASK`, README "Overhead"):
+//! - task-local storage (`TASK_STATE`, BPF_MAP_TYPE_TASK_STORAGE): where the kernel lets
+//!   tracepoint, raw tracepoint and kprobe programs call `bpf_task_storage_get` and
+//!   `bpf_get_current_task_btf` (5.12+; probed by the agent, not assumed from a version).
+//!   The slot lives in the task itself: storing is a look-up of the task's own storage and a
+//!   copy into it, ending is one store (`live` = 0). No hash bucket, no LRU list, no delete,
+//!   nothing to evict and nothing left behind when a thread dies mid-call (the kernel frees
+//!   the slot with the task). It measured ~60% of sys_enter_pidfd_open's time as an LRU
+//!   hash update (BENCHMARKS.md).
+//! - the `ENTER_STATE` LRU hash keyed by pid_tgid, everywhere else (5.10, 5.11).
+//!
+//! The programs that are not taken (the helpers of the other store) are dead code the
+//! verifier never walks: `STATE_IN_TASK` is read-only data the agent fixes before loading.
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE},
+    helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
+    macros::btf_map,
+};
+use pidfd_trace_common::EnterState;
+
+use crate::{maps::ENTER_STATE, words::copy_words};
+
+/// A BPF_MAP_TYPE_TASK_STORAGE map definition in BTF form (aya-ebpf 0.2 has none; the shape
+/// is its `btf_map_def!`: libbpf's `__uint(type, ...)` members as pointers to arrays).
+/// Task storage needs `BPF_F_NO_PREALLOC`, `max_entries` 0 and an `int` key
+/// (kernel/bpf/bpf_local_storage.c `bpf_local_storage_map_alloc_check`).
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholder pointers the loader reads from BTF; never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The current task's slot; created (all zero) when `create` and there is none. Null
+    /// when it cannot be had (no memory; on 5.13-6.1 also when another of our programs is
+    /// inside a task-storage call on this CPU, bpf_task_storage_trylock).
+    #[inline(always)]
+    fn current(&self, create: bool) -> *mut T {
+        let flags = if create { BPF_LOCAL_STORAGE_GET_F_CREATE as u64 } else { 0 };
+        // SAFETY: the helper takes the map and a BTF task pointer; it checks everything else.
+        unsafe {
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                bpf_get_current_task_btf(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        }
+        .cast()
+    }
+}
+
+/// Each thread's entry state in task-local storage (see the module doc). The agent's loader
+/// turns this definition into an unused one-entry hash on kernels that cannot use it
+/// (probes/state.rs), so that the object loads everywhere.
+#[btf_map]
+pub static TASK_STATE: TaskStorage<EnterState> = TaskStorage::new();
+
+/// 1: entry states live in `TASK_STATE`; 0: in `ENTER_STATE`. Set by the agent at load time.
+#[unsafe(no_mangle)]
+static STATE_IN_TASK: u8 = 0;
+
+#[inline(always)]
+fn in_task() -> bool {
+    // SAFETY: a read of our own read-only global.
+    unsafe { core::ptr::read_volatile(&STATE_IN_TASK) != 0 }
+}
+
+/// The calling thread (`id`: its pid_tgid) has a call between entry and exit: its state.
+#[inline(always)]
+pub fn current(id: u64) -> Option<*mut EnterState> {
+    if in_task() {
+        let p = TASK_STATE.current(false);
+        // SAFETY: a map value pointer, checked for null first.
+        if p.is_null() || unsafe { (*p).live } == 0 {
+            return None;
+        }
+        return Some(p);
+    }
+    ENTER_STATE.get_ptr_mut(&id)
+}
+
+/// Stores `st` as the calling thread's entry state; false when it could not be stored.
+#[inline(always)]
+pub fn store(id: u64, st: &EnterState) -> bool {
+    if in_task() {
+        let p = TASK_STATE.current(true);
+        if p.is_null() {
+            return false;
+        }
+        // SAFETY: a map value of this type and `st`, both 8-aligned.
+        unsafe {
+            copy_words(p, st);
+            (*p).live = 1;
+        }
+        return true;
+    }
+    ENTER_STATE.insert(&id, st, 0).is_ok()
+}
+
+/// Ends the calling thread's entry state `p` (from `current`): its exit has taken it.
+#[inline(always)]
+pub fn end(id: u64, p: *mut EnterState) {
+    if in_task() {
+        // SAFETY: `p` is this thread's slot, from `current`.
+        unsafe { (*p).live = 0 };
+        return;
+    }
+    let _ = ENTER_STATE.remove(&id);
+}
