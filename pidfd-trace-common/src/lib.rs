@@ -313,7 +313,8 @@ impl Default for PathParts {
 /// bytes, kubelet's `kubepods-…-pod<uid>.slice:cri-containerd:<id>` about 120.
 pub const CGROUP_NAME_BYTES: usize = 128;
 
-/// Per-thread state kept between syscall entry and exit (`ENTER_STATE` map).
+/// Per-thread state kept between syscall entry and exit (task-local storage or the
+/// `ENTER_STATE` hash: pidfd-trace-ebpf/src/state.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EnterState {
@@ -326,9 +327,9 @@ pub struct EnterState {
     pub hints: u8,
     /// `Mode` of the richest hook that saw this call (function probes upgrade it).
     pub mode: u8,
-    /// 1 while this is a call's state between its entry and exit; 0 once its exit took it
-    /// (task-local storage keeps the slot: pidfd-trace-ebpf/src/state.rs). Unused (0) in the
-    /// hash store, where a taken state is deleted.
+    /// In task-local storage: 1 while this is a call's state between its entry and exit, 0
+    /// once its exit took it (the slot stays); 2 in the `ENTER_STATE` hash when task storage
+    /// could not take it (pidfd-trace-ebpf/src/state.rs). Unused (0) in the hash store.
     pub live: u8,
     pub target_pid: i32,
     /// pidfd_getfd / pidfd_send_signal: the target facts gathered at entry.
@@ -551,6 +552,9 @@ pub const GETFD_COPIED_PIDFD: u32 = 1;
 pub const OUTCOMES_MAX_ENTRIES: u32 = 4096;
 /// Size of the per-thread entry map. LRU: a thread that never reaches exit cannot pin a slot.
 pub const ENTER_STATE_MAX_ENTRIES: u32 = 16384;
+/// Its size where entry states live in task-local storage and the map only takes those the
+/// task store could not (pidfd-trace-ebpf/src/state.rs).
+pub const ENTER_STATE_FALLBACK_ENTRIES: u32 = 1024;
 /// Default ring-buffer size in bytes (a power of two, multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 22;
 

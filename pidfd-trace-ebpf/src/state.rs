@@ -1,18 +1,21 @@
 //! Per-thread entry state: what a call's entry program leaves for the hooks that see it
 //! later on the same thread and for its exit. Two stores, one chosen by the agent at load
-//! time (`STATE_IN_TASK`, README "Overhead"):
+//! time (`STATE_IN_TASK`; `check` shows it as `entry_state`, docs/cli.md):
 //! - task-local storage (`TASK_STATE`, BPF_MAP_TYPE_TASK_STORAGE): where the kernel lets
 //!   tracepoint, raw tracepoint and kprobe programs call `bpf_task_storage_get` and
 //!   `bpf_get_current_task_btf` (5.12+; probed by the agent, not assumed from a version).
 //!   The slot lives in the task itself: storing is a look-up of the task's own storage and a
 //!   copy into it, ending is one store (`live` = 0). No hash bucket, no LRU list, no delete,
-//!   nothing to evict and nothing left behind when a thread dies mid-call (the kernel frees
-//!   the slot with the task). It measured ~60% of sys_enter_pidfd_open's time as an LRU
-//!   hash update (BENCHMARKS.md).
+//!   nothing to evict, and the kernel frees the slot with the task. The LRU hash update was
+//!   half of sys_enter_pidfd_open's time under `perf` (BENCHMARKS.md). A slot costs about
+//!   0.6 KiB of kernel memory per thread that ever made a call we keep state for, until that
+//!   thread exits. When the task store cannot take a state (no memory; on 5.13–6.1 also
+//!   while any task-storage user holds this CPU's `bpf_task_storage_busy`), it goes to the
+//!   hash (`live` = 2) instead, so that the call is still reported as it was, not as denied.
 //! - the `ENTER_STATE` LRU hash keyed by pid_tgid, everywhere else (5.10, 5.11).
 //!
-//! The programs that are not taken (the helpers of the other store) are dead code the
-//! verifier never walks: `STATE_IN_TASK` is read-only data the agent fixes before loading.
+//! The code of the store not taken is dead code the verifier never walks: `STATE_IN_TASK` is
+//! read-only data the agent fixes before loading.
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE},
     helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
@@ -20,7 +23,12 @@ use aya_ebpf::{
 };
 use pidfd_trace_common::EnterState;
 
-use crate::{maps::ENTER_STATE, words::copy_words};
+use core::sync::atomic::AtomicU64;
+
+use crate::{
+    maps::{ENTER_STATE, gate_add, is_open},
+    words::copy_words,
+};
 
 /// A BPF_MAP_TYPE_TASK_STORAGE map definition in BTF form (aya-ebpf 0.2 has none; the shape
 /// is its `btf_map_def!`: libbpf's `__uint(type, ...)` members as pointers to arrays).
@@ -50,8 +58,9 @@ impl<T> TaskStorage<T> {
     }
 
     /// The current task's slot; created (all zero) when `create` and there is none. Null
-    /// when it cannot be had (no memory; on 5.13-6.1 also when another of our programs is
-    /// inside a task-storage call on this CPU, bpf_task_storage_trylock).
+    /// when it cannot be had: no memory, or (5.13–6.1, kernel/bpf/bpf_task_storage.c
+    /// `bpf_task_storage_trylock`) while anything holds this CPU's task-storage lock; on 6.2+
+    /// only a creation can fail that way.
     #[inline(always)]
     fn current(&self, create: bool) -> *mut T {
         let flags = if create { BPF_LOCAL_STORAGE_GET_F_CREATE as u64 } else { 0 };
@@ -69,8 +78,8 @@ impl<T> TaskStorage<T> {
 }
 
 /// Each thread's entry state in task-local storage (see the module doc). The agent's loader
-/// turns this definition into an unused one-entry hash on kernels that cannot use it
-/// (probes/state.rs), so that the object loads everywhere.
+/// turns this definition into an unused socket-storage map on kernels that cannot use it
+/// (pidfd-trace/src/probes/state.rs), so that the object loads everywhere.
 #[btf_map]
 pub static TASK_STATE: TaskStorage<EnterState> = TaskStorage::new();
 
@@ -84,16 +93,28 @@ fn in_task() -> bool {
     unsafe { core::ptr::read_volatile(&STATE_IN_TASK) != 0 }
 }
 
-/// The calling thread (`id`: its pid_tgid) has a call between entry and exit: its state.
+/// States in the `ENTER_STATE` hash although the task store is on (`live` = 2): while it is 0,
+/// a thread without a task slot has no state, with no hash look-up. A fallback state whose
+/// thread died before its exit keeps it above 0 (only costing that look-up) until the agent
+/// restarts.
+static HASH_FALLBACK: AtomicU64 = AtomicU64::new(0);
+
+/// `live` of a task-store state that went to the hash.
+const LIVE_IN_HASH: u8 = 2;
+
+/// The calling thread (`id`: its pid_tgid, from `bpf_get_current_pid_tgid`; both stores
+/// only ever hold the current thread's state) has a call between entry and exit: its state.
 #[inline(always)]
 pub fn current(id: u64) -> Option<*mut EnterState> {
     if in_task() {
         let p = TASK_STATE.current(false);
         // SAFETY: a map value pointer, checked for null first.
-        if p.is_null() || unsafe { (*p).live } == 0 {
+        if !p.is_null() && unsafe { (*p).live } != 0 {
+            return Some(p);
+        }
+        if !is_open(&HASH_FALLBACK) {
             return None;
         }
-        return Some(p);
     }
     ENTER_STATE.get_ptr_mut(&id)
 }
@@ -103,26 +124,41 @@ pub fn current(id: u64) -> Option<*mut EnterState> {
 pub fn store(id: u64, st: &EnterState) -> bool {
     if in_task() {
         let p = TASK_STATE.current(true);
-        if p.is_null() {
-            return false;
+        if !p.is_null() {
+            // SAFETY: a map value of this type and `st`, both 8-aligned.
+            unsafe {
+                copy_words(p, st);
+                (*p).live = 1;
+            }
+            return true;
         }
-        // SAFETY: a map value of this type and `st`, both 8-aligned.
-        unsafe {
-            copy_words(p, st);
-            (*p).live = 1;
-        }
+        // The hash takes it, marked as such (`end` deletes it there).
+        let Some(h) = insert_hash(id, st) else { return false };
+        // SAFETY: the map value just inserted.
+        unsafe { (*h).live = LIVE_IN_HASH };
+        gate_add(&HASH_FALLBACK, 1);
         return true;
     }
-    ENTER_STATE.insert(&id, st, 0).is_ok()
+    insert_hash(id, st).is_some()
+}
+
+#[inline(always)]
+fn insert_hash(id: u64, st: &EnterState) -> Option<*mut EnterState> {
+    ENTER_STATE.insert(&id, st, 0).ok()?;
+    ENTER_STATE.get_ptr_mut(&id)
 }
 
 /// Ends the calling thread's entry state `p` (from `current`): its exit has taken it.
 #[inline(always)]
 pub fn end(id: u64, p: *mut EnterState) {
-    if in_task() {
-        // SAFETY: `p` is this thread's slot, from `current`.
+    // SAFETY: `p` is this thread's state, from `current`.
+    if in_task() && unsafe { (*p).live } != LIVE_IN_HASH {
+        // SAFETY: as above.
         unsafe { (*p).live = 0 };
         return;
+    }
+    if in_task() {
+        gate_add(&HASH_FALLBACK, u64::MAX);
     }
     let _ = ENTER_STATE.remove(&id);
 }

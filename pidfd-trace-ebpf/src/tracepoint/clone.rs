@@ -194,6 +194,10 @@ pub(super) fn clone_exit<const DENIED: bool>(ctx: &TracePointContext, nr: u64) {
         }
         return;
     };
+    if st.kind != EventKind::Clone as u8 && st.kind != EventKind::Clone3 as u8 {
+        // A stale state of another call whose exit was missed: dropped (see take_into).
+        return;
+    }
     let newtask = st.xhints & xhints::NEWTASK != 0;
     if st.hints & hints::UARGS_FAULT != 0 {
         // clone3 whose flags were unreadable at entry: what the kernel acted on, else the

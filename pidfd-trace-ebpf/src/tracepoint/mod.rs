@@ -70,17 +70,21 @@ fn save(st: &EnterState) {
     gate_add(gate(st.kind), 1);
 }
 
-/// Takes this thread's entry state into `dst` (the tail slot: no copy on the stack), if its
-/// enter program stored one; false, `dst` untouched, if not.
+/// Takes this thread's entry state into `dst` (the tail slot: no copy on the stack) if its
+/// enter program stored one for a call of `kind`; false if there is none. A state of another
+/// kind is a stale one, of a call whose exit was never seen (an exit program the kernel
+/// skipped, a task-storage look-up refused on 5.13–6.1, the agent attaching between an
+/// entry and its exit): it is dropped, and false returned, rather than reported with this
+/// call's return value.
 #[inline(always)]
-fn take_into(id: u64, dst: &mut EnterState) -> bool {
+fn take_into(id: u64, dst: &mut EnterState, kind: EventKind) -> bool {
     let Some(p) = state::current(id) else { return false };
     // SAFETY: a map value of this type, and the tail slot; both 8-aligned.
     unsafe { copy_words(dst, p) };
     state::end(id, p);
     gate_add(gate(dst.kind), u64::MAX);
     dst.hints &= !hints::ANON_PENDING;
-    true
+    dst.kind == kind as u8
 }
 
 /// Takes this thread's entry state, if its enter program stored one.
@@ -135,9 +139,12 @@ fn exit_simple(ctx: &TracePointContext, kind: EventKind, x: u8) {
     // budget or took it a minute under emulation).
     // A one-slot per-CPU array: the lookup cannot fail (else the state would stay taken).
     let Some(t) = tail_slot() else { return };
-    if !take_into(id, &mut t.st) {
-        // Refused before it ran: no entry state.
-        if ret < 0 && kind != EventKind::Waitid {
+    if !take_into(id, &mut t.st, kind) {
+        // Refused before it ran: no entry state. Only the pidfd_* syscalls, whose entries
+        // store every call; the entries of waitid and the other uses keep only pidfd calls.
+        let unfiltered =
+            matches!(kind, EventKind::PidfdOpen | EventKind::PidfdGetfd | EventKind::PidfdSendSignal);
+        if ret < 0 && unfiltered {
             init_entry(&mut t.st, kind, 0, 0, 0, 0, 0);
             t.st.xhints = xhints::DENIED;
         } else {
@@ -275,11 +282,11 @@ pub fn exit_tail_emit_path(ctx: TracePointContext) -> u32 {
 /// call is in flight somewhere on the host (hot syscalls such as waitid exit here for every
 /// call, pidfd or not).
 #[inline(always)]
-fn exit_use(ctx: &TracePointContext) {
+fn exit_use(ctx: &TracePointContext, kind: EventKind) {
     if !is_open(&USES_IN_FLIGHT) {
         return;
     }
-    exit_simple(ctx, EventKind::Waitid, 0);
+    exit_simple(ctx, kind, 0);
 }
 
 /// A fresh entry state as the tracepoints see a call; function probes may add to it later.

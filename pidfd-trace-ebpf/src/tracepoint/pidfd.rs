@@ -132,6 +132,6 @@ pub fn sys_enter_waitid(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_waitid")]
 pub fn sys_exit_waitid(ctx: TracePointContext) -> u32 {
     // Gated: returns before any map look-up while no pidfd use is in flight.
-    exit_use(&ctx);
+    exit_use(&ctx, EventKind::Waitid);
     0
 }

@@ -35,7 +35,7 @@ pub fn sys_enter_setns(ctx: TracePointContext) -> u32 {
 // prototype: syscall:setns/2: SYSCALL_DEFINE2(setns, int, fd, int, flags) [3.0-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_setns")]
 pub fn sys_exit_setns(ctx: TracePointContext) -> u32 {
-    exit_use(&ctx);
+    exit_use(&ctx, EventKind::Setns);
     0
 }
 
@@ -57,7 +57,7 @@ pub fn sys_enter_process_madvise(ctx: TracePointContext) -> u32 {
 // prototype: syscall:process_madvise/5: SYSCALL_DEFINE5(process_madvise, int, pidfd, const struct iovec __user *, vec, size_t, vlen, int, behavior, unsigned int, flags) [5.10-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_process_madvise")]
 pub fn sys_exit_process_madvise(ctx: TracePointContext) -> u32 {
-    exit_use(&ctx);
+    exit_use(&ctx, EventKind::ProcessMadvise);
     0
 }
 
@@ -72,7 +72,7 @@ pub fn sys_enter_process_mrelease(ctx: TracePointContext) -> u32 {
 // prototype: syscall:process_mrelease/2: SYSCALL_DEFINE2(process_mrelease, int, pidfd, unsigned int, flags) [5.15-7.1]
 #[tracepoint(category = "syscalls", name = "sys_exit_process_mrelease")]
 pub fn sys_exit_process_mrelease(ctx: TracePointContext) -> u32 {
-    exit_use(&ctx);
+    exit_use(&ctx, EventKind::ProcessMrelease);
     0
 }
 
@@ -103,6 +103,6 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_ioctl")]
 pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
     // Gated: returns before any map look-up while no pidfd use is in flight.
-    exit_use(&ctx);
+    exit_use(&ctx, EventKind::PidfdIoctl);
     0
 }

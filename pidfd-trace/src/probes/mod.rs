@@ -92,8 +92,10 @@ fn object_for_kernel(
 ) -> Result<(state::StateStore, Cow<'static, [u8]>), LoadError> {
     let store = state::StateStore::probe();
     let object = state::object_for(&store, OBJECT).map_err(LoadError::StateStore)?;
-    if store != state::StateStore::Task {
-        loader.map_max_entries(pidfd_trace_common::TASK_STATE_MAP, 1);
+    if store == state::StateStore::Task {
+        // The hash only holds the states task storage could not take (ENOMEM; another
+        // task-storage user holding this CPU's lock on 5.13–6.1): pidfd-trace-ebpf/src/state.rs.
+        loader.map_max_entries("ENTER_STATE", pidfd_trace_common::ENTER_STATE_FALLBACK_ENTRIES);
     }
     // aya 0.14 has no user-space type for task storage maps; only the kernel programs use it.
     loader.allow_unsupported_maps();
@@ -530,7 +532,8 @@ impl Probes {
 
     /// Removes entry states whose thread no longer exists (killed between syscall entry and
     /// exit, or the agent attached mid-call), so the map tends to zero and never fills up.
-    /// Returns (entries kept, entries removed).
+    /// Returns (entries kept, entries removed). With task-local storage (`state_store`) the
+    /// hash stays empty and the kernel frees a thread's slot with the thread.
     pub fn sweep_enter_state(&mut self) -> Result<(usize, usize), LoadError> {
         let map = self.ebpf.map_mut("ENTER_STATE").ok_or(LoadError::MissingMap("ENTER_STATE"))?;
         let mut map = aya::maps::HashMap::<_, u64, pidfd_trace_common::EnterState>::try_from(map)

@@ -10,6 +10,9 @@ use aya::{
 };
 use pidfd_trace_common::TASK_STATE_MAP;
 
+/// `PIDFD_TRACE_ENTRY_STATE=hash` makes the agent use the hash where it would use task storage.
+pub const FORCE_ENV: &str = "PIDFD_TRACE_ENTRY_STATE";
+
 /// The store chosen for this kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateStore {
@@ -24,13 +27,22 @@ impl StateStore {
     /// Probes the running kernel: every program type that keeps entry state must have both
     /// helpers the task store calls (a verifier "unknown func" answer means it has not).
     pub fn probe() -> Self {
+        // For tests of the hash path on kernels that have task storage (docs/cli.md).
+        if std::env::var(FORCE_ENV).is_ok_and(|v| v == "hash") {
+            return Self::Hash(format!("{FORCE_ENV}=hash"));
+        }
+        if !aya::sys::is_map_supported(aya::maps::MapType::TaskStorage).unwrap_or(false) {
+            return Self::Hash("no BPF_MAP_TYPE_TASK_STORAGE in this kernel (before 5.11)".into());
+        }
         let helpers = [BpfHelper::BPF_FUNC_task_storage_get, BpfHelper::BPF_FUNC_get_current_task_btf];
         for ty in [ProgramType::TracePoint, ProgramType::RawTracePoint, ProgramType::KProbe] {
             for h in helpers {
                 match is_helper_supported(ty, h) {
                     Ok(true) => {}
                     Ok(false) => {
-                        return Self::Hash(format!("{ty:?} programs cannot call {h:?} (kernel before 5.12)"));
+                        return Self::Hash(format!(
+                            "{ty:?} programs cannot call {h:?} (before 5.12, or no such program type)"
+                        ));
                     }
                     Err(e) => return Self::Hash(format!("probing {h:?} for {ty:?} programs failed: {e}")),
                 }
@@ -62,19 +74,27 @@ impl StateStore {
 }
 
 /// The kernel object as this store needs it. For the hash store, `TASK_STATE`'s BTF
-/// definition is turned into a hash (BPF_MAP_TYPE_HASH, the agent then gives it one entry):
-/// a kernel without task storage refuses to create the map, and the whole object with it,
-/// although no program it verifies ever uses the map (those paths are dead code there).
-/// Errors: the object has no `.BTF` section or no `TASK_STATE` map definition in it.
+/// definition is turned into a socket-local-storage map (BPF_MAP_TYPE_SK_STORAGE, 5.2+): a
+/// kernel without task storage refuses to create a map of that type, and the whole object
+/// with it, although no program it verifies ever uses the map (those paths are dead code
+/// there). Socket storage takes the same definition (int key, `BPF_F_NO_PREALLOC`, no
+/// entries), and unlike a hash without preallocation it does not make the verifier of
+/// 5.7–6.0 warn (`WARN_ONCE` "trace type BPF program uses run-time allocation",
+/// kernel/bpf/verifier.c `check_map_prog_compatibility`) about programs that only name it.
+/// Errors: the object has no `.BTF` section, no `TASK_STATE` map definition in it, or one
+/// whose type array other types share (a patch would change them too).
 pub fn object_for(store: &StateStore, object: &'static [u8]) -> Result<Cow<'static, [u8]>, String> {
     if *store == StateStore::Task {
         return Ok(Cow::Borrowed(object));
     }
     let mut bytes = object.to_vec();
     let at = map_type_nelems_offset(&bytes, TASK_STATE_MAP)?;
-    bytes[at..at + 4].copy_from_slice(&(aya::maps::MapType::Hash as u32).to_ne_bytes());
+    bytes[at..at + 4].copy_from_slice(&PLACEHOLDER.to_ne_bytes());
     Ok(Cow::Owned(bytes))
 }
+
+/// The map type `TASK_STATE` is created as where task storage is not used.
+const PLACEHOLDER: u32 = aya::maps::MapType::SkStorage as u32;
 
 /// File offset of the `nelems` that encodes the map type of BTF map `var` (libbpf's
 /// `__uint(type, N)`: member `type`, a pointer to an `int[N]`).
@@ -165,12 +185,50 @@ fn nelems_in_btf(btf: &[u8], var: &str) -> Result<usize, String> {
             if kind != 3 {
                 return Err(format!("BTF: {var}.type does not point to an array"));
             }
+            // Only this member may change: the pointer and the array must have no other user
+            // (BTF deduplication merges every `[i32; N]` of the object into one type).
+            let id_of = |rec: usize| at.iter().position(|&r| r == rec).unwrap_or(0) as u32;
+            for (what, id) in [("pointer", id_of(ptr)), ("array", id_of(arr))] {
+                let users = references(btf, &at, id)?;
+                if users != 1 {
+                    return Err(format!("BTF: {var}.type's {what} type has {users} users, not 1"));
+                }
+            }
             // struct btf_array { type, index_type, nelems } after the 12-byte btf_type.
             return Ok(arr + 12 + 8);
         }
         return Err(format!("BTF: {var} has no `type` member"));
     }
     Err(format!("BTF: no map {var}"))
+}
+
+/// How many times type `id` is named by the types of `btf` (`at`: each type's record offset).
+fn references(btf: &[u8], at: &[usize], id: u32) -> Result<usize, String> {
+    let mut n = 0;
+    for &rec in at.iter().skip(1) {
+        let info = u32_at(btf, rec + 4)?;
+        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+        // Where this kind names other types (include/uapi/linux/btf.h).
+        let mut named = |off: usize| -> Result<(), String> {
+            n += usize::from(u32_at(btf, off)? == id);
+            Ok(())
+        };
+        match kind {
+            2 | 8..=12 | 14 | 17 | 18 => named(rec + 8)?, // the `type` of btf_type
+            3 => {
+                named(rec + 12)?; // btf_array.type
+                named(rec + 16)?; // btf_array.index_type
+            }
+            4 | 5 => (0..vlen).try_for_each(|m| named(rec + 12 + 12 * m + 4))?, // btf_member.type
+            13 => {
+                named(rec + 8)?; // the return type
+                (0..vlen).try_for_each(|m| named(rec + 12 + 8 * m + 4))?; // btf_param.type
+            }
+            15 => (0..vlen).try_for_each(|m| named(rec + 12 + 12 * m))?, // btf_var_secinfo.type
+            _ => {}
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -186,10 +244,10 @@ mod tests {
             aya::maps::MapType::TaskStorage as u32
         );
         let hash = object_for(&StateStore::Hash("test".into()), obj).unwrap();
-        assert_eq!(u32::from_ne_bytes(hash[at..at + 4].try_into().unwrap()), aya::maps::MapType::Hash as u32);
+        assert_eq!(u32::from_ne_bytes(hash[at..at + 4].try_into().unwrap()), PLACEHOLDER);
         assert_eq!(hash.len(), obj.len());
         let diff = obj.iter().zip(hash.iter()).filter(|(a, b)| a != b).count();
-        assert_eq!(diff, 1, "one byte of one word changes (29 -> 1)");
+        assert_eq!(diff, 1, "one byte of one word changes (29 -> 24)");
         assert!(matches!(object_for(&StateStore::Task, obj).unwrap(), Cow::Borrowed(_)));
         assert!(map_type_nelems_offset(obj, "NO_SUCH_MAP").is_err());
     }

@@ -23,6 +23,9 @@ pub const M_CHECK_END: &str = "=====PIDFD-CHECK-END";
 pub const M_STDERR_BEGIN: &str = "=====PIDFD-STDERR-BEGIN";
 pub const M_STDERR_END: &str = "=====PIDFD-STDERR-END";
 pub const M_DONE: &str = "=====PIDFD-VM-DONE";
+/// `/proc/sys/kernel/tainted` when /init started and before it ends; the kernel's `WARNING:`
+/// lines follow it (the console is `quiet`, so they are not on it otherwise).
+pub const M_TAINT: &str = "=====PIDFD-VM-TAINT";
 pub const M_TAIL: &str = "=====";
 
 pub struct Inputs<'a> {
@@ -211,6 +214,7 @@ else
     mount -t cgroup -o pids pids /sys/fs/cgroup/pids 2>/dev/null && PIDS=v1
 fi
 if [ -f /sys/kernel/btf/vmlinux ]; then BTF=yes; else BTF=no; fi
+TAINT0=$(cat /proc/sys/kernel/tainted 2>/dev/null)
 echo "{M_MOUNTS} sysfs=$M_SYSFS devtmpfs=$M_DEV tracefs=$M_TRACE debugfs=$M_DEBUG bpffs=$M_BPF cgroup2=$M_CG2 pids=$PIDS btf=$BTF{M_TAIL}"
 echo "{M_BTF} hdr=$(od -An -tx1 -N32 /sys/kernel/btf/vmlinux 2>/dev/null | tr -d ' \n'){M_TAIL}"
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up 2>/dev/null
@@ -244,6 +248,8 @@ echo "{M_CHECK_END} rc=$rc{M_TAIL}"
 echo "{M_STDERR_BEGIN} what=check{M_TAIL}"
 tail -n 100 /tmp/check.err; if [ -s /tmp/check.err ] && [ -n "$(tail -c 1 /tmp/check.err)" ]; then echo; fi
 echo "{M_STDERR_END}{M_TAIL}"
+echo "{M_TAINT} before=$TAINT0 after=$(cat /proc/sys/kernel/tainted 2>/dev/null){M_TAIL}"
+dmesg 2>/dev/null | grep "WARNING:" | head -n 3
 echo "{M_DONE}{M_TAIL}"
 poweroff -f
 sleep 10

@@ -480,6 +480,9 @@ fn judge(run: &mut KernelRun, modes: &[String], timeout: u64) {
         p.push(format!("guest kernel BUG/Oops: {o}"));
         guest_level = true;
     }
+    if let Some(w) = report::warned_during_run(g) {
+        p.push(w);
+    }
     if let Some(st) = &b.status
         && !st.success()
         && !b.timed_out

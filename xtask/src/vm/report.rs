@@ -2,7 +2,7 @@
 
 use super::initramfs::{
     M_BTF, M_CHECK_BEGIN, M_CHECK_END, M_DONE, M_INIT, M_MOUNTS, M_STDERR_BEGIN, M_STDERR_END, M_SUITE_BEGIN,
-    M_SUITE_END,
+    M_SUITE_END, M_TAINT,
 };
 use serde_json::Value;
 
@@ -44,6 +44,10 @@ pub struct Guest {
     pub done_at: Option<f64>,
     pub panic: Option<String>,
     pub oops: Vec<String>,
+    /// `/proc/sys/kernel/tainted` when /init started and before it ended (`M_TAINT`).
+    pub taint: Option<(u64, u64)>,
+    /// The kernel's `WARNING:` lines (dmesg, printed after `M_TAINT`).
+    pub warnings: Vec<String>,
     /// The guest kernel crashed (Oops, BUG or panic) before the suite's first marker, that is
     /// before any of our programs ran: see [`pre_suite_crash`].
     pub pre_suite_crash: Option<Crash>,
@@ -190,6 +194,9 @@ pub fn parse(lines: &[(f64, String)]) -> Guest {
         if line.contains("Kernel panic - not syncing") && g.panic.is_none() {
             g.panic = Some(line.trim().to_string());
         }
+        if let Some(w) = line.find("WARNING:") {
+            g.warnings.push(line[w..].trim().to_string());
+        }
         let crash = crash_text(line);
         if let Some(c) = crash
             && !c.starts_with("Kernel panic")
@@ -253,6 +260,9 @@ pub fn parse(lines: &[(f64, String)]) -> Guest {
                 state = State::Stderr(target);
             } else if m.starts_with(M_STDERR_END) {
                 state = State::Outside;
+            } else if m.starts_with(M_TAINT) {
+                let num = |k: &str| field(&f, k).and_then(|v| v.parse().ok());
+                g.taint = num("before").zip(num("after"));
             } else if m.starts_with(M_DONE) {
                 g.done_at = Some(*t);
                 state = State::Outside;
@@ -379,6 +389,19 @@ pub fn entry_state(check: &CheckRun, series: &str) -> Option<String> {
     let want = if (major, minor) >= (5u32, 12u32) { "task_storage" } else { "hash" };
     (got != Some(want))
         .then(|| format!("entry state store: want {want} on {series}, check says {}", doc["entry_state"]))
+}
+
+/// The kernel's W taint (TAINT_WARN, bit 9: a `WARN()` fired) set while /init ran, with the
+/// first `WARNING:` line; None when it was not, or was already set at boot (not ours).
+pub fn warned_during_run(g: &Guest) -> Option<String> {
+    const TAINT_WARN: u64 = 1 << 9;
+    let (before, after) = g.taint?;
+    (after & TAINT_WARN != 0 && before & TAINT_WARN == 0).then(|| {
+        format!(
+            "guest kernel WARNING during the run (taint {before} -> {after}): {}",
+            g.warnings.first().map_or("no WARNING line in dmesg", String::as_str)
+        )
+    })
 }
 
 /// What the guest's `check --output json` said about the hooked functions' prototypes.
@@ -788,6 +811,23 @@ error: boom\r
         let g = parse(&lines("=====PIDFD-VM-BTF hdr=9feb01001800000000000000a8f92e00=====\n"));
         assert_eq!(g.btf_hdr_len(), Some(24));
         assert_eq!(parse(&lines("=====PIDFD-VM-BTF hdr=====\n")).btf_hdr_len(), None);
+    }
+
+    #[test]
+    fn a_warning_during_the_run_is_a_problem_one_from_boot_is_not() {
+        let warn = "[   40.1] WARNING: CPU: 1 PID: 300 at kernel/bpf/verifier.c:10163 bpf_check+0x1/0x2\n";
+        let g = parse(&lines(&format!("=====PIDFD-VM-TAINT before=0 after=512=====\n{warn}")));
+        assert_eq!(g.taint, Some((0, 512)));
+        let w = warned_during_run(&g).expect("W taint set during the run");
+        assert!(
+            w.contains("taint 0 -> 512") && w.contains("WARNING: CPU: 1 PID: 300 at kernel/bpf/verifier.c"),
+            "{w}"
+        );
+        let g = parse(&lines(&format!("=====PIDFD-VM-TAINT before=512 after=512=====\n{warn}")));
+        assert_eq!(warned_during_run(&g), None, "already tainted at boot");
+        let g = parse(&lines("=====PIDFD-VM-TAINT before=0 after=4096=====\n"));
+        assert_eq!(warned_during_run(&g), None, "another taint bit (unsigned module)");
+        assert_eq!(warned_during_run(&parse(&lines(""))), None, "an older /init without the marker");
     }
 
     #[test]
