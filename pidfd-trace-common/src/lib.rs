@@ -552,9 +552,6 @@ pub const GETFD_COPIED_PIDFD: u32 = 1;
 pub const OUTCOMES_MAX_ENTRIES: u32 = 4096;
 /// Size of the per-thread entry map. LRU: a thread that never reaches exit cannot pin a slot.
 pub const ENTER_STATE_MAX_ENTRIES: u32 = 16384;
-/// Its size where entry states live in task-local storage and the map only takes those the
-/// task store could not (pidfd-trace-ebpf/src/state.rs).
-pub const ENTER_STATE_FALLBACK_ENTRIES: u32 = 1024;
 /// Default ring-buffer size in bytes (a power of two, multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 22;
 

@@ -12,6 +12,9 @@
 //!   thread exits. When the task store cannot take a state (no memory; on 5.13–6.1 also
 //!   while any task-storage user holds this CPU's `bpf_task_storage_busy`), it goes to the
 //!   hash (`live` = 2) instead, so that the call is still reported as it was, not as denied.
+//!   On kernels without task storage the agent creates `TASK_STATE` as a socket-storage map
+//!   no program uses (pidfd-trace/src/probes/state.rs): that needs `CONFIG_NET` and the
+//!   object's BTF loaded, as socket storage does.
 //! - the `ENTER_STATE` LRU hash keyed by pid_tgid, everywhere else (5.10, 5.11).
 //!
 //! The code of the store not taken is dead code the verifier never walks: `STATE_IN_TASK` is
@@ -104,17 +107,24 @@ const LIVE_IN_HASH: u8 = 2;
 
 /// The calling thread (`id`: its pid_tgid, from `bpf_get_current_pid_tgid`; both stores
 /// only ever hold the current thread's state) has a call between entry and exit: its state.
+/// With the task store, a state in the hash (`live` = 2) comes first: it is newer than
+/// anything left in the task slot, which a look-up refused on 5.13–6.1 can leave live.
 #[inline(always)]
 pub fn current(id: u64) -> Option<*mut EnterState> {
     if in_task() {
+        if is_open(&HASH_FALLBACK)
+            && let Some(h) = ENTER_STATE.get_ptr_mut(&id)
+            // SAFETY: a map value pointer.
+            && unsafe { (*h).live } == LIVE_IN_HASH
+        {
+            return Some(h);
+        }
         let p = TASK_STATE.current(false);
         // SAFETY: a map value pointer, checked for null first.
         if !p.is_null() && unsafe { (*p).live } != 0 {
             return Some(p);
         }
-        if !is_open(&HASH_FALLBACK) {
-            return None;
-        }
+        return None;
     }
     ENTER_STATE.get_ptr_mut(&id)
 }
@@ -122,30 +132,29 @@ pub fn current(id: u64) -> Option<*mut EnterState> {
 /// Stores `st` as the calling thread's entry state; false when it could not be stored.
 #[inline(always)]
 pub fn store(id: u64, st: &EnterState) -> bool {
-    if in_task() {
-        let p = TASK_STATE.current(true);
-        if !p.is_null() {
-            // SAFETY: a map value of this type and `st`, both 8-aligned.
-            unsafe {
-                copy_words(p, st);
-                (*p).live = 1;
-            }
-            return true;
+    if !in_task() {
+        return ENTER_STATE.insert(&id, st, 0).is_ok();
+    }
+    let p = TASK_STATE.current(true);
+    if !p.is_null() {
+        // SAFETY: a map value of this type and `st`, both 8-aligned.
+        unsafe {
+            copy_words(p, st);
+            (*p).live = 1;
         }
-        // The hash takes it, marked as such (`end` deletes it there).
-        let Some(h) = insert_hash(id, st) else { return false };
-        // SAFETY: the map value just inserted.
-        unsafe { (*h).live = LIVE_IN_HASH };
-        gate_add(&HASH_FALLBACK, 1);
         return true;
     }
-    insert_hash(id, st).is_some()
-}
-
-#[inline(always)]
-fn insert_hash(id: u64, st: &EnterState) -> Option<*mut EnterState> {
-    ENTER_STATE.insert(&id, st, 0).ok()?;
-    ENTER_STATE.get_ptr_mut(&id)
+    // The hash takes it, marked as such (`end` deletes it there). Until the mark is written
+    // `current` ignores the entry, so an entry whose mark could not be written (evicted in
+    // between) is never taken, and is not counted as stored.
+    if ENTER_STATE.insert(&id, st, 0).is_err() {
+        return false;
+    }
+    let Some(h) = ENTER_STATE.get_ptr_mut(&id) else { return false };
+    // SAFETY: the map value just inserted.
+    unsafe { (*h).live = LIVE_IN_HASH };
+    gate_add(&HASH_FALLBACK, 1);
+    true
 }
 
 /// Ends the calling thread's entry state `p` (from `current`): its exit has taken it.

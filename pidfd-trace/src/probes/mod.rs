@@ -92,11 +92,6 @@ fn object_for_kernel(
 ) -> Result<(state::StateStore, Cow<'static, [u8]>), LoadError> {
     let store = state::StateStore::probe();
     let object = state::object_for(&store, OBJECT).map_err(LoadError::StateStore)?;
-    if store == state::StateStore::Task {
-        // The hash only holds the states task storage could not take (ENOMEM; another
-        // task-storage user holding this CPU's lock on 5.13–6.1): pidfd-trace-ebpf/src/state.rs.
-        loader.map_max_entries("ENTER_STATE", pidfd_trace_common::ENTER_STATE_FALLBACK_ENTRIES);
-    }
     // aya 0.14 has no user-space type for task storage maps; only the kernel programs use it.
     loader.allow_unsupported_maps();
     Ok((store, object))

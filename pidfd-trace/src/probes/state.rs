@@ -236,7 +236,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_task_map_becomes_a_hash_in_the_object_itself() {
+    fn the_task_map_becomes_socket_storage_in_the_object_itself() {
         let obj = super::super::OBJECT;
         let at = map_type_nelems_offset(obj, TASK_STATE_MAP).unwrap();
         assert_eq!(

@@ -194,7 +194,9 @@ pub fn parse(lines: &[(f64, String)]) -> Guest {
         if line.contains("Kernel panic - not syncing") && g.panic.is_none() {
             g.panic = Some(line.trim().to_string());
         }
-        if let Some(w) = line.find("WARNING:") {
+        if g.taint.is_some()
+            && let Some(w) = line.find("WARNING:")
+        {
             g.warnings.push(line[w..].trim().to_string());
         }
         let crash = crash_text(line);
@@ -822,6 +824,11 @@ error: boom\r
         assert!(
             w.contains("taint 0 -> 512") && w.contains("WARNING: CPU: 1 PID: 300 at kernel/bpf/verifier.c"),
             "{w}"
+        );
+        let g = parse(&lines(&format!("{warn}=====PIDFD-VM-TAINT before=0 after=512=====\n")));
+        assert!(
+            warned_during_run(&g).unwrap().contains("no WARNING line"),
+            "lines before the marker are not dmesg's"
         );
         let g = parse(&lines(&format!("=====PIDFD-VM-TAINT before=512 after=512=====\n{warn}")));
         assert_eq!(warned_during_run(&g), None, "already tainted at boot");
