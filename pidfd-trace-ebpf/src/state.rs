@@ -160,13 +160,13 @@ pub fn store(id: u64, st: &EnterState) -> bool {
 /// Ends the calling thread's entry state `p` (from `current`): its exit has taken it.
 #[inline(always)]
 pub fn end(id: u64, p: *mut EnterState) {
-    // SAFETY: `p` is this thread's state, from `current`.
-    if in_task() && unsafe { (*p).live } != LIVE_IN_HASH {
-        // SAFETY: as above.
-        unsafe { (*p).live = 0 };
-        return;
-    }
     if in_task() {
+        // SAFETY: `p` is this thread's state, from `current`.
+        if unsafe { (*p).live } != LIVE_IN_HASH {
+            // SAFETY: as above.
+            unsafe { (*p).live = 0 };
+            return;
+        }
         gate_add(&HASH_FALLBACK, u64::MAX);
     }
     let _ = ENTER_STATE.remove(&id);

@@ -2,7 +2,6 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::probes::state::StateStore;
 use crate::{
     cli::{CheckArgs, Output},
     hooks,
@@ -81,7 +80,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 "closes_traced": closes_traced(&plan),
                 "entry_state": state_store.as_ref().map(|st| json!({
                     "store": st.key(),
-                    "reason": match st { StateStore::Task => None, StateStore::Hash(why) => Some(why) },
+                    "reason": st.reason(),
                 })),
                 "plan": plan.iter().map(plan_entry).collect::<Vec<_>>(),
                 "prototypes": prototypes,

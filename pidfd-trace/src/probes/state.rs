@@ -59,6 +59,14 @@ impl StateStore {
         }
     }
 
+    /// `check`'s `entry_state.reason`: why not task storage; None when it is.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Task => None,
+            Self::Hash(why) => Some(why),
+        }
+    }
+
     /// One line for logs and `check`.
     pub fn describe(&self) -> String {
         match self {
