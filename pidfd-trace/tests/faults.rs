@@ -124,8 +124,9 @@ fn two_agents_side_by_side() {
     }
 }
 
-/// Entries of the agent's ENTER_STATE map right now.
-fn enter_state_entries(maps: &[u32]) -> usize {
+/// Entries of the agent's ENTER_STATE map right now that belong to processes `ours` (by
+/// tgid: other processes on the host may be inside pidfd calls meanwhile).
+fn enter_state_entries(maps: &[u32], ours: &[u32]) -> usize {
     let id = aya::maps::loaded_maps()
         .flatten()
         .find(|m| maps.contains(&m.id()) && m.name_as_str() == Some("ENTER_STATE"))
@@ -133,7 +134,7 @@ fn enter_state_entries(maps: &[u32]) -> usize {
         .id();
     let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id).unwrap()).unwrap();
     let hm = aya::maps::HashMap::<_, u64, pidfd_trace_common::EnterState>::try_from(&map).unwrap();
-    hm.keys().count()
+    hm.keys().filter_map(Result::ok).filter(|k| ours.contains(&((k >> 32) as u32))).count()
 }
 
 /// Both entry-state stores (docs/cli.md `entry_state`): this kernel's choice, and the hash
@@ -149,21 +150,25 @@ fn entry_state_does_not_leak_in(store: &str) {
     let mut agent = start_with(&[], &[("PIDFD_TRACE_ENTRY_STATE", store)]);
     let (_, maps) = bpf_objects(agent.child.id());
     let workload = env!("CARGO_BIN_EXE_pidfd-workload");
-    let out = Command::new(workload).args(["threads", "100000"]).output().unwrap();
+    let mut ours = Vec::new();
+    let first = Command::new(workload).args(["threads", "100000"]).stdout(Stdio::piped()).spawn().unwrap();
+    ours.push(first.id());
+    let out = first.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000", "every thread's pidfd_open worked");
     // A process killed while its threads are inside pidfd syscalls.
     for _ in 0..20 {
         let mut c = Command::new(workload).args(["threads", "5000"]).stdout(Stdio::null()).spawn().unwrap();
+        ours.push(c.id());
         std::thread::sleep(Duration::from_millis(30));
         let _ = c.kill();
         let _ = c.wait();
     }
     // Entries of threads that exited mid-call are swept every 10 s.
     let deadline = Instant::now() + Duration::from_secs(25);
-    let mut n = enter_state_entries(&maps);
+    let mut n = enter_state_entries(&maps, &ours);
     while n > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
-        n = enter_state_entries(&maps);
+        n = enter_state_entries(&maps, &ours);
     }
     assert_eq!(n, 0, "ENTER_STATE entries left after 100k threads and 20 killed processes ({store:?} store)");
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
